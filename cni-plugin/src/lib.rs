@@ -1,0 +1,1 @@
+//! netd-cni: the CNI plugin that attaches containers to the node subnet netd leased.

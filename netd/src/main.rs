@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("netd: not built yet");
+    std::process::exit(2);
+}
