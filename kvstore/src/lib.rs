@@ -1,1 +1,29 @@
-//! kvstore: a Raft-replicated MVCC key-value store serving the etcd v3 API.
+//! kvstore: a Raft-replicated MVCC key-value store serving the etcd v3 gRPC API.
+//!
+//! # Layout
+//! Layers as etcd's, top to bottom:
+//! - [`grpc`]: thin adapters for the KV, Watch, Lease, Cluster and Maintenance services;
+//!   the one place errors become gRPC statuses is [`error`].
+//! - [`server`]: a running member and the `Member` facade (propose and wait, read barrier).
+//! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
+//! - [`apply`]: the deterministic state machine applying committed requests.
+//! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table.
+//! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace.
+//!
+//! Every write, even on a single member, goes through raft.
+
+pub mod apply;
+pub mod backend;
+pub mod config;
+pub mod error;
+mod grpc;
+pub mod lease;
+pub mod mvcc;
+pub mod node;
+pub mod proto;
+pub mod raft_log;
+pub mod server;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{Server, run};

@@ -1,0 +1,455 @@
+//! The state machine: applies committed requests to the keyspace and the lease table,
+//! and records what changed in a write batch so the disk copy stays identical.
+//!
+//! Applying is deterministic: every member applies the same entries to the same state and
+//! gets the same answer, errors included (an error leaves the state untouched).
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::backend::{Backend, WriteBatch, keys};
+use crate::error::{Error, Result};
+use crate::lease::Lessor;
+use crate::mvcc::{KeyRange, Mvcc, Record, Rev, WriteTxn};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+};
+use crate::proto::kvstorepb::{InternalRequest, StoredLease, StoredRevision, internal_request};
+use crate::proto::mvccpb::KeyValue;
+
+/// The answer to one applied request (headers carry only the revision until served).
+#[derive(Debug)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// An entry with no client request (e.g. a new leader's empty entry).
+    Nothing,
+}
+
+/// Keyspace + leases + the raft index they reflect.
+#[derive(Debug, Default)]
+pub struct StateMachine {
+    pub mvcc: Mvcc,
+    pub lessor: Lessor,
+    pub applied: u64,
+}
+
+fn header(rev: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+impl StateMachine {
+    /// Loads the state machine from disk.
+    pub fn load(backend: &dyn Backend) -> Result<StateMachine> {
+        let compacted = match backend.get(keys::COMPACTED)? {
+            Some(v) => decode_i64(&v)?,
+            None => 0,
+        };
+        let applied = match backend.get(keys::APPLIED)? {
+            Some(v) => decode_i64(&v)? as u64,
+            None => 0,
+        };
+        let mut records = Vec::new();
+        for (k, v) in backend.scan_prefix(keys::REV_PREFIX)? {
+            let rest = &k[keys::REV_PREFIX.len()..];
+            if rest.len() != 16 {
+                return Err(Error::Corrupt(format!(
+                    "revision key of length {}",
+                    k.len()
+                )));
+            }
+            let rev = Rev {
+                main: decode_i64(&rest[..8])?,
+                sub: decode_i64(&rest[8..])?,
+            };
+            let stored = StoredRevision::decode(v.as_slice())?;
+            let kv = stored
+                .kv
+                .ok_or_else(|| Error::Corrupt(format!("revision {rev:?} without a record")))?;
+            records.push((
+                rev,
+                Record {
+                    kv,
+                    tombstone: stored.tombstone,
+                },
+            ));
+        }
+        let mvcc = Mvcc::restore(records, compacted);
+        let mut lessor = Lessor::default();
+        for (_, v) in backend.scan_prefix(keys::LEASE_PREFIX)? {
+            let l = StoredLease::decode(v.as_slice())?;
+            lessor.grant(l.id, l.ttl);
+        }
+        // Attachments are derived from the live keys' lease field.
+        let mut attached = Vec::new();
+        mvcc.scan_at(
+            &KeyRange::new(&Bytes::from_static(b"\0"), &Bytes::from_static(b"\0")),
+            mvcc.current_revision(),
+            |kv| {
+                if kv.lease != 0 {
+                    attached.push((kv.lease, kv.key.clone()));
+                }
+                true
+            },
+        );
+        for (id, key) in attached {
+            lessor.attach(id, &key);
+        }
+        Ok(StateMachine {
+            mvcc,
+            lessor,
+            applied,
+        })
+    }
+
+    /// Applies one request, adding its disk writes to `batch`.
+    pub fn apply(&mut self, req: &InternalRequest, batch: &mut WriteBatch) -> Result<Applied> {
+        use internal_request::Request;
+        let Some(r) = &req.request else {
+            return Ok(Applied::Nothing);
+        };
+        match r {
+            Request::Put(p) => {
+                let mut txn = self.mvcc.write();
+                check_put(&txn, &self.lessor, p)?;
+                let resp = put(&mut txn, &mut self.lessor, p);
+                let rev = txn.read_rev();
+                persist(batch, txn.finish());
+                Ok(Applied::Put(PutResponse {
+                    header: header(rev),
+                    ..resp
+                }))
+            }
+            Request::DeleteRange(d) => {
+                let mut txn = self.mvcc.write();
+                let resp = delete(&mut txn, &mut self.lessor, d);
+                let rev = txn.read_rev();
+                persist(batch, txn.finish());
+                Ok(Applied::DeleteRange(DeleteRangeResponse {
+                    header: header(rev),
+                    ..resp
+                }))
+            }
+            Request::Txn(t) => {
+                let mut txn = self.mvcc.write();
+                let resp = run_txn(&mut txn, &mut self.lessor, t)?;
+                let rev = txn.read_rev();
+                persist(batch, txn.finish());
+                Ok(Applied::Txn(TxnResponse {
+                    header: header(rev),
+                    ..resp
+                }))
+            }
+            Request::Compaction(c) => {
+                let removed = self.mvcc.compact(c.revision)?;
+                for r in removed {
+                    batch.delete(keys::revision(r.main, r.sub));
+                }
+                batch.put(keys::COMPACTED, c.revision.to_be_bytes().to_vec());
+                Ok(Applied::Compact(CompactionResponse {
+                    header: header(self.mvcc.current_revision()),
+                }))
+            }
+            Request::LeaseGrant(g) => {
+                if self.lessor.exists(g.id) {
+                    return Err(Error::LeaseExists);
+                }
+                let ttl = self.lessor.grant(g.id, g.ttl);
+                let stored = StoredLease { id: g.id, ttl };
+                batch.put(keys::lease(g.id), stored.encode_to_vec());
+                Ok(Applied::LeaseGrant(LeaseGrantResponse {
+                    header: header(self.mvcc.current_revision()),
+                    id: g.id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            Request::LeaseRevoke(r) => {
+                let keys_attached = self.lessor.revoke(r.id).ok_or(Error::LeaseNotFound)?;
+                batch.delete(keys::lease(r.id));
+                let mut txn = self.mvcc.write();
+                for key in keys_attached {
+                    txn.delete_range(&KeyRange::Single(key));
+                }
+                let rev = txn.read_rev();
+                persist(batch, txn.finish());
+                Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(rev),
+                }))
+            }
+        }
+    }
+}
+
+fn decode_i64(b: &[u8]) -> Result<i64> {
+    let arr: [u8; 8] = b
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("integer of {} bytes", b.len())))?;
+    Ok(i64::from_be_bytes(arr))
+}
+
+fn persist(batch: &mut WriteBatch, written: Vec<(Rev, Record)>) {
+    for (rev, rec) in written {
+        let stored = StoredRevision {
+            kv: Some(rec.kv),
+            tombstone: rec.tombstone,
+        };
+        batch.put(keys::revision(rev.main, rev.sub), stored.encode_to_vec());
+    }
+}
+
+/// Checks a put against the current state before anything is written.
+fn check_put(txn: &WriteTxn<'_>, lessor: &Lessor, p: &PutRequest) -> Result<()> {
+    if (p.ignore_value || p.ignore_lease) && txn.get(&p.key).is_none() {
+        return Err(Error::KeyNotFound);
+    }
+    if !p.ignore_lease && p.lease != 0 && !lessor.exists(p.lease) {
+        return Err(Error::LeaseNotFound);
+    }
+    Ok(())
+}
+
+fn put(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, p: &PutRequest) -> PutResponse {
+    let prev = txn.get(&p.key).cloned();
+    let value = match (&prev, p.ignore_value) {
+        (Some(prev), true) => prev.value.clone(),
+        _ => p.value.clone(),
+    };
+    let lease = match (&prev, p.ignore_lease) {
+        (Some(prev), true) => prev.lease,
+        _ => p.lease,
+    };
+    if let Some(prev) = &prev
+        && prev.lease != lease
+    {
+        lessor.detach(prev.lease, &prev.key);
+    }
+    lessor.attach(lease, &p.key);
+    txn.put(p.key.clone(), value, lease);
+    PutResponse {
+        header: None,
+        prev_kv: if p.prev_kv { prev } else { None },
+    }
+}
+
+fn delete(
+    txn: &mut WriteTxn<'_>,
+    lessor: &mut Lessor,
+    d: &DeleteRangeRequest,
+) -> DeleteRangeResponse {
+    let deleted = txn.delete_range(&KeyRange::new(&d.key, &d.range_end));
+    for kv in &deleted {
+        lessor.detach(kv.lease, &kv.key);
+    }
+    DeleteRangeResponse {
+        header: None,
+        deleted: deleted.len() as i64,
+        prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
+    }
+}
+
+fn compare_holds(txn: &WriteTxn<'_>, c: &Compare) -> bool {
+    let range = KeyRange::new(&c.key, &c.range_end);
+    let mut kvs = Vec::new();
+    txn.view().scan_at(&range, txn.read_rev(), |kv| {
+        kvs.push(kv.clone());
+        true
+    });
+    let target =
+        compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version);
+    if kvs.is_empty() {
+        // A missing key compares as zeros, except that a value compare always fails.
+        if target == compare::CompareTarget::Value {
+            return false;
+        }
+        return compare_kv(c, target, &KeyValue::default());
+    }
+    kvs.iter().all(|kv| compare_kv(c, target, kv))
+}
+
+fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let ord = match target {
+        CompareTarget::Value => {
+            let want = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v.as_ref(),
+                _ => &[][..],
+            };
+            kv.value.as_ref().cmp(want)
+        }
+        _ => {
+            let want = match (&c.target_union, target) {
+                (Some(TargetUnion::Version(v)), CompareTarget::Version)
+                | (Some(TargetUnion::CreateRevision(v)), CompareTarget::Create)
+                | (Some(TargetUnion::ModRevision(v)), CompareTarget::Mod)
+                | (Some(TargetUnion::Lease(v)), CompareTarget::Lease) => *v,
+                _ => 0,
+            };
+            let have = match target {
+                CompareTarget::Version => kv.version,
+                CompareTarget::Create => kv.create_revision,
+                CompareTarget::Mod => kv.mod_revision,
+                _ => kv.lease,
+            };
+            have.cmp(&want)
+        }
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ord.is_eq(),
+        CompareResult::NotEqual => !ord.is_eq(),
+        CompareResult::Greater => ord.is_gt(),
+        CompareResult::Less => ord.is_lt(),
+    }
+}
+
+/// Chooses the branch a txn takes (recursively, so nested txns are checked up front).
+fn check_ops(txn: &WriteTxn<'_>, lessor: &Lessor, ops: &[RequestOp]) -> Result<()> {
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) => check_put(txn, lessor, p)?,
+            Some(request_op::Request::RequestTxn(t)) => {
+                let branch = if t.compare.iter().all(|c| compare_holds(txn, c)) {
+                    &t.success
+                } else {
+                    &t.failure
+                };
+                check_ops(txn, lessor, branch)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn run_txn(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, t: &TxnRequest) -> Result<TxnResponse> {
+    let succeeded = t.compare.iter().all(|c| compare_holds(txn, c));
+    let ops = if succeeded { &t.success } else { &t.failure };
+    check_ops(txn, lessor, ops)?;
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                let res = txn.view().range(r, txn.read_rev())?;
+                response_op::Response::ResponseRange(RangeResponse {
+                    header: header(txn.read_rev()),
+                    kvs: res.kvs,
+                    more: res.more,
+                    count: res.count,
+                })
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                let mut r = put(txn, lessor, p);
+                r.header = header(txn.read_rev());
+                response_op::Response::ResponsePut(r)
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                let mut r = delete(txn, lessor, d);
+                r.header = header(txn.read_rev());
+                response_op::Response::ResponseDeleteRange(r)
+            }
+            Some(request_op::Request::RequestTxn(inner)) => {
+                let mut r = run_txn(txn, lessor, inner)?;
+                r.header = header(txn.read_rev());
+                response_op::Response::ResponseTxn(r)
+            }
+            None => continue,
+        };
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+
+    fn put_req(k: &str, v: &str, lease: i64) -> InternalRequest {
+        InternalRequest {
+            id: 1,
+            request: Some(internal_request::Request::Put(PutRequest {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+                lease,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn cas_txn_and_lease_revoke() {
+        let mut sm = StateMachine::default();
+        let mut b = WriteBatch::default();
+        sm.apply(&put_req("k", "v1", 0), &mut b).expect("put");
+        let cas = |expect: &str| InternalRequest {
+            id: 2,
+            request: Some(internal_request::Request::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key: Bytes::from("k"),
+                    target: compare::CompareTarget::Value as i32,
+                    target_union: Some(compare::TargetUnion::Value(Bytes::copy_from_slice(
+                        expect.as_bytes(),
+                    ))),
+                    ..Default::default()
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: Bytes::from("k"),
+                        value: Bytes::from("v2"),
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            })),
+        };
+        match sm.apply(&cas("nope"), &mut b).expect("txn") {
+            Applied::Txn(t) => assert!(!t.succeeded),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(sm.mvcc.current_revision(), 2);
+        match sm.apply(&cas("v1"), &mut b).expect("txn") {
+            Applied::Txn(t) => assert!(t.succeeded),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(sm.mvcc.current_revision(), 3);
+
+        assert!(matches!(
+            sm.apply(&put_req("l", "x", 42), &mut b),
+            Err(Error::LeaseNotFound)
+        ));
+        let grant = InternalRequest {
+            id: 3,
+            request: Some(internal_request::Request::LeaseGrant(LeaseGrantRequest {
+                ttl: 10,
+                id: 42,
+            })),
+        };
+        sm.apply(&grant, &mut b).expect("grant");
+        assert!(matches!(sm.apply(&grant, &mut b), Err(Error::LeaseExists)));
+        sm.apply(&put_req("l", "x", 42), &mut b)
+            .expect("put with lease");
+        let revoke = InternalRequest {
+            id: 4,
+            request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
+                id: 42,
+            })),
+        };
+        sm.apply(&revoke, &mut b).expect("revoke");
+        assert!(sm.mvcc.get_at(b"l", sm.mvcc.current_revision()).is_none());
+    }
+}

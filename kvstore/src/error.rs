@@ -1,0 +1,105 @@
+//! The crate's one error type, and the single place where it becomes a gRPC status
+//! carrying etcd's code and exact message (clients match on the message text).
+
+use tonic::{Code, Status};
+
+/// Everything that can go wrong serving a request or running the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    UnhealthyCluster,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The gRPC code etcd answers this error with (`rpctypes/error.go`).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::EmptyKey
+            | Error::KeyNotFound
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::RequestTooLarge
+            | Error::InvalidArgument(_)
+            | Error::PeerUrlExists => Code::InvalidArgument,
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExists | Error::MemberExists | Error::UnhealthyCluster => {
+                Code::FailedPrecondition
+            }
+            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Storage(_)
+            | Error::Raft(_)
+            | Error::Corrupt(_)
+            | Error::Config(_)
+            | Error::Io(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+impl From<protobuf::ProtobufError> for Error {
+    fn from(e: protobuf::ProtobufError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}

@@ -1,0 +1,113 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::validate;
+use crate::apply::Applied;
+use crate::error::Error;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
+};
+use crate::proto::kvstorepb::internal_request::Request as Internal;
+use crate::server::Member;
+
+pub struct KvService {
+    member: Arc<Member>,
+}
+
+impl KvService {
+    pub fn new(member: Arc<Member>) -> Self {
+        KvService { member }
+    }
+}
+
+fn unexpected(a: Applied) -> Status {
+    Status::internal(format!("unexpected apply result {a:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::range(&req)?;
+        if !req.serializable {
+            self.member.read_barrier().await?;
+        }
+        let sm = self.member.state().read();
+        let current = sm.mvcc.current_revision();
+        let res = sm.mvcc.range(&req, current)?;
+        drop(sm);
+        Ok(Response::new(RangeResponse {
+            header: self.member.header(current),
+            kvs: res.kvs,
+            more: res.more,
+            count: res.count,
+        }))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        validate::put(&req)?;
+        match self.member.propose(Internal::Put(req)).await? {
+            Applied::Put(mut r) => {
+                self.member.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::delete_range(&req)?;
+        match self.member.propose(Internal::DeleteRange(req)).await? {
+            Applied::DeleteRange(mut r) => {
+                self.member.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        validate::txn(&req, self.member.max_txn_ops)?;
+        match self.member.propose(Internal::Txn(req)).await? {
+            Applied::Txn(mut r) => {
+                self.member.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        {
+            // Fail fast without a raft round trip; apply checks again.
+            let sm = self.member.state().read();
+            if req.revision <= sm.mvcc.compact_revision() {
+                return Err(Error::Compacted.into());
+            }
+            if req.revision > sm.mvcc.current_revision() {
+                return Err(Error::FutureRevision.into());
+            }
+        }
+        match self.member.propose(Internal::Compaction(req)).await? {
+            Applied::Compact(mut r) => {
+                self.member.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! gRPC adapters: thin translations between the etcd v3 services and the `Member`
+//! facade. Errors become gRPC statuses only through `From<Error> for Status`.
+
+mod cluster;
+mod kv;
+mod lease;
+mod validate;
+mod watch;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::server::Member;
+
+/// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Serves the client API on every listener until `shutdown` fires.
+pub(crate) async fn serve(
+    member: Arc<Member>,
+    listeners: Vec<TcpListener>,
+    shutdown: oneshot::Receiver<()>,
+) -> Result<()> {
+    let max = member.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(
+                KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                WatchServer::new(watch::WatchService::new(member.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                LeaseServer::new(lease::LeaseService::new(member.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(ClusterServer::new(cluster::ClusterService::new(
+                member.clone(),
+            )))
+            .add_service(MaintenanceServer::new(cluster::MaintenanceService::new(
+                member.clone(),
+            )));
+        let mut stop = stop_tx.subscribe();
+        tasks.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        }));
+    }
+    let _ = shutdown.await;
+    let _ = stop_tx.send(());
+    for t in tasks {
+        t.await
+            .map_err(|e| Error::Config(format!("listener task: {e}")))?
+            .map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The Watch service. Each stream multiplexes many watchers; each watcher is a task that
+//! pulls its events from the keyspace history, from its next revision up to the current
+//! one, and then waits for the revision to move. Pulling (not pushing) means a slow
+//! watcher only falls behind itself: writers and other watchers never wait for it, and
+//! nothing is buffered for it beyond one response. Responses always hold whole revisions,
+//! in revision order.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::mvcc::KeyRange;
+use crate::proto::etcdserverpb::{
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
+    watch_request::RequestUnion, watch_server::Watch,
+};
+use crate::proto::mvccpb::event::EventType;
+use crate::server::Member;
+
+/// Most events gathered into one response (whole revisions are never split).
+const MAX_EVENTS_PER_RESPONSE: usize = 1000;
+/// Interval of progress notifications for idle watchers that asked for them (etcd: 10 min).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+
+type Tx = mpsc::Sender<Result<WatchResponse, Status>>;
+
+pub struct WatchService {
+    member: Arc<Member>,
+}
+
+impl WatchService {
+    pub fn new(member: Arc<Member>) -> Self {
+        WatchService { member }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(128);
+        tokio::spawn(serve_stream(self.member.clone(), inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+struct Watcher {
+    task: tokio::task::JoinHandle<()>,
+    /// The next revision this watcher will deliver.
+    next: Arc<AtomicI64>,
+}
+
+async fn serve_stream(member: Arc<Member>, mut inbound: Streaming<WatchRequest>, tx: Tx) {
+    let mut watchers: HashMap<i64, Watcher> = HashMap::new();
+    let mut next_id: i64 = 0;
+    let mut stopping = member.shared.stopping.subscribe();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.next() => m,
+            _ = stopping.wait_for(|s| *s) => break,
+            _ = tx.closed() => break,
+        };
+        let Some(Ok(req)) = msg else { break };
+        let ok = match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => {
+                create(&member, &tx, &mut watchers, &mut next_id, c).await
+            }
+            Some(RequestUnion::CancelRequest(c)) => {
+                if let Some(w) = watchers.remove(&c.watch_id) {
+                    w.task.abort();
+                }
+                let resp = WatchResponse {
+                    header: member.header(member.current_revision()),
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                };
+                tx.send(Ok(resp)).await.is_ok()
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Report only a revision every watcher on the stream has delivered.
+                let current = member.current_revision();
+                let rev = watchers
+                    .values()
+                    .map(|w| w.next.load(Ordering::Acquire) - 1)
+                    .fold(current, i64::min);
+                let resp = WatchResponse {
+                    header: member.header(rev),
+                    watch_id: -1,
+                    ..Default::default()
+                };
+                tx.send(Ok(resp)).await.is_ok()
+            }
+            None => true,
+        };
+        if !ok {
+            break;
+        }
+    }
+    for (_, w) in watchers {
+        w.task.abort();
+    }
+}
+
+async fn create(
+    member: &Arc<Member>,
+    tx: &Tx,
+    watchers: &mut HashMap<i64, Watcher>,
+    next_id: &mut i64,
+    c: WatchCreateRequest,
+) -> bool {
+    let (current, compacted) = {
+        let sm = member.state().read();
+        (sm.mvcc.current_revision(), sm.mvcc.compact_revision())
+    };
+    let id = if c.watch_id != 0 {
+        if watchers.contains_key(&c.watch_id) {
+            let resp = WatchResponse {
+                header: member.header(current),
+                watch_id: c.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                ..Default::default()
+            };
+            return tx.send(Ok(resp)).await.is_ok();
+        }
+        c.watch_id
+    } else {
+        while watchers.contains_key(next_id) {
+            *next_id += 1;
+        }
+        let id = *next_id;
+        *next_id += 1;
+        id
+    };
+    let created = WatchResponse {
+        header: member.header(current),
+        watch_id: id,
+        created: true,
+        ..Default::default()
+    };
+    if tx.send(Ok(created)).await.is_err() {
+        return false;
+    }
+    let start = if c.start_revision <= 0 {
+        current + 1
+    } else {
+        c.start_revision
+    };
+    if start < compacted {
+        let resp = WatchResponse {
+            header: member.header(current),
+            watch_id: id,
+            canceled: true,
+            compact_revision: compacted,
+            ..Default::default()
+        };
+        return tx.send(Ok(resp)).await.is_ok();
+    }
+    let next = Arc::new(AtomicI64::new(start));
+    let spec = Spec {
+        id,
+        range: KeyRange::new(&c.key, &c.range_end),
+        prev_kv: c.prev_kv,
+        no_put: c.filters.contains(&(FilterType::Noput as i32)),
+        no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+        progress_notify: c.progress_notify,
+    };
+    let task = tokio::spawn(run_watcher(member.clone(), tx.clone(), spec, next.clone()));
+    watchers.insert(id, Watcher { task, next });
+    true
+}
+
+struct Spec {
+    id: i64,
+    range: KeyRange,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+}
+
+async fn run_watcher(member: Arc<Member>, tx: Tx, spec: Spec, next: Arc<AtomicI64>) {
+    let mut revisions = member.revisions();
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let from = next.load(Ordering::Acquire);
+        let (batches, current, compacted) = {
+            let sm = member.state().read();
+            let current = sm.mvcc.current_revision();
+            let compacted = sm.mvcc.compact_revision();
+            if from < compacted {
+                (Vec::new(), current, Some(compacted))
+            } else if from <= current {
+                let b = sm.mvcc.events(
+                    from,
+                    current,
+                    &spec.range,
+                    spec.prev_kv,
+                    MAX_EVENTS_PER_RESPONSE,
+                );
+                (b, current, None)
+            } else {
+                (Vec::new(), current, None)
+            }
+        };
+        if let Some(compacted) = compacted {
+            let resp = WatchResponse {
+                header: member.header(current),
+                watch_id: spec.id,
+                canceled: true,
+                compact_revision: compacted,
+                ..Default::default()
+            };
+            let _ = tx.send(Ok(resp)).await;
+            return;
+        }
+        if from <= current {
+            let gathered: usize = batches.iter().map(|(_, e)| e.len()).sum();
+            // When the batch was cut short, resume after its last revision.
+            let upto = if gathered >= MAX_EVENTS_PER_RESPONSE {
+                batches.last().map_or(current, |(r, _)| *r)
+            } else {
+                current
+            };
+            let events: Vec<_> = batches
+                .into_iter()
+                .flat_map(|(_, e)| e)
+                .filter(|e| {
+                    let put = e.r#type == EventType::Put as i32;
+                    !(put && spec.no_put || !put && spec.no_delete)
+                })
+                .collect();
+            if !events.is_empty() {
+                let resp = WatchResponse {
+                    header: member.header(upto),
+                    watch_id: spec.id,
+                    events,
+                    ..Default::default()
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            next.store(upto + 1, Ordering::Release);
+            if upto < current {
+                continue;
+            }
+        }
+        let progress_at = last_sent + PROGRESS_INTERVAL;
+        tokio::select! {
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(progress_at), if spec.progress_notify => {
+                let resp = WatchResponse {
+                    header: member.header(next.load(Ordering::Acquire) - 1),
+                    watch_id: spec.id,
+                    ..Default::default()
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    }
+}

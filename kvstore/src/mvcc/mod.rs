@@ -1,0 +1,428 @@
+//! The multi-version keyspace: every write gets the next global revision, every key keeps
+//! its history (create/mod revision, version) until compaction, reads can ask for any
+//! revision at or after the compaction point.
+//!
+//! Layout (as etcd's): `index` maps each key to the revisions that touched it; `log` maps
+//! each main revision to the records written at it (one per sub-revision). The record
+//! itself is stored once, in `log`; watchers read history straight from `log`.
+
+pub mod keyrange;
+mod range;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+pub use keyrange::KeyRange;
+pub use range::RangeResult;
+
+use crate::error::{Error, Result};
+use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+
+/// One record in the history: the key-value written at a revision, or a tombstone.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub kv: KeyValue,
+    pub tombstone: bool,
+}
+
+/// Where a record sits in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rev {
+    pub main: i64,
+    pub sub: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    rev: Rev,
+    tombstone: bool,
+}
+
+/// The keyspace.
+#[derive(Debug)]
+pub struct Mvcc {
+    index: BTreeMap<Bytes, Vec<IndexEntry>>,
+    log: BTreeMap<i64, Vec<Option<Record>>>,
+    current: i64,
+    compacted: i64,
+}
+
+impl Default for Mvcc {
+    fn default() -> Self {
+        Mvcc {
+            index: BTreeMap::new(),
+            log: BTreeMap::new(),
+            // etcd's store starts at revision 1, so the first write is revision 2.
+            current: 1,
+            compacted: 0,
+        }
+    }
+}
+
+impl Mvcc {
+    /// The revision of the latest write.
+    pub fn current_revision(&self) -> i64 {
+        self.current
+    }
+
+    /// The revision history was compacted at (0 when never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Number of live keys.
+    pub fn live_keys(&self) -> usize {
+        self.index
+            .values()
+            .filter(|h| h.last().is_some_and(|e| !e.tombstone))
+            .count()
+    }
+
+    /// Rebuilds the keyspace from stored records (any order) and the compaction point.
+    pub fn restore(records: Vec<(Rev, Record)>, compacted: i64) -> Mvcc {
+        let mut m = Mvcc {
+            compacted,
+            current: compacted.max(1),
+            ..Mvcc::default()
+        };
+        let mut records = records;
+        records.sort_by_key(|(rev, _)| *rev);
+        for (rev, rec) in records {
+            m.insert(rev, rec);
+        }
+        m
+    }
+
+    fn insert(&mut self, rev: Rev, rec: Record) {
+        self.index
+            .entry(rec.kv.key.clone())
+            .or_default()
+            .push(IndexEntry {
+                rev,
+                tombstone: rec.tombstone,
+            });
+        let slots = self.log.entry(rev.main).or_default();
+        let sub = rev.sub as usize;
+        if slots.len() <= sub {
+            slots.resize(sub + 1, None);
+        }
+        slots[sub] = Some(rec);
+        self.current = self.current.max(rev.main);
+    }
+
+    /// Checks a requested read revision; returns the revision to read at.
+    pub fn read_revision(&self, rev: i64) -> Result<i64> {
+        if rev > self.current {
+            return Err(Error::FutureRevision);
+        }
+        let rev = if rev <= 0 { self.current } else { rev };
+        if rev < self.compacted {
+            return Err(Error::Compacted);
+        }
+        Ok(rev)
+    }
+
+    /// The key-value of `key` as of revision `rev`, if it was live then.
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Option<&KeyValue> {
+        let hist = self.index.get(key)?;
+        self.visible(hist, rev)
+    }
+
+    fn visible<'a>(&'a self, hist: &[IndexEntry], rev: i64) -> Option<&'a KeyValue> {
+        let pos = hist.partition_point(|e| e.rev.main <= rev);
+        let e = hist.get(pos.checked_sub(1)?)?;
+        if e.tombstone {
+            return None;
+        }
+        self.record(e.rev).map(|r| &r.kv)
+    }
+
+    fn record(&self, rev: Rev) -> Option<&Record> {
+        self.log.get(&rev.main)?.get(rev.sub as usize)?.as_ref()
+    }
+
+    /// Calls `f` with every key-value live at `rev` inside `range`, in key order, until
+    /// `f` returns false.
+    pub fn scan_at(&self, range: &KeyRange, rev: i64, mut f: impl FnMut(&KeyValue) -> bool) {
+        let Some(bounds) = range.bounds() else { return };
+        for (_, hist) in self.index.range::<[u8], _>(bounds) {
+            if let Some(kv) = self.visible(hist, rev)
+                && !f(kv)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Starts a write at the next revision. Reads through the transaction see its writes.
+    pub fn write(&mut self) -> WriteTxn<'_> {
+        let rev = self.current + 1;
+        WriteTxn {
+            mvcc: self,
+            rev,
+            written: Vec::new(),
+        }
+    }
+
+    /// The events of revisions `from..=to` whose keys fall in `range`, grouped by revision.
+    /// `prev_kv` fills each event's previous key-value (as of the revision before it).
+    pub fn events(
+        &self,
+        from: i64,
+        to: i64,
+        range: &KeyRange,
+        prev_kv: bool,
+        max_events: usize,
+    ) -> Vec<(i64, Vec<Event>)> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        for (&rev, slots) in self.log.range(from..=to) {
+            let mut evs = Vec::new();
+            for rec in slots.iter().flatten() {
+                if !range.contains(&rec.kv.key) {
+                    continue;
+                }
+                let prev = if prev_kv {
+                    self.get_at(&rec.kv.key, rev - 1).cloned()
+                } else {
+                    None
+                };
+                evs.push(Event {
+                    r#type: if rec.tombstone {
+                        EventType::Delete as i32
+                    } else {
+                        EventType::Put as i32
+                    },
+                    kv: Some(rec.kv.clone()),
+                    prev_kv: prev,
+                });
+            }
+            if !evs.is_empty() {
+                total += evs.len();
+                out.push((rev, evs));
+            }
+            // Never split a revision; stop between revisions once enough is gathered.
+            if total >= max_events {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Drops history before `rev`: per key, the latest record at or below `rev` is kept
+    /// unless it is a tombstone. Returns the positions removed (for the disk copy).
+    pub fn compact(&mut self, rev: i64) -> Result<Vec<Rev>> {
+        if rev <= self.compacted {
+            return Err(Error::Compacted);
+        }
+        if rev > self.current {
+            return Err(Error::FutureRevision);
+        }
+        let mut removed = Vec::new();
+        self.index.retain(|_, hist| {
+            let pos = hist.partition_point(|e| e.rev.main <= rev);
+            if pos == 0 {
+                return true;
+            }
+            let keep_last = !hist[pos - 1].tombstone;
+            let drop_to = if keep_last { pos - 1 } else { pos };
+            removed.extend(hist.drain(..drop_to).map(|e| e.rev));
+            !hist.is_empty()
+        });
+        for r in &removed {
+            if let Some(slots) = self.log.get_mut(&r.main) {
+                if let Some(slot) = slots.get_mut(r.sub as usize) {
+                    *slot = None;
+                }
+                if slots.iter().all(Option::is_none) {
+                    self.log.remove(&r.main);
+                }
+            }
+        }
+        self.compacted = rev;
+        Ok(removed)
+    }
+}
+
+/// A write in progress at one revision. Records are in the keyspace as soon as they are
+/// written (so later operations of the same transaction see them); the revision counter
+/// moves only if something was written.
+pub struct WriteTxn<'a> {
+    mvcc: &'a mut Mvcc,
+    rev: i64,
+    written: Vec<(Rev, Record)>,
+}
+
+impl WriteTxn<'_> {
+    /// The revision reads inside this transaction see.
+    pub fn read_rev(&self) -> i64 {
+        if self.written.is_empty() {
+            self.mvcc.current
+        } else {
+            self.rev
+        }
+    }
+
+    /// The keyspace as this transaction sees it.
+    pub fn view(&self) -> &Mvcc {
+        self.mvcc
+    }
+
+    /// The live key-value of `key` (including this transaction's writes).
+    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.mvcc.get_at(key, self.rev)
+    }
+
+    /// Writes `key`; returns the previous key-value.
+    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+        let prev = self.get(&key).cloned();
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (self.rev, 1),
+        };
+        let kv = KeyValue {
+            key,
+            create_revision,
+            mod_revision: self.rev,
+            version,
+            value,
+            lease,
+        };
+        self.push(Record {
+            kv,
+            tombstone: false,
+        });
+        prev
+    }
+
+    /// Deletes every live key in `range`; returns the deleted key-values.
+    pub fn delete_range(&mut self, range: &KeyRange) -> Vec<KeyValue> {
+        let mut victims = Vec::new();
+        self.mvcc.scan_at(range, self.rev, |kv| {
+            victims.push(kv.clone());
+            true
+        });
+        for kv in &victims {
+            self.push(Record {
+                kv: KeyValue {
+                    key: kv.key.clone(),
+                    mod_revision: self.rev,
+                    ..KeyValue::default()
+                },
+                tombstone: true,
+            });
+        }
+        victims
+    }
+
+    fn push(&mut self, rec: Record) {
+        let rev = Rev {
+            main: self.rev,
+            sub: self.written.len() as i64,
+        };
+        self.written.push((rev, rec.clone()));
+        self.mvcc.insert(rev, rec);
+    }
+
+    /// Ends the transaction; returns what it wrote (empty for a no-op: no new revision).
+    pub fn finish(self) -> Vec<(Rev, Record)> {
+        self.written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn revisions_and_versions() {
+        let mut m = Mvcc::default();
+        let mut t = m.write();
+        t.put(b("a"), b("1"), 0);
+        assert_eq!(t.finish().len(), 1);
+        assert_eq!(m.current_revision(), 2);
+        let mut t = m.write();
+        let prev = t.put(b("a"), b("2"), 0);
+        t.finish();
+        assert_eq!(prev.map(|p| p.value), Some(b("1")));
+        let kv = m.get_at(b"a", 3).cloned().expect("live");
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        assert_eq!(m.get_at(b"a", 2).map(|k| k.value.clone()), Some(b("1")));
+        let mut t = m.write();
+        assert_eq!(
+            t.delete_range(&KeyRange::new(&b("a"), &Bytes::new())).len(),
+            1
+        );
+        t.finish();
+        assert!(m.get_at(b"a", 4).is_none());
+        let mut t = m.write();
+        t.put(b("a"), b("3"), 0);
+        t.finish();
+        let kv = m.get_at(b"a", 5).cloned().expect("live");
+        assert_eq!((kv.create_revision, kv.version), (5, 1));
+    }
+
+    #[test]
+    fn noop_delete_keeps_revision() {
+        let mut m = Mvcc::default();
+        let mut t = m.write();
+        assert!(
+            t.delete_range(&KeyRange::new(&b("x"), &Bytes::new()))
+                .is_empty()
+        );
+        assert!(t.finish().is_empty());
+        assert_eq!(m.current_revision(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_latest() {
+        let mut m = Mvcc::default();
+        for v in ["1", "2", "3"] {
+            let mut t = m.write();
+            t.put(b("a"), b(v), 0);
+            t.finish();
+        }
+        let mut t = m.write();
+        t.put(b("gone"), b("x"), 0);
+        t.finish();
+        let mut t = m.write();
+        t.delete_range(&KeyRange::new(&b("gone"), &Bytes::new()));
+        t.finish();
+        // revs: a=2,3,4 gone=5, del=6
+        let removed = m.compact(6).expect("compact");
+        assert_eq!(removed.len(), 4);
+        assert_eq!(m.get_at(b"a", 6).map(|k| k.value.clone()), Some(b("3")));
+        assert_eq!(
+            m.read_revision(5).err().map(|e| e.to_string()),
+            Some(Error::Compacted.to_string())
+        );
+        assert!(m.read_revision(6).is_ok());
+        assert!(matches!(m.compact(6), Err(Error::Compacted)));
+        assert!(matches!(m.compact(99), Err(Error::FutureRevision)));
+    }
+
+    #[test]
+    fn restore_round_trip() {
+        let mut m = Mvcc::default();
+        let mut all = Vec::new();
+        for v in ["1", "2"] {
+            let mut t = m.write();
+            t.put(b("k"), b(v), 0);
+            t.put(b("j"), b(v), 0);
+            all.extend(t.finish());
+        }
+        let r = Mvcc::restore(all, 0);
+        assert_eq!(r.current_revision(), 3);
+        assert_eq!(r.get_at(b"j", 3).map(|k| k.version), Some(2));
+        assert_eq!(
+            r.events(2, 3, &KeyRange::new(&b("k"), &Bytes::new()), true, 100)
+                .len(),
+            2
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! The raft node loop: one OS thread owns the raft `RawNode`. It batches every queued
+//! proposal and read into one `Ready`, so concurrent writers share one fsync (group
+//! commit); it persists the log before applying; it applies committed entries to the
+//! state machine and answers each waiting caller by request id, never by log index.
+//!
+//! Only this thread mutates the state machine; readers take its lock briefly.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use prost::Message;
+use raft::eraftpb::{Entry, EntryType};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use crate::apply::{Applied, StateMachine};
+use crate::backend::{Backend, WriteBatch, keys};
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::proto::kvstorepb::{InternalRequest, internal_request};
+use crate::raft_log::RaftLog;
+
+/// What callers send to the node loop.
+pub enum Msg {
+    /// Replicate and apply `req`; answer on `tx` once applied.
+    Propose {
+        req: InternalRequest,
+        tx: oneshot::Sender<Result<Applied>>,
+    },
+    /// Answer on `tx` once the local state machine reflects every write committed before
+    /// this call (ReadIndex): the barrier linearizable reads wait on.
+    ReadIndex { tx: oneshot::Sender<Result<()>> },
+    /// Stop the loop (pending callers get "server stopped").
+    Stop,
+}
+
+/// Raft status, published by the loop for headers and `Status`.
+#[derive(Default)]
+pub struct RaftStatus {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub last_index: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+}
+
+/// State shared between the node loop and the request handlers.
+pub struct Shared {
+    pub sm: RwLock<StateMachine>,
+    pub status: RaftStatus,
+    /// The current revision, published after each apply; watchers wait on it.
+    pub revision: tokio::sync::watch::Sender<i64>,
+    /// Set when the member stops (shutdown or a fatal storage error); streams end on it.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// Tunables of the loop.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub tick: Duration,
+    /// Applied entries after which the log is truncated.
+    pub snapshot_count: u64,
+    /// Entries kept behind the truncation point for slow followers.
+    pub catch_up_entries: u64,
+}
+
+pub(crate) struct NodeLoop {
+    pub raw: RawNode<RaftLog>,
+    pub log: RaftLog,
+    pub backend: Arc<dyn Backend>,
+    pub shared: Arc<Shared>,
+    pub opts: NodeOptions,
+    pub ids: Arc<RequestIds>,
+    waiters: HashMap<u64, oneshot::Sender<Result<Applied>>>,
+    pending_reads: Vec<oneshot::Sender<Result<()>>>,
+    inflight_reads: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<()>>>)>,
+    reads_after_apply: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    revoking: HashSet<i64>,
+    read_seq: u64,
+    stop_requested: bool,
+}
+
+/// Generates request ids unique across members and restarts: the member id's low 16 bits,
+/// then a counter seeded from the clock.
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new(member_id: u64) -> RequestIds {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        RequestIds {
+            prefix: (member_id & 0xffff) << 48,
+            counter: AtomicU64::new((now << 8) & ((1 << 48) - 1)),
+        }
+    }
+
+    pub fn next(&self) -> u64 {
+        self.prefix | (self.counter.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1))
+    }
+}
+
+impl NodeLoop {
+    pub fn new(
+        raw: RawNode<RaftLog>,
+        log: RaftLog,
+        backend: Arc<dyn Backend>,
+        shared: Arc<Shared>,
+        opts: NodeOptions,
+        ids: Arc<RequestIds>,
+    ) -> NodeLoop {
+        NodeLoop {
+            raw,
+            log,
+            backend,
+            shared,
+            opts,
+            ids,
+            waiters: HashMap::new(),
+            pending_reads: Vec::new(),
+            inflight_reads: HashMap::new(),
+            reads_after_apply: Vec::new(),
+            revoking: HashSet::new(),
+            read_seq: 0,
+            stop_requested: false,
+        }
+    }
+
+    /// Runs until every sender of `rx` is gone. An error is a storage failure: the member
+    /// must stop rather than serve from state it could not persist.
+    pub fn run(mut self, rx: Receiver<Msg>) -> Result<()> {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = self.opts.tick.saturating_sub(last_tick.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Stop) => break,
+                Ok(m) => self.handle(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Group commit: take everything queued meanwhile into the same Ready.
+            if self.stop_requested {
+                break;
+            }
+            for _ in 0..8192 {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            if !self.pending_reads.is_empty() {
+                self.start_read();
+            }
+            if last_tick.elapsed() >= self.opts.tick {
+                last_tick = Instant::now();
+                self.raw.tick();
+                self.on_tick();
+            }
+            self.on_ready()?;
+        }
+        self.fail_all(|| Error::Stopped);
+        Ok(())
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Propose { req, tx } => {
+                let id = req.id;
+                if let Err(e) = self.raw.propose(vec![], req.encode_to_vec()) {
+                    tracing::debug!(error = %e, "proposal dropped");
+                    let _ = tx.send(Err(Error::NoLeader));
+                    return;
+                }
+                self.waiters.insert(id, tx);
+            }
+            Msg::ReadIndex { tx } => self.pending_reads.push(tx),
+            // Seen while draining: finish this round; the next receive sees the channel.
+            Msg::Stop => self.stop_requested = true,
+        }
+    }
+
+    fn start_read(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            for tx in self.pending_reads.drain(..) {
+                let _ = tx.send(Err(Error::NoLeader));
+            }
+            return;
+        }
+        self.read_seq += 1;
+        let ctx = self.read_seq.to_be_bytes().to_vec();
+        self.raw.read_index(ctx.clone());
+        let batch = std::mem::take(&mut self.pending_reads);
+        self.inflight_reads.insert(ctx, (Instant::now(), batch));
+    }
+
+    fn on_tick(&mut self) {
+        // ReadIndex requests can be dropped silently by raft (e.g. during an election).
+        let stale: Vec<Vec<u8>> = self
+            .inflight_reads
+            .iter()
+            .filter(|(_, (t, _))| t.elapsed() > Duration::from_secs(5))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some((_, txs)) = self.inflight_reads.remove(&k) {
+                for tx in txs {
+                    let _ = tx.send(Err(Error::Timeout));
+                }
+            }
+        }
+        self.sync_leadership();
+        // Only the leader expires leases, by proposing their revocation.
+        if self.raw.raft.state == StateRole::Leader {
+            let expired = self.shared.sm.read().lessor.expired();
+            for id in expired {
+                if self.revoking.insert(id) {
+                    tracing::info!(lease = format!("{id:016x}"), "lease expired; revoking");
+                    let req = InternalRequest {
+                        id: self.ids.next(),
+                        request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
+                            id,
+                        })),
+                    };
+                    if self.raw.propose(vec![], req.encode_to_vec()).is_err() {
+                        self.revoking.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_leadership(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        let mut sm = self.shared.sm.write();
+        if leader && !sm.lessor.is_primary() {
+            sm.lessor.promote();
+        } else if !leader && sm.lessor.is_primary() {
+            sm.lessor.demote();
+            self.revoking.clear();
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        for rs in rd.take_read_states() {
+            if let Some((_, txs)) = self.inflight_reads.remove(&rs.request_ctx) {
+                self.reads_after_apply.push((rs.index, txs));
+            }
+        }
+        let mut batch = WriteBatch::default();
+        self.log.append(rd.entries(), &mut batch)?;
+        if let Some(hs) = rd.hs() {
+            self.log.set_hard_state(hs, &mut batch)?;
+        }
+        if !batch.is_empty() {
+            self.backend.write(batch)?;
+        }
+        if rd.must_sync() {
+            self.backend.sync()?;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut batch = WriteBatch::default();
+            self.log.set_commit(commit, &mut batch)?;
+            self.backend.write(batch)?;
+        }
+        let committed = light.take_committed_entries();
+        self.apply(committed)?;
+        self.raw.advance_apply();
+        self.publish_status();
+        self.answer_reads();
+        self.maybe_truncate_log()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        let mut answers = Vec::new();
+        let revision = {
+            let mut sm = self.shared.sm.write();
+            for e in &entries {
+                if e.index <= sm.applied {
+                    continue;
+                }
+                if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                    match InternalRequest::decode(e.data.as_ref()) {
+                        Ok(req) => {
+                            let res = sm.apply(&req, &mut batch);
+                            if let Some(internal_request::Request::LeaseRevoke(r)) = &req.request {
+                                self.revoking.remove(&r.id);
+                            }
+                            answers.push((req.id, res));
+                        }
+                        Err(err) => {
+                            tracing::error!(index = e.index, %err, "undecodable raft entry skipped")
+                        }
+                    }
+                }
+                sm.applied = e.index;
+            }
+            batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());
+            sm.mvcc.current_revision()
+        };
+        self.backend.write(batch)?;
+        self.shared.revision.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+        for (id, res) in answers {
+            if let Some(tx) = self.waiters.remove(&id) {
+                let _ = tx.send(res);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let s = &self.shared.status;
+        let r = &self.raw.raft;
+        s.term.store(r.term, Ordering::Relaxed);
+        s.leader.store(r.leader_id, Ordering::Relaxed);
+        s.last_index
+            .store(r.raft_log.last_index(), Ordering::Relaxed);
+        s.commit.store(r.raft_log.committed, Ordering::Relaxed);
+        s.applied.store(r.raft_log.applied, Ordering::Relaxed);
+    }
+
+    fn answer_reads(&mut self) {
+        if self.reads_after_apply.is_empty() {
+            return;
+        }
+        let applied = self.shared.sm.read().applied;
+        self.reads_after_apply.retain_mut(|(index, txs)| {
+            if *index <= applied {
+                for tx in txs.drain(..) {
+                    let _ = tx.send(Ok(()));
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn maybe_truncate_log(&mut self) -> Result<()> {
+        let applied = self.shared.sm.read().applied;
+        let (first, _) = self.log.span();
+        let keep = self.opts.catch_up_entries;
+        if applied >= first + self.opts.snapshot_count + keep {
+            // The state machine must be durable before the entries that rebuild it go.
+            self.backend.sync()?;
+            let mut batch = WriteBatch::default();
+            self.log.truncate_prefix(applied - keep, &mut batch)?;
+            self.backend.write(batch)?;
+            tracing::debug!(upto = applied - keep, "raft log truncated");
+        }
+        Ok(())
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> Error) {
+        for (_, tx) in self.waiters.drain() {
+            let _ = tx.send(Err(err()));
+        }
+        for tx in self.pending_reads.drain(..) {
+            let _ = tx.send(Err(err()));
+        }
+        for (_, (_, txs)) in self.inflight_reads.drain() {
+            for tx in txs {
+                let _ = tx.send(Err(err()));
+            }
+        }
+        for (_, txs) in self.reads_after_apply.drain(..) {
+            for tx in txs {
+                let _ = tx.send(Err(err()));
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Generated protobuf types and gRPC stubs: the etcd v3 API (`etcdserverpb`, `mvccpb`)
+//! and kvstore's internal records (`kvstorepb`).
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod kvstorepb {
+    tonic::include_proto!("kvstorepb");
+}

@@ -1,0 +1,275 @@
+//! raft-rs `Storage` on the backend: hard state, conf state, the log entries and the
+//! point the log was truncated at. Entries since the truncation point are also kept in
+//! memory (raft reads them on every step); the backend copy is what survives a crash.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::backend::{Backend, WriteBatch, keys};
+use crate::error::{Error, Result};
+
+#[derive(Default)]
+struct Core {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry dropped from the log (0, 0 when none).
+    snap_index: u64,
+    snap_term: u64,
+    /// Entries `snap_index + 1 ..= last`.
+    entries: Vec<Entry>,
+}
+
+/// The raft log and its state. Cloning shares the same log.
+#[derive(Clone)]
+pub struct RaftLog {
+    core: Arc<RwLock<Core>>,
+}
+
+impl RaftLog {
+    /// Loads the log from the backend. A fresh store is initialised with `voters` as the
+    /// configuration every initial member starts from (empty when joining an existing
+    /// cluster: the configuration then arrives from the leader).
+    pub fn open(backend: &dyn Backend, voters: &[u64]) -> Result<(RaftLog, bool)> {
+        let mut core = Core::default();
+        let fresh =
+            backend.get(keys::HARD_STATE)?.is_none() && backend.get(keys::CONF_STATE)?.is_none();
+        if let Some(b) = backend.get(keys::HARD_STATE)? {
+            core.hard_state = HardState::parse_from_bytes(&b)?;
+        }
+        if let Some(b) = backend.get(keys::CONF_STATE)? {
+            core.conf_state = ConfState::parse_from_bytes(&b)?;
+        } else if fresh {
+            core.conf_state.set_voters(voters.to_vec());
+        }
+        if let Some(b) = backend.get(keys::SNAPSHOT_META)? {
+            let meta = SnapshotMetadata::parse_from_bytes(&b)?;
+            core.snap_index = meta.index;
+            core.snap_term = meta.term;
+        }
+        for (_, v) in backend.scan_prefix(keys::LOG_PREFIX)? {
+            let e = Entry::parse_from_bytes(&v)?;
+            if e.index <= core.snap_index {
+                continue;
+            }
+            let expected = core.snap_index + core.entries.len() as u64 + 1;
+            if e.index != expected {
+                return Err(Error::Corrupt(format!(
+                    "raft log has entry {} where {} was expected",
+                    e.index, expected
+                )));
+            }
+            core.entries.push(e);
+        }
+        Ok((
+            RaftLog {
+                core: Arc::new(RwLock::new(core)),
+            },
+            fresh,
+        ))
+    }
+
+    /// Records the first configuration of a fresh store.
+    pub fn save_conf_state(&self, cs: &ConfState, batch: &mut WriteBatch) -> Result<()> {
+        batch.put(keys::CONF_STATE, cs.write_to_bytes()?);
+        self.core.write().conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Appends entries (a conflicting suffix is replaced), in memory and into `batch`.
+    pub fn append(&self, ents: &[Entry], batch: &mut WriteBatch) -> Result<()> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        let mut core = self.core.write();
+        if first.index <= core.snap_index {
+            return Err(Error::Corrupt(format!(
+                "append at {} below the truncation point {}",
+                first.index, core.snap_index
+            )));
+        }
+        let last = core.snap_index + core.entries.len() as u64;
+        if first.index > last + 1 {
+            return Err(Error::Corrupt(format!(
+                "append at {} leaves a gap after {last}",
+                first.index
+            )));
+        }
+        let keep = (first.index - core.snap_index - 1) as usize;
+        for stale in (first.index..=last).skip(ents.len()) {
+            batch.delete(keys::log(stale));
+        }
+        core.entries.truncate(keep);
+        for e in ents {
+            batch.put(keys::log(e.index), e.write_to_bytes()?);
+            core.entries.push(e.clone());
+        }
+        Ok(())
+    }
+
+    /// Records the hard state, in memory and into `batch`.
+    pub fn set_hard_state(&self, hs: &HardState, batch: &mut WriteBatch) -> Result<()> {
+        batch.put(keys::HARD_STATE, hs.write_to_bytes()?);
+        self.core.write().hard_state = hs.clone();
+        Ok(())
+    }
+
+    /// Records a new commit index.
+    pub fn set_commit(&self, commit: u64, batch: &mut WriteBatch) -> Result<()> {
+        let hs = {
+            let mut core = self.core.write();
+            core.hard_state.commit = commit;
+            core.hard_state.clone()
+        };
+        batch.put(keys::HARD_STATE, hs.write_to_bytes()?);
+        Ok(())
+    }
+
+    /// Drops entries up to and including `index` (which must be applied).
+    pub fn truncate_prefix(&self, index: u64, batch: &mut WriteBatch) -> Result<()> {
+        let mut core = self.core.write();
+        if index <= core.snap_index {
+            return Ok(());
+        }
+        let last = core.snap_index + core.entries.len() as u64;
+        let index = index.min(last);
+        let n = (index - core.snap_index) as usize;
+        let term = core.entries[n - 1].term;
+        for i in core.snap_index + 1..=index {
+            batch.delete(keys::log(i));
+        }
+        core.entries.drain(..n);
+        core.snap_index = index;
+        core.snap_term = term;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(core.conf_state.clone());
+        batch.put(keys::SNAPSHOT_META, meta.write_to_bytes()?);
+        Ok(())
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.core.read().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(first index, last index)` held.
+    pub fn span(&self) -> (u64, u64) {
+        let c = self.core.read();
+        (c.snap_index + 1, c.snap_index + c.entries.len() as u64)
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.core.read();
+        Ok(RaftState::new(c.hard_state.clone(), c.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let c = self.core.read();
+        if low <= c.snap_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let last = c.snap_index + c.entries.len() as u64;
+        if high > last + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let lo = (low - c.snap_index - 1) as usize;
+        let hi = (high - c.snap_index - 1) as usize;
+        let mut out = c.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let c = self.core.read();
+        if idx == c.snap_index {
+            return Ok(c.snap_term);
+        }
+        if idx < c.snap_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let off = (idx - c.snap_index - 1) as usize;
+        c.entries
+            .get(off)
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().snap_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        let c = self.core.read();
+        Ok(c.snap_index + c.entries.len() as u64)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Shipping the state machine to a lagging member needs the peer transport, which a
+        // single-member store does not have; raft retries the request later.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SledBackend;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    #[test]
+    fn append_truncate_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(dir.path()).expect("open");
+        let (log, fresh) = RaftLog::open(be.as_ref(), &[1]).expect("log");
+        assert!(fresh);
+        let mut b = WriteBatch::default();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b)
+            .expect("append");
+        log.append(&[entry(2, 2)], &mut b).expect("replace suffix");
+        let mut hs = HardState::default();
+        hs.term = 2;
+        log.set_hard_state(&hs, &mut b).expect("hs");
+        be.write(b).expect("write");
+        assert_eq!(log.span(), (1, 2));
+        let mut b = WriteBatch::default();
+        log.truncate_prefix(1, &mut b).expect("truncate");
+        be.write(b).expect("write");
+        drop(log);
+        let (log, fresh) = RaftLog::open(be.as_ref(), &[1]).expect("reopen");
+        assert!(!fresh);
+        assert_eq!(log.span(), (2, 2));
+        assert_eq!(log.term(1).expect("snap term"), 1);
+        assert_eq!(log.term(2).expect("term"), 2);
+        assert!(
+            log.entries(1, 3, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+        assert_eq!(log.initial_state().expect("state").hard_state.term, 2);
+    }
+}
