@@ -38,6 +38,8 @@ pub enum Msg {
     Stop,
 }
 
+type ReadWaiter = oneshot::Sender<Result<()>>;
+
 /// Raft status, published by the loop for headers and `Status`.
 #[derive(Default)]
 pub struct RaftStatus {
@@ -76,9 +78,11 @@ pub(crate) struct NodeLoop {
     pub opts: NodeOptions,
     pub ids: Arc<RequestIds>,
     waiters: HashMap<u64, oneshot::Sender<Result<Applied>>>,
-    pending_reads: Vec<oneshot::Sender<Result<()>>>,
-    inflight_reads: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<()>>>)>,
-    reads_after_apply: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    pending_reads: Vec<ReadWaiter>,
+    /// Read batches sent to raft, by request context: when sent, and who waits.
+    inflight_reads: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
+    /// Read batches whose read index is known, waiting for apply to reach it.
+    reads_after_apply: Vec<(u64, Vec<ReadWaiter>)>,
     revoking: HashSet<i64>,
     read_seq: u64,
     stop_requested: bool,

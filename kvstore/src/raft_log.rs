@@ -144,10 +144,12 @@ impl RaftLog {
         core.entries.drain(..n);
         core.snap_index = index;
         core.snap_term = term;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(core.conf_state.clone());
+        let meta = SnapshotMetadata {
+            index,
+            term,
+            conf_state: protobuf::SingularPtrField::some(core.conf_state.clone()),
+            ..Default::default()
+        };
         batch.put(keys::SNAPSHOT_META, meta.write_to_bytes()?);
         Ok(())
     }
@@ -236,10 +238,11 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -252,8 +255,10 @@ mod tests {
         log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b)
             .expect("append");
         log.append(&[entry(2, 2)], &mut b).expect("replace suffix");
-        let mut hs = HardState::default();
-        hs.term = 2;
+        let hs = HardState {
+            term: 2,
+            ..Default::default()
+        };
         log.set_hard_state(&hs, &mut b).expect("hs");
         be.write(b).expect("write");
         assert_eq!(log.span(), (1, 2));

@@ -5,6 +5,9 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
+/// Lower and upper bound of a key range, as `BTreeMap::range` takes them.
+pub type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// A half-open interval of keys, as etcd requests spell it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRange {
@@ -43,7 +46,7 @@ impl KeyRange {
     }
 
     /// The range as map bounds, or `None` when it is empty (end at or below start).
-    pub fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    pub fn bounds(&self) -> Option<Bounds<'_>> {
         match self {
             KeyRange::Single(k) => Some((Bound::Included(k.as_ref()), Bound::Included(k.as_ref()))),
             KeyRange::Span { start, end: None } => {

@@ -1,0 +1,304 @@
+//! Test harness shared by the kvstore integration tests: starts a real server process
+//! (kvstore, or etcd 3.4 as the reference) on free loopback ports in a temporary data
+//! dir, runs the stock `etcdctl` against it, and kills everything on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Which server a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Kvstore,
+    Etcd,
+}
+
+pub const ETCD: &str = "/usr/bin/etcd";
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+fn require(path: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: install Debian's etcd-server and etcd-client (scripts/install-test-deps.sh)"
+    );
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// A server process and its data.
+pub struct Proc {
+    pub kind: Kind,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts a fresh single-member server and waits until it answers.
+    pub fn start(kind: Kind) -> Proc {
+        let mut p = Proc {
+            kind,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let bin = match self.kind {
+            Kind::Kvstore => env!("CARGO_BIN_EXE_kvstore").to_string(),
+            Kind::Etcd => {
+                require(ETCD);
+                ETCD.to_string()
+            }
+        };
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let child = Command::new(bin)
+            .args(["--name", "default", "--data-dir"])
+            .arg(self.data_dir())
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start server");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.etcdctl(&["--command-timeout=1s", "endpoint", "health"]);
+            if out.status.success() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("{:?} exited early ({st}): {}", self.kind, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} not ready: {}",
+                self.kind,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs etcdctl (API v3) against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        require(ETCDCTL);
+        Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// Runs etcdctl feeding `stdin`.
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        require(ETCDCTL);
+        let mut c = Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        c.wait_with_output().expect("etcdctl output")
+    }
+
+    /// Runs etcdctl and returns stdout, failing the test on a non-zero exit.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "{:?}: etcdctl {args:?} failed: {}",
+            self.kind,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs etcdctl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            !out.status.success(),
+            "{:?}: etcdctl {args:?} unexpectedly succeeded",
+            self.kind
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts a long-running etcdctl (e.g. watch) whose stdout lines arrive on a channel.
+    pub fn etcdctl_stream(&self, args: &[&str]) -> Streamer {
+        require(ETCDCTL);
+        let mut child = Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run etcdctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Streamer { child, lines: rx }
+    }
+
+    /// The JSON output of `etcdctl -w json ARGS`.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-w", "json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON {out:?}: {e}"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running etcdctl whose output is read line by line.
+pub struct Streamer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Streamer {
+    /// The next `n` lines, failing the test if they do not come within 10 s.
+    pub fn take(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        (0..n)
+            .map(|i| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("only {i} of {n} lines arrived"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Declares one `#[test]` per server kind for each suite function `fn(&Proc)`.
+#[macro_export]
+macro_rules! against_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_kvstore {
+            $(#[test] fn $name() { super::$name(&$crate::common::Proc::start($crate::common::Kind::Kvstore)); })*
+        }
+        mod on_etcd {
+            $(#[test] fn $name() { super::$name(&$crate::common::Proc::start($crate::common::Kind::Etcd)); })*
+        }
+    };
+}
