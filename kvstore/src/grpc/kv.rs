@@ -32,6 +32,7 @@ fn unexpected(a: Applied) -> Status {
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = req.into_inner();
+        super::check_size(&self.member, &req)?;
         validate::range(&req)?;
         if !req.serializable {
             self.member.read_barrier().await?;
@@ -50,6 +51,7 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
+        super::check_size(&self.member, &req)?;
         validate::put(&req)?;
         match self.member.propose(Internal::Put(req)).await? {
             Applied::Put(mut r) => {
@@ -65,6 +67,7 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
+        super::check_size(&self.member, &req)?;
         validate::delete_range(&req)?;
         match self.member.propose(Internal::DeleteRange(req)).await? {
             Applied::DeleteRange(mut r) => {
@@ -77,6 +80,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
+        super::check_size(&self.member, &req)?;
         validate::txn(&req, self.member.max_txn_ops)?;
         match self.member.propose(Internal::Txn(req)).await? {
             Applied::Txn(mut r) => {

@@ -22,6 +22,24 @@ use crate::server::Member;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// What tonic itself will decode. Messages between the etcd limit and this one are
+/// refused by `check_size` with grpc-go's code and message, as etcd refuses them.
+const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Refuses a message over the gRPC receive limit as etcd (grpc-go) does.
+pub(crate) fn check_size(
+    member: &Member,
+    msg: &impl prost::Message,
+) -> std::result::Result<(), tonic::Status> {
+    let len = msg.encoded_len();
+    let max = member.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    if len > max {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {max})"
+        )));
+    }
+    Ok(())
+}
 
 /// Serves the client API on every listener until `shutdown` fires.
 pub(crate) async fn serve(
@@ -29,7 +47,7 @@ pub(crate) async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<()> {
-    let max = member.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let max = DECODE_LIMIT;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
     for l in listeners {

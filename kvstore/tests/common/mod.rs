@@ -302,3 +302,22 @@ macro_rules! against_both {
         }
     };
 }
+
+/// Like `against_both!` for `async fn(&Proc)` suites.
+#[macro_export]
+macro_rules! against_both_async {
+    ($($name:ident),* $(,)?) => {
+        mod on_kvstore {
+            $(#[tokio::test] async fn $name() {
+                let p = $crate::common::Proc::start($crate::common::Kind::Kvstore);
+                super::$name(&p).await;
+            })*
+        }
+        mod on_etcd {
+            $(#[tokio::test] async fn $name() {
+                let p = $crate::common::Proc::start($crate::common::Kind::Etcd);
+                super::$name(&p).await;
+            })*
+        }
+    };
+}
