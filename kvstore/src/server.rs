@@ -275,7 +275,7 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let served = match tokio::time::timeout(Duration::from_secs(5), &mut self.serving).await {
+        let served = match tokio::time::timeout(Duration::from_secs(2), &mut self.serving).await {
             Ok(r) => r,
             Err(_) => {
                 self.serving.abort();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{Error, Result};
@@ -71,9 +72,16 @@ pub(crate) async fn serve(
                 member.clone(),
             )));
         let mut stop = stop_tx.subscribe();
+        // Small request/response RPCs: never let Nagle hold a reply back.
+        let incoming = TcpListenerStream::new(l).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
         tasks.push(tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
                 .await

@@ -1,0 +1,421 @@
+//! kvbench: drives any etcd v3 endpoint with concurrent clients and reports throughput and
+//! latency percentiles for puts, linearizable and serializable ranges and watch fan-out.
+//!
+//! ```text
+//! kvbench --endpoint http://127.0.0.1:2379            # one endpoint
+//! kvbench --compare                                   # kvstore vs etcd 3.4, side by side
+//! ```
+//! `--compare` starts a single-member kvstore (the release binary next to this example)
+//! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
+//! dirs, runs the same workloads against each, and prints the ratios.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use kvstore::proto::etcdserverpb::{
+    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient,
+    watch_client::WatchClient, watch_request::RequestUnion,
+};
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark an etcd v3 endpoint (or kvstore beside etcd 3.4 with --compare)")]
+struct Args {
+    /// Endpoint to drive (ignored with --compare).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    endpoint: String,
+    /// Start kvstore and etcd and benchmark both.
+    #[arg(long)]
+    compare: bool,
+    /// Concurrent clients for the throughput workloads.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Requests per throughput workload.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Watchers for the fan-out workload.
+    #[arg(long, default_value_t = 50)]
+    watchers: usize,
+    /// Keys loaded before measuring resident memory (compare mode).
+    #[arg(long, default_value_t = 100_000)]
+    memory_keys: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
+    lat.sort_unstable();
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Stats {
+        ops_per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+    }
+}
+
+async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(endpoint.to_string())?
+        .connect()
+        .await?)
+}
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("{:08}", i % 100_000))
+}
+
+/// `requests` operations spread over `clients` connections; `op(client, i)` does one.
+async fn load<F, Fut>(
+    endpoint: &str,
+    clients: usize,
+    requests: usize,
+    op: F,
+) -> anyhow::Result<Stats>
+where
+    F: Fn(KvClient<Channel>, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(KvClient::new(channel(endpoint).await?));
+    }
+    let per = requests / clients;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in conns.into_iter().enumerate() {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                op(client.clone(), c * per + i).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(stats(all, start.elapsed()))
+}
+
+async fn put_load(endpoint: &str, clients: usize, requests: usize) -> anyhow::Result<Stats> {
+    let value = Bytes::from(vec![b'v'; 256]);
+    load(endpoint, clients, requests, move |mut c, i| {
+        let value = value.clone();
+        async move {
+            c.put(PutRequest {
+                key: key(i),
+                value,
+                ..Default::default()
+            })
+            .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn range_load(
+    endpoint: &str,
+    clients: usize,
+    requests: usize,
+    serializable: bool,
+) -> anyhow::Result<Stats> {
+    load(endpoint, clients, requests, move |mut c, i| async move {
+        c.range(RangeRequest {
+            key: key(i % 1000),
+            serializable,
+            ..Default::default()
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// `watchers` watch one prefix; one writer puts `events` keys, 2 ms apart; latency is from
+/// just before each put to each watcher's receipt of the event.
+async fn watch_fanout(endpoint: &str, watchers: usize, events: usize) -> anyhow::Result<Stats> {
+    let prefix = format!("fanout{}/", std::process::id());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut ready = Vec::new();
+    for _ in 0..watchers {
+        let mut w = WatchClient::new(channel(endpoint).await?);
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
+        req_tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: Bytes::from(prefix.clone()),
+                    range_end: Bytes::from(format!("{}0", &prefix[..prefix.len() - 1])),
+                    ..Default::default()
+                })),
+            })
+            .await?;
+        let mut stream = w
+            .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await?
+            .into_inner();
+        let created = stream.message().await?;
+        anyhow::ensure!(created.is_some_and(|c| c.created), "watch not created");
+        let tx = tx.clone();
+        ready.push(tokio::spawn(async move {
+            let _keep = req_tx;
+            while let Ok(Some(resp)) = stream.message().await {
+                for e in resp.events {
+                    let idx =
+                        e.kv.as_ref()
+                            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+                            .unwrap_or(usize::MAX);
+                    let _ = tx.send((idx, Instant::now()));
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut kv = KvClient::new(channel(endpoint).await?);
+    let mut sent = Vec::with_capacity(events);
+    let start = Instant::now();
+    for i in 0..events {
+        sent.push(Instant::now());
+        kv.put(PutRequest {
+            key: Bytes::from(format!("{prefix}{i}")),
+            value: Bytes::from(i.to_string()),
+            ..Default::default()
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut lat = Vec::with_capacity(events * watchers);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lat.len() < events * watchers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((idx, at))) => {
+                if let Some(s) = sent.get(idx) {
+                    lat.push(at.duration_since(*s));
+                }
+            }
+            _ => anyhow::bail!(
+                "only {} of {} watch deliveries arrived",
+                lat.len(),
+                events * watchers
+            ),
+        }
+    }
+    for t in ready {
+        t.abort();
+    }
+    Ok(stats(lat, start.elapsed()))
+}
+
+struct Report {
+    name: String,
+    rows: Vec<(String, Stats)>,
+    rss_mb: Option<f64>,
+}
+
+async fn run_all(name: &str, endpoint: &str, a: &Args, pid: Option<u32>) -> anyhow::Result<Report> {
+    eprintln!("== {name}: {endpoint}");
+    let mut rows = Vec::new();
+    let s = put_load(endpoint, 1, 2_000).await?;
+    eprintln!("   put, 1 client: {s:?}");
+    rows.push(("put, 1 client".to_string(), s));
+    let s = put_load(endpoint, a.clients, a.requests).await?;
+    eprintln!("   put, {} clients: {s:?}", a.clients);
+    rows.push((format!("put, {} clients", a.clients), s));
+    let s = range_load(endpoint, a.clients, a.requests * 2, false).await?;
+    eprintln!("   range linearizable: {s:?}");
+    rows.push((format!("range linearizable, {} clients", a.clients), s));
+    let s = range_load(endpoint, a.clients, a.requests * 2, true).await?;
+    eprintln!("   range serializable: {s:?}");
+    rows.push((format!("range serializable, {} clients", a.clients), s));
+    let s = watch_fanout(endpoint, a.watchers, 500).await?;
+    eprintln!("   watch fan-out: {s:?}");
+    rows.push((
+        format!("watch fan-out, {} watchers (latency)", a.watchers),
+        s,
+    ));
+    let rss_mb = match pid {
+        Some(pid) => {
+            put_load(endpoint, a.clients, a.memory_keys).await?;
+            rss(pid)
+        }
+        None => None,
+    };
+    Ok(Report {
+        name: name.to_string(),
+        rows,
+        rss_mb,
+    })
+}
+
+fn rss(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Server {
+    child: Child,
+    _dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start(bin: &PathBuf) -> anyhow::Result<Server> {
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found (build it first: cargo build --release -p kvstore)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir()?;
+    let client = format!("http://127.0.0.1:{}", free_port()?);
+    let peer = format!("http://127.0.0.1:{}", free_port()?);
+    let child = Command::new(bin)
+        .args(["--name", "bench", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("bench={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Server {
+        child,
+        _dir: dir,
+        endpoint: client,
+    })
+}
+
+async fn wait_ready(endpoint: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(ch) = channel(endpoint).await
+            && KvClient::new(ch)
+                .range(RangeRequest {
+                    key: Bytes::from("ready"),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{endpoint} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print(reports: &[Report]) {
+    println!();
+    print!("| workload |");
+    for r in reports {
+        print!(
+            " {} ops/s | {} p50 ms | {} p99 ms |",
+            r.name, r.name, r.name
+        );
+    }
+    if reports.len() == 2 {
+        print!(
+            " ratio (throughput {} / {}) |",
+            reports[0].name, reports[1].name
+        );
+    }
+    println!();
+    println!(
+        "|---|{}{}",
+        "---|---|---|".repeat(reports.len()),
+        if reports.len() == 2 { "---|" } else { "" }
+    );
+    for i in 0..reports[0].rows.len() {
+        print!("| {} |", reports[0].rows[i].0);
+        for r in reports {
+            let s = &r.rows[i].1;
+            print!(
+                " {:.0} | {:.2} | {:.2} |",
+                s.ops_per_sec, s.p50_ms, s.p99_ms
+            );
+        }
+        if reports.len() == 2 {
+            let (a, b) = (&reports[0].rows[i].1, &reports[1].rows[i].1);
+            if reports[0].rows[i].0.starts_with("watch") {
+                print!(" p99 {:.2}x |", a.p99_ms / b.p99_ms.max(1e-9));
+            } else {
+                print!(" {:.2}x |", a.ops_per_sec / b.ops_per_sec.max(1e-9));
+            }
+        }
+        println!();
+    }
+    for r in reports {
+        if let Some(m) = r.rss_mb {
+            println!(
+                "\n{}: resident memory after the load ({} extra puts): {m:.1} MB",
+                r.name, "memory-keys"
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if !a.compare {
+        let r = run_all("endpoint", &a.endpoint, &a, None).await?;
+        print(&[r]);
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let kvstore_bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("kvstore"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the kvstore binary"))?;
+    let mut reports = Vec::new();
+    for (name, bin) in [
+        ("kvstore", kvstore_bin),
+        ("etcd", PathBuf::from("/usr/bin/etcd")),
+    ] {
+        let server = start(&bin)?;
+        wait_ready(&server.endpoint).await?;
+        reports.push(run_all(name, &server.endpoint, &a, Some(server.child.id())).await?);
+    }
+    print(&reports);
+    Ok(())
+}
