@@ -86,7 +86,7 @@ async fn sigkill_loses_no_acknowledged_write() {
     // The revision continues from where it was: no write re-applied twice.
     let r = c.get("w0/00000000", None).await.expect("get");
     assert_eq!(r.kvs()[0].version(), 1);
-    assert!(r.header().map(|h| h.revision()).unwrap_or(0) >= 1 + acked.len() as i64);
+    assert!(r.header().map(|h| h.revision()).unwrap_or(0) > acked.len() as i64);
 }
 
 #[tokio::test]
