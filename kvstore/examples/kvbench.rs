@@ -343,7 +343,7 @@ async fn wait_ready(endpoint: &str) -> anyhow::Result<()> {
     }
 }
 
-fn print(reports: &[Report]) {
+fn print(reports: &[Report], memory_keys: usize) {
     println!();
     print!("| workload |");
     for r in reports {
@@ -386,8 +386,8 @@ fn print(reports: &[Report]) {
     for r in reports {
         if let Some(m) = r.rss_mb {
             println!(
-                "\n{}: resident memory after the load ({} extra puts): {m:.1} MB",
-                r.name, "memory-keys"
+                "\n{}: resident memory after all workloads plus {memory_keys} more puts: {m:.1} MB",
+                r.name
             );
         }
     }
@@ -398,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     if !a.compare {
         let r = run_all("endpoint", &a.endpoint, &a, None).await?;
-        print(&[r]);
+        print(&[r], a.memory_keys);
         return Ok(());
     }
     let exe = std::env::current_exe()?;
@@ -416,6 +416,6 @@ async fn main() -> anyhow::Result<()> {
         wait_ready(&server.endpoint).await?;
         reports.push(run_all(name, &server.endpoint, &a, Some(server.child.id())).await?);
     }
-    print(&reports);
+    print(&reports, a.memory_keys);
     Ok(())
 }
