@@ -1,0 +1,92 @@
+//! DEL: idempotent teardown. Succeeds when already deleted, with an empty `CNI_NETNS`, or when
+//! the netns is gone — and still removes the host veth, the masquerade entry and the address,
+//! which are all found from the attachment's identity rather than from the container.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::IpNetwork;
+
+use super::masq_enabled;
+use crate::config::NetConf;
+use crate::env::Invocation;
+use crate::error::{CniError, Result};
+use crate::ipam::Ipam;
+use crate::masq;
+use crate::naming;
+use crate::net::{links, netns::Netns};
+use crate::result::CniResult;
+use crate::subnet_env::SubnetEnv;
+
+pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
+    // DEL must work even when netd is down and the subnet file is missing.
+    let env = SubnetEnv::load(&conf.subnet_file).ok();
+    let mut errors = Vec::new();
+    let mut hints: Vec<Ipv4Addr> = Vec::new();
+    if let Some(prev) = &conf.prev_result
+        && let Ok(prev) = CniResult::from_value(prev, "prevResult")
+    {
+        hints.extend(prev.ips.iter().filter_map(|ip| match ip.address {
+            IpNetwork::V4(n) => Some(n.ip()),
+            IpNetwork::V6(_) => None,
+        }));
+    }
+
+    let host_h = crate::net::netns::connect_host()?;
+    let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
+
+    // Container side: learn its address (saves the IPAM directory scan), then remove it.
+    if let Some(path) = &inv.netns {
+        match container_teardown(path, &inv.ifname, &host_h, &host_name).await {
+            Ok(addrs) => hints.extend(addrs),
+            Err(e) => errors.push(e),
+        }
+    }
+    // Host side, by name: covers an empty or vanished netns.
+    if let Err(e) = links::delete_by_name(&host_h, &host_name).await {
+        errors.push(e);
+    }
+    if masq_enabled(conf, env.as_ref()) && (conf.ip_masq == Some(true) || masq::available()) {
+        let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
+        if let Err(e) = masq::remove_where(|c| c == comment) {
+            errors.push(e);
+        }
+    }
+    if let Err(e) = Ipam::for_conf(conf).del(inv, env.as_ref(), &hints) {
+        errors.push(e);
+    }
+    match CniError::combine(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Read the container interface's addresses and delete it (via the host end when that is
+/// ours). A netns that no longer exists, or is no longer a netns, is not an error.
+async fn container_teardown(
+    path: &str,
+    ifname: &str,
+    host_h: &rtnetlink::Handle,
+    host_name: &str,
+) -> Result<Vec<Ipv4Addr>> {
+    let Some(ns) = Netns::open(path)? else {
+        return Ok(Vec::new());
+    };
+    // setns fails with EINVAL on a leftover mount point whose netns died: treat as gone.
+    let Ok(h) = ns.connect() else {
+        return Ok(Vec::new());
+    };
+    let Some(link) = links::get_by_name(&h, ifname).await? else {
+        return Ok(Vec::new());
+    };
+    let addrs = links::addresses(&h, link.index)
+        .await?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    // Deleting our host end removes the peer too; delete the container end directly only
+    // when the host end is not there (e.g. renamed by hand).
+    if !links::delete_by_name(host_h, host_name).await? {
+        links::delete_by_name(&h, ifname).await?;
+    }
+    Ok(addrs)
+}
