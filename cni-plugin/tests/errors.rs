@@ -101,11 +101,22 @@ fn config_errors_have_their_codes() {
     let v = raw(r#"{"cniVersion":"0.1.0","name":"n","type":"netd-cni"}"#);
     v.err(1);
     raw(r#"{"cniVersion":"2.0.0","name":"n","type":"netd-cni"}"#).err(1);
-    w.plugin(&env, &w.conf("1.0.0", json!({"name": "../../tmp/x"}))).err(7);
-    w.plugin(&env, &w.conf("1.0.0", json!({"dataDir": "relative/dir"}))).err(7);
-    w.plugin(&env, &w.conf("1.0.0", json!({"ipam": {"type": "../../bin/sh"}}))).err(7);
-    w.plugin(&env, &w.conf("1.0.0", json!({"ipam": {"type": "no-such-ipam"}}))).err(7);
-    w.plugin(&env, &w.conf("1.0.0", json!({"bridge": "bad/name"}))).err(7);
+    w.plugin(&env, &w.conf("1.0.0", json!({"name": "../../tmp/x"})))
+        .err(7);
+    w.plugin(&env, &w.conf("1.0.0", json!({"dataDir": "relative/dir"})))
+        .err(7);
+    w.plugin(
+        &env,
+        &w.conf("1.0.0", json!({"ipam": {"type": "../../bin/sh"}})),
+    )
+    .err(7);
+    w.plugin(
+        &env,
+        &w.conf("1.0.0", json!({"ipam": {"type": "no-such-ipam"}})),
+    )
+    .err(7);
+    w.plugin(&env, &w.conf("1.0.0", json!({"bridge": "bad/name"})))
+        .err(7);
     // Commands the config's version does not have.
     let check = CniEnv::new("CHECK", "cid", &c, "eth0");
     w.plugin(&check, &w.conf("0.3.1", json!({}))).err(1);
@@ -132,12 +143,17 @@ fn subnet_file_missing_or_garbage() {
     std::fs::remove_file(w.subnet_file()).expect("remove subnet file");
     let add = w.plugin(&env, &conf);
     let err = add.err(11);
-    assert!(err["msg"].as_str().is_some_and(|m| m.contains("subnet.env")));
+    assert!(
+        err["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("subnet.env"))
+    );
     w.plugin(&status, &conf).err(50);
     // DEL needs no subnet file.
     let mut del = env.clone();
     del.command = Some("DEL".into());
-    w.plugin(&del, &w.conf("1.1.0", json!({"ipMasq": false}))).ok();
+    w.plugin(&del, &w.conf("1.1.0", json!({"ipMasq": false})))
+        .ok();
 
     for garbage in [
         "\u{0}\u{1}binary",

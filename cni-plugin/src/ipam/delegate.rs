@@ -37,13 +37,15 @@ fn locate(plugin: &str, inv: &Invocation) -> Result<PathBuf> {
 /// config names no range (as flannel's plugin does).
 pub fn delegate_config(conf: &NetConf, subnet: Option<&SubnetEnv>) -> Value {
     let mut raw = conf.raw.clone();
-    if let (Some(env), Some(Value::Object(ipam))) = (subnet, raw.get_mut("ipam")) {
-        if !ipam.contains_key("ranges") && !ipam.contains_key("subnet") {
-            ipam.insert(
-                "ranges".into(),
-                serde_json::json!([[{"subnet": env.subnet.to_string(), "gateway": env.gateway.to_string()}]]),
-            );
-        }
+    if let (Some(env), Some(Value::Object(ipam))) = (subnet, raw.get_mut("ipam"))
+        && !ipam.contains_key("ranges")
+        && !ipam.contains_key("subnet")
+    {
+        let range = serde_json::json!({
+            "subnet": env.subnet.to_string(),
+            "gateway": env.gateway.to_string(),
+        });
+        ipam.insert("ranges".into(), serde_json::json!([[range]]));
     }
     raw
 }
