@@ -35,6 +35,7 @@ struct RawConf {
     ip_masq: Option<bool>,
     hairpin_mode: Option<bool>,
     default_route: Option<bool>,
+    async_teardown: Option<bool>,
     ipam: Option<Value>,
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -60,6 +61,9 @@ pub struct NetConf {
     pub hairpin: bool,
     /// Default route via the gateway (true) or only a route to the cluster network (false).
     pub default_route: bool,
+    /// DEL retires the veth and leaves its destruction to a detached reaper (see
+    /// `net::retire`); false deletes it synchronously.
+    pub async_teardown: bool,
     /// Name of a delegated IPAM plugin; `None` means the built-in store.
     pub ipam_plugin: Option<String>,
     pub prev_result: Option<Value>,
@@ -141,6 +145,7 @@ impl NetConf {
             ip_masq: conf.ip_masq,
             hairpin: conf.hairpin_mode.unwrap_or(true),
             default_route: conf.default_route.unwrap_or(true),
+            async_teardown: conf.async_teardown.unwrap_or(true),
             ipam_plugin,
             prev_result: conf.prev_result,
             valid_attachments: conf.valid_attachments.or(conf.attachments),

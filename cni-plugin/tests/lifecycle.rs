@@ -85,10 +85,11 @@ fn add_check_del_with_traffic_and_no_leftovers() {
         !w.ping(Some(&c1), "10.244.3.1"),
         "c1 still connected after DEL"
     );
-    let links = w.host_links();
-    assert!(
-        links.iter().all(|l| !l.starts_with("veth")),
-        "veth left behind: {links:?}"
+    let links = w.settled_host_links();
+    assert_eq!(
+        links,
+        vec!["lo".to_string(), "cni0".to_string()],
+        "left behind"
     );
     assert!(
         w.allocations().is_empty(),
@@ -135,7 +136,10 @@ fn del_after_the_netns_is_gone_and_proc_pid_netns() {
     w.run("DEL", "podman-1", &c, &conf).ok();
     assert!(w.allocations().is_empty());
     assert!(w.masq_elements().is_empty());
-    assert!(w.host_links().iter().all(|l| !l.starts_with("veth")));
+    assert_eq!(
+        w.settled_host_links(),
+        vec!["lo".to_string(), "cni0".to_string()]
+    );
 }
 
 #[test]
@@ -173,11 +177,12 @@ fn failed_add_rolls_back_everything() {
 }
 
 #[test]
-fn cluster_only_routes_and_mtu_override_without_masquerade() {
+fn cluster_only_routes_mtu_override_no_masquerade_sync_teardown() {
     let mut w = World::new("route");
     let conf = w.conf(
         "1.1.0",
-        json!({"defaultRoute": false, "mtu": 1300, "ipMasq": false, "bridge": "br-test"}),
+        json!({"defaultRoute": false, "mtu": 1300, "ipMasq": false, "bridge": "br-test",
+               "asyncTeardown": false}),
     );
     let c = w.container("c");
     let env = CniEnv::new("ADD", "cid", &c, "net1");
@@ -201,4 +206,11 @@ fn cluster_only_routes_and_mtu_override_without_masquerade() {
     del.command = Some("DEL".into());
     w.plugin(&del, &conf).ok();
     assert!(w.allocations().is_empty());
+    // Synchronous teardown: gone when DEL returns, no waiting.
+    assert_eq!(
+        w.host_links(),
+        vec!["lo".to_string(), "br-test".to_string()]
+    );
+    let ns_links = common::must(&["ip", "netns", "exec", name, "ip", "-o", "link"]);
+    assert!(!ns_links.contains("net1"), "{ns_links}");
 }

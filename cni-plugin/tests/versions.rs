@@ -84,8 +84,17 @@ fn gc_releases_everything_not_listed() {
     assert_eq!(w.allocations(), vec![ips[3].clone()]);
     assert_eq!(w.masq_elements(), vec![ips[3].clone()]);
 
-    // GC is idempotent and tolerates an empty store.
+    // GC is idempotent, and reaps retired veths whose reaper never ran.
+    let out = w.in_host(&[
+        "ip", "link", "add", "ncd-4242", "type", "veth", "peer", "name", "ncd-4243",
+    ]);
+    assert!(out.status.success());
     w.plugin(&env, &gc).ok();
+    assert!(
+        w.host_links().iter().all(|l| !l.starts_with("ncd-")),
+        "{:?}",
+        w.host_links()
+    );
     for (name, c) in [("keep", &netns[0]), ("keep2", &netns[3])] {
         w.run("DEL", name, c, &base).ok();
     }

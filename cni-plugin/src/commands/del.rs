@@ -13,7 +13,7 @@ use crate::error::{CniError, Result};
 use crate::ipam::Ipam;
 use crate::masq;
 use crate::naming;
-use crate::net::{links, netns::Netns};
+use crate::net::{links, netns::Netns, retire};
 use crate::result::CniResult;
 use crate::subnet_env::SubnetEnv;
 
@@ -33,17 +33,29 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
 
     let host_h = crate::net::netns::connect_host()?;
     let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
+    let host_link = links::get_by_name(&host_h, &host_name).await?;
 
-    // Container side: learn its address (saves the IPAM directory scan), then remove it.
+    // Container side: learn its address (saves the IPAM directory scan), then take it away.
     if let Some(path) = &inv.netns {
-        match container_teardown(path, &inv.ifname, &host_h, &host_name).await {
+        let has_host_end = host_link.is_some();
+        match container_teardown(path, &inv.ifname, has_host_end, conf.async_teardown).await {
             Ok(addrs) => hints.extend(addrs),
             Err(e) => errors.push(e),
         }
     }
-    // Host side, by name: covers an empty or vanished netns.
-    if let Err(e) = links::delete_by_name(&host_h, &host_name).await {
-        errors.push(e);
+    // Host side, by name: covers an empty or vanished netns. Removing it removes the peer.
+    if let Some(link) = host_link {
+        let done = if conf.async_teardown {
+            match retire::retire(&host_h, &link).await {
+                Ok(name) => retire::spawn_reaper(&[name]),
+                Err(e) => Err(e),
+            }
+        } else {
+            links::delete_by_name(&host_h, &host_name).await.map(drop)
+        };
+        if let Err(e) = done {
+            errors.push(e);
+        }
     }
     if masq_enabled(conf, env.as_ref()) && (conf.ip_masq == Some(true) || masq::available()) {
         let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
@@ -60,13 +72,14 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     }
 }
 
-/// Read the container interface's addresses and delete it (via the host end when that is
-/// ours). A netns that no longer exists, or is no longer a netns, is not an error.
+/// Read the container interface's addresses and take it out of service: retire it (async
+/// teardown) or leave it to the deletion of its host end; delete it here only when the host
+/// end is missing. A netns that no longer exists, or is no longer a netns, is not an error.
 async fn container_teardown(
     path: &str,
     ifname: &str,
-    host_h: &rtnetlink::Handle,
-    host_name: &str,
+    has_host_end: bool,
+    async_teardown: bool,
 ) -> Result<Vec<Ipv4Addr>> {
     let Some(ns) = Netns::open(path)? else {
         return Ok(Vec::new());
@@ -83,10 +96,10 @@ async fn container_teardown(
         .into_iter()
         .map(|(ip, _)| ip)
         .collect();
-    // Deleting our host end removes the peer too; delete the container end directly only
-    // when the host end is not there (e.g. renamed by hand).
-    if !links::delete_by_name(host_h, host_name).await? {
+    if !has_host_end {
         links::delete_by_name(&h, ifname).await?;
+    } else if async_teardown {
+        retire::retire(&h, &link).await?;
     }
     Ok(addrs)
 }

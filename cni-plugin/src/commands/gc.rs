@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::ipam::Ipam;
 use crate::masq;
 use crate::naming;
+use crate::net::retire;
 
 pub fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     // A missing list means no attachment is valid (as libcni does for `cnitool gc`).
@@ -33,8 +34,25 @@ pub fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
             errors.push(e);
         }
     }
+    if let Err(e) = reap_leftovers() {
+        errors.push(e);
+    }
     match CniError::combine(errors) {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Delete retired veths whose reaper never ran (killed, or the node rebooted mid-DEL).
+fn reap_leftovers() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| CniError::io("start async runtime", e))?;
+    rt.block_on(async {
+        let h = crate::net::netns::connect_host()?;
+        let names = retire::leftovers(&h).await?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        retire::reap(&h, &refs).await
+    })
 }

@@ -5,3 +5,4 @@ pub mod container;
 pub mod host;
 pub mod links;
 pub mod netns;
+pub mod retire;

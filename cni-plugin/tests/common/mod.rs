@@ -331,6 +331,20 @@ impl World {
             .collect()
     }
 
+    /// Host links once every retired veth (`ncd-*`) has been reaped by DEL's reaper process
+    /// (waits up to 5 s; the reaper normally needs ~20 ms).
+    pub fn settled_host_links(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let links = self.host_links();
+            if !links.iter().any(|l| l.starts_with("ncd-")) || std::time::Instant::now() > deadline
+            {
+                return links;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Files in the network's IPAM directory that are allocations (named like addresses).
     pub fn allocations(&self) -> Vec<String> {
         let dir = self.data_dir().join("testnet");
