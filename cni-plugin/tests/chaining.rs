@@ -100,7 +100,13 @@ fn portmap_after_netd_cni_forwards_a_host_port() {
     conf_del["prevResult"] = portmap_conf["prevResult"].clone();
     w.plugin(&del, &conf_del).ok();
     assert!(w.allocations().is_empty());
-    assert!(!w.ping(None, &container_ip));
+    w.assert_detached(&c, "eth0");
+    let rules =
+        String::from_utf8_lossy(&w.in_host(&["iptables-save", "-t", "nat"]).stdout).to_string();
+    assert!(
+        !rules.contains(&container_ip),
+        "portmap left rules: {rules}"
+    );
 }
 
 #[test]

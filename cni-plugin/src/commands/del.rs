@@ -47,7 +47,8 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     if let Some(link) = host_link {
         let done = if conf.async_teardown {
             match retire::retire(&host_h, &link).await {
-                Ok(name) => retire::spawn_reaper(&[name]),
+                Ok(Some(name)) => retire::spawn_reaper(&[name]),
+                Ok(None) => Ok(()),
                 Err(e) => Err(e),
             }
         } else {

@@ -65,6 +65,11 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// The link is gone (ENODEV).
+pub fn is_gone(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(ENODEV)
+}
+
 pub fn is_exists(e: &rtnetlink::Error) -> bool {
     errno(e) == Some(EEXIST)
 }

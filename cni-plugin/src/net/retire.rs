@@ -26,32 +26,34 @@ fn retired_name(index: u32) -> String {
     format!("{PREFIX}{index}")
 }
 
-/// Take `link` down (and off its bridge) and rename it out of the way; returns the new name.
-pub async fn retire(h: &Handle, link: &Link) -> Result<String> {
+/// Take `link` down (and off its bridge) and rename it out of the way; returns the new name,
+/// or `None` when the link vanished meanwhile (e.g. its peer's netns is being destroyed).
+pub async fn retire(h: &Handle, link: &Link) -> Result<Option<String>> {
     let mut msg = LinkUnspec::new_with_index(link.index).down();
     if link.controller.is_some() {
         msg = msg.nocontroller();
     }
-    h.link()
-        .set(msg.build())
-        .execute()
-        .await
-        .map_err(|e| CniError::kernel(format!("retire {}", link.name), e))?;
+    match h.link().set(msg.build()).execute().await {
+        Err(e) if links::is_gone(&e) => return Ok(None),
+        Err(e) => return Err(CniError::kernel(format!("retire {}", link.name), e)),
+        Ok(()) => {}
+    }
     let name = retired_name(link.index);
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(link.index)
-                .name(name.clone())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| CniError::kernel(format!("rename {} to {name}", link.name), e))?;
-    Ok(name)
+    let rename = LinkUnspec::new_with_index(link.index).name(name.clone());
+    match h.link().set(rename.build()).execute().await {
+        Err(e) if links::is_gone(&e) => Ok(None),
+        Err(e) => Err(CniError::kernel(
+            format!("rename {} to {name}", link.name),
+            e,
+        )),
+        Ok(()) => Ok(Some(name)),
+    }
 }
 
 /// Start a detached reaper that deletes the retired host links `names`.
 pub fn spawn_reaper(names: &[String]) -> Result<()> {
+    // Keep the reaper's stdio away from the runtime's pipes: the runtime reads our stdout to
+    // EOF, and must not wait for the reaper.
     if names.is_empty() {
         return Ok(());
     }

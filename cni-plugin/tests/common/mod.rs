@@ -345,6 +345,25 @@ impl World {
         }
     }
 
+    /// Assert that the attachment's kernel state is gone: no veth on the host (once reaped)
+    /// and no `ifname` in the container netns at `netns_path`.
+    pub fn assert_detached(&self, netns_path: &str, ifname: &str) {
+        let links = self.settled_host_links();
+        assert!(
+            links
+                .iter()
+                .all(|l| !l.starts_with("veth") && !l.starts_with("ncd-")),
+            "host links left: {links:?}"
+        );
+        let ns = netns_path.trim_start_matches("/run/netns/");
+        let out = sh(&["ip", "netns", "exec", ns, "ip", "-o", "link"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            !text.contains(&format!(": {ifname}@")) && !text.contains(&format!(": {ifname}:")),
+            "{ifname} still in the container: {text}"
+        );
+    }
+
     /// Files in the network's IPAM directory that are allocations (named like addresses).
     pub fn allocations(&self) -> Vec<String> {
         let dir = self.data_dir().join("testnet");
