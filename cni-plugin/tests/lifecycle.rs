@@ -40,6 +40,17 @@ fn add_check_del_with_traffic_and_no_leftovers() {
     let route = common::must(&["ip", "netns", "exec", name1, "ip", "route"]);
     assert!(route.contains("default via 10.244.3.1 dev eth0"), "{route}");
 
+    // Host side: veth enslaved to cni0 in hairpin mode; the bridge keeps its fixed MAC.
+    let host_veth1 = res1["interfaces"][1]["name"].as_str().expect("host veth");
+    let detail = w.in_host(&["ip", "-d", "link", "show", host_veth1]);
+    let detail = String::from_utf8_lossy(&detail.stdout).to_string();
+    assert!(
+        detail.contains("master cni0") && detail.contains("hairpin on"),
+        "{detail}"
+    );
+    assert_eq!(res1["interfaces"][0]["mac"], "0a:58:0a:f4:03:01");
+    assert_eq!(res2["interfaces"][0]["mac"], "0a:58:0a:f4:03:01");
+
     // Real traffic: container → gateway, container → container, host → container.
     assert!(
         w.ping(Some(&c1), "10.244.3.1"),

@@ -25,7 +25,13 @@ pub async fn ensure_bridge(
         None => {
             if let Err(e) = h
                 .link()
-                .add(LinkBridge::new(name).mtu(mtu).up().build())
+                .add(
+                    LinkBridge::new(name)
+                        .mtu(mtu)
+                        .address(bridge_mac(gateway).to_vec())
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 && !links::is_exists(&e)
@@ -49,6 +55,14 @@ pub async fn ensure_bridge(
         links::add_address(h, bridge.index, gateway, prefix).await?;
     }
     Ok(bridge)
+}
+
+/// A fixed, locally administered MAC for the bridge (`0a:58:` + gateway address). Without an
+/// explicit address the kernel would switch the bridge to its lowest port's MAC, changing it
+/// under the containers' ARP caches whenever ports come and go.
+fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x0a, 0x58, a, b, c, d]
 }
 
 /// Create veth `host_name` here and its peer `ifname` directly in `netns`, both with `mtu`.
