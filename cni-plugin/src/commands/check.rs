@@ -1,0 +1,111 @@
+//! CHECK: verify that the attachment is still as ADD left it, and say what is wrong if not.
+
+use ipnetwork::Ipv4Network;
+
+use super::{container_routes, gateway_of, masq_enabled, v4_addresses};
+use crate::config::NetConf;
+use crate::env::Invocation;
+use crate::error::{CniError, Result};
+use crate::ipam::Ipam;
+use crate::masq;
+use crate::naming;
+use crate::net::{container, links, netns::Netns};
+use crate::result::{CniResult, IpConfig};
+use crate::subnet_env::SubnetEnv;
+
+pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
+    let env = SubnetEnv::load(&conf.subnet_file)?;
+    let netns = Netns::open_required(inv.netns.as_deref().unwrap_or_default())?;
+    let mtu = conf.mtu.unwrap_or(env.mtu);
+    let prev = match &conf.prev_result {
+        Some(v) => Some(CniResult::from_value(v, "prevResult")?),
+        None => None,
+    };
+
+    // Expected addresses: prevResult's entries for our interface, else the IPAM store's.
+    let held = Ipam::for_conf(conf).check(inv, &env)?;
+    let expected = expected_result(inv, prev.as_ref(), held, &env);
+    let addrs = v4_addresses(&expected);
+    if addrs.is_empty() {
+        return Err(CniError::CheckFailed(format!(
+            "no address known for {}/{} (no prevResult, nothing allocated)",
+            inv.container_id, inv.ifname
+        )));
+    }
+    let gw = gateway_of(&expected, &env);
+    let routes = container_routes(conf, &env, gw, &CniResult::default());
+
+    let cont_h = netns.connect()?;
+    let mut problems = container::problems(&cont_h, &inv.ifname, &addrs, &routes, mtu).await?;
+
+    let host_h = crate::net::netns::connect_host()?;
+    let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
+    let bridge = links::get_by_name(&host_h, &conf.bridge).await?;
+    match (links::get_by_name(&host_h, &host_name).await?, &bridge) {
+        (None, _) => problems.push(format!("host veth {host_name} missing")),
+        (Some(_), None) => problems.push(format!("bridge {} missing", conf.bridge)),
+        (Some(v), Some(b)) if v.controller != Some(b.index) => {
+            problems.push(format!(
+                "host veth {host_name} not attached to {}",
+                conf.bridge
+            ));
+        }
+        (Some(v), Some(_)) if !v.up => problems.push(format!("host veth {host_name} is down")),
+        _ => {}
+    }
+    if masq_enabled(conf, Some(&env)) {
+        let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
+        let present = masq::list()?;
+        for a in &addrs {
+            let ip = a.ip().to_string();
+            if !present.iter().any(|(p, c)| *p == ip && *c == comment) {
+                problems.push(format!("masquerade entry for {ip} missing"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::CheckFailed(problems.join("; ")))
+    }
+}
+
+/// The addresses CHECK expects on the interface.
+fn expected_result(
+    inv: &Invocation,
+    prev: Option<&CniResult>,
+    held: Option<Vec<std::net::Ipv4Addr>>,
+    env: &SubnetEnv,
+) -> CniResult {
+    if let Some(prev) = prev {
+        let ours = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == inv.ifname && !i.sandbox.is_empty());
+        let ips: Vec<IpConfig> = prev
+            .ips
+            .iter()
+            .filter(|ip| ours.is_none() || ip.interface == ours)
+            .cloned()
+            .collect();
+        if !ips.is_empty() {
+            return CniResult {
+                ips,
+                ..CniResult::default()
+            };
+        }
+    }
+    CniResult {
+        ips: held
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|ip| Ipv4Network::new(ip, env.subnet.prefix()).ok())
+            .map(|n| IpConfig {
+                address: n.into(),
+                gateway: Some(env.gateway.into()),
+                interface: None,
+            })
+            .collect(),
+        ..CniResult::default()
+    }
+}

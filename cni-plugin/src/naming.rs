@@ -1,0 +1,55 @@
+//! Deterministic names derived from an attachment `(network, containerID, ifname)`.
+//!
+//! The host-side veth and the masquerade entry are named from a hash of the attachment, so DEL
+//! finds and removes them even when the container's netns is empty or gone and no
+//! `prevResult` was sent.
+
+/// 64-bit FNV-1a; stable across builds and platforms (unlike `std`'s hasher).
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in part.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Host end of the veth pair: `veth` + 8 hex digits (reference plugins use the same shape).
+pub fn host_veth(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("veth{:08x}", fnv1a(&[network, container_id, ifname]) >> 32)
+}
+
+/// Prefix shared by every masquerade entry of one network (for GC).
+pub fn masq_network_tag(network: &str) -> String {
+    format!("netd-cni:{:08x}:", fnv1a(&[network]) >> 32)
+}
+
+/// Comment on the masquerade set element of one attachment.
+pub fn masq_comment(network: &str, container_id: &str, ifname: &str) -> String {
+    format!(
+        "{}{:016x}",
+        masq_network_tag(network),
+        fnv1a(&[network, container_id, ifname])
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_short_and_distinct() {
+        let a = host_veth("net", "c1", "eth0");
+        assert_eq!(a, host_veth("net", "c1", "eth0"));
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, host_veth("net", "c1", "eth1"));
+        assert_ne!(a, host_veth("net", "c1e", "th0"));
+        assert!(masq_comment("net", "c1", "eth0").starts_with(&masq_network_tag("net")));
+    }
+}

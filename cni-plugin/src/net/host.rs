@@ -1,0 +1,131 @@
+//! Host side of an attachment: the bridge with the gateway address, and the veth pair whose
+//! peer is created directly inside the container netns.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use super::links::{self, Link};
+use super::netns::Netns;
+use crate::error::{CniError, Result};
+
+/// Make sure bridge `name` exists, is up and carries `gateway/prefix`. Safe when many plugin
+/// processes race to create it.
+pub async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+) -> Result<Link> {
+    let bridge = match links::get_by_name(h, name).await? {
+        Some(b) => b,
+        None => {
+            if let Err(e) = h
+                .link()
+                .add(
+                    LinkBridge::new(name)
+                        .mtu(mtu)
+                        .address(bridge_mac(gateway).to_vec())
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                && !links::is_exists(&e)
+            {
+                return Err(CniError::kernel(format!("create bridge {name}"), e));
+            }
+            links::get_by_name(h, name).await?.ok_or_else(|| {
+                CniError::kernel(format!("bridge {name}"), "vanished after creation")
+            })?
+        }
+    };
+    if !bridge.up {
+        h.link()
+            .set(LinkUnspec::new_with_index(bridge.index).up().build())
+            .execute()
+            .await
+            .map_err(|e| CniError::kernel(format!("set {name} up"), e))?;
+    }
+    let present = links::addresses(h, bridge.index).await?;
+    if !present.contains(&(gateway, prefix)) {
+        links::add_address(h, bridge.index, gateway, prefix).await?;
+    }
+    Ok(bridge)
+}
+
+/// A fixed, locally administered MAC for the bridge (`0a:58:` + gateway address). Without an
+/// explicit address the kernel would switch the bridge to its lowest port's MAC, changing it
+/// under the containers' ARP caches whenever ports come and go.
+fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
+/// Create veth `host_name` here and its peer `ifname` directly in `netns`, both with `mtu`.
+pub async fn create_veth(
+    h: &Handle,
+    host_name: &str,
+    ifname: &str,
+    netns: &Netns,
+    mtu: u32,
+) -> Result<Link> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(ifname.to_string())
+        .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NetNsFd(netns.file.as_raw_fd()))
+        .build();
+    let msg = LinkVeth::new(host_name, ifname)
+        .mtu(mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    h.link().add(msg).execute().await.map_err(|e| {
+        CniError::kernel(
+            format!(
+                "create veth {host_name} with peer {ifname} in {}",
+                netns.path
+            ),
+            e,
+        )
+    })?;
+    links::get_by_name(h, host_name)
+        .await?
+        .ok_or_else(|| CniError::kernel(format!("veth {host_name}"), "vanished after creation"))
+}
+
+/// Enslave the host end `host` to `bridge` and bring it up, then set hairpin mode.
+pub async fn attach_port(h: &Handle, host: &Link, bridge: &Link, hairpin: bool) -> Result<()> {
+    let host_name = &host.name;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(host.index)
+                .controller(bridge.index)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| CniError::kernel(format!("attach {host_name} to {}", bridge.name), e))?;
+    if hairpin {
+        h.link()
+            .set_port(LinkBridgePort::new(host.index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(|e| CniError::kernel(format!("hairpin mode on {host_name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Turn on IPv4 forwarding in the plugin's netns (as the reference bridge does for a gateway).
+pub fn enable_ip_forward() -> Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    let current =
+        std::fs::read_to_string(PATH).map_err(|e| CniError::io(format!("read {PATH}"), e))?;
+    if current.trim() != "1" {
+        std::fs::write(PATH, "1").map_err(|e| CniError::io(format!("write {PATH}"), e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Typed netlink operations on links, addresses and routes, shared by host and container code.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::error::{CniError, Result};
+
+/// errno values netlink reports that callers treat as "already so".
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+
+/// The facts about a link the plugin uses.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    pub up: bool,
+    /// Index of the bridge this link is enslaved to.
+    pub controller: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mac: String::new(),
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            controller: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) => link.mac = format_mac(a),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Controller(c) => link.controller = Some(*c),
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The errno of a netlink error (positive), if it is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// The link is gone (ENODEV).
+pub fn is_gone(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(ENODEV)
+}
+
+pub fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(EEXIST)
+}
+
+/// The link named `name`, or `None` when there is none.
+pub async fn get_by_name(h: &Handle, name: &str) -> Result<Option<Link>> {
+    let mut stream = h.link().get().match_name(name.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(CniError::kernel(format!("look up link {name}"), e)),
+    }
+}
+
+/// Delete the link named `name`; absent is success. Returns whether it existed.
+pub async fn delete_by_name(h: &Handle, name: &str) -> Result<bool> {
+    let Some(link) = get_by_name(h, name).await? else {
+        return Ok(false);
+    };
+    match h.link().del(link.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
+        Err(e) => Err(CniError::kernel(format!("delete link {name}"), e)),
+    }
+}
+
+/// IPv4 addresses (with prefix) on the link `index`.
+pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| CniError::kernel("list addresses", e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.index == index)
+        .flat_map(|m| {
+            m.attributes.iter().filter_map(move |a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+/// Add `ip/prefix` to link `index`; already present is success.
+pub async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(ip), prefix)
+        .execute()
+        .await
+    {
+        Err(e) if !is_exists(&e) => Err(CniError::kernel(format!("add address {ip}/{prefix}"), e)),
+        _ => Ok(()),
+    }
+}
+
+/// An IPv4 route as seen in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route4 {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gw: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+/// IPv4 routes of the main table.
+pub async fn routes(h: &Handle) -> Result<Vec<Route4>> {
+    let msgs: Vec<_> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| CniError::kernel("list routes", e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN)
+        .map(|m| {
+            let mut r = Route4 {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: m.header.destination_prefix_length,
+                gw: None,
+                oif: None,
+            };
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gw = Some(*g),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            r
+        })
+        .collect())
+}
+
+/// Add a route `dst/prefix via gw dev oif`; already present is success.
+pub async fn add_route(
+    h: &Handle,
+    dst: Ipv4Addr,
+    prefix: u8,
+    gw: Ipv4Addr,
+    oif: u32,
+) -> Result<()> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, prefix)
+        .gateway(gw)
+        .output_interface(oif)
+        .build();
+    match h.route().add(msg).execute().await {
+        Err(e) if !is_exists(&e) => Err(CniError::kernel(
+            format!("add route {dst}/{prefix} via {gw}"),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
