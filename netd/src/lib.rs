@@ -1,4 +1,6 @@
 //! netd: the per-host daemon that leases a container subnet from the KV store
 //! and programs routes to the other hosts' subnets.
-//!
-//! The daemon is built in its own issue; this crate holds its place in the workspace.
+pub mod config;
+pub mod dataplane;
+pub mod error;
+pub mod subnet;
