@@ -141,10 +141,10 @@ pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>> 
             }
             _ => None,
         });
-        if let Some(a) = addr {
-            if let Ok(n) = Ipv4Network::new(a, m.header.prefix_len) {
-                out.push(n);
-            }
+        if let Some(a) = addr
+            && let Ok(n) = Ipv4Network::new(a, m.header.prefix_len)
+        {
+            out.push(n);
         }
     }
     Ok(out)
@@ -305,10 +305,10 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
 /// The device must never autoconfigure IPv6 from router adverts (flannel does the same).
 fn disable_accept_ra(name: &str) {
     let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
-    if std::path::Path::new(&path).exists() {
-        if let Err(e) = std::fs::write(&path, "0") {
-            tracing::debug!(%path, error = %e, "could not disable accept_ra");
-        }
+    if std::path::Path::new(&path).exists()
+        && let Err(e) = std::fs::write(&path, "0")
+    {
+        tracing::debug!(%path, error = %e, "could not disable accept_ra");
     }
 }
 

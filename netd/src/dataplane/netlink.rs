@@ -121,10 +121,10 @@ impl NetlinkDataplane {
             if n.header.ifindex != ov {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(dst)), Some(mac)) = (neigh_dst(&n), neigh_mac(&n)) {
-                if mac.0 != [0; 6] {
-                    state.fdb.insert(mac, dst);
-                }
+            if let (Some(NeighbourAddress::Inet(dst)), Some(mac)) = (neigh_dst(&n), neigh_mac(&n))
+                && mac.0 != [0; 6]
+            {
+                state.fdb.insert(mac, dst);
             }
         }
         Ok(())
