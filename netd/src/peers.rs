@@ -134,6 +134,7 @@ impl<D: Dataplane> Peers<D> {
                 removals = plan.removals.len(),
                 "reconcile: fixing kernel state"
             );
+            tracing::debug!(?plan, "reconcile plan");
             self.metrics
                 .reconcile_fixes
                 .inc_by((plan.upserts.len() + plan.removals.len()) as u64);

@@ -28,8 +28,14 @@ fn expected(
             continue;
         }
         let (net, len) = key.split_once('-').expect("key");
-        let mac = v["BackendData"]["VtepMAC"].as_str().expect("VtepMAC").to_string();
-        routes.insert(format!("{net}/{len}"), (net.to_string(), "flannel.1".to_string()));
+        let mac = v["BackendData"]["VtepMAC"]
+            .as_str()
+            .expect("VtepMAC")
+            .to_string();
+        routes.insert(
+            format!("{net}/{len}"),
+            (net.to_string(), "flannel.1".to_string()),
+        );
         neighs.insert(net.to_string(), mac.clone());
         fdb.insert(mac, v["PublicIP"].as_str().expect("PublicIP").to_string());
     }
@@ -45,9 +51,11 @@ fn kernel_matches_records(world: &World, host: usize) -> bool {
 
 fn wait_converged(world: &World, hosts: &[usize]) {
     for &h in hosts {
-        common::wait_until(&format!("h{h} kernel state to match the records"), Duration::from_secs(20), || {
-            kernel_matches_records(world, h)
-        });
+        common::wait_until(
+            &format!("h{h} kernel state to match the records"),
+            Duration::from_secs(20),
+            || kernel_matches_records(world, h),
+        );
     }
 }
 
@@ -68,9 +76,11 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     let c: Vec<(String, Ipv4Addr)> = (1..=3).map(|i| w.add_container(i)).collect();
     for (from, _) in &c {
         for (_, to) in &c {
-            common::wait_until(&format!("ping {from} -> {to}"), Duration::from_secs(10), || {
-                World::ping(from, *to)
-            });
+            common::wait_until(
+                &format!("ping {from} -> {to}"),
+                Duration::from_secs(10),
+                || World::ping(from, *to),
+            );
         }
     }
 
@@ -87,7 +97,9 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     w.wait_ready(4);
     wait_converged(&w, &[1, 2, 3, 4]);
     let c4 = w.add_container(4);
-    common::wait_until("ping c1 -> c4", Duration::from_secs(10), || World::ping(&c[0].0, c4.1));
+    common::wait_until("ping c1 -> c4", Duration::from_secs(10), || {
+        World::ping(&c[0].0, c4.1)
+    });
 
     // Host 4 leaves: its netd stops (routes stay), then its record is deleted: routes vanish.
     assert!(w.stop_netd(4).success(), "netd exits cleanly on SIGTERM");
@@ -102,7 +114,9 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     // Restart netd on h2 while c1 pings c2: same subnet, no lost packets.
     let before = w.subnet_of(2);
     let pinger = std::process::Command::new("ip")
-        .args(["netns", "exec", &c[0].0, "ping", "-c", "40", "-i", "0.1", "-W", "1"])
+        .args([
+            "netns", "exec", &c[0].0, "ping", "-c", "40", "-i", "0.1", "-W", "1",
+        ])
         .arg(c[1].1.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -112,14 +126,23 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     let restart = {
         assert!(w.stop_netd(2).success());
         // SIGTERM left the routes in place: h2 still reaches h1 with netd down.
-        assert!(World::ping(&c[1].0, c[0].1), "forwarding survives netd stop");
+        assert!(
+            World::ping(&c[1].0, c[0].1),
+            "forwarding survives netd stop"
+        );
         w.start_netd(2, &[]);
         w.wait_ready(2)
     };
-    assert!(started.elapsed() < Duration::from_secs(3), "restart took too long for the ping window");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "restart took too long for the ping window"
+    );
     let out = pinger.wait_with_output().expect("ping ran");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" 0% packet loss"), "packets lost across restart: {text}");
+    assert!(
+        text.contains(" 0% packet loss"),
+        "packets lost across restart: {text}"
+    );
     assert_eq!(Some(restart), before, "same subnet after restart");
     wait_converged(&w, &[1, 2, 3]);
 }

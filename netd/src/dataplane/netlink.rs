@@ -121,7 +121,7 @@ impl NetlinkDataplane {
             if n.header.ifindex != ov {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(dst)), Some(mac)) = (neigh_dst(&n), neigh_mac(&n))
+            if let (Some(dst), Some(mac)) = (neigh_dst(&n).and_then(as_v4), neigh_mac(&n))
                 && mac.0 != [0; 6]
             {
                 state.fdb.insert(mac, dst);
@@ -136,6 +136,16 @@ fn neigh_dst(n: &NeighbourMessage) -> Option<NeighbourAddress> {
         NeighbourAttribute::Destination(d) => Some(d.clone()),
         _ => None,
     })
+}
+
+/// The IPv4 address of a neighbour attribute. Bridge-family (FDB) messages carry it as raw bytes
+/// because the parser keys the address type on the message family.
+fn as_v4(a: NeighbourAddress) -> Option<Ipv4Addr> {
+    match a {
+        NeighbourAddress::Inet(v) => Some(v),
+        NeighbourAddress::Other(b) if b.len() == 4 => Some(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+        _ => None,
+    }
 }
 
 fn neigh_mac(n: &NeighbourMessage) -> Option<MacAddr> {

@@ -27,7 +27,10 @@ pub fn require_prerequisites() {
         "end-to-end tests need root (network namespaces, netlink); run them as root"
     );
     for tool in ["/usr/bin/etcd", "/usr/bin/etcdctl"] {
-        assert!(Path::new(tool).exists(), "{tool} is missing: apt-get install etcd-server etcd-client");
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: apt-get install etcd-server etcd-client"
+        );
     }
     for tool in ["ip", "ping", "nft", "bridge"] {
         let ok = Command::new("sh")
@@ -35,7 +38,10 @@ pub fn require_prerequisites() {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
-        assert!(ok, "`{tool}` is missing: apt-get install iproute2 iputils-ping nftables");
+        assert!(
+            ok,
+            "`{tool}` is missing: apt-get install iproute2 iputils-ping nftables"
+        );
     }
 }
 
@@ -64,7 +70,10 @@ pub fn try_run(args: &[&str]) -> Output {
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -111,7 +120,16 @@ impl World {
         };
         let ul = w.add_ns("ul");
         run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
-        run(&["ip", "-n", &ul, "addr", "add", &format!("{UNDERLAY_GW}/24"), "dev", "br0"]);
+        run(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{UNDERLAY_GW}/24"),
+            "dev",
+            "br0",
+        ]);
         run(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
         for i in 1..=hosts {
             w.add_host(i);
@@ -147,9 +165,21 @@ impl World {
         let ns = self.add_ns(&format!("h{i}"));
         let ul = self.underlay();
         let port = format!("p{i}");
-        run(&["ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run(&[
+            "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
         run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"]);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", Self::host_ip(i)), "dev", "eth0"]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", Self::host_ip(i)),
+            "dev",
+            "eth0",
+        ]);
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
     }
 
@@ -163,7 +193,12 @@ impl World {
             .args(["netns", "exec", &ul, "/usr/bin/etcd", "--name", "e1"])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
             .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
@@ -195,7 +230,15 @@ impl World {
 
     fn etcdctl_try(&self, args: &[&str]) -> Output {
         let ul = self.underlay();
-        let mut full = vec!["ip", "netns", "exec", &ul, "etcdctl", "--endpoints", &self.endpoints];
+        let mut full = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ul,
+            "etcdctl",
+            "--endpoints",
+            &self.endpoints,
+        ];
         full.extend_from_slice(args);
         Command::new(full[0])
             .args(&full[1..])
@@ -224,7 +267,8 @@ impl World {
         for pair in lines.chunks(2) {
             if let [k, v] = pair {
                 let key = k.strip_prefix(&prefix).unwrap_or(k).to_string();
-                let value = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.to_string()));
+                let value =
+                    serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.to_string()));
                 m.insert(key, value);
             }
         }
@@ -245,7 +289,12 @@ impl World {
             .args(["--etcd-endpoints", &self.endpoints, "--iface", "eth0"])
             .arg("--subnet-file")
             .arg(self.subnet_file(i))
-            .args(["--healthz-port", &self.healthz_port.to_string(), "--healthz-ip", "127.0.0.1"])
+            .args([
+                "--healthz-port",
+                &self.healthz_port.to_string(),
+                "--healthz-ip",
+                "127.0.0.1",
+            ])
             .args(["--reconcile-interval", "2"])
             .args(extra)
             .env("RUST_LOG", "info,netd=debug")
@@ -292,7 +341,9 @@ impl World {
     /// The subnet (e.g. `10.244.3.0/24`'s network address and prefix) from host `i`'s subnet file.
     pub fn subnet_of(&self, i: usize) -> Option<(Ipv4Addr, u8)> {
         let text = std::fs::read_to_string(self.subnet_file(i)).ok()?;
-        let v = text.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
         let (ip, len) = v.split_once('/')?;
         let ip: Ipv4Addr = ip.parse().ok()?;
         let len: u8 = len.parse().ok()?;
@@ -307,7 +358,11 @@ impl World {
             if let Some(s) = self.subnet_of(i) {
                 return s;
             }
-            assert!(self.netd_running(i), "netd on h{i} exited:\n{}", self.netd_log(i));
+            assert!(
+                self.netd_running(i),
+                "netd on h{i} exited:\n{}",
+                self.netd_log(i)
+            );
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "netd on h{i} not ready after 30s:\n{}",
@@ -326,24 +381,70 @@ impl World {
         let addr = Ipv4Addr::from(u32::from(net) + 2);
         let host = self.host(i);
         let c = self.add_ns(&format!("c{i}"));
-        if !try_run(&["ip", "-n", &host, "link", "show", "cni0"]).status.success() {
+        if !try_run(&["ip", "-n", &host, "link", "show", "cni0"])
+            .status
+            .success()
+        {
             run(&["ip", "-n", &host, "link", "add", "cni0", "type", "bridge"]);
-            run(&["ip", "-n", &host, "addr", "add", &format!("{gw}/{len}"), "dev", "cni0"]);
+            run(&[
+                "ip",
+                "-n",
+                &host,
+                "addr",
+                "add",
+                &format!("{gw}/{len}"),
+                "dev",
+                "cni0",
+            ]);
             run(&["ip", "-n", &host, "link", "set", "cni0", "up"]);
         }
-        run(&["ip", "-n", &host, "link", "add", "vc0", "type", "veth", "peer", "name", "eth0", "netns", &c]);
-        run(&["ip", "-n", &host, "link", "set", "vc0", "master", "cni0", "up"]);
-        run(&["ip", "-n", &c, "addr", "add", &format!("{addr}/{len}"), "dev", "eth0"]);
+        run(&[
+            "ip", "-n", &host, "link", "add", "vc0", "type", "veth", "peer", "name", "eth0",
+            "netns", &c,
+        ]);
+        run(&[
+            "ip", "-n", &host, "link", "set", "vc0", "master", "cni0", "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "addr",
+            "add",
+            &format!("{addr}/{len}"),
+            "dev",
+            "eth0",
+        ]);
         run(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
-        run(&["ip", "-n", &c, "route", "add", "default", "via", &gw.to_string()]);
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
         (c, addr)
     }
 
     /// One ping from namespace `ns` to `to`; true when answered.
     pub fn ping(ns: &str, to: Ipv4Addr) -> bool {
-        try_run(&["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", &to.to_string()])
-            .status
-            .success()
+        try_run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &to.to_string(),
+        ])
+        .status
+        .success()
     }
 
     /// `ip -j` / `bridge -j` output of a host, parsed.
@@ -377,29 +478,37 @@ impl World {
 
     /// Permanent neighbours on flannel.1 of host `i`: IP → MAC.
     pub fn vxlan_neighbours(&self, i: usize) -> BTreeMap<String, String> {
-        Self::json(&self.host(i), "ip", &["-4", "neigh", "show", "dev", "flannel.1"])
-            .into_iter()
-            .map(|n| {
-                (
-                    n["dst"].as_str().unwrap_or("").to_string(),
-                    n["lladdr"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+        Self::json(
+            &self.host(i),
+            "ip",
+            &["-4", "neigh", "show", "dev", "flannel.1"],
+        )
+        .into_iter()
+        .map(|n| {
+            (
+                n["dst"].as_str().unwrap_or("").to_string(),
+                n["lladdr"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
     }
 
     /// FDB entries with a destination on flannel.1 of host `i`: MAC → dst.
     pub fn vxlan_fdb(&self, i: usize) -> BTreeMap<String, String> {
-        Self::json(&self.host(i), "bridge", &["fdb", "show", "dev", "flannel.1"])
-            .into_iter()
-            .filter(|f| f["dst"].is_string())
-            .map(|f| {
-                (
-                    f["mac"].as_str().unwrap_or("").to_string(),
-                    f["dst"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+        Self::json(
+            &self.host(i),
+            "bridge",
+            &["fdb", "show", "dev", "flannel.1"],
+        )
+        .into_iter()
+        .filter(|f| f["dst"].is_string())
+        .map(|f| {
+            (
+                f["mac"].as_str().unwrap_or("").to_string(),
+                f["dst"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
     }
 
     /// HTTP GET inside host `i`'s namespace (from a thread that joins the namespace).
@@ -412,11 +521,18 @@ impl World {
             nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
             let mut buf = String::new();
             s.read_to_string(&mut buf).ok()?;
             let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-            let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            let body = buf
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
             Some((status, body))
         })
         .join()
@@ -435,7 +551,7 @@ impl Drop for World {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("NETD_TEST_SHOW_LOGS").is_some() {
             // Keep the logs of a failed test readable.
             for i in 1..=8 {
                 let log = self.netd_log(i);
