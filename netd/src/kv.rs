@@ -42,8 +42,8 @@ impl Kv {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let client = Client::connect(endpoints, Some(opts)).await?;
         Ok(Kv {
             client,

@@ -3,61 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::{DEFAULT_CONFIG, World};
-
-/// What a host's kernel must hold for the VXLAN backend, derived from the KV records:
-/// (routes, neighbours, fdb) exactly, excluding the host's own record.
-fn expected(
-    world: &World,
-    host: usize,
-) -> (
-    BTreeMap<String, (String, String)>,
-    BTreeMap<String, String>,
-    BTreeMap<String, String>,
-) {
-    let own_ip = World::host_ip(host).to_string();
-    let mut routes = BTreeMap::new();
-    let mut neighs = BTreeMap::new();
-    let mut fdb = BTreeMap::new();
-    for (key, v) in world.records() {
-        if v["PublicIP"].as_str() == Some(&own_ip) {
-            continue;
-        }
-        let (net, len) = key.split_once('-').expect("key");
-        let mac = v["BackendData"]["VtepMAC"]
-            .as_str()
-            .expect("VtepMAC")
-            .to_string();
-        routes.insert(
-            format!("{net}/{len}"),
-            (net.to_string(), "flannel.1".to_string()),
-        );
-        neighs.insert(net.to_string(), mac.clone());
-        fdb.insert(mac, v["PublicIP"].as_str().expect("PublicIP").to_string());
-    }
-    (routes, neighs, fdb)
-}
-
-fn kernel_matches_records(world: &World, host: usize) -> bool {
-    let (routes, neighs, fdb) = expected(world, host);
-    world.cluster_routes(host) == routes
-        && world.vxlan_neighbours(host) == neighs
-        && world.vxlan_fdb(host) == fdb
-}
-
-fn wait_converged(world: &World, hosts: &[usize]) {
-    for &h in hosts {
-        common::wait_until(
-            &format!("h{h} kernel state to match the records"),
-            Duration::from_secs(20),
-            || kernel_matches_records(world, h),
-        );
-    }
-}
 
 #[test]
 fn three_hosts_converge_forward_join_leave_and_restart() {
@@ -70,7 +19,7 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     let distinct: std::collections::BTreeSet<_> = subnets.iter().collect();
     assert_eq!(distinct.len(), 3, "distinct subnets: {subnets:?}");
     assert_eq!(w.records().len(), 3);
-    wait_converged(&w, &[1, 2, 3]);
+    w.wait_converged(&[1, 2, 3]);
 
     // Real packets between containers behind different hosts, across VXLAN.
     let c: Vec<(String, Ipv4Addr)> = (1..=3).map(|i| w.add_container(i)).collect();
@@ -95,7 +44,7 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     // A fourth host joins: everyone converges and reaches it.
     w.start_netd(4, &[]);
     w.wait_ready(4);
-    wait_converged(&w, &[1, 2, 3, 4]);
+    w.wait_converged(&[1, 2, 3, 4]);
     let c4 = w.add_container(4);
     common::wait_until("ping c1 -> c4", Duration::from_secs(10), || {
         World::ping(&c[0].0, c4.1)
@@ -106,7 +55,7 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     let (net4, len4) = w.subnet_of(4).expect("h4 subnet");
     let key4 = format!("{}/subnets/{net4}-{len4}", w.prefix_key);
     w.etcdctl(&["del", &key4]);
-    wait_converged(&w, &[1, 2, 3]);
+    w.wait_converged(&[1, 2, 3]);
     for h in 1..=3 {
         assert!(!w.cluster_routes(h).contains_key(&format!("{net4}/{len4}")));
     }
@@ -144,5 +93,5 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
         "packets lost across restart: {text}"
     );
     assert_eq!(Some(restart), before, "same subnet after restart");
-    wait_converged(&w, &[1, 2, 3]);
+    w.wait_converged(&[1, 2, 3]);
 }

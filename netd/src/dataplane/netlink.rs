@@ -13,7 +13,9 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::device::route_dst;
@@ -239,9 +241,14 @@ impl Dataplane for NetlinkDataplane {
                     Via::Overlay => self.overlay()?,
                     Via::Underlay => self.underlay,
                 };
+                // Match any protocol, scope and type: a stale route may have been added by
+                // another tool (protocol boot) or an older netd.
                 let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix())
                     .output_interface(oif)
+                    .protocol(RouteProtocol::Unspec)
+                    .scope(RouteScope::NoWhere)
+                    .kind(RouteType::Unspec)
                     .build();
                 h.route().del(msg).execute().await
             }

@@ -83,6 +83,10 @@ fn unique_prefix() -> String {
     format!("nd{:05x}", (std::process::id() ^ r) & 0xfffff)
 }
 
+pub type Routes = BTreeMap<String, (String, String)>;
+pub type Neighs = BTreeMap<String, String>;
+pub type Fdb = BTreeMap<String, String>;
+
 /// A netd process on one host.
 pub struct NetdProc {
     pub child: Child,
@@ -509,6 +513,55 @@ impl World {
             )
         })
         .collect()
+    }
+
+    /// What host `host`'s kernel must hold for the VXLAN backend, derived from the valid KV
+    /// records (inside 10.244.0.0/16, well-formed), excluding the host's own record:
+    /// (routes, neighbours, fdb).
+    pub fn expected_vxlan(&self, host: usize) -> (Routes, Neighs, Fdb) {
+        let own_ip = Self::host_ip(host).to_string();
+        let mut routes = BTreeMap::new();
+        let mut neighs = BTreeMap::new();
+        let mut fdb = BTreeMap::new();
+        for (key, v) in self.records() {
+            let Some((net, len)) = key.split_once('-') else {
+                continue;
+            };
+            let (Some(ip), Some(mac)) =
+                (v["PublicIP"].as_str(), v["BackendData"]["VtepMAC"].as_str())
+            else {
+                continue;
+            };
+            if ip == own_ip || !net.starts_with("10.244.") || len != "24" {
+                continue;
+            }
+            routes.insert(
+                format!("{net}/{len}"),
+                (net.to_string(), "flannel.1".to_string()),
+            );
+            neighs.insert(net.to_string(), mac.to_string());
+            fdb.insert(mac.to_string(), ip.to_string());
+        }
+        (routes, neighs, fdb)
+    }
+
+    /// True when host `host`'s kernel holds exactly what the records say.
+    pub fn kernel_matches_records(&self, host: usize) -> bool {
+        let (routes, neighs, fdb) = self.expected_vxlan(host);
+        self.cluster_routes(host) == routes
+            && self.vxlan_neighbours(host) == neighs
+            && self.vxlan_fdb(host) == fdb
+    }
+
+    /// Waits until every listed host's kernel matches the records.
+    pub fn wait_converged(&self, hosts: &[usize]) {
+        for &h in hosts {
+            wait_until(
+                &format!("h{h} kernel state to match the records"),
+                Duration::from_secs(20),
+                || self.kernel_matches_records(h),
+            );
+        }
     }
 
     /// HTTP GET inside host `i`'s namespace (from a thread that joins the namespace).
