@@ -355,11 +355,17 @@ impl World {
         Some((Ipv4Addr::from(net), len))
     }
 
-    /// Waits for netd on host `i` to write its subnet file; returns the subnet.
+    /// Waits for netd on host `i` to be ready (subnet file written, /readyz 200); returns the
+    /// subnet.
     pub fn wait_ready(&mut self, i: usize) -> (Ipv4Addr, u8) {
         let start = Instant::now();
         loop {
-            if let Some(s) = self.subnet_of(i) {
+            // A subnet file may be left from an earlier run: /readyz is this process's answer.
+            if let Some(s) = self.subnet_of(i)
+                && self
+                    .http_get(i, "/readyz")
+                    .is_some_and(|(code, _)| code == 200)
+            {
                 return s;
             }
             assert!(
@@ -532,7 +538,11 @@ impl World {
             else {
                 continue;
             };
-            if ip == own_ip || !net.starts_with("10.244.") || len != "24" {
+            if ip == own_ip
+                || ip.starts_with("10.244.")
+                || !net.starts_with("10.244.")
+                || len != "24"
+            {
                 continue;
             }
             routes.insert(
