@@ -281,6 +281,10 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
                             *dev = now;
                             backend.attrs.backend_data = Some(VxlanData { vni: spec.vni, vtep_mac: now.mac });
                             peers.dp = NetlinkDataplane::new(h.clone(), Some(now.index), underlay.index, net.network);
+                            if let Err(e) = device::ensure_vtep_address(&h, now.index, own.subnet.addr(), net.network).await {
+                                tracing::warn!(error = %e, "re-adding the vtep address failed");
+                            }
+                            // Publish the new VtepMAC: the renewal path rewrites our record.
                             lease_ok = false;
                             renew_at = tokio::time::Instant::now();
                         }

@@ -238,3 +238,44 @@ fn revoked_lease_is_reacquired_without_exiting() {
     assert_eq!(w.subnet_of(1), Some((net1, len1)), "same subnet");
     w.wait_converged(&[1, 2]);
 }
+
+#[test]
+fn recreated_vxlan_device_publishes_new_mac_and_peers_drop_the_old_fdb() {
+    let mut w = World::new(3);
+    w.start_etcd(DEFAULT_CONFIG);
+    for i in 1..=3 {
+        w.start_netd(i, &[]);
+        w.wait_ready(i);
+    }
+    w.wait_converged(&[1, 2, 3]);
+    let c1 = w.add_container(1);
+    let c2 = w.add_container(2);
+    let (net2, len2) = w.subnet_of(2).expect("h2 subnet");
+    let key2 = format!("{net2}-{len2}");
+    let mac = |w: &World| {
+        w.records()[&key2]["BackendData"]["VtepMAC"]
+            .as_str()
+            .map(String::from)
+    };
+    let old_mac = mac(&w).expect("h2 VtepMAC");
+
+    // Someone deletes h2's VXLAN device: netd recreates it (new MAC) and republishes.
+    run(&["ip", "-n", &w.host(2), "link", "del", "flannel.1"]);
+    wait_until(
+        "h2 publishes a new VtepMAC",
+        Duration::from_secs(20),
+        || mac(&w).is_some_and(|m| m != old_mac),
+    );
+    // Exact match: the FDB entry of the old MAC is gone on h1 and h3.
+    w.wait_converged(&[1, 2, 3]);
+    for h in [1, 3] {
+        assert!(
+            !w.vxlan_fdb(h).contains_key(&old_mac),
+            "h{h} still has the old FDB entry"
+        );
+    }
+    wait_until("c1 reaches c2 again", Duration::from_secs(10), || {
+        World::ping(&c1.0, c2.1)
+    });
+    assert_eq!(w.subnet_of(2), Some((net2, len2)), "same subnet");
+}

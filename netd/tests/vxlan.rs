@@ -60,8 +60,9 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
         assert!(!w.cluster_routes(h).contains_key(&format!("{net4}/{len4}")));
     }
 
-    // Restart netd on h2 while c1 pings c2: same subnet, no lost packets.
+    // Restart netd on h2 while c1 pings c2: same subnet, same VtepMAC, no lost packets.
     let before = w.subnet_of(2);
+    let records_before = w.records();
     let pinger = std::process::Command::new("ip")
         .args([
             "netns", "exec", &c[0].0, "ping", "-c", "40", "-i", "0.1", "-W", "1",
@@ -93,5 +94,10 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
         "packets lost across restart: {text}"
     );
     assert_eq!(Some(restart), before, "same subnet after restart");
+    assert_eq!(
+        w.records(),
+        records_before,
+        "record (VtepMAC) unchanged across the restart"
+    );
     w.wait_converged(&[1, 2, 3]);
 }
