@@ -1,4 +1,35 @@
-//! netd: the per-host daemon that leases a container subnet from the KV store
-//! and programs routes to the other hosts' subnets.
+//! netd: the per-host daemon of cross-host container networking (flannel-compatible).
 //!
-//! The daemon is built in its own issue; this crate holds its place in the workspace.
+//! # Layout
+//! * [`cli`] — flags (flannel's names, `NETD_*` env vars) and subcommands; [`run`] is the daemon.
+//! * [`config`] — the network config JSON at `<prefix>/config`: defaults and validation.
+//! * [`subnet`] — subnet keys, record values, record checks, free-subnet choice (pure).
+//! * [`kv`] — all KV access, etcd v3 API only; [`embedded`] — the in-process KV member seam.
+//! * [`lease`] — acquiring and renewing this host's subnet lease.
+//! * [`watch`] — list + watch of peer records with re-list and reconnect.
+//! * [`peers`] — the peer table: events and reconcile applied to a [`dataplane::Dataplane`].
+//! * [`dataplane`] — kernel entries, diffing, and the rtnetlink implementation (VXLAN, routes).
+//! * [`subnet_file`], [`masq`] — subnet.env and the nftables masquerade table.
+//! * [`http`], [`metrics`] — `/healthz`, `/readyz`, `/metrics`.
+//! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod dataplane;
+pub mod embedded;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod masq;
+pub mod metrics;
+pub mod peers;
+pub mod subnet;
+pub mod subnet_file;
+pub mod watch;
+
+pub use cli::Config;
+pub use daemon::run;
+pub use error::{Error, Result};

@@ -1,4 +1,65 @@
+//! The `netd` binary: parse flags, set up logging, dispatch. The work is in [`netd::run`].
+
+use clap::Parser;
+use netd::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 fn main() {
-    eprintln!("netd: not built yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netd: error: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let mut stdout = std::io::stdout();
+        match &cli.command {
+            Some(Command::Config { action }) => {
+                netd::ctl::config(&cli.kv, action, &mut stdout).await
+            }
+            Some(Command::Leases { json }) => netd::ctl::leases(&cli.kv, *json, &mut stdout).await,
+            None => {
+                let config = netd::Config {
+                    kv: cli.kv.clone(),
+                    daemon: cli.daemon.clone(),
+                };
+                netd::run(config, shutdown_signal()).await
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("netd: error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,189 @@
+//! Command line: the daemon's flags (flannel's names where the meaning is the same) and the
+//! `config` / `leases` subcommands. Every flag can also be set from the environment as
+//! `NETD_<FLAG_IN_UPPER_SNAKE_CASE>`, e.g. `--iface` ↔ `NETD_IFACE`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::embedded::EmbeddedKvArgs;
+use crate::error::{Error, Result};
+
+/// netd: per-host container networking daemon (flannel-compatible).
+///
+/// Leases a subnet for this host's containers from an etcd-v3-compatible KV store, watches the
+/// other hosts' subnets and routes to them through VXLAN (`flannel.<VNI>`) or direct host-gw
+/// routes. Writes subnet.env for the CNI plugin. With no subcommand, runs the daemon.
+///
+/// Every flag can also be set as an environment variable NETD_<FLAG>, e.g. NETD_IFACE=eth1.
+/// Logging follows RUST_LOG (default "info").
+#[derive(Debug, Parser)]
+#[command(name = "netd", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub kv: KvArgs,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Log format: text or json.
+    #[arg(long, env = "NETD_LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Subcommands that operate on the KV store and exit.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show or write the network config at <prefix>/config.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// List subnet leases (the records under <prefix>/subnets/).
+    Leases {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `netd config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the stored config.
+    Show,
+    /// Validate and store a config: JSON text, or @FILE to read it from a file.
+    Set {
+        /// e.g. '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' or @net-conf.json
+        json: String,
+    },
+}
+
+/// How to reach the KV store.
+#[derive(Debug, Clone, Args)]
+pub struct KvArgs {
+    /// Comma-separated etcd v3 endpoints. Without it, netd runs an embedded KV member
+    /// (see the --kv-* flags).
+    #[arg(
+        long,
+        env = "NETD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the network config and subnet records.
+    #[arg(long, env = "NETD_ETCD_PREFIX", default_value = crate::kv::DEFAULT_PREFIX, global = true)]
+    pub etcd_prefix: String,
+    #[command(flatten)]
+    pub embedded: EmbeddedKvArgs,
+}
+
+/// The daemon's own flags.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Interface (name or IPv4 address) to use for inter-host traffic; default: the interface of
+    /// the default route.
+    #[arg(long, env = "NETD_IFACE")]
+    pub iface: Option<String>,
+    /// IPv4 address other hosts use to reach this one; default: the interface's address.
+    #[arg(long, env = "NETD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write the subnet file for the CNI plugin.
+    #[arg(
+        long,
+        env = "NETD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// Masquerade traffic leaving the cluster network (nftables table `ip netd`).
+    #[arg(long, env = "NETD_IP_MASQ")]
+    pub ip_masq: bool,
+    /// Address of the health/metrics server.
+    #[arg(long, env = "NETD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// Port of the health/metrics server (/healthz, /readyz, /metrics); 0 disables it.
+    #[arg(long, env = "NETD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Minutes before the subnet lease expires at which it is renewed (1-1439).
+    #[arg(long, env = "NETD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=1439))]
+    pub subnet_lease_renew_margin: u64,
+    /// Seconds a subnet lease lives without renewal (flannel: 24 h).
+    #[arg(long, env = "NETD_SUBNET_LEASE_TTL", default_value_t = 86400,
+          value_parser = clap::value_parser!(u64).range(5..))]
+    pub subnet_lease_ttl: u64,
+    /// Seconds between full reconciles of kernel state against the KV store.
+    #[arg(long, env = "NETD_RECONCILE_INTERVAL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval: u64,
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kv: KvArgs,
+    pub daemon: DaemonArgs,
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<()> {
+        for e in &self.kv.etcd_endpoints {
+            if e.trim().is_empty() {
+                return Err(Error::Usage(
+                    "--etcd-endpoints contains an empty endpoint".into(),
+                ));
+            }
+        }
+        if !self.kv.etcd_prefix.starts_with('/') {
+            return Err(Error::Usage(format!(
+                "--etcd-prefix {:?} must start with '/'",
+                self.kv.etcd_prefix
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_secs(self.daemon.reconcile_interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_flannel_flags_and_env() {
+        let cli = Cli::try_parse_from([
+            "netd",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--iface",
+            "eth1",
+            "--ip-masq",
+            "--healthz-port",
+            "8081",
+        ])
+        .unwrap();
+        assert_eq!(cli.kv.etcd_endpoints.len(), 2);
+        assert_eq!(cli.daemon.iface.as_deref(), Some("eth1"));
+        assert!(cli.daemon.ip_masq);
+        assert_eq!(cli.kv.etcd_prefix, "/coreos.com/network");
+        assert!(Cli::try_parse_from(["netd", "--subnet-lease-renew-margin", "0"]).is_err());
+        assert!(Cli::try_parse_from(["netd", "--public-ip", "nope"]).is_err());
+        let c = Cli::try_parse_from(["netd", "leases", "--json", "--etcd-prefix", "/x"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Leases { json: true })));
+        let bad = Config {
+            kv: KvArgs {
+                etcd_prefix: "x".into(),
+                ..c.kv
+            },
+            daemon: c.daemon,
+        };
+        assert!(bad.validate().is_err());
+    }
+}

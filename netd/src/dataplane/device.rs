@@ -1,0 +1,364 @@
+//! Devices: finding the underlay interface and creating (or reusing) the VXLAN device.
+//!
+//! [`ensure_vxlan`] is idempotent: a compatible `flannel.<VNI>` is reused as it is, so its MAC
+//! (published as VtepMAC) survives daemon restarts; an incompatible one is replaced.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::error::{Error, Result};
+use crate::subnet::MacAddr;
+
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+
+/// The interface peers are reached through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    /// The interface address used as the local VXLAN address (and, by default, the public IP).
+    pub addr: Ipv4Addr,
+    /// The connected network of that address: peers inside it are on the same L2 segment.
+    pub segment: Ipv4Network,
+    pub mtu: u32,
+}
+
+/// The VXLAN device as netd wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub vni: u32,
+    pub port: u16,
+    pub learning: bool,
+    pub local: Ipv4Addr,
+    pub underlay_index: u32,
+    pub mtu: u32,
+}
+
+impl VxlanSpec {
+    /// Device name, flannel's: `flannel.<VNI>`.
+    pub fn name(&self) -> String {
+        format!("flannel.{}", self.vni)
+    }
+}
+
+/// The VXLAN device as it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanDevice {
+    pub index: u32,
+    pub mac: MacAddr,
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+/// Looks a link up by name; `None` when it does not exist.
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m),
+        Err(e) if is_errno(&e, ENODEV) => Ok(None),
+        Err(e) => Err(Error::netlink(format!("get link {name}"), e)),
+    }
+}
+
+async fn link_by_index(h: &Handle, index: u32) -> Result<LinkMessage> {
+    h.link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| Error::netlink(format!("get link #{index}"), e))?
+        .ok_or_else(|| Error::Interface(format!("link #{index} vanished")))
+}
+
+fn link_name(m: &LinkMessage) -> String {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn link_mtu(m: &LinkMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(1500)
+}
+
+fn link_mac(m: &LinkMessage) -> Option<MacAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) if b.len() == 6 => {
+            let mut out = [0u8; 6];
+            out.copy_from_slice(b);
+            Some(MacAddr(out))
+        }
+        _ => None,
+    })
+}
+
+/// IPv4 addresses (with prefix) configured on a link.
+pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| Error::netlink("list addresses", e))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.index != index || m.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let addr = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) => {
+                Some(*v)
+            }
+            _ => None,
+        });
+        if let Some(a) = addr
+            && let Ok(n) = Ipv4Network::new(a, m.header.prefix_len)
+        {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Finds the underlay: `iface` may be an interface name or one of its IPv4 addresses; without it,
+/// the interface of the IPv4 default route is used.
+pub async fn find_underlay(h: &Handle, iface: Option<&str>) -> Result<Underlay> {
+    let link = match iface {
+        Some(spec) => match spec.parse::<Ipv4Addr>() {
+            Ok(ip) => link_with_address(h, ip).await?,
+            Err(_) => link_by_name(h, spec)
+                .await?
+                .ok_or_else(|| Error::Interface(format!("interface {spec} not found")))?,
+        },
+        None => {
+            let index = default_route_oif(h).await?.ok_or_else(|| {
+                Error::Interface(
+                    "no IPv4 default route to pick an interface from; pass --iface".into(),
+                )
+            })?;
+            link_by_index(h, index).await?
+        }
+    };
+    let index = link.header.index;
+    let name = link_name(&link);
+    let addrs = ipv4_addresses(h, index).await?;
+    let wanted = iface.and_then(|s| s.parse::<Ipv4Addr>().ok());
+    let net = addrs
+        .iter()
+        .find(|n| wanted.is_none_or(|w| n.ip() == w))
+        .ok_or_else(|| Error::Interface(format!("interface {name} has no IPv4 address")))?;
+    let segment = Ipv4Network::new(net.network(), net.prefix())
+        .map_err(|e| Error::Interface(format!("{name}: {e}")))?;
+    Ok(Underlay {
+        name,
+        index,
+        addr: net.ip(),
+        segment,
+        mtu: link_mtu(&link),
+    })
+}
+
+async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<LinkMessage> {
+    let links: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| Error::netlink("list links", e))?;
+    for l in links {
+        if ipv4_addresses(h, l.header.index)
+            .await?
+            .iter()
+            .any(|n| n.ip() == ip)
+        {
+            return Ok(l);
+        }
+    }
+    Err(Error::Interface(format!("no interface has address {ip}")))
+}
+
+async fn default_route_oif(h: &Handle) -> Result<Option<u32>> {
+    let routes: Vec<_> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| Error::netlink("list routes", e))?;
+    Ok(routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+        .find_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }))
+}
+
+/// True when an existing link matches the spec closely enough to be reused.
+fn compatible(m: &LinkMessage, spec: &VxlanSpec) -> bool {
+    let mut kind_ok = false;
+    let mut data: &[InfoVxlan] = &[];
+    for a in &m.attributes {
+        if let LinkAttribute::LinkInfo(infos) = a {
+            for i in infos {
+                match i {
+                    LinkInfo::Kind(InfoKind::Vxlan) => kind_ok = true,
+                    LinkInfo::Data(InfoData::Vxlan(d)) => data = d,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let has = |want: &InfoVxlan| data.iter().any(|d| d == want);
+    kind_ok
+        && has(&InfoVxlan::Id(spec.vni))
+        && has(&InfoVxlan::Link(spec.underlay_index))
+        && has(&InfoVxlan::Local(spec.local))
+        && has(&InfoVxlan::Port(spec.port))
+        && has(&InfoVxlan::Learning(spec.learning))
+}
+
+/// Creates `flannel.<VNI>` or reuses a compatible one; sets MTU and brings it up.
+pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
+    let name = spec.name();
+    if let Some(existing) = link_by_name(h, &name).await? {
+        if compatible(&existing, spec) {
+            let index = existing.header.index;
+            h.link()
+                .set(LinkUnspec::new_with_index(index).mtu(spec.mtu).up().build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink(format!("set {name} up"), e))?;
+            let mac = link_mac(&existing)
+                .ok_or_else(|| Error::Kernel(format!("{name} has no MAC address")))?;
+            tracing::info!(device = %name, %mac, "reusing existing VXLAN device");
+            return Ok(VxlanDevice { index, mac });
+        }
+        tracing::warn!(device = %name, "existing device is incompatible; recreating it");
+        h.link()
+            .del(existing.header.index)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
+    }
+    let mac = MacAddr::random();
+    let msg = LinkVxlan::new(&name, spec.vni)
+        .dev(spec.underlay_index)
+        .local(spec.local)
+        .port(spec.port)
+        .learning(spec.learning)
+        .mtu(spec.mtu)
+        .address(mac.0.to_vec())
+        .up()
+        .build();
+    match h.link().add(msg).execute().await {
+        Ok(()) => {}
+        // Lost a race with another creator: fall through and read what is there.
+        Err(e) if is_errno(&e, EEXIST) => {}
+        Err(e) => return Err(Error::netlink(format!("create {name}"), e)),
+    }
+    let link = link_by_name(h, &name)
+        .await?
+        .ok_or_else(|| Error::Kernel(format!("{name} missing right after creation")))?;
+    let mac = link_mac(&link).ok_or_else(|| Error::Kernel(format!("{name} has no MAC address")))?;
+    disable_accept_ra(&name);
+    tracing::info!(device = %name, %mac, mtu = spec.mtu, "created VXLAN device");
+    Ok(VxlanDevice {
+        index: link.header.index,
+        mac,
+    })
+}
+
+/// The device must never autoconfigure IPv6 from router adverts (flannel does the same).
+fn disable_accept_ra(name: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
+    if std::path::Path::new(&path).exists()
+        && let Err(e) = std::fs::write(&path, "0")
+    {
+        tracing::debug!(%path, error = %e, "could not disable accept_ra");
+    }
+}
+
+/// Puts `addr/32` on the device and removes any other address inside `network` (a subnet this
+/// host held before).
+pub async fn ensure_vtep_address(
+    h: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    network: Ipv4Network,
+) -> Result<()> {
+    let mut present = false;
+    for n in ipv4_addresses(h, index).await? {
+        if n.ip() == addr && n.prefix() == 32 {
+            present = true;
+        } else if network.contains(n.ip()) {
+            let msgs: Vec<_> = h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(IpAddr::V4(n.ip()))
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::netlink("list addresses", e))?;
+            for m in msgs {
+                h.address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| Error::netlink(format!("delete address {n}"), e))?;
+            }
+        }
+    }
+    if !present {
+        h.address()
+            .add(index, IpAddr::V4(addr), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("add address {addr}/32"), e))?;
+    }
+    Ok(())
+}
+
+/// Destination of a route message, if it has one.
+pub(crate) fn route_dst(r: &rtnetlink::packet_route::route::RouteMessage) -> Option<Ipv4Network> {
+    let dst = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(*v),
+        _ => None,
+    })?;
+    Ipv4Network::new(dst, r.header.destination_prefix_length).ok()
+}

@@ -1,0 +1,323 @@
+//! The dataplane seam: what netd wants in the kernel for each peer, and how it gets there.
+//!
+//! * [`Entry`] is one kernel object netd owns: a neighbour (ARP) entry, an FDB entry or a route.
+//! * [`peer_entries`] turns a peer's record into the entries the backend needs, in programming
+//!   order (neighbour → FDB → route, so the route never sends before the kernel can resolve it).
+//! * [`KernelState`] is a keyed view of those objects; [`diff`] compares the desired view with what
+//!   the kernel holds, which is how stale objects from an earlier run or a missed event go away.
+//! * [`Dataplane`] is the trait the real netlink implementation ([`netlink`]) and the in-memory
+//!   test implementation share; [`program_peer`] and [`remove_peer`] apply per-peer changes with
+//!   rollback.
+
+pub mod device;
+pub mod netlink;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::error::{Error, Result};
+use crate::subnet::{MacAddr, PeerRecord};
+
+/// Which device a route leaves through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Via {
+    /// The VXLAN device, gateway = the peer's vtep address, `onlink`.
+    Overlay,
+    /// The underlay interface, gateway = the peer's public IP (host-gw, DirectRouting).
+    Underlay,
+}
+
+/// A route's next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NextHop {
+    pub gateway: Ipv4Addr,
+    pub via: Via,
+}
+
+/// One kernel object owned by netd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entry {
+    /// `ip neigh replace <ip> lladdr <mac> dev flannel.N nud permanent`
+    Neigh { ip: Ipv4Addr, mac: MacAddr },
+    /// `bridge fdb replace <mac> dev flannel.N dst <dst> self permanent`
+    Fdb { mac: MacAddr, dst: Ipv4Addr },
+    /// `ip route replace <dst> via <gw> dev <overlay|underlay> [onlink]`
+    Route { dst: Ipv4Network, hop: NextHop },
+}
+
+/// How the backend reaches peers; derived from the config and the underlay interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// VXLAN; with `direct` set, peers whose public IP lies in `segment` get a direct route.
+    Vxlan {
+        vni: u32,
+        direct: bool,
+        segment: Ipv4Network,
+    },
+    /// host-gw: every peer gets a direct route.
+    HostGw,
+}
+
+/// The entries a peer needs, in programming order. `None` (with the reason) when the record does
+/// not suit this backend, e.g. a host-gw record seen by a vxlan node.
+pub fn peer_entries(mode: &RoutingMode, peer: &PeerRecord) -> Result<Vec<Entry>, String> {
+    let direct = |p: &PeerRecord| Entry::Route {
+        dst: p.subnet.0,
+        hop: NextHop {
+            gateway: p.attrs.public_ip,
+            via: Via::Underlay,
+        },
+    };
+    match mode {
+        RoutingMode::HostGw => {
+            if peer.attrs.backend_type != "host-gw" {
+                return Err(format!(
+                    "backend type {:?} differs from this node's host-gw",
+                    peer.attrs.backend_type
+                ));
+            }
+            Ok(vec![direct(peer)])
+        }
+        RoutingMode::Vxlan {
+            vni,
+            direct: direct_routing,
+            segment,
+        } => {
+            let data = match (&*peer.attrs.backend_type, &peer.attrs.backend_data) {
+                ("vxlan", Some(d)) => d,
+                (t, _) => return Err(format!("backend type {t:?} differs from this node's vxlan")),
+            };
+            if data.vni != 0 && data.vni != *vni {
+                return Err(format!(
+                    "VNI {} differs from this node's VNI {vni}",
+                    data.vni
+                ));
+            }
+            if *direct_routing && segment.contains(peer.attrs.public_ip) {
+                return Ok(vec![direct(peer)]);
+            }
+            let vtep = peer.subnet.addr();
+            Ok(vec![
+                Entry::Neigh {
+                    ip: vtep,
+                    mac: data.vtep_mac,
+                },
+                Entry::Fdb {
+                    mac: data.vtep_mac,
+                    dst: peer.attrs.public_ip,
+                },
+                Entry::Route {
+                    dst: peer.subnet.0,
+                    hop: NextHop {
+                        gateway: vtep,
+                        via: Via::Overlay,
+                    },
+                },
+            ])
+        }
+    }
+}
+
+/// A keyed view of netd's kernel objects: neighbours by IP, FDB entries by MAC, routes by
+/// destination — the keys the kernel itself uses for `replace`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub neighs: BTreeMap<Ipv4Addr, MacAddr>,
+    pub fdb: BTreeMap<MacAddr, Ipv4Addr>,
+    pub routes: BTreeMap<Ipv4Network, NextHop>,
+}
+
+impl KernelState {
+    /// Adds an entry; returns false (and changes nothing) when its key is already taken by a
+    /// different value, e.g. two records claiming the same VtepMAC.
+    pub fn insert(&mut self, e: Entry) -> bool {
+        fn put<K: Ord, V: PartialEq>(m: &mut BTreeMap<K, V>, k: K, v: V) -> bool {
+            match m.get(&k) {
+                Some(old) => *old == v,
+                None => {
+                    m.insert(k, v);
+                    true
+                }
+            }
+        }
+        match e {
+            Entry::Neigh { ip, mac } => put(&mut self.neighs, ip, mac),
+            Entry::Fdb { mac, dst } => put(&mut self.fdb, mac, dst),
+            Entry::Route { dst, hop } => put(&mut self.routes, dst, hop),
+        }
+    }
+
+    /// True when the exact entry (key and value) is present.
+    pub fn contains(&self, e: &Entry) -> bool {
+        match e {
+            Entry::Neigh { ip, mac } => self.neighs.get(ip) == Some(mac),
+            Entry::Fdb { mac, dst } => self.fdb.get(mac) == Some(dst),
+            Entry::Route { dst, hop } => self.routes.get(dst) == Some(hop),
+        }
+    }
+
+    /// True when an entry with the same key is present, whatever its value.
+    pub fn has_key(&self, e: &Entry) -> bool {
+        match e {
+            Entry::Neigh { ip, .. } => self.neighs.contains_key(ip),
+            Entry::Fdb { mac, .. } => self.fdb.contains_key(mac),
+            Entry::Route { dst, .. } => self.routes.contains_key(dst),
+        }
+    }
+
+    /// All entries in programming order (neighbours, FDB, routes).
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = Vec::new();
+        v.extend(
+            self.neighs
+                .iter()
+                .map(|(ip, mac)| Entry::Neigh { ip: *ip, mac: *mac }),
+        );
+        v.extend(self.fdb.iter().map(|(mac, dst)| Entry::Fdb {
+            mac: *mac,
+            dst: *dst,
+        }));
+        v.extend(self.routes.iter().map(|(dst, hop)| Entry::Route {
+            dst: *dst,
+            hop: *hop,
+        }));
+        v
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.neighs.len() + self.fdb.len() + self.routes.len()
+    }
+
+    /// True when no object is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The work that turns `observed` into `desired`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Missing or different entries, in programming order (neighbours, FDB, routes).
+    pub upserts: Vec<Entry>,
+    /// Entries whose key is not desired at all, routes first.
+    pub removals: Vec<Entry>,
+}
+
+impl Plan {
+    /// True when the kernel already matches.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// Compares desired with observed state.
+pub fn diff(desired: &KernelState, observed: &KernelState) -> Plan {
+    let upserts = desired
+        .entries()
+        .into_iter()
+        .filter(|e| !observed.contains(e))
+        .collect();
+    let mut removals: Vec<Entry> = observed
+        .entries()
+        .into_iter()
+        .filter(|e| !desired.has_key(e))
+        .collect();
+    removals.reverse();
+    Plan { upserts, removals }
+}
+
+/// Kernel access used by the peer programmer and the reconciler.
+pub trait Dataplane: Send + Sync {
+    /// Reads every object netd owns.
+    fn observe(&self) -> impl Future<Output = Result<KernelState>> + Send;
+    /// Creates or replaces one object.
+    fn upsert(&self, entry: &Entry) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes one object; an object that is already gone is not an error.
+    fn remove(&self, entry: &Entry) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Programs a peer: upserts `new` in order, then removes what `old` had and `new` no longer has
+/// (e.g. the FDB entry of a VtepMAC that changed). When a step fails, the entries this call added
+/// are rolled back and the error returned; the periodic reconcile retries later.
+pub async fn program_peer<D: Dataplane>(dp: &D, old: &[Entry], new: &[Entry]) -> Result<()> {
+    let mut old_state = KernelState::default();
+    for e in old {
+        old_state.insert(*e);
+    }
+    let mut new_state = KernelState::default();
+    for e in new {
+        new_state.insert(*e);
+    }
+    let mut added: Vec<Entry> = Vec::new();
+    for e in new {
+        if let Err(err) = dp.upsert(e).await {
+            for done in added.iter().rev() {
+                if let Err(rb) = dp.remove(done).await {
+                    tracing::warn!(entry = ?done, error = %rb, "rollback failed");
+                }
+            }
+            return Err(err);
+        }
+        if !old_state.has_key(e) {
+            added.push(*e);
+        }
+    }
+    let stale: Vec<Entry> = old
+        .iter()
+        .rev()
+        .filter(|e| !new_state.has_key(e))
+        .copied()
+        .collect();
+    remove_all(dp, &stale).await
+}
+
+/// Removes a peer's entries, route first. Keeps going after a failure and reports every error.
+pub async fn remove_peer<D: Dataplane>(dp: &D, entries: &[Entry]) -> Result<()> {
+    let rev: Vec<Entry> = entries.iter().rev().copied().collect();
+    remove_all(dp, &rev).await
+}
+
+async fn remove_all<D: Dataplane>(dp: &D, entries: &[Entry]) -> Result<()> {
+    let mut errors = Vec::new();
+    for e in entries {
+        if let Err(err) = dp.remove(e).await {
+            errors.push(format!("{e:?}: {err}"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Kernel(format!(
+            "removing entries: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+/// Applies a reconcile plan. Keeps going after failures; returns how many steps failed.
+pub async fn apply_plan<D: Dataplane>(dp: &D, plan: &Plan) -> usize {
+    let mut failed = 0;
+    for e in &plan.upserts {
+        if let Err(err) = dp.upsert(e).await {
+            tracing::warn!(entry = ?e, error = %err, "reconcile: upsert failed");
+            failed += 1;
+        }
+    }
+    for e in &plan.removals {
+        if let Err(err) = dp.remove(e).await {
+            tracing::warn!(entry = ?e, error = %err, "reconcile: removal failed");
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[cfg(test)]
+pub(crate) mod memory;
+
+#[cfg(test)]
+mod tests;

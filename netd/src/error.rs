@@ -1,0 +1,105 @@
+//! The crate's one error type.
+//!
+//! Every fallible path in netd ends in [`Error`]; variants carry the context an operator needs to
+//! act on a one-line message (which key, which file, which device).
+
+use std::net::Ipv4Addr;
+
+/// Everything that can go wrong in netd.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line or environment is inconsistent; netd exits non-zero.
+    #[error("invalid configuration: {0}")]
+    Usage(String),
+
+    /// `<prefix>/config` is missing from the KV store.
+    #[error("network config not found at {key} (write it with `netd config set`)")]
+    ConfigMissing { key: String },
+
+    /// `<prefix>/config` exists but is not valid JSON or fails validation.
+    #[error("invalid network config at {key}: {reason}")]
+    ConfigInvalid { key: String, reason: String },
+
+    /// A subnet record (key or value) could not be understood.
+    #[error("malformed subnet record {key}: {reason}")]
+    BadRecord { key: String, reason: String },
+
+    /// Every subnet between SubnetMin and SubnetMax is taken.
+    #[error(
+        "out of subnets: all {total} subnets of {network} between SubnetMin and SubnetMax are taken"
+    )]
+    OutOfSubnets { network: String, total: u64 },
+
+    /// The compare-and-swap race for a subnet was lost too many times in a row.
+    #[error("could not acquire a subnet lease after {attempts} attempts (lost every race)")]
+    LeaseRace { attempts: u32 },
+
+    /// The KV lease backing our subnet record is gone (expired, revoked or record deleted).
+    #[error("subnet lease lost: {0}")]
+    LeaseLost(String),
+
+    /// Talking to the KV store (etcd v3 API) failed.
+    #[error("kv store: {0}")]
+    Kv(#[from] etcd_client::Error),
+
+    /// The embedded KV member could not be started.
+    #[error("{0}")]
+    EmbeddedKv(String),
+
+    /// A netlink request failed.
+    #[error("netlink {op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    /// A kernel object netd needs is missing or looks wrong.
+    #[error("kernel state: {0}")]
+    Kernel(String),
+
+    /// No usable underlay interface / address.
+    #[error("interface: {0}")]
+    Interface(String),
+
+    /// The public IP is not on the chosen interface where the backend needs it to be.
+    #[error("public IP {ip} is not an address of interface {iface}")]
+    PublicIpNotLocal { ip: Ipv4Addr, iface: String },
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An external command (nft, sysctl write) failed.
+    #[error("{cmd}: {reason}")]
+    Command { cmd: String, reason: String },
+
+    /// JSON (de)serialisation of our own data failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Wraps a netlink error with the operation that failed.
+    pub fn netlink(op: impl Into<String>, source: rtnetlink::Error) -> Self {
+        Error::Netlink {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// Wraps an I/O error with the path it concerns.
+    pub fn file(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::File {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,242 @@
+//! KV access through the etcd v3 API only (the `etcd-client` crate), so netd runs unchanged
+//! against the embedded kvstore or a real etcd cluster.
+//!
+//! Keys follow flannel: `<prefix>/config` and `<prefix>/subnets/<a.b.c.d>-<len>`.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
+};
+
+use crate::config::NetworkConfig;
+use crate::error::{Error, Result};
+use crate::subnet::{LeaseAttrs, PeerRecord, Subnet, parse_record};
+
+/// Default key prefix (flannel's).
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// A connected KV client plus the key prefix.
+#[derive(Clone)]
+pub struct Kv {
+    client: Client,
+    prefix: String,
+}
+
+/// One listing of `<prefix>/subnets/`.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Records that parsed and fit the config.
+    pub records: Vec<PeerRecord>,
+    /// Records that did not, with the reason (they are ignored, never programmed).
+    pub rejected: Vec<Error>,
+    /// Store revision the listing was taken at; watch from `revision + 1`.
+    pub revision: i64,
+}
+
+impl Kv {
+    /// Connects to the endpoints. Request and connect timeouts keep a dead store from blocking
+    /// netd forever; HTTP/2 keep-alive pings notice a silently dropped connection.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Kv {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `<prefix>/config`
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    /// `<prefix>/subnets/`
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    /// `<prefix>/subnets/<key>`
+    pub fn subnet_key(&self, subnet: &Subnet) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet.key())
+    }
+
+    /// The raw stored config text, if any.
+    pub async fn get_config_text(&self) -> Result<Option<String>> {
+        let resp = self.client.clone().get(self.config_key(), None).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(String::from_utf8_lossy(kv.value()).into_owned())),
+        }
+    }
+
+    /// Reads and validates the network config.
+    pub async fn get_config(&self) -> Result<NetworkConfig> {
+        let key = self.config_key();
+        let text = self
+            .get_config_text()
+            .await?
+            .ok_or_else(|| Error::ConfigMissing { key: key.clone() })?;
+        NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })
+    }
+
+    /// Validates and stores the network config.
+    pub async fn put_config(&self, text: &str) -> Result<NetworkConfig> {
+        let key = self.config_key();
+        let cfg = NetworkConfig::parse(text).map_err(|reason| Error::ConfigInvalid {
+            key: key.clone(),
+            reason,
+        })?;
+        self.client.clone().put(key, text, None).await?;
+        Ok(cfg)
+    }
+
+    /// Lists every subnet record, checked against `config`.
+    pub async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
+        let prefix = self.subnets_prefix();
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut listing = Listing {
+            revision,
+            ..Listing::default()
+        };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let suffix = key.strip_prefix(&prefix).unwrap_or(&key);
+            match parse_record(config, suffix, kv.value(), kv.lease(), kv.mod_revision()) {
+                Ok(r) => listing.records.push(r),
+                Err(e) => listing.rejected.push(e),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Raw listing for the `leases` subcommand: key suffix, value, lease id.
+    pub async fn list_raw(&self) -> Result<Vec<(String, Vec<u8>, i64)>> {
+        let prefix = self.subnets_prefix();
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let suffix = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                (suffix, kv.value().to_vec(), kv.lease())
+            })
+            .collect())
+    }
+
+    /// Creates a record only if the key does not exist (version == 0). Returns false when
+    /// another host got there first.
+    pub async fn create_subnet(
+        &self,
+        subnet: &Subnet,
+        attrs: &LeaseAttrs,
+        lease: i64,
+    ) -> Result<bool> {
+        let key = self.subnet_key(subnet);
+        let value = serde_json::to_vec(attrs)?;
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, Some(put_opts(lease)))]);
+        Ok(self.client.clone().txn(txn).await?.succeeded())
+    }
+
+    /// Rewrites a record only if it was not changed since `mod_revision`. Returns false otherwise.
+    pub async fn update_subnet(
+        &self,
+        subnet: &Subnet,
+        attrs: &LeaseAttrs,
+        lease: i64,
+        mod_revision: i64,
+    ) -> Result<bool> {
+        let key = self.subnet_key(subnet);
+        let value = serde_json::to_vec(attrs)?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(key, value, Some(put_opts(lease)))]);
+        Ok(self.client.clone().txn(txn).await?.succeeded())
+    }
+
+    /// Deletes a record if it was not changed since `mod_revision`.
+    pub async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
+        let key = self.subnet_key(subnet);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
+        Ok(self.client.clone().txn(txn).await?.succeeded())
+    }
+
+    /// Grants a KV lease of `ttl` seconds.
+    pub async fn grant(&self, ttl: i64) -> Result<i64> {
+        Ok(self.client.clone().lease_grant(ttl, None).await?.id())
+    }
+
+    /// Revokes a lease (best effort callers ignore the error).
+    pub async fn revoke(&self, id: i64) -> Result<()> {
+        self.client.clone().lease_revoke(id).await?;
+        Ok(())
+    }
+
+    /// One keep-alive round trip; returns the remaining TTL (≤ 0: the lease is gone).
+    pub async fn keep_alive_once(&self, id: i64) -> Result<i64> {
+        let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(id).await?;
+        keeper.keep_alive().await?;
+        match stream.message().await? {
+            Some(resp) => Ok(resp.ttl()),
+            None => Ok(0),
+        }
+    }
+
+    /// Remaining TTL of a lease (−1 when it does not exist).
+    pub async fn time_to_live(&self, id: i64) -> Result<i64> {
+        Ok(self
+            .client
+            .clone()
+            .lease_time_to_live(id, None)
+            .await?
+            .ttl())
+    }
+
+    /// Opens a watch on `<prefix>/subnets/` from `start_revision`.
+    pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision)
+            .with_progress_notify();
+        Ok(self
+            .client
+            .clone()
+            .watch(self.subnets_prefix(), Some(opts))
+            .await?)
+    }
+}
+
+fn put_opts(lease: i64) -> PutOptions {
+    if lease == 0 {
+        PutOptions::new()
+    } else {
+        PutOptions::new().with_lease(lease)
+    }
+}

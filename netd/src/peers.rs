@@ -1,0 +1,345 @@
+//! The peer table: the records the watcher reported, what was programmed for each, and the
+//! event and reconcile paths that keep the kernel in line with them.
+//!
+//! Generic over [`Dataplane`], so the whole event logic is unit-tested in memory.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::dataplane::{
+    Dataplane, Entry, KernelState, RoutingMode, apply_plan, diff, peer_entries, program_peer,
+    remove_peer,
+};
+use crate::metrics::Metrics;
+use crate::subnet::{PeerRecord, Subnet};
+use crate::watch::PeerEvent;
+
+/// What an event meant for this host's own record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnRecord {
+    /// Nothing about our record.
+    Untouched,
+    /// Our record was deleted or taken over: the lease must be re-acquired.
+    Lost(String),
+    /// Our record was rewritten by us (e.g. a renewal with a new KV lease).
+    Updated(PeerRecord),
+}
+
+/// Peer state of one host.
+pub struct Peers<D> {
+    pub dp: D,
+    pub mode: RoutingMode,
+    /// This host's subnet and public IP: never programmed as a peer.
+    pub own_subnet: Subnet,
+    pub own_ip: Ipv4Addr,
+    records: BTreeMap<Subnet, PeerRecord>,
+    programmed: BTreeMap<Subnet, Vec<Entry>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<D: Dataplane> Peers<D> {
+    pub fn new(
+        dp: D,
+        mode: RoutingMode,
+        own_subnet: Subnet,
+        own_ip: Ipv4Addr,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Peers {
+            dp,
+            mode,
+            own_subnet,
+            own_ip,
+            records: BTreeMap::new(),
+            programmed: BTreeMap::new(),
+            metrics,
+        }
+    }
+
+    /// Number of peers with kernel entries.
+    pub fn programmed_count(&self) -> usize {
+        self.programmed.len()
+    }
+
+    /// The record for `subnet`, as last reported.
+    pub fn record(&self, subnet: &Subnet) -> Option<&PeerRecord> {
+        self.records.get(subnet)
+    }
+
+    /// The entries a peer should have, or why it gets none.
+    fn entries_for(&self, p: &PeerRecord) -> Result<Vec<Entry>, String> {
+        if p.subnet == self.own_subnet {
+            return Err("own subnet".into());
+        }
+        if p.attrs.public_ip == self.own_ip {
+            return Err(format!(
+                "record names this host's own PublicIP {}",
+                self.own_ip
+            ));
+        }
+        peer_entries(&self.mode, p)
+    }
+
+    /// Desired kernel state for all known peers. A peer whose entries collide with an earlier
+    /// peer's (e.g. a copied VtepMAC) is left out whole, so it cannot redirect another's traffic.
+    fn desired(&self, log: bool) -> (KernelState, BTreeMap<Subnet, Vec<Entry>>) {
+        let mut state = KernelState::default();
+        let mut per_peer = BTreeMap::new();
+        for (subnet, p) in &self.records {
+            let entries = match self.entries_for(p) {
+                Ok(e) => e,
+                Err(reason) => {
+                    if log && *subnet != self.own_subnet {
+                        tracing::warn!(%subnet, %reason, "not routing to peer");
+                    }
+                    continue;
+                }
+            };
+            if entries
+                .iter()
+                .any(|e| state.has_key(e) && !state.contains(e))
+            {
+                if log {
+                    tracing::warn!(%subnet, "peer's entries collide with another peer's; ignoring it");
+                }
+                continue;
+            }
+            for e in &entries {
+                state.insert(*e);
+            }
+            per_peer.insert(*subnet, entries);
+        }
+        (state, per_peer)
+    }
+
+    /// Compares the kernel with the peer table and fixes every difference (missing, changed and
+    /// stale objects). Returns the number of failed steps.
+    pub async fn reconcile(&mut self, log: bool) -> usize {
+        self.metrics.reconcile_runs.inc();
+        let (want, per_peer) = self.desired(log);
+        let observed = match self.dp.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile: reading kernel state failed");
+                self.metrics.reconcile_errors.inc();
+                return 1;
+            }
+        };
+        let plan = diff(&want, &observed);
+        if !plan.is_empty() {
+            tracing::info!(
+                upserts = plan.upserts.len(),
+                removals = plan.removals.len(),
+                "reconcile: fixing kernel state"
+            );
+            tracing::debug!(?plan, "reconcile plan");
+            self.metrics
+                .reconcile_fixes
+                .inc_by((plan.upserts.len() + plan.removals.len()) as u64);
+        }
+        let failed = apply_plan(&self.dp, &plan).await;
+        self.metrics.reconcile_errors.inc_by(failed as u64);
+        self.programmed = per_peer;
+        self.metrics.peers.set(self.programmed.len() as i64);
+        failed
+    }
+
+    /// Applies one watcher event.
+    pub async fn handle(&mut self, ev: PeerEvent) -> OwnRecord {
+        match ev {
+            PeerEvent::Snapshot(records) => {
+                let own = records
+                    .iter()
+                    .find(|r| r.subnet == self.own_subnet)
+                    .cloned();
+                self.records = records.into_iter().map(|r| (r.subnet, r)).collect();
+                self.reconcile(true).await;
+                match own {
+                    Some(r) => self.check_own(r),
+                    None => OwnRecord::Lost(format!(
+                        "record for {} missing from listing",
+                        self.own_subnet
+                    )),
+                }
+            }
+            PeerEvent::Put(r) => {
+                let subnet = r.subnet;
+                self.records.insert(subnet, r.clone());
+                if subnet == self.own_subnet {
+                    return self.check_own(r);
+                }
+                self.program(subnet).await;
+                OwnRecord::Untouched
+            }
+            PeerEvent::Delete(subnet) => {
+                self.records.remove(&subnet);
+                if let Some(old) = self.programmed.remove(&subnet) {
+                    tracing::info!(%subnet, "peer removed");
+                    if let Err(e) = remove_peer(&self.dp, &old).await {
+                        tracing::warn!(%subnet, error = %e, "removing peer entries failed");
+                    }
+                }
+                self.metrics.peers.set(self.programmed.len() as i64);
+                if subnet == self.own_subnet {
+                    return OwnRecord::Lost(format!("record for {subnet} was deleted"));
+                }
+                OwnRecord::Untouched
+            }
+        }
+    }
+
+    fn check_own(&self, r: PeerRecord) -> OwnRecord {
+        if r.attrs.public_ip != self.own_ip {
+            OwnRecord::Lost(format!(
+                "record for {} now names {} instead of this host",
+                r.subnet, r.attrs.public_ip
+            ))
+        } else {
+            OwnRecord::Updated(r)
+        }
+    }
+
+    /// Programs one peer from its current record (or tears it down if it no longer qualifies).
+    async fn program(&mut self, subnet: Subnet) {
+        let old = self.programmed.remove(&subnet).unwrap_or_default();
+        let Some(rec) = self.records.get(&subnet).cloned() else {
+            return;
+        };
+        let new = match self.entries_for(&rec) {
+            Ok(e) => e,
+            Err(reason) => {
+                tracing::warn!(%subnet, %reason, "not routing to peer");
+                if let Err(e) = remove_peer(&self.dp, &old).await {
+                    tracing::warn!(%subnet, error = %e, "removing peer entries failed");
+                }
+                self.metrics.peers.set(self.programmed.len() as i64);
+                return;
+            }
+        };
+        let mut others = KernelState::default();
+        for e in self.programmed.values().flatten() {
+            others.insert(*e);
+        }
+        if new.iter().any(|e| others.has_key(e) && !others.contains(e)) {
+            tracing::warn!(%subnet, "peer's entries collide with another peer's; ignoring it");
+            if let Err(e) = remove_peer(&self.dp, &old).await {
+                tracing::warn!(%subnet, error = %e, "removing peer entries failed");
+            }
+            self.metrics.peers.set(self.programmed.len() as i64);
+            return;
+        }
+        let start = Instant::now();
+        match program_peer(&self.dp, &old, &new).await {
+            Ok(()) => {
+                self.metrics
+                    .peer_program_seconds
+                    .observe(start.elapsed().as_secs_f64());
+                tracing::info!(%subnet, public_ip = %rec.attrs.public_ip, "peer programmed");
+                self.programmed.insert(subnet, new);
+            }
+            Err(e) => {
+                tracing::warn!(%subnet, error = %e, "programming peer failed; reconcile will retry");
+                // Remember everything that may exist so a later delete removes it all.
+                self.programmed
+                    .insert(subnet, old.into_iter().chain(new).collect());
+            }
+        }
+        self.metrics.peers.set(self.programmed.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::memory::MemoryDataplane;
+    use crate::subnet::{LeaseAttrs, MacAddr, VxlanData};
+
+    fn rec(n: u8, ip_last: u8, mac_last: u8) -> PeerRecord {
+        PeerRecord {
+            subnet: Subnet::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::new(192, 0, 2, ip_last),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: MacAddr([2, 0, 0, 0, 0, mac_last]),
+                }),
+            },
+            lease: 1,
+            mod_revision: 1,
+        }
+    }
+
+    fn peers() -> Peers<MemoryDataplane> {
+        Peers::new(
+            MemoryDataplane::default(),
+            RoutingMode::Vxlan {
+                vni: 1,
+                direct: false,
+                segment: "192.0.2.0/24".parse().unwrap(),
+            },
+            Subnet::new(Ipv4Addr::new(10, 244, 1, 0), 24).unwrap(),
+            Ipv4Addr::new(192, 0, 2, 1),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn events_program_and_remove_peers() {
+        let mut p = peers();
+        let own = p
+            .handle(PeerEvent::Snapshot(vec![rec(1, 1, 1), rec(2, 2, 2)]))
+            .await;
+        assert!(matches!(own, OwnRecord::Updated(_)));
+        assert_eq!(p.programmed_count(), 1);
+        assert_eq!(p.dp.snapshot().len(), 3);
+
+        assert_eq!(
+            p.handle(PeerEvent::Put(rec(3, 3, 3))).await,
+            OwnRecord::Untouched
+        );
+        assert_eq!(p.dp.snapshot().len(), 6);
+
+        // MAC change of peer 3 drops its old FDB entry.
+        p.handle(PeerEvent::Put(rec(3, 3, 33))).await;
+        let s = p.dp.snapshot();
+        assert_eq!(s.len(), 6);
+        assert!(!s.fdb.contains_key(&MacAddr([2, 0, 0, 0, 0, 3])));
+
+        p.handle(PeerEvent::Delete(rec(3, 3, 33).subnet)).await;
+        assert_eq!(p.dp.snapshot().len(), 3);
+
+        // A peer that copies peer 2's MAC is ignored and leaves peer 2 intact.
+        p.handle(PeerEvent::Put(rec(4, 4, 2))).await;
+        assert_eq!(p.dp.snapshot().len(), 3);
+        assert_eq!(p.programmed_count(), 1);
+
+        // A record naming our own PublicIP is never routed.
+        p.handle(PeerEvent::Put(rec(5, 1, 5))).await;
+        assert_eq!(p.programmed_count(), 1);
+
+        // Own record deleted: lease lost.
+        let lost = p.handle(PeerEvent::Delete(rec(1, 1, 1).subnet)).await;
+        assert!(matches!(lost, OwnRecord::Lost(_)));
+    }
+
+    #[tokio::test]
+    async fn snapshot_removes_stale_kernel_entries() {
+        let mut p = peers();
+        p.handle(PeerEvent::Snapshot(vec![
+            rec(1, 1, 1),
+            rec(2, 2, 2),
+            rec(3, 3, 3),
+        ]))
+        .await;
+        assert_eq!(p.dp.snapshot().len(), 6);
+        // Peer 3 vanished while we were not watching: the next snapshot cleans it up.
+        p.handle(PeerEvent::Snapshot(vec![rec(1, 1, 1), rec(2, 2, 2)]))
+            .await;
+        assert_eq!(p.dp.snapshot().len(), 3);
+        assert_eq!(p.reconcile(false).await, 0);
+    }
+}

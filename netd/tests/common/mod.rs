@@ -1,0 +1,631 @@
+//! Shared end-to-end helpers: a test world of network namespaces (an underlay bridge, hosts
+//! h1..hN, optional container namespaces), a real etcd inside the underlay namespace, and the
+//! real `netd` binary per host. Everything carries a prefix unique to the test and is removed on
+//! drop — processes killed, namespaces deleted — also when the test fails.
+//!
+//! Nothing is ever added to the machine's root namespace.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The etcd client port inside the underlay namespace (private namespace: cannot collide).
+pub const UNDERLAY_GW: &str = "192.0.2.254";
+pub const NETD: &str = env!("CARGO_BIN_EXE_netd");
+pub const DEFAULT_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+/// Fails (never skips) when something the end-to-end tests need is missing.
+pub fn require_prerequisites() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests need root (network namespaces, netlink); run them as root"
+    );
+    for tool in ["/usr/bin/etcd", "/usr/bin/etcdctl"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: apt-get install etcd-server etcd-client"
+        );
+    }
+    for tool in ["ip", "ping", "nft", "bridge"] {
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "`{tool}` is missing: apt-get install iproute2 iputils-ping nftables"
+        );
+    }
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(args: &[&str]) -> String {
+    let out = try_run(args);
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and returns its output, whatever the exit status.
+pub fn try_run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]))
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn unique_prefix() -> String {
+    let r: u32 = rand::random();
+    format!("nd{:05x}", (std::process::id() ^ r) & 0xfffff)
+}
+
+pub type Routes = BTreeMap<String, (String, String)>;
+pub type Neighs = BTreeMap<String, String>;
+pub type Fdb = BTreeMap<String, String>;
+
+/// A netd process on one host.
+pub struct NetdProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// The whole test world.
+pub struct World {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    namespaces: Vec<String>,
+    etcd: Option<Child>,
+    /// KV endpoints handed to every netd (`--etcd-endpoints`); a parameter so the same tests can
+    /// run against the embedded kvstore.
+    pub endpoints: String,
+    pub prefix_key: String,
+    netd: BTreeMap<usize, NetdProc>,
+    pub healthz_port: u16,
+}
+
+impl World {
+    /// Underlay namespace with bridge `br0` (192.0.2.254/24) and hosts h1..h`hosts`.
+    pub fn new(hosts: usize) -> World {
+        require_prerequisites();
+        let prefix = unique_prefix();
+        let mut w = World {
+            dir: tempfile::tempdir().expect("tempdir"),
+            namespaces: Vec::new(),
+            etcd: None,
+            endpoints: String::new(),
+            prefix_key: "/coreos.com/network".into(),
+            netd: BTreeMap::new(),
+            healthz_port: 20000 + (rand::random::<u16>() % 30000),
+            prefix,
+        };
+        let ul = w.add_ns("ul");
+        run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
+        run(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{UNDERLAY_GW}/24"),
+            "dev",
+            "br0",
+        ]);
+        run(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        for i in 1..=hosts {
+            w.add_host(i);
+        }
+        w
+    }
+
+    fn add_ns(&mut self, name: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        run(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Namespace name of host `i`.
+    pub fn host(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+
+    /// Namespace name of the underlay.
+    pub fn underlay(&self) -> String {
+        format!("{}-ul", self.prefix)
+    }
+
+    /// Underlay address of host `i`.
+    pub fn host_ip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, i as u8)
+    }
+
+    /// Adds host namespace `h<i>` with `eth0` = 192.0.2.i/24 on the underlay bridge.
+    pub fn add_host(&mut self, i: usize) {
+        let ns = self.add_ns(&format!("h{i}"));
+        let ul = self.underlay();
+        let port = format!("p{i}");
+        run(&[
+            "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", Self::host_ip(i)),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+    }
+
+    /// Starts etcd inside the underlay namespace and stores `config` at `<prefix>/config`.
+    pub fn start_etcd(&mut self, config: &str) {
+        let ul = self.underlay();
+        let data = self.dir.path().join("etcd");
+        let url = format!("http://{UNDERLAY_GW}:2379");
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ul, "/usr/bin/etcd", "--name", "e1"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.etcd = Some(child);
+        self.endpoints = url;
+        wait_until("etcd to answer", Duration::from_secs(20), || {
+            self.etcdctl_try(&["endpoint", "health"]).status.success()
+        });
+        if !config.is_empty() {
+            self.etcdctl(&["put", &format!("{}/config", self.prefix_key), config]);
+        }
+    }
+
+    /// Kills etcd (SIGKILL) — the data dir stays, so [`World::restart_etcd`] brings it back.
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart_etcd(&mut self) {
+        self.start_etcd("");
+    }
+
+    fn etcdctl_try(&self, args: &[&str]) -> Output {
+        let ul = self.underlay();
+        let mut full = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ul,
+            "etcdctl",
+            "--endpoints",
+            &self.endpoints,
+        ];
+        full.extend_from_slice(args);
+        Command::new(full[0])
+            .args(&full[1..])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// Runs etcdctl against the world's store; panics on failure.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl_try(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// All subnet records: key suffix → JSON value.
+    pub fn records(&self) -> BTreeMap<String, serde_json::Value> {
+        let prefix = format!("{}/subnets/", self.prefix_key);
+        let out = self.etcdctl(&["get", "--prefix", &prefix]);
+        let lines: Vec<&str> = out.lines().collect();
+        let mut m = BTreeMap::new();
+        for pair in lines.chunks(2) {
+            if let [k, v] = pair {
+                let key = k.strip_prefix(&prefix).unwrap_or(k).to_string();
+                let value =
+                    serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.to_string()));
+                m.insert(key, value);
+            }
+        }
+        m
+    }
+
+    /// Starts netd on host `i` with the world's endpoints plus `extra` flags.
+    pub fn start_netd(&mut self, i: usize, extra: &[&str]) {
+        let ns = self.host(i);
+        let log = self.dir.path().join(format!("netd-h{i}.log"));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("netd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, NETD])
+            .args(["--etcd-endpoints", &self.endpoints, "--iface", "eth0"])
+            .arg("--subnet-file")
+            .arg(self.subnet_file(i))
+            .args([
+                "--healthz-port",
+                &self.healthz_port.to_string(),
+                "--healthz-ip",
+                "127.0.0.1",
+            ])
+            .args(["--reconcile-interval", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info,netd=debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn netd");
+        self.netd.insert(i, NetdProc { child, log });
+    }
+
+    /// Sends SIGTERM to netd on host `i` and waits for it to exit; returns its exit status.
+    pub fn stop_netd(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut p = self.netd.remove(&i).expect("netd running");
+        let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                return st;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = p.child.kill();
+                panic!("netd on h{i} did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True while netd on host `i` is still running.
+    pub fn netd_running(&mut self, i: usize) -> bool {
+        self.netd
+            .get_mut(&i)
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    pub fn netd_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("netd-h{i}.log"))).unwrap_or_default()
+    }
+
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("h{i}/subnet.env"))
+    }
+
+    /// The subnet (e.g. `10.244.3.0/24`'s network address and prefix) from host `i`'s subnet file.
+    pub fn subnet_of(&self, i: usize) -> Option<(Ipv4Addr, u8)> {
+        let text = std::fs::read_to_string(self.subnet_file(i)).ok()?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+        let (ip, len) = v.split_once('/')?;
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        let len: u8 = len.parse().ok()?;
+        let net = u32::from(ip) & (u32::MAX << (32 - u32::from(len)));
+        Some((Ipv4Addr::from(net), len))
+    }
+
+    /// Waits for netd on host `i` to be ready (subnet file written, /readyz 200); returns the
+    /// subnet.
+    pub fn wait_ready(&mut self, i: usize) -> (Ipv4Addr, u8) {
+        let start = Instant::now();
+        loop {
+            // A subnet file may be left from an earlier run: /readyz is this process's answer.
+            if let Some(s) = self.subnet_of(i)
+                && self
+                    .http_get(i, "/readyz")
+                    .is_some_and(|(code, _)| code == 200)
+            {
+                return s;
+            }
+            assert!(
+                self.netd_running(i),
+                "netd on h{i} exited:\n{}",
+                self.netd_log(i)
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "netd on h{i} not ready after 30s:\n{}",
+                self.netd_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Adds a container namespace behind host `i`: bridge `cni0` with the gateway address, a
+    /// veth into the container with address `.2`, default route via the gateway — what a CNI
+    /// bridge plugin does. Returns the container's namespace and address.
+    pub fn add_container(&mut self, i: usize) -> (String, Ipv4Addr) {
+        let (net, len) = self.subnet_of(i).expect("host has a subnet");
+        let gw = Ipv4Addr::from(u32::from(net) + 1);
+        let addr = Ipv4Addr::from(u32::from(net) + 2);
+        let host = self.host(i);
+        let c = self.add_ns(&format!("c{i}"));
+        if !try_run(&["ip", "-n", &host, "link", "show", "cni0"])
+            .status
+            .success()
+        {
+            run(&["ip", "-n", &host, "link", "add", "cni0", "type", "bridge"]);
+            run(&[
+                "ip",
+                "-n",
+                &host,
+                "addr",
+                "add",
+                &format!("{gw}/{len}"),
+                "dev",
+                "cni0",
+            ]);
+            run(&["ip", "-n", &host, "link", "set", "cni0", "up"]);
+        }
+        run(&[
+            "ip", "-n", &host, "link", "add", "vc0", "type", "veth", "peer", "name", "eth0",
+            "netns", &c,
+        ]);
+        run(&[
+            "ip", "-n", &host, "link", "set", "vc0", "master", "cni0", "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "addr",
+            "add",
+            &format!("{addr}/{len}"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
+        (c, addr)
+    }
+
+    /// One ping from namespace `ns` to `to`; true when answered.
+    pub fn ping(ns: &str, to: Ipv4Addr) -> bool {
+        try_run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &to.to_string(),
+        ])
+        .status
+        .success()
+    }
+
+    /// `ip -j` / `bridge -j` output of a host, parsed.
+    pub fn json(ns: &str, tool: &str, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut full = vec!["ip", "netns", "exec", ns, tool, "-j"];
+        full.extend_from_slice(args);
+        let out = try_run(&full);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Routes of host `i` inside 10.244.0.0/16: destination → (gateway, device).
+    pub fn cluster_routes(&self, i: usize) -> BTreeMap<String, (String, String)> {
+        let mut m = BTreeMap::new();
+        for r in Self::json(&self.host(i), "ip", &["-4", "route", "show"]) {
+            let dst = r["dst"].as_str().unwrap_or("").to_string();
+            if dst.starts_with("10.244.") && r["gateway"].is_string() {
+                m.insert(
+                    dst,
+                    (
+                        r["gateway"].as_str().unwrap_or("").to_string(),
+                        r["dev"].as_str().unwrap_or("").to_string(),
+                    ),
+                );
+            }
+        }
+        m
+    }
+
+    /// Permanent neighbours on flannel.1 of host `i`: IP → MAC.
+    pub fn vxlan_neighbours(&self, i: usize) -> BTreeMap<String, String> {
+        Self::json(
+            &self.host(i),
+            "ip",
+            &["-4", "neigh", "show", "dev", "flannel.1"],
+        )
+        .into_iter()
+        .map(|n| {
+            (
+                n["dst"].as_str().unwrap_or("").to_string(),
+                n["lladdr"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+    }
+
+    /// FDB entries with a destination on flannel.1 of host `i`: MAC → dst.
+    pub fn vxlan_fdb(&self, i: usize) -> BTreeMap<String, String> {
+        Self::json(
+            &self.host(i),
+            "bridge",
+            &["fdb", "show", "dev", "flannel.1"],
+        )
+        .into_iter()
+        .filter(|f| f["dst"].is_string())
+        .map(|f| {
+            (
+                f["mac"].as_str().unwrap_or("").to_string(),
+                f["dst"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+    }
+
+    /// What host `host`'s kernel must hold for the VXLAN backend, derived from the valid KV
+    /// records (inside 10.244.0.0/16, well-formed), excluding the host's own record:
+    /// (routes, neighbours, fdb).
+    pub fn expected_vxlan(&self, host: usize) -> (Routes, Neighs, Fdb) {
+        let own_ip = Self::host_ip(host).to_string();
+        let mut routes = BTreeMap::new();
+        let mut neighs = BTreeMap::new();
+        let mut fdb = BTreeMap::new();
+        for (key, v) in self.records() {
+            let Some((net, len)) = key.split_once('-') else {
+                continue;
+            };
+            let (Some(ip), Some(mac)) =
+                (v["PublicIP"].as_str(), v["BackendData"]["VtepMAC"].as_str())
+            else {
+                continue;
+            };
+            if ip == own_ip
+                || ip.starts_with("10.244.")
+                || !net.starts_with("10.244.")
+                || len != "24"
+            {
+                continue;
+            }
+            routes.insert(
+                format!("{net}/{len}"),
+                (net.to_string(), "flannel.1".to_string()),
+            );
+            neighs.insert(net.to_string(), mac.to_string());
+            fdb.insert(mac.to_string(), ip.to_string());
+        }
+        (routes, neighs, fdb)
+    }
+
+    /// True when host `host`'s kernel holds exactly what the records say.
+    pub fn kernel_matches_records(&self, host: usize) -> bool {
+        let (routes, neighs, fdb) = self.expected_vxlan(host);
+        self.cluster_routes(host) == routes
+            && self.vxlan_neighbours(host) == neighs
+            && self.vxlan_fdb(host) == fdb
+    }
+
+    /// Waits until every listed host's kernel matches the records.
+    pub fn wait_converged(&self, hosts: &[usize]) {
+        for &h in hosts {
+            wait_until(
+                &format!("h{h} kernel state to match the records"),
+                Duration::from_secs(20),
+                || self.kernel_matches_records(h),
+            );
+        }
+    }
+
+    /// HTTP GET inside host `i`'s namespace (from a thread that joins the namespace).
+    pub fn http_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        let ns_path = format!("/run/netns/{}", self.host(i));
+        let port = self.healthz_port;
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns_path).ok()?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).ok()?;
+            let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+            let body = buf
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            Some((status, body))
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for (_, mut p) in std::mem::take(&mut self.netd) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.stop_etcd();
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        if std::thread::panicking() || std::env::var_os("NETD_TEST_SHOW_LOGS").is_some() {
+            // Keep the logs of a failed test readable.
+            for i in 1..=8 {
+                let log = self.netd_log(i);
+                if !log.is_empty() {
+                    eprintln!("----- netd h{i} log (tail) -----");
+                    let lines: Vec<&str> = log.lines().collect();
+                    for l in &lines[lines.len().saturating_sub(40)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
