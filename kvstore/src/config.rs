@@ -96,8 +96,24 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The flag defaults, without reading the environment (for embedders).
     fn default() -> Self {
-        Config::parse_from(["kvstore"])
+        Config {
+            name: "default".into(),
+            data_dir: None,
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: Vec::new(),
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: Vec::new(),
+            initial_cluster: None,
+            initial_cluster_state: "new".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            heartbeat_interval: 100,
+            election_timeout: 1000,
+            snapshot_count: 10_000,
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+        }
     }
 }
 
@@ -259,6 +275,8 @@ mod tests {
 
     #[test]
     fn defaults_like_etcd() {
+        let parsed = Config::parse_from(["kvstore"]);
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
         let c = Config::default();
         assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
         assert_eq!(c.listen_client_urls, vec!["http://127.0.0.1:2379"]);

@@ -198,6 +198,11 @@ impl NodeLoop {
             }
             return;
         }
+        // raft drops a ReadIndex silently until the leader has committed an entry in its
+        // term; keep the reads queued until then instead of letting them time out.
+        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
+            return;
+        }
         self.read_seq += 1;
         let ctx = self.read_seq.to_be_bytes().to_vec();
         self.raw.read_index(ctx.clone());

@@ -298,6 +298,17 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A member dropped without `shutdown` still stops: serving ends, the raft loop exits.
+    fn drop(&mut self) {
+        self.member.shared.stopping.send_replace(true);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.member.tx.send(Msg::Stop);
+    }
+}
+
 /// Runs a member until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let server = Server::start(cfg).await?;

@@ -189,8 +189,13 @@ fn write_subnet_file(
 }
 
 async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
+    // The embedded member lives as long as this function: dropping it stops the member.
+    let mut _embedded = None;
     let endpoints = if config.kv.etcd_endpoints.is_empty() {
-        embedded::start(&config.kv.embedded).await?
+        let member = embedded::start(&config.kv.embedded).await?;
+        let endpoints = member.endpoints.clone();
+        _embedded = Some(member);
+        endpoints
     } else {
         config.kv.etcd_endpoints.clone()
     };

@@ -1,9 +1,6 @@
-//! The embedded KV seam: with no `--etcd-endpoints`, netd runs a kvstore member in-process and
-//! talks to it through the same etcd v3 client as to an external cluster.
-//!
-//! MERGE NOTE: this build has no kvstore dependency yet. [`start`] is the one place to wire
-//! `kvstore::run(config, shutdown)`: start the member from [`EmbeddedKvArgs`] and return its
-//! client URLs. Until then it returns a clear error telling the user to pass `--etcd-endpoints`.
+//! The embedded KV member: with no `--etcd-endpoints`, netd runs a kvstore member in-process
+//! and talks to it through the same etcd v3 client it uses for an external cluster, so there
+//! is one code path for both. Other hosts can use this member as a plain etcd endpoint.
 
 use crate::error::{Error, Result};
 
@@ -39,10 +36,56 @@ pub struct EmbeddedKvArgs {
     pub data_dir: std::path::PathBuf,
 }
 
-/// Starts the embedded member and returns the client endpoints to connect to.
-pub async fn start(args: &EmbeddedKvArgs) -> Result<Vec<String>> {
-    let _ = args;
-    Err(Error::EmbeddedKv(
-        "embedded KV store not available in this build; pass --etcd-endpoints".into(),
-    ))
+/// A running embedded member. Dropping it stops the member.
+pub struct EmbeddedKv {
+    /// Client endpoints netd connects to.
+    pub endpoints: Vec<String>,
+    _server: kvstore::Server,
+}
+
+fn urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl EmbeddedKvArgs {
+    /// The member configuration these flags describe.
+    pub fn kv_config(&self) -> kvstore::Config {
+        kvstore::Config {
+            name: self.name.clone(),
+            data_dir: Some(self.data_dir.clone()),
+            listen_client_urls: urls(&self.listen_client_urls),
+            listen_peer_urls: urls(&self.listen_peer_urls),
+            initial_cluster: self.initial_cluster.clone(),
+            ..kvstore::Config::default()
+        }
+    }
+}
+
+/// Starts the embedded member; returns it with the client endpoints to connect to.
+pub async fn start(args: &EmbeddedKvArgs) -> Result<EmbeddedKv> {
+    let server = kvstore::Server::start(args.kv_config())
+        .await
+        .map_err(|e| Error::EmbeddedKv(e.to_string()))?;
+    let endpoints = server
+        .client_addrs
+        .iter()
+        .map(|a| {
+            // A wildcard listener is reached through loopback from this host.
+            let ip = if a.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.ip()
+            };
+            format!("http://{}", std::net::SocketAddr::new(ip, a.port()))
+        })
+        .collect();
+    tracing::info!(?endpoints, "embedded KV member started");
+    Ok(EmbeddedKv {
+        endpoints,
+        _server: server,
+    })
 }

@@ -288,9 +288,16 @@ impl World {
             .append(true)
             .open(&log)
             .expect("netd log");
+        // No endpoints: netd runs its embedded KV member (flags for it come in `extra`).
+        let kv: Vec<&str> = if self.endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--etcd-endpoints", &self.endpoints]
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, NETD])
-            .args(["--etcd-endpoints", &self.endpoints, "--iface", "eth0"])
+            .args(kv)
+            .args(["--iface", "eth0"])
             .arg("--subnet-file")
             .arg(self.subnet_file(i))
             .args([
