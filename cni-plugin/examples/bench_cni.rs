@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo build --release -p netd-cni --bins --examples
 //! target/release/examples/bench_cni            # or: bench_cni --latency 100 --parallel 8
+//! target/release/examples/bench_cni --sync-teardown   # DEL deletes the veth synchronously
 //! ```
 //! For each plugin it measures (1) sequential ADD, DEL and ADD+DEL latency of one container on
 //! an otherwise empty host, (2) throughput of 100 ADDs then 100 DELs with `--parallel`
@@ -31,6 +32,8 @@ struct Opts {
     parallel: usize,
     probes: usize,
     levels: Vec<usize>,
+    /// Run netd-cni with `"asyncTeardown": false` (DEL waits for the kernel's veth destruction).
+    sync_teardown: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -47,6 +50,7 @@ fn parse_opts() -> Result<Opts, String> {
         parallel: 8,
         probes: 20,
         levels: vec![10, 50, 100, 200],
+        sync_teardown: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -54,6 +58,7 @@ fn parse_opts() -> Result<Opts, String> {
         let num = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
         match a.as_str() {
             "--plugin" => o.plugin = PathBuf::from(val()?),
+            "--sync-teardown" => o.sync_teardown = true,
             "--latency" => o.latency_runs = num(val()?)?,
             "--throughput" => o.throughput = num(val()?)?,
             "--parallel" => o.parallel = num(val()?)?.max(1),
@@ -117,6 +122,7 @@ impl Subject {
         bin: PathBuf,
         reference: bool,
         tag: &str,
+        sync_teardown: bool,
     ) -> Result<Subject, String> {
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let host_ns = format!("ncbench{}-{tag}", std::process::id());
@@ -136,7 +142,8 @@ impl Subject {
             )
             .map_err(|e| e.to_string())?;
             json!({"cniVersion": "1.0.0", "name": "bench", "type": "netd-cni", "bridge": "cni0",
-                   "subnetFile": subnet, "dataDir": data, "ipMasq": false, "hairpinMode": true})
+                   "subnetFile": subnet, "dataDir": data, "ipMasq": false, "hairpinMode": true,
+                   "asyncTeardown": !sync_teardown})
         };
         Ok(Subject {
             label,
@@ -346,12 +353,13 @@ fn main() {
     };
     let run = || -> Result<Vec<(&'static str, Report)>, String> {
         let mut subjects = vec![
-            Subject::new("netd-cni", o.plugin.clone(), false, "ours")?,
+            Subject::new("netd-cni", o.plugin.clone(), false, "ours", o.sync_teardown)?,
             Subject::new(
                 "bridge+host-local",
                 Path::new(REF_DIR).join("bridge"),
                 true,
                 "ref",
+                false,
             )?,
         ];
         let reports = measure(&mut subjects, &o)?;

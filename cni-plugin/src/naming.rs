@@ -4,17 +4,15 @@
 //! finds and removes them even when the container's netns is empty or gone and no
 //! `prevResult` was sent.
 
-/// 64-bit FNV-1a; stable across builds and platforms (unlike `std`'s hasher).
+/// 64-bit FNV-1a over the parts, each followed by a 0 byte (which no part contains), so that
+/// `("ab", "c")` and `("a", "bc")` differ. Stable across builds, unlike `std`'s hasher.
 fn fnv1a(parts: &[&str]) -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            h ^= 0;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        for b in part.bytes() {
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
             h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+            h = h.wrapping_mul(PRIME);
         }
     }
     h

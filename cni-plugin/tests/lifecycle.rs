@@ -225,3 +225,30 @@ fn cluster_only_routes_mtu_override_no_masquerade_sync_teardown() {
     let ns_links = common::must(&["ip", "netns", "exec", name, "ip", "-o", "link"]);
     assert!(!ns_links.contains("net1"), "{ns_links}");
 }
+
+#[test]
+fn cni_args_from_runtimes_and_requested_addresses() {
+    let mut w = World::new("args");
+    let conf = w.conf("1.0.0", json!({"ipMasq": false}));
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    // podman's CNI_ARGS plus a requested address.
+    let mut env = CniEnv::new("ADD", "req", &c1, "eth0");
+    env.args = Some("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.244.3.77".into());
+    let reply = w.plugin(&env, &conf);
+    assert_eq!(reply.ok()["ips"][0]["address"], "10.244.3.77/24");
+    // The same address again: taken. Outside the subnet, or the gateway: invalid.
+    let mut taken = CniEnv::new("ADD", "req2", &c2, "eth0");
+    taken.args = Some("IP=10.244.3.77".into());
+    w.plugin(&taken, &conf).err(103);
+    for bad in ["IP=10.9.9.9", "IP=10.244.3.1", "IP=banana"] {
+        taken.args = Some(bad.into());
+        let reply = w.plugin(&taken, &conf);
+        assert!(reply.status != 0 && [4, 7].contains(&reply.json["code"].as_u64().unwrap_or(0)));
+    }
+    assert_eq!(w.allocations(), vec!["10.244.3.77".to_string()]);
+    let mut del = env.clone();
+    del.command = Some("DEL".into());
+    w.plugin(&del, &conf).ok();
+    assert!(w.allocations().is_empty());
+}

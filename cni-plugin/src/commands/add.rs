@@ -1,5 +1,7 @@
 //! ADD: bridge, veth pair, address, routes, masquerade; everything rolled back on failure.
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
@@ -22,6 +24,18 @@ struct Progress {
     masq_added: bool,
 }
 
+/// Everything one ADD works with, and what it has created so far.
+struct Attach<'a> {
+    inv: &'a Invocation,
+    conf: &'a NetConf,
+    env: SubnetEnv,
+    netns: Netns,
+    ipam: Ipam<'a>,
+    host_h: rtnetlink::Handle,
+    cont_h: rtnetlink::Handle,
+    progress: Progress,
+}
+
 pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<Value> {
     let env = SubnetEnv::load(&conf.subnet_file)?;
     let netns_path = inv.netns.as_deref().unwrap_or_default();
@@ -35,143 +49,122 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<Value> {
     if links::get_by_name(&cont_h, &inv.ifname).await?.is_some() {
         return Err(CniError::InterfaceExists(inv.ifname.clone()));
     }
-    let ipam = Ipam::for_conf(conf);
-    let mut progress = Progress::default();
-    let outcome = attach(
+    let mut attach = Attach {
         inv,
         conf,
-        &env,
-        &netns,
-        &ipam,
-        &host_h,
-        &cont_h,
-        &mut progress,
-    )
-    .await;
-    match outcome {
+        env,
+        netns,
+        ipam: Ipam::for_conf(conf),
+        host_h,
+        cont_h,
+        progress: Progress::default(),
+    };
+    match attach.run().await {
         Ok(ours) => {
             let mut result = prev.unwrap_or_default();
             result.append(ours);
             Ok(result.to_json(conf.version))
         }
-        Err(e) => {
-            let undo = rollback(inv, conf, &env, &ipam, &host_h, &progress).await;
-            Err(match undo {
-                Some(u) => CniError::Several(vec![e, u]),
-                None => e,
-            })
-        }
+        Err(e) => Err(match attach.rollback().await {
+            Some(undo) => CniError::Several(vec![e, undo]),
+            None => e,
+        }),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attach(
-    inv: &Invocation,
-    conf: &NetConf,
-    env: &SubnetEnv,
-    netns: &Netns,
-    ipam: &Ipam<'_>,
-    host_h: &rtnetlink::Handle,
-    cont_h: &rtnetlink::Handle,
-    progress: &mut Progress,
-) -> Result<CniResult> {
-    let mtu = conf.mtu.unwrap_or(env.mtu);
-    let ipam_result = ipam.add(inv, env)?;
-    progress.allocated = true;
-    let addrs = v4_addresses(&ipam_result);
-    let first = *addrs.first().ok_or_else(|| CniError::Delegate {
-        plugin: conf.ipam_plugin.clone().unwrap_or_default(),
-        code: crate::error::code::DELEGATE,
-        msg: "IPAM returned no IPv4 address".into(),
-    })?;
-    let gw = gateway_of(&ipam_result, env);
+impl Attach<'_> {
+    async fn run(&mut self) -> Result<CniResult> {
+        let (inv, conf, env) = (self.inv, self.conf, &self.env);
+        let mtu = conf.mtu.unwrap_or(env.mtu);
+        let ipam_result = self.ipam.add(inv, env)?;
+        self.progress.allocated = true;
+        let addrs = v4_addresses(&ipam_result);
+        let first = *addrs.first().ok_or_else(|| CniError::Delegate {
+            plugin: conf.ipam_plugin.clone().unwrap_or_default(),
+            code: crate::error::code::DELEGATE,
+            msg: "IPAM returned no IPv4 address".into(),
+        })?;
+        let gw = gateway_of(&ipam_result, env);
 
-    let bridge =
-        host::ensure_bridge(host_h, &conf.bridge, env.gateway, env.subnet.prefix(), mtu).await?;
-    host::enable_ip_forward()?;
-    let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
-    // Creating the pair is one atomic RTM_NEWLINK: on failure nothing of ours exists (and an
-    // EEXIST name belongs to someone else, so it must not be removed).
-    let veth = host::create_veth(host_h, &host_name, &inv.ifname, netns, mtu).await?;
-    progress.veth_created = true;
-    host::attach_port(host_h, &veth, &bridge, conf.hairpin).await?;
-    let routes = container_routes(conf, env, gw, &ipam_result);
-    let cont = container::configure(cont_h, &inv.ifname, &addrs, &routes).await?;
-
-    if masq_enabled(conf, Some(env)) {
-        progress.masq_added = true;
-        masq::add(
-            first.ip(),
-            &naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname),
-            env.network,
-        )?;
-    }
-
-    Ok(CniResult {
-        interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                mac: bridge.mac.clone(),
-                ..Interface::default()
-            },
-            Interface {
-                name: veth.name.clone(),
-                mac: veth.mac.clone(),
-                ..Interface::default()
-            },
-            Interface {
-                name: inv.ifname.clone(),
-                mac: cont.mac.clone(),
-                sandbox: netns.path.clone(),
-                mtu: Some(mtu),
-            },
-        ],
-        ips: ipam_result
-            .ips
-            .iter()
-            .map(|ip| IpConfig {
-                address: ip.address,
-                gateway: ip.gateway.or(Some(std::net::IpAddr::V4(gw))),
-                interface: Some(2),
-            })
-            .collect(),
-        routes: routes
-            .iter()
-            .map(|r| Route {
-                dst: IpNetwork::V4(r.dst),
-                gw: Some(std::net::IpAddr::V4(r.gw)),
-            })
-            .collect(),
-        dns: ipam_result.dns.clone(),
-    })
-}
-
-/// Undo what `progress` says was created; returns the errors of the undo, if any.
-async fn rollback(
-    inv: &Invocation,
-    conf: &NetConf,
-    env: &SubnetEnv,
-    ipam: &Ipam<'_>,
-    host_h: &rtnetlink::Handle,
-    progress: &Progress,
-) -> Option<CniError> {
-    let mut errors = Vec::new();
-    if progress.masq_added {
-        let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-        if let Err(e) = masq::remove_where(|c| c == comment) {
-            errors.push(e);
-        }
-    }
-    if progress.veth_created {
+        let h = &self.host_h;
+        let bridge =
+            host::ensure_bridge(h, &conf.bridge, env.gateway, env.subnet.prefix(), mtu).await?;
+        host::enable_ip_forward()?;
         let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
-        if let Err(e) = links::delete_by_name(host_h, &host_name).await {
+        // Creating the pair is one atomic RTM_NEWLINK: on failure nothing of ours exists (and
+        // an EEXIST name belongs to someone else, so it must not be removed).
+        let veth = host::create_veth(h, &host_name, &inv.ifname, &self.netns, mtu).await?;
+        self.progress.veth_created = true;
+        host::attach_port(h, &veth, &bridge, conf.hairpin).await?;
+        let routes = container_routes(conf, env, gw, &ipam_result);
+        let cont = container::configure(&self.cont_h, &inv.ifname, &addrs, &routes).await?;
+
+        if masq_enabled(conf, Some(env)) {
+            self.progress.masq_added = true;
+            let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
+            masq::add(first.ip(), &comment, env.network)?;
+        }
+
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: bridge.name.clone(),
+                    mac: bridge.mac.clone(),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: veth.name.clone(),
+                    mac: veth.mac.clone(),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: inv.ifname.clone(),
+                    mac: cont.mac.clone(),
+                    sandbox: self.netns.path.clone(),
+                    mtu: Some(mtu),
+                },
+            ],
+            ips: ipam_result
+                .ips
+                .iter()
+                .map(|ip| IpConfig {
+                    address: ip.address,
+                    gateway: ip.gateway.or(Some(IpAddr::V4(gw))),
+                    interface: Some(2),
+                })
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|r| Route {
+                    dst: IpNetwork::V4(r.dst),
+                    gw: Some(IpAddr::V4(r.gw)),
+                })
+                .collect(),
+            dns: ipam_result.dns.clone(),
+        })
+    }
+
+    /// Undo what `progress` says was created; returns the errors of the undo, if any.
+    async fn rollback(&self) -> Option<CniError> {
+        let (inv, conf) = (self.inv, self.conf);
+        let mut errors = Vec::new();
+        if self.progress.masq_added {
+            let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
+            if let Err(e) = masq::remove_where(|c| c == comment) {
+                errors.push(e);
+            }
+        }
+        if self.progress.veth_created {
+            let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
+            if let Err(e) = links::delete_by_name(&self.host_h, &host_name).await {
+                errors.push(e);
+            }
+        }
+        if self.progress.allocated
+            && let Err(e) = self.ipam.del(inv, Some(&self.env), &[])
+        {
             errors.push(e);
         }
+        CniError::combine(errors)
     }
-    if progress.allocated
-        && let Err(e) = ipam.del(inv, Some(env), &[])
-    {
-        errors.push(e);
-    }
-    CniError::combine(errors)
 }

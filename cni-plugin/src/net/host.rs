@@ -50,10 +50,9 @@ pub async fn ensure_bridge(
             .await
             .map_err(|e| CniError::kernel(format!("set {name} up"), e))?;
     }
-    let present = links::addresses(h, bridge.index).await?;
-    if !present.contains(&(gateway, prefix)) {
-        links::add_address(h, bridge.index, gateway, prefix).await?;
-    }
+    // Add unconditionally (EEXIST is success): listing addresses would dump every address of
+    // the host netns, one per veth, and make ADD cost grow with the container count.
+    links::add_address(h, bridge.index, gateway, prefix).await?;
     Ok(bridge)
 }
 
