@@ -41,6 +41,9 @@ struct Args {
     /// Watchers for the fan-out workload.
     #[arg(long, default_value_t = 50)]
     watchers: usize,
+    /// Run only the workloads whose name contains this (e.g. "put").
+    #[arg(long)]
+    only: Option<String>,
     /// Keys loaded before measuring resident memory (compare mode).
     #[arg(long, default_value_t = 100_000)]
     memory_keys: usize,

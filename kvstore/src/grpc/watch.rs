@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::mvcc::KeyRange;
+use crate::mvcc::{EventLimit, KeyRange};
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
     watch_request::RequestUnion, watch_server::Watch,
@@ -24,8 +24,12 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::event::EventType;
 use crate::server::Member;
 
-/// Most events gathered into one response (whole revisions are never split).
-const MAX_EVENTS_PER_RESPONSE: usize = 1000;
+/// What one response gathers at most (whole revisions are never split). The byte bound
+/// keeps responses under the 4 MiB that gRPC clients accept by default.
+const RESPONSE_LIMIT: EventLimit = EventLimit {
+    events: 1000,
+    bytes: 1024 * 1024,
+};
 /// Interval of progress notifications for idle watchers that asked for them (etcd: 10 min).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -209,13 +213,9 @@ async fn run_watcher(member: Arc<Member>, tx: Tx, spec: Spec, next: Arc<AtomicI6
             if from < compacted {
                 (Vec::new(), current, Some(compacted))
             } else if from <= current {
-                let b = sm.mvcc.events(
-                    from,
-                    current,
-                    &spec.range,
-                    spec.prev_kv,
-                    MAX_EVENTS_PER_RESPONSE,
-                );
+                let b = sm
+                    .mvcc
+                    .events(from, current, &spec.range, spec.prev_kv, RESPONSE_LIMIT);
                 (b, current, None)
             } else {
                 (Vec::new(), current, None)
@@ -233,12 +233,12 @@ async fn run_watcher(member: Arc<Member>, tx: Tx, spec: Spec, next: Arc<AtomicI6
             return;
         }
         if from <= current {
-            let gathered: usize = batches.iter().map(|(_, e)| e.len()).sum();
-            // When the batch was cut short, resume after its last revision.
-            let upto = if gathered >= MAX_EVENTS_PER_RESPONSE {
-                batches.last().map_or(current, |(r, _)| *r)
-            } else {
+            // When the batch was cut short, resume after its last revision (a batch that
+            // reached `current` ends there anyway).
+            let upto = if batches.is_empty() {
                 current
+            } else {
+                batches.last().map_or(current, |(r, _)| *r)
             };
             let events: Vec<_> = batches
                 .into_iter()

@@ -26,6 +26,14 @@ pub struct Record {
     pub tombstone: bool,
 }
 
+/// How much one batch of watch events may hold (whole revisions are never split, so a
+/// single large revision can exceed it).
+#[derive(Debug, Clone, Copy)]
+pub struct EventLimit {
+    pub events: usize,
+    pub bytes: usize,
+}
+
 /// Where a record sits in the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rev {
@@ -167,16 +175,18 @@ impl Mvcc {
 
     /// The events of revisions `from..=to` whose keys fall in `range`, grouped by revision.
     /// `prev_kv` fills each event's previous key-value (as of the revision before it).
+    /// Gathering stops between revisions once `limit` is reached.
     pub fn events(
         &self,
         from: i64,
         to: i64,
         range: &KeyRange,
         prev_kv: bool,
-        max_events: usize,
+        limit: EventLimit,
     ) -> Vec<(i64, Vec<Event>)> {
         let mut out = Vec::new();
         let mut total = 0;
+        let mut bytes = 0;
         for (&rev, slots) in self.log.range(from..=to) {
             let mut evs = Vec::new();
             for rec in slots.iter().flatten() {
@@ -200,10 +210,11 @@ impl Mvcc {
             }
             if !evs.is_empty() {
                 total += evs.len();
+                bytes += evs.iter().map(prost::Message::encoded_len).sum::<usize>();
                 out.push((rev, evs));
             }
             // Never split a revision; stop between revisions once enough is gathered.
-            if total >= max_events {
+            if total >= limit.events || bytes >= limit.bytes {
                 break;
             }
         }
@@ -419,10 +430,16 @@ mod tests {
         let r = Mvcc::restore(all, 0);
         assert_eq!(r.current_revision(), 3);
         assert_eq!(r.get_at(b"j", 3).map(|k| k.version), Some(2));
-        assert_eq!(
-            r.events(2, 3, &KeyRange::new(&b("k"), &Bytes::new()), true, 100)
-                .len(),
-            2
-        );
+        let k = KeyRange::new(&b("k"), &Bytes::new());
+        let lim = EventLimit {
+            events: 100,
+            bytes: 1 << 20,
+        };
+        assert_eq!(r.events(2, 3, &k, true, lim).len(), 2);
+        let one = EventLimit {
+            events: 100,
+            bytes: 1,
+        };
+        assert_eq!(r.events(2, 3, &k, true, one).len(), 1);
     }
 }
