@@ -538,11 +538,7 @@ impl World {
             else {
                 continue;
             };
-            if ip == own_ip
-                || ip.starts_with("10.244.")
-                || !net.starts_with("10.244.")
-                || len != "24"
-            {
+            if ip == own_ip || ip.starts_with("10.244.") || !net.starts_with("10.244.") {
                 continue;
             }
             routes.insert(
@@ -566,11 +562,20 @@ impl World {
     /// Waits until every listed host's kernel matches the records.
     pub fn wait_converged(&self, hosts: &[usize]) {
         for &h in hosts {
-            wait_until(
-                &format!("h{h} kernel state to match the records"),
-                Duration::from_secs(20),
-                || self.kernel_matches_records(h),
-            );
+            let start = Instant::now();
+            while !self.kernel_matches_records(h) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "h{h} kernel state does not match the records after 20s\nwant: {:?}\nhave: {:?}",
+                    self.expected_vxlan(h),
+                    (
+                        self.cluster_routes(h),
+                        self.vxlan_neighbours(h),
+                        self.vxlan_fdb(h)
+                    )
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
