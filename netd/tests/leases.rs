@@ -57,3 +57,30 @@ fn reservations_are_honoured() {
     // h1 and h2 route to each other; the reservation of the absent host is routed too.
     w.wait_converged(&[1, 2]);
 }
+
+#[test]
+fn short_leases_are_kept_alive_and_expire_when_netd_is_gone() {
+    let mut w = World::new(2);
+    w.start_etcd(common::DEFAULT_CONFIG);
+    // TTL 5 s: renewed every ~1.7 s while netd runs.
+    w.start_netd(1, &["--subnet-lease-ttl", "5"]);
+    w.start_netd(2, &[]);
+    let (net1, len1) = w.wait_ready(1);
+    w.wait_ready(2);
+    w.wait_converged(&[1, 2]);
+    std::thread::sleep(Duration::from_secs(8));
+    let key = format!("{net1}-{len1}");
+    assert!(
+        w.records().contains_key(&key),
+        "record outlives its TTL while netd renews it"
+    );
+    w.wait_converged(&[1, 2]);
+
+    // netd gone for good (killed): the lease expires, the record goes, h2 drops the routes.
+    w.kill_netd(1);
+    wait_until("h1's record expires", Duration::from_secs(15), || {
+        !w.records().contains_key(&key)
+    });
+    w.wait_converged(&[2]);
+    assert!(w.cluster_routes(2).is_empty());
+}

@@ -327,6 +327,13 @@ impl World {
         }
     }
 
+    /// Kills netd on host `i` (SIGKILL), as a crash or power loss would.
+    pub fn kill_netd(&mut self, i: usize) {
+        let mut p = self.netd.remove(&i).expect("netd running");
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+
     /// True while netd on host `i` is still running.
     pub fn netd_running(&mut self, i: usize) -> bool {
         self.netd
