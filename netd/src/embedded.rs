@@ -40,8 +40,7 @@ pub struct EmbeddedKvArgs {
 }
 
 /// Starts the embedded member and returns the client endpoints to connect to.
-pub async fn start(args: &EmbeddedKvArgs) -> Result<Vec<String>> {
-    let _ = args;
+pub async fn start(_args: &EmbeddedKvArgs) -> Result<Vec<String>> {
     Err(Error::EmbeddedKv(
         "embedded KV store not available in this build; pass --etcd-endpoints".into(),
     ))

@@ -4,26 +4,13 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 
 use netd::dataplane::device::{self, VxlanSpec};
 use netd::dataplane::netlink::NetlinkDataplane;
 use netd::dataplane::{Dataplane, Entry, NextHop, Via};
 use netd::subnet::MacAddr;
 
-use common::{World, run};
-
-/// Runs `f` on a thread that has joined namespace `ns`, with its own runtime.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
+use common::{World, in_netns, run};
 
 #[test]
 fn vxlan_device_and_entries_in_a_namespace() {

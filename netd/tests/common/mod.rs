@@ -66,6 +66,19 @@ pub fn try_run(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]))
 }
 
+/// Runs `f` on a thread that has joined namespace `ns` (the calling thread never changes
+/// namespace); `f` may build its own runtime.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -624,7 +637,17 @@ impl Drop for World {
         }
         self.stop_etcd();
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            // Deletion can race with a process still leaving the namespace: retry briefly.
+            for _ in 0..20 {
+                let ok = Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok || !Path::new(&format!("/run/netns/{ns}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if std::thread::panicking() || std::env::var_os("NETD_TEST_SHOW_LOGS").is_some() {
             // Keep the logs of a failed test readable.
