@@ -312,8 +312,9 @@ impl World {
                 "--healthz-ip",
                 "127.0.0.1",
             ])
-            .args(["--reconcile-interval", "2"])
             .args(extra)
+            // Through the environment, so a test's own flag can override it.
+            .env("NETD_RECONCILE_INTERVAL", "2")
             .env("RUST_LOG", "info,netd=debug")
             .stdout(Stdio::null())
             .stderr(logf)
