@@ -37,6 +37,11 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
                 None => json.clone(),
             };
             let cfg = kv.put_config(&text).await?;
+            for f in crate::config::unknown_fields(&text) {
+                eprintln!(
+                    "netd: warning: field {f:?} is not a netd/flannel config field; it is ignored"
+                );
+            }
             writeln!(
                 out,
                 "stored {}: network {} subnets /{} ({} available), backend {}",

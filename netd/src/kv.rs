@@ -82,7 +82,12 @@ impl Kv {
             .get_config_text()
             .await?
             .ok_or_else(|| Error::ConfigMissing { key: key.clone() })?;
-        NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })
+        let cfg =
+            NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })?;
+        for f in crate::config::unknown_fields(&text) {
+            tracing::warn!(field = %f, "network config has a field netd does not know; ignoring it");
+        }
+        Ok(cfg)
     }
 
     /// Validates and stores the network config.

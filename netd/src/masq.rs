@@ -88,9 +88,13 @@ pub fn remove() -> Result<()> {
     nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n"))
 }
 
-/// Enables IPv4 forwarding in this network namespace.
+/// Enables IPv4 forwarding in this network namespace (no write when it is already on, so a
+/// read-only /proc/sys with forwarding enabled is fine).
 pub fn enable_forwarding() -> Result<()> {
     let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
     std::fs::write(path, "1").map_err(|e| Error::file(path, e))
 }
 
