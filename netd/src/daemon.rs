@@ -313,7 +313,8 @@ impl Running<'_> {
         }
     }
 
-    /// Periodic: recreate the VXLAN device if it vanished, then reconcile every peer.
+    /// Periodic: recreate the VXLAN device if it vanished, restore the vtep address and the
+    /// masquerade table if they were removed, then reconcile every peer.
     async fn on_reconcile_tick(&mut self) {
         if let Some((spec, dev)) = &mut self.backend.vxlan {
             match device::ensure_vxlan(&self.h, spec).await {
@@ -330,13 +331,6 @@ impl Running<'_> {
                         self.underlay.index,
                         self.net.network,
                     );
-                    let vtep = self.own.subnet.addr();
-                    if let Err(e) =
-                        device::ensure_vtep_address(&self.h, now.index, vtep, self.net.network)
-                            .await
-                    {
-                        tracing::warn!(error = %e, "re-adding the vtep address failed");
-                    }
                     // Publish the new VtepMAC: re-acquisition rewrites our record.
                     self.lease_ok = false;
                     self.renew_at = tokio::time::Instant::now();
@@ -344,6 +338,17 @@ impl Running<'_> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "checking the VXLAN device failed"),
             }
+            let vtep = self.own.subnet.addr();
+            if let Err(e) =
+                device::ensure_vtep_address(&self.h, dev.index, vtep, self.net.network).await
+            {
+                tracing::warn!(error = %e, "checking the vtep address failed");
+            }
+        }
+        if self.config.daemon.ip_masq
+            && let Err(e) = masq::ensure(self.net.network, self.own.subnet)
+        {
+            tracing::warn!(error = %e, "checking the masquerade rules failed");
         }
         self.peers.reconcile(false).await;
     }

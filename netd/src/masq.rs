@@ -83,6 +83,21 @@ pub fn install(network: Ipv4Network, subnet: Subnet) -> Result<()> {
     nft(&ruleset(network, subnet))
 }
 
+/// Re-installs the rules when netd's table is missing (e.g. someone flushed the ruleset).
+pub fn ensure(network: Ipv4Network, subnet: Subnet) -> Result<()> {
+    let present = Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    tracing::warn!("masquerade table missing; re-installing it");
+    install(network, subnet)
+}
+
 /// Removes netd's table if present.
 pub fn remove() -> Result<()> {
     nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n"))
