@@ -40,7 +40,8 @@ pub struct EmbeddedKvArgs {
 }
 
 /// Starts the embedded member and returns the client endpoints to connect to.
-pub async fn start(_args: &EmbeddedKvArgs) -> Result<Vec<String>> {
+pub async fn start(args: &EmbeddedKvArgs) -> Result<Vec<String>> {
+    let _ = args;
     Err(Error::EmbeddedKv(
         "embedded KV store not available in this build; pass --etcd-endpoints".into(),
     ))

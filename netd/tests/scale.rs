@@ -42,7 +42,7 @@ fn put_or_delete_peers(w: &World, delete: bool) {
 fn two_hundred_peers_are_programmed_and_removed_quickly() {
     let mut w = World::new(1);
     w.start_etcd(common::DEFAULT_CONFIG);
-    w.start_netd(1, &["--reconcile-interval", "30"]);
+    w.start_netd(1, &[]);
     w.wait_ready(1);
 
     let start = Instant::now();

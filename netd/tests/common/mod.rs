@@ -301,9 +301,16 @@ impl World {
             .append(true)
             .open(&log)
             .expect("netd log");
+        // No endpoints: netd runs its embedded KV member (flags for it come in `extra`).
+        let kv: Vec<&str> = if self.endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--etcd-endpoints", &self.endpoints]
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, NETD])
-            .args(["--etcd-endpoints", &self.endpoints, "--iface", "eth0"])
+            .args(kv)
+            .args(["--iface", "eth0"])
             .arg("--subnet-file")
             .arg(self.subnet_file(i))
             .args([
@@ -312,9 +319,8 @@ impl World {
                 "--healthz-ip",
                 "127.0.0.1",
             ])
+            .args(["--reconcile-interval", "2"])
             .args(extra)
-            // Through the environment, so a test's own flag can override it.
-            .env("NETD_RECONCILE_INTERVAL", "2")
             .env("RUST_LOG", "info,netd=debug")
             .stdout(Stdio::null())
             .stderr(logf)
