@@ -79,6 +79,27 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("netns thread")
 }
 
+/// Runs the netd binary in the current namespace with `args`, for invocations that must exit on
+/// their own; killed (and the test failed) if still running after 10 s.
+pub fn netd_cli(args: &[&str]) -> Output {
+    let mut child = Command::new(NETD)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netd");
+    let start = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("netd {args:?} did not exit within 10s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("netd output")
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
