@@ -15,7 +15,8 @@ async fn connect(args: &KvArgs) -> Result<Kv> {
             "subcommands need --etcd-endpoints (or NETD_ETCD_ENDPOINTS)".into(),
         ));
     }
-    Kv::connect(&args.etcd_endpoints, &args.etcd_prefix).await
+    let creds = args.credentials()?;
+    Kv::connect_as(&args.etcd_endpoints, &args.etcd_prefix, creds.as_ref()).await
 }
 
 /// `netd config show|set`.

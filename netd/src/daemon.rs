@@ -195,8 +195,9 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
         config.kv.etcd_endpoints.clone()
     };
     let prefix = config.kv.etcd_prefix.clone();
+    let creds = config.kv.credentials()?;
     let kv = retry("connecting to the KV store", || {
-        Kv::connect(&endpoints, &prefix)
+        Kv::connect_as(&endpoints, &prefix, creds.as_ref())
     })
     .await;
     let net = retry("reading the network config", || kv.get_config()).await;
