@@ -110,6 +110,7 @@ async fn setup_backend(
                 mtu: underlay.mtu.saturating_sub(50),
             };
             let dev = device::ensure_vxlan(h, &spec).await?;
+            tracing::info!(device = %spec.name(), mac = %dev.mac, mtu = spec.mtu, "VXLAN device ready");
             Ok(Backend {
                 mode: RoutingMode::Vxlan {
                     vni: v.vni,
