@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::embedded::EmbeddedKvArgs;
 use crate::error::{Error, Result};
+use crate::kv::Credentials;
 
 /// netd: per-host container networking daemon (flannel-compatible).
 ///
@@ -77,8 +78,35 @@ pub struct KvArgs {
     /// Key prefix of the network config and subnet records.
     #[arg(long, env = "NETD_ETCD_PREFIX", default_value = crate::kv::DEFAULT_PREFIX, global = true)]
     pub etcd_prefix: String,
+    /// etcd user name (etcd's user/password authentication).
+    #[arg(long, env = "NETD_ETCD_USERNAME", global = true)]
+    pub etcd_username: Option<String>,
+    /// etcd password; prefer the environment variable to keep it out of `ps`.
+    #[arg(
+        long,
+        env = "NETD_ETCD_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
     #[command(flatten)]
     pub embedded: EmbeddedKvArgs,
+}
+
+impl KvArgs {
+    /// The credentials, if any; one of user name and password without the other is an error.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
+        match (&self.etcd_username, &self.etcd_password) {
+            (Some(u), Some(p)) => Ok(Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => Err(Error::Usage(
+                "--etcd-username and --etcd-password must be given together".into(),
+            )),
+        }
+    }
 }
 
 /// The daemon's own flags.
@@ -138,6 +166,7 @@ impl Config {
                 ));
             }
         }
+        self.kv.credentials()?;
         if !self.kv.etcd_prefix.starts_with('/') {
             return Err(Error::Usage(format!(
                 "--etcd-prefix {:?} must start with '/'",

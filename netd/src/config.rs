@@ -62,7 +62,6 @@ impl BackendConfig {
 
 /// The JSON as flannel defines it; every field optional so defaults can be applied afterwards.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(rename = "Network")]
     network: Option<String>,
@@ -106,6 +105,9 @@ struct RawBackend {
 
 impl NetworkConfig {
     /// Parses and validates the stored JSON. The error is a one-line reason.
+    ///
+    /// Unknown fields are accepted (flannel ignores them too, and a store may be shared with
+    /// newer flanneld nodes); [`unknown_fields`] names them so callers can warn.
     pub fn parse(text: &str) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
         if raw.enable_ipv4 == Some(false) {
@@ -185,6 +187,32 @@ impl NetworkConfig {
     }
 }
 
+/// Top-level fields of a config text that netd does not know (typos, or newer flannel fields).
+pub fn unknown_fields(text: &str) -> Vec<String> {
+    const KNOWN: [&str; 12] = [
+        "Network",
+        "SubnetLen",
+        "SubnetMin",
+        "SubnetMax",
+        "EnableIPv4",
+        "EnableIPv6",
+        "IPv6Network",
+        "IPv6SubnetLen",
+        "IPv6SubnetMin",
+        "IPv6SubnetMax",
+        "EnableNFTables",
+        "Backend",
+    ];
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(m)) => m
+            .keys()
+            .filter(|k| !KNOWN.contains(&k.as_str()))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Number of addresses in a subnet of prefix length `len` (len ≤ 30, so never overflows).
 pub fn subnet_size(len: u8) -> u32 {
     1u32 << (32 - u32::from(len))
@@ -256,6 +284,14 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_accepted_and_named() {
+        let text = r#"{"Network":"10.0.0.0/16","Netwrok":"x","Backend":{"Type":"vxlan"}}"#;
+        assert!(NetworkConfig::parse(text).is_ok());
+        assert_eq!(unknown_fields(text), vec!["Netwrok".to_string()]);
+        assert!(unknown_fields(r#"{"Network":"10.0.0.0/16"}"#).is_empty());
+    }
+
+    #[test]
     fn small_network_gets_prefix_plus_two() {
         let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/26"}"#).unwrap();
         assert_eq!(c.subnet_len, 28);
@@ -317,7 +353,6 @@ mod tests {
             ),
             (r#"{"Network":"10.0.0.0/16","Backend":{"VNI":0}}"#, "VNI"),
             (r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#, "IPv6"),
-            (r#"{"Network":"10.0.0.0/16","Bogus":1}"#, "unknown field"),
         ];
         for (text, want) in cases {
             let err = NetworkConfig::parse(text).unwrap_err();

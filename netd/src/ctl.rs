@@ -15,7 +15,8 @@ async fn connect(args: &KvArgs) -> Result<Kv> {
             "subcommands need --etcd-endpoints (or NETD_ETCD_ENDPOINTS)".into(),
         ));
     }
-    Kv::connect(&args.etcd_endpoints, &args.etcd_prefix).await
+    let creds = args.credentials()?;
+    Kv::connect_as(&args.etcd_endpoints, &args.etcd_prefix, creds.as_ref()).await
 }
 
 /// `netd config show|set`.
@@ -37,6 +38,11 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
                 None => json.clone(),
             };
             let cfg = kv.put_config(&text).await?;
+            for f in crate::config::unknown_fields(&text) {
+                eprintln!(
+                    "netd: warning: field {f:?} is not a netd/flannel config field; it is ignored"
+                );
+            }
             writeln!(
                 out,
                 "stored {}: network {} subnets /{} ({} available), backend {}",

@@ -110,6 +110,7 @@ async fn setup_backend(
                 mtu: underlay.mtu.saturating_sub(50),
             };
             let dev = device::ensure_vxlan(h, &spec).await?;
+            tracing::info!(device = %spec.name(), mac = %dev.mac, mtu = spec.mtu, "VXLAN device ready");
             Ok(Backend {
                 mode: RoutingMode::Vxlan {
                     vni: v.vni,
@@ -200,8 +201,9 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
         config.kv.etcd_endpoints.clone()
     };
     let prefix = config.kv.etcd_prefix.clone();
+    let creds = config.kv.credentials()?;
     let kv = retry("connecting to the KV store", || {
-        Kv::connect(&endpoints, &prefix)
+        Kv::connect_as(&endpoints, &prefix, creds.as_ref())
     })
     .await;
     let net = retry("reading the network config", || kv.get_config()).await;
@@ -213,14 +215,14 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let underlay = device::find_underlay(&h, config.daemon.iface.as_deref()).await?;
     let public_ip = config.daemon.public_ip.unwrap_or(underlay.addr);
     tracing::info!(iface = %underlay.name, local = %underlay.addr, %public_ip, "underlay");
-    let mut backend = setup_backend(&h, &net, &underlay, public_ip).await?;
+    let backend = setup_backend(&h, &net, &underlay, public_ip).await?;
 
     let timing = LeaseTiming {
         ttl: Duration::from_secs(config.daemon.subnet_lease_ttl),
         renew_margin: Duration::from_secs(config.daemon.subnet_lease_renew_margin * 60),
     };
     let previous = subnet_file::read_previous_subnet(&config.daemon.subnet_file);
-    let mut own = retry("acquiring a subnet lease", || {
+    let own = retry("acquiring a subnet lease", || {
         lease::acquire(&kv, &net, &backend.attrs, previous, timing)
     })
     .await;
@@ -230,7 +232,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
 
     let overlay = backend.vxlan.as_ref().map(|(_, d)| d.index);
     let dp = NetlinkDataplane::new(h.clone(), overlay, underlay.index, net.network);
-    let mut peers = Peers::new(
+    let peers = Peers::new(
         dp,
         backend.mode.clone(),
         own.subnet,
@@ -245,108 +247,185 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let mut reconcile = tokio::time::interval(config.reconcile_interval());
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reconcile.reset();
-    let mut renew_at = tokio::time::Instant::now() + timing.renew_interval();
-    let mut written = false;
-    let mut listed = false;
-    // False while the lease must be (re-)acquired; the renewal timer then re-acquires.
-    let mut lease_ok = true;
-
+    let mut d = Running {
+        config,
+        kv,
+        h,
+        net,
+        underlay,
+        backend,
+        timing,
+        own,
+        peers,
+        metrics,
+        ready,
+        lease_ok: true,
+        renew_at: tokio::time::Instant::now() + timing.renew_interval(),
+        listed: false,
+        written: false,
+    };
     loop {
         tokio::select! {
             ev = rx.recv() => {
-                let Some(ev) = ev else {
-                    return Err(Error::Kernel("peer watcher stopped".into()));
-                };
-                let is_snapshot = matches!(ev, watch::PeerEvent::Snapshot(_));
-                match peers.handle(ev).await {
-                    OwnRecord::Untouched => {}
-                    OwnRecord::Updated(r) => {
-                        if r.attrs == backend.attrs {
-                            own.lease = r.lease;
-                        } else {
-                            tracing::warn!(subnet = %own.subnet, "own record was changed by someone else; rewriting it");
-                            lease_ok = false;
-                            renew_at = tokio::time::Instant::now();
-                        }
-                    }
-                    OwnRecord::Lost(reason) => {
-                        tracing::warn!(%reason, "subnet lease lost; re-acquiring");
-                        metrics.lease_losses.inc();
-                        lease_ok = false;
-                        renew_at = tokio::time::Instant::now();
-                    }
-                }
-                listed |= is_snapshot;
+                let ev = ev.ok_or_else(|| Error::Kernel("peer watcher stopped".into()))?;
+                d.on_event(ev).await;
             }
-            _ = reconcile.tick() => {
-                if let Some((spec, dev)) = &mut backend.vxlan {
-                    match device::ensure_vxlan(&h, spec).await {
-                        Ok(now) if now.index != dev.index || now.mac != dev.mac => {
-                            tracing::warn!("VXLAN device was recreated; re-programming");
-                            *dev = now;
-                            backend.attrs.backend_data = Some(VxlanData { vni: spec.vni, vtep_mac: now.mac });
-                            peers.dp = NetlinkDataplane::new(h.clone(), Some(now.index), underlay.index, net.network);
-                            if let Err(e) = device::ensure_vtep_address(&h, now.index, own.subnet.addr(), net.network).await {
-                                tracing::warn!(error = %e, "re-adding the vtep address failed");
-                            }
-                            // Publish the new VtepMAC: the renewal path rewrites our record.
-                            lease_ok = false;
-                            renew_at = tokio::time::Instant::now();
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "checking the VXLAN device failed"),
-                    }
+            _ = reconcile.tick() => d.on_reconcile_tick().await,
+            _ = tokio::time::sleep_until(d.renew_at) => d.on_renew_due().await?,
+        }
+        d.mark_ready_once()?;
+    }
+}
+
+/// The daemon's state once started.
+struct Running<'a> {
+    config: &'a Config,
+    kv: Kv,
+    h: Handle,
+    net: NetworkConfig,
+    underlay: Underlay,
+    backend: Backend,
+    timing: LeaseTiming,
+    own: OwnLease,
+    peers: Peers<NetlinkDataplane>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    /// False while the lease must be (re-)acquired; the renewal timer then re-acquires.
+    lease_ok: bool,
+    /// When the lease is next renewed (or re-acquired).
+    renew_at: tokio::time::Instant,
+    /// The first peer listing has been applied.
+    listed: bool,
+    /// The subnet file has been written (and /readyz turned 200).
+    written: bool,
+}
+
+impl Running<'_> {
+    /// Schedules an immediate re-acquisition of the subnet lease.
+    fn lease_lost(&mut self, reason: &str) {
+        tracing::warn!(%reason, "subnet lease lost; re-acquiring");
+        self.metrics.lease_losses.inc();
+        self.metrics.lease_held.set(0);
+        self.lease_ok = false;
+        self.renew_at = tokio::time::Instant::now();
+    }
+
+    async fn on_event(&mut self, ev: watch::PeerEvent) {
+        self.listed |= matches!(ev, watch::PeerEvent::Snapshot(_));
+        match self.peers.handle(ev).await {
+            OwnRecord::Untouched => {}
+            OwnRecord::Updated(r) if r.attrs == self.backend.attrs => self.own.lease = r.lease,
+            OwnRecord::Updated(_) => self.lease_lost("own record was rewritten by someone else"),
+            OwnRecord::Lost(reason) => self.lease_lost(&reason),
+        }
+    }
+
+    /// Periodic: recreate the VXLAN device if it vanished, restore the vtep address and the
+    /// masquerade table if they were removed, then reconcile every peer.
+    async fn on_reconcile_tick(&mut self) {
+        if let Some((spec, dev)) = &mut self.backend.vxlan {
+            match device::ensure_vxlan(&self.h, spec).await {
+                Ok(now) if now != *dev => {
+                    tracing::warn!("VXLAN device was recreated; re-programming");
+                    *dev = now;
+                    self.backend.attrs.backend_data = Some(VxlanData {
+                        vni: spec.vni,
+                        vtep_mac: now.mac,
+                    });
+                    self.peers.dp = NetlinkDataplane::new(
+                        self.h.clone(),
+                        Some(now.index),
+                        self.underlay.index,
+                        self.net.network,
+                    );
+                    // Publish the new VtepMAC: re-acquisition rewrites our record.
+                    self.lease_ok = false;
+                    self.renew_at = tokio::time::Instant::now();
                 }
-                peers.reconcile(false).await;
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "checking the VXLAN device failed"),
             }
-            _ = tokio::time::sleep_until(renew_at) => {
-                let result = if !lease_ok {
-                    Err(Error::LeaseLost("re-acquiring".into()))
-                } else {
-                    lease::renew(&kv, &own).await
-                };
-                match result {
-                    Ok(()) => renew_at = tokio::time::Instant::now() + timing.renew_interval(),
-                    Err(Error::LeaseLost(reason)) => {
-                        metrics.lease_held.set(0);
-                        tracing::warn!(%reason, "subnet lease lost; re-acquiring");
-                        match lease::acquire(&kv, &net, &backend.attrs, Some(own.subnet), timing).await {
-                            Ok(new) => {
-                                metrics.lease_acquisitions.inc();
-                                metrics.lease_held.set(1);
-                                lease_ok = true;
-                                let changed = new.subnet != own.subnet;
-                                own = new;
-                                if changed {
-                                    tracing::warn!(subnet = %own.subnet, "subnet changed; containers of the old subnet lose connectivity");
-                                    peers.own_subnet = own.subnet;
-                                    apply_own_subnet(&h, config, &net, &backend, &own).await?;
-                                    if written {
-                                        write_subnet_file(config, &net, &backend, &own)?;
-                                    }
-                                }
-                                peers.reconcile(false).await;
-                                renew_at = tokio::time::Instant::now() + timing.renew_interval();
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "re-acquiring the subnet lease failed; retrying");
-                                renew_at = tokio::time::Instant::now() + RETRY * 5;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "renewing the subnet lease failed; retrying");
-                        renew_at = tokio::time::Instant::now() + timing.renew_interval().min(RETRY * 5);
-                    }
+            let vtep = self.own.subnet.addr();
+            if let Err(e) =
+                device::ensure_vtep_address(&self.h, dev.index, vtep, self.net.network).await
+            {
+                tracing::warn!(error = %e, "checking the vtep address failed");
+            }
+        }
+        if self.config.daemon.ip_masq
+            && let Err(e) = masq::ensure(self.net.network, self.own.subnet)
+        {
+            tracing::warn!(error = %e, "checking the masquerade rules failed");
+        }
+        self.peers.reconcile(false).await;
+    }
+
+    /// The renewal timer fired: renew, or re-acquire when the lease is gone.
+    async fn on_renew_due(&mut self) -> Result<()> {
+        if self.lease_ok {
+            match lease::renew(&self.kv, &self.own).await {
+                Ok(()) => {
+                    self.renew_at = tokio::time::Instant::now() + self.timing.renew_interval();
+                    return Ok(());
+                }
+                Err(Error::LeaseLost(reason)) => self.lease_lost(&reason),
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing the subnet lease failed; retrying");
+                    self.renew_at =
+                        tokio::time::Instant::now() + self.timing.renew_interval().min(RETRY * 5);
+                    return Ok(());
                 }
             }
         }
-        if listed && lease_ok && !written {
-            write_subnet_file(config, &net, &backend, &own)?;
-            written = true;
-            ready.store(true, Ordering::SeqCst);
-            tracing::info!(peers = peers.programmed_count(), "netd ready");
+        self.reacquire().await
+    }
+
+    async fn reacquire(&mut self) -> Result<()> {
+        let attrs = &self.backend.attrs;
+        let new = match lease::acquire(
+            &self.kv,
+            &self.net,
+            attrs,
+            Some(self.own.subnet),
+            self.timing,
+        )
+        .await
+        {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "re-acquiring the subnet lease failed; retrying");
+                self.renew_at = tokio::time::Instant::now() + RETRY * 5;
+                return Ok(());
+            }
+        };
+        self.metrics.lease_acquisitions.inc();
+        self.metrics.lease_held.set(1);
+        self.lease_ok = true;
+        let changed = new.subnet != self.own.subnet;
+        self.own = new;
+        if changed {
+            tracing::warn!(subnet = %self.own.subnet, "subnet changed; containers of the old subnet lose connectivity");
+            self.peers.own_subnet = self.own.subnet;
+            apply_own_subnet(&self.h, self.config, &self.net, &self.backend, &self.own).await?;
+            if self.written {
+                write_subnet_file(self.config, &self.net, &self.backend, &self.own)?;
+            }
         }
+        self.peers.reconcile(false).await;
+        self.renew_at = tokio::time::Instant::now() + self.timing.renew_interval();
+        Ok(())
+    }
+
+    /// Writes the subnet file and turns ready once the first listing is applied and the lease
+    /// is held.
+    fn mark_ready_once(&mut self) -> Result<()> {
+        if self.listed && self.lease_ok && !self.written {
+            write_subnet_file(self.config, &self.net, &self.backend, &self.own)?;
+            self.written = true;
+            self.ready.store(true, Ordering::SeqCst);
+            tracing::info!(peers = self.peers.programmed_count(), "netd ready");
+        }
+        Ok(())
     }
 }
 

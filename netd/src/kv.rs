@@ -17,6 +17,22 @@ use crate::subnet::{LeaseAttrs, PeerRecord, Subnet, parse_record};
 /// Default key prefix (flannel's).
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 
+/// etcd user/password authentication.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A connected KV client plus the key prefix.
 #[derive(Clone)]
 pub struct Kv {
@@ -36,14 +52,29 @@ pub struct Listing {
 }
 
 impl Kv {
-    /// Connects to the endpoints. Request and connect timeouts keep a dead store from blocking
-    /// netd forever; HTTP/2 keep-alive pings notice a silently dropped connection.
+    /// Connects to the endpoints without authentication.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
-        let opts = ConnectOptions::new()
+        Self::connect_as(endpoints, prefix, None).await
+    }
+
+    /// Connects to the endpoints, as `creds` when given (etcd's user/password auth). Request and
+    /// connect timeouts keep a dead store from blocking netd forever; HTTP/2 keep-alive pings
+    /// notice a silently dropped connection.
+    pub async fn connect_as(
+        endpoints: &[String],
+        prefix: &str,
+        creds: Option<&Credentials>,
+    ) -> Result<Self> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(c) = creds {
+            opts = opts
+                .with_user(c.username.clone(), c.password.clone())
+                .with_auto_token_refresh(true);
+        }
         let client = Client::connect(endpoints, Some(opts)).await?;
         Ok(Kv {
             client,
@@ -82,7 +113,12 @@ impl Kv {
             .get_config_text()
             .await?
             .ok_or_else(|| Error::ConfigMissing { key: key.clone() })?;
-        NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })
+        let cfg =
+            NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })?;
+        for f in crate::config::unknown_fields(&text) {
+            tracing::warn!(field = %f, "network config has a field netd does not know; ignoring it");
+        }
+        Ok(cfg)
     }
 
     /// Validates and stores the network config.

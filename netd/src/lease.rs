@@ -84,7 +84,9 @@ pub async fn acquire(
                     lease: 0,
                 });
             }
-            if r.attrs == *attrs && kv.time_to_live(r.lease).await? > 0 {
+            // Reuse a live lease; the keep-alive also restores its full TTL, which an old lease
+            // may be far from.
+            if r.attrs == *attrs && kv.keep_alive_once(r.lease).await? > 0 {
                 tracing::info!(subnet = %r.subnet, lease = r.lease, "reusing existing subnet lease");
                 return Ok(OwnLease {
                     subnet: r.subnet,

@@ -83,14 +83,33 @@ pub fn install(network: Ipv4Network, subnet: Subnet) -> Result<()> {
     nft(&ruleset(network, subnet))
 }
 
+/// Re-installs the rules when netd's table is missing (e.g. someone flushed the ruleset).
+pub fn ensure(network: Ipv4Network, subnet: Subnet) -> Result<()> {
+    let present = Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    tracing::warn!("masquerade table missing; re-installing it");
+    install(network, subnet)
+}
+
 /// Removes netd's table if present.
 pub fn remove() -> Result<()> {
     nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n"))
 }
 
-/// Enables IPv4 forwarding in this network namespace.
+/// Enables IPv4 forwarding in this network namespace (no write when it is already on, so a
+/// read-only /proc/sys with forwarding enabled is fine).
 pub fn enable_forwarding() -> Result<()> {
     let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
     std::fs::write(path, "1").map_err(|e| Error::file(path, e))
 }
 

@@ -177,11 +177,8 @@ impl<D: Dataplane> Peers<D> {
                 self.records.remove(&subnet);
                 if let Some(old) = self.programmed.remove(&subnet) {
                     tracing::info!(%subnet, "peer removed");
-                    if let Err(e) = remove_peer(&self.dp, &old).await {
-                        tracing::warn!(%subnet, error = %e, "removing peer entries failed");
-                    }
+                    self.tear_down(subnet, &old).await;
                 }
-                self.metrics.peers.set(self.programmed.len() as i64);
                 if subnet == self.own_subnet {
                     return OwnRecord::Lost(format!("record for {subnet} was deleted"));
                 }
@@ -201,6 +198,14 @@ impl<D: Dataplane> Peers<D> {
         }
     }
 
+    /// Removes entries programmed for a peer that is no longer (or no longer validly) known.
+    async fn tear_down(&mut self, subnet: Subnet, old: &[Entry]) {
+        if let Err(e) = remove_peer(&self.dp, old).await {
+            tracing::warn!(%subnet, error = %e, "removing peer entries failed");
+        }
+        self.metrics.peers.set(self.programmed.len() as i64);
+    }
+
     /// Programs one peer from its current record (or tears it down if it no longer qualifies).
     async fn program(&mut self, subnet: Subnet) {
         let old = self.programmed.remove(&subnet).unwrap_or_default();
@@ -211,10 +216,7 @@ impl<D: Dataplane> Peers<D> {
             Ok(e) => e,
             Err(reason) => {
                 tracing::warn!(%subnet, %reason, "not routing to peer");
-                if let Err(e) = remove_peer(&self.dp, &old).await {
-                    tracing::warn!(%subnet, error = %e, "removing peer entries failed");
-                }
-                self.metrics.peers.set(self.programmed.len() as i64);
+                self.tear_down(subnet, &old).await;
                 return;
             }
         };
@@ -224,10 +226,7 @@ impl<D: Dataplane> Peers<D> {
         }
         if new.iter().any(|e| others.has_key(e) && !others.contains(e)) {
             tracing::warn!(%subnet, "peer's entries collide with another peer's; ignoring it");
-            if let Err(e) = remove_peer(&self.dp, &old).await {
-                tracing::warn!(%subnet, error = %e, "removing peer entries failed");
-            }
-            self.metrics.peers.set(self.programmed.len() as i64);
+            self.tear_down(subnet, &old).await;
             return;
         }
         let start = Instant::now();

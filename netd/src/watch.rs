@@ -1,5 +1,6 @@
 //! The peer watcher: list `<prefix>/subnets/` at revision R, watch from R+1, re-list when the
-//! revision was compacted, reconnect with backoff. Emits [`PeerEvent`]s to the daemon loop.
+//! revision was compacted (and every five minutes as a safety net), reconnect with backoff.
+//! Emits [`PeerEvent`]s to the daemon loop.
 //!
 //! Records that are malformed or outside the network are logged and counted, never forwarded;
 //! a malformed overwrite of a known subnet is forwarded as a delete so its old routes go away.
@@ -28,6 +29,8 @@ pub enum PeerEvent {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the watcher re-lists everything even when the watch is healthy.
+const RESYNC: Duration = Duration::from_secs(300);
 
 /// Runs until `events` is closed. Never returns an error: KV trouble means retrying.
 pub async fn run(
@@ -61,6 +64,8 @@ pub async fn run(
             return;
         }
         let mut next = listing.revision + 1;
+        // A full re-list now and then: a safety net against any event lost on the way.
+        let resync_at = tokio::time::Instant::now() + RESYNC;
         // Watch from R+1; on a broken stream resume from the last revision seen.
         'watch: loop {
             let mut stream = match kv.watch_subnets(next).await {
@@ -74,7 +79,14 @@ pub async fn run(
                 }
             };
             loop {
-                let resp = match stream.message().await {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    () = tokio::time::sleep_until(resync_at) => {
+                        tracing::debug!("periodic re-list of subnet records");
+                        break 'watch;
+                    }
+                };
+                let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => {
                         tracing::warn!("watch stream closed by the server; reconnecting");

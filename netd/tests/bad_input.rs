@@ -193,40 +193,37 @@ fn bad_config_is_retried_then_used_and_exhaustion_is_reported() {
 #[test]
 fn bad_command_lines_fail_with_one_line() {
     common::require_prerequisites();
-    let cases: [&[&str]; 3] = [
+    // A port that is taken, for the health server's bind error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dead = "http://127.0.0.1:1";
+    let cases: [&[&str]; 4] = [
+        &["--etcd-endpoints", dead, "--etcd-prefix", "no-slash"],
+        &["--etcd-endpoints", ","],
         &[
             "--etcd-endpoints",
-            "http://127.0.0.1:1",
-            "--etcd-prefix",
-            "no-slash",
+            dead,
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            &port,
         ],
-        &["--healthz-port", "0"],
         &["config", "show"],
     ];
     for args in cases {
-        let out = Command::new(NETD).args(args).output().expect("run netd");
+        let out = common::netd_cli(args);
         assert!(!out.status.success(), "{args:?} must fail");
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.trim().lines().last().unwrap_or("");
         assert!(last.starts_with("netd: error:"), "{args:?}: {err}");
-        assert_eq!(
-            err.trim()
-                .lines()
-                .filter(|l| l.starts_with("netd: error:"))
-                .count(),
-            1
-        );
+        let errors = err
+            .lines()
+            .filter(|l| l.starts_with("netd: error:"))
+            .count();
+        assert_eq!(errors, 1, "{args:?}: {err}");
     }
-    // Without endpoints the embedded store is needed; this build says so clearly.
-    let out = Command::new(NETD).output().expect("run netd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("embedded KV store not available"), "{err}");
     // clap rejects malformed values itself, with a non-zero exit.
-    let out = Command::new(NETD)
-        .args(["--public-ip", "x"])
-        .output()
-        .expect("run netd");
-    assert!(!out.status.success());
-    let help = Command::new(NETD).arg("--help").output().expect("run netd");
+    assert!(!common::netd_cli(&["--public-ip", "x"]).status.success());
+    let help = common::netd_cli(&["--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("NETD_IFACE"));
 }

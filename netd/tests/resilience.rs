@@ -101,6 +101,16 @@ fn stale_kernel_entries_are_removed_at_startup() {
     );
     let (_, body) = w.http_get(1, "/metrics").expect("metrics");
     assert!(!body.contains("netd_reconcile_fixes_total 0\n"), "{body}");
+
+    // Kernel state removed behind netd's back comes back with the next reconcile.
+    let (net1, _) = w.subnet_of(1).expect("h1 subnet");
+    run(&["ip", "-n", &h1, "addr", "flush", "dev", "flannel.1"]);
+    run(&["ip", "-n", &h1, "route", "flush", "dev", "flannel.1"]);
+    wait_until("vtep address restored", Duration::from_secs(10), || {
+        run(&["ip", "-n", &h1, "-4", "addr", "show", "dev", "flannel.1"])
+            .contains(&format!("{net1}/32"))
+    });
+    w.wait_converged(&[1]);
 }
 
 #[test]

@@ -97,6 +97,21 @@ fn ip_masq_lets_containers_reach_outside_the_cluster() {
         World::ping(&c1.0, c2.1)
     });
 
+    // Someone flushes the ruleset: the next reconcile puts the table back.
+    run(&["ip", "netns", "exec", &h1, "nft", "flush", "ruleset"]);
+    wait_until("masquerade table restored", Duration::from_secs(10), || {
+        try_run(&[
+            "ip", "netns", "exec", &h1, "nft", "list", "table", "ip", "netd",
+        ])
+        .status
+        .success()
+    });
+    wait_until(
+        "c1 reaches the outside again",
+        Duration::from_secs(10),
+        || World::ping(&c1.0, outside),
+    );
+
     // Restarted without --ip-masq, netd removes its table.
     assert!(w.stop_netd(1).success());
     w.start_netd(1, &[]);

@@ -264,7 +264,7 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
                 .map_err(|e| Error::netlink(format!("set {name} up"), e))?;
             let mac = link_mac(&existing)
                 .ok_or_else(|| Error::Kernel(format!("{name} has no MAC address")))?;
-            tracing::info!(device = %name, %mac, "reusing existing VXLAN device");
+            tracing::debug!(device = %name, %mac, "reusing existing VXLAN device");
             return Ok(VxlanDevice { index, mac });
         }
         tracing::warn!(device = %name, "existing device is incompatible; recreating it");

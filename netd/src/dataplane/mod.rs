@@ -61,8 +61,8 @@ pub enum RoutingMode {
     HostGw,
 }
 
-/// The entries a peer needs, in programming order. `None` (with the reason) when the record does
-/// not suit this backend, e.g. a host-gw record seen by a vxlan node.
+/// The entries a peer needs, in programming order; `Err(reason)` when the record does not suit
+/// this backend, e.g. a host-gw record seen by a vxlan node.
 pub fn peer_entries(mode: &RoutingMode, peer: &PeerRecord) -> Result<Vec<Entry>, String> {
     let direct = |p: &PeerRecord| Entry::Route {
         dst: p.subnet.0,

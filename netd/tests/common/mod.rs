@@ -66,6 +66,40 @@ pub fn try_run(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]))
 }
 
+/// Runs `f` on a thread that has joined namespace `ns` (the calling thread never changes
+/// namespace); `f` may build its own runtime.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// Runs the netd binary in the current namespace with `args`, for invocations that must exit on
+/// their own; killed (and the test failed) if still running after 10 s.
+pub fn netd_cli(args: &[&str]) -> Output {
+    let mut child = Command::new(NETD)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netd");
+    let start = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("netd {args:?} did not exit within 10s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("netd output")
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -334,6 +368,13 @@ impl World {
         }
     }
 
+    /// Kills netd on host `i` (SIGKILL), as a crash or power loss would.
+    pub fn kill_netd(&mut self, i: usize) {
+        let mut p = self.netd.remove(&i).expect("netd running");
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+
     /// True while netd on host `i` is still running.
     pub fn netd_running(&mut self, i: usize) -> bool {
         self.netd
@@ -545,11 +586,7 @@ impl World {
             else {
                 continue;
             };
-            if ip == own_ip
-                || ip.starts_with("10.244.")
-                || !net.starts_with("10.244.")
-                || len != "24"
-            {
+            if ip == own_ip || ip.starts_with("10.244.") || !net.starts_with("10.244.") {
                 continue;
             }
             routes.insert(
@@ -573,11 +610,20 @@ impl World {
     /// Waits until every listed host's kernel matches the records.
     pub fn wait_converged(&self, hosts: &[usize]) {
         for &h in hosts {
-            wait_until(
-                &format!("h{h} kernel state to match the records"),
-                Duration::from_secs(20),
-                || self.kernel_matches_records(h),
-            );
+            let start = Instant::now();
+            while !self.kernel_matches_records(h) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "h{h} kernel state does not match the records after 20s\nwant: {:?}\nhave: {:?}",
+                    self.expected_vxlan(h),
+                    (
+                        self.cluster_routes(h),
+                        self.vxlan_neighbours(h),
+                        self.vxlan_fdb(h)
+                    )
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
@@ -619,7 +665,17 @@ impl Drop for World {
         }
         self.stop_etcd();
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            // Deletion can race with a process still leaving the namespace: retry briefly.
+            for _ in 0..20 {
+                let ok = Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok || !Path::new(&format!("/run/netns/{ns}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if std::thread::panicking() || std::env::var_os("NETD_TEST_SHOW_LOGS").is_some() {
             // Keep the logs of a failed test readable.
