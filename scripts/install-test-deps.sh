@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives: the reference etcd 3.4 and etcdctl,
-# iproute2/ping/nftables for the network-namespace tests, and the reference CNI plugins.
+# Installs the Debian packages the build and the test suite need: protoc (the etcd-client
+# crate's build script runs it), the reference etcd 3.4 and etcdctl, iproute2/ping/nftables
+# for the network-namespace tests, and the reference CNI plugins.
 # Needs root. Installs only what is missing.
 set -euo pipefail
 
@@ -9,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(etcd-server etcd-client iproute2 iputils-ping nftables containernetworking-plugins busybox-static iperf3)
+packages=(protobuf-compiler etcd-server etcd-client iproute2 iputils-ping nftables containernetworking-plugins busybox-static iperf3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
