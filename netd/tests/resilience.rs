@@ -206,15 +206,18 @@ fn kv_outage_keeps_forwarding_and_catches_up() {
 
     // The whole store restarts: forwarding continues, and later changes still arrive.
     w.stop_etcd();
-    assert!(
-        World::ping(&c1.0, c4.1),
-        "forwarding continues with the store down"
+    wait_until(
+        "forwarding continues with the store down",
+        Duration::from_secs(5),
+        || World::ping(&c1.0, c4.1),
     );
     w.restart_etcd();
     assert!(w.stop_netd(4).success());
     w.etcdctl(&["del", &format!("{}/subnets/{net4}-{len4}", w.prefix_key)]);
     w.wait_converged(&[1, 2]);
-    assert!(World::ping(&c1.0, c2.1));
+    wait_until("c1 reaches c2", Duration::from_secs(5), || {
+        World::ping(&c1.0, c2.1)
+    });
 }
 
 #[test]
