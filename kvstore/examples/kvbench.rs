@@ -236,24 +236,36 @@ struct Report {
 async fn run_all(name: &str, endpoint: &str, a: &Args, pid: Option<u32>) -> anyhow::Result<Report> {
     eprintln!("== {name}: {endpoint}");
     let mut rows = Vec::new();
-    let s = put_load(endpoint, 1, 2_000).await?;
-    eprintln!("   put, 1 client: {s:?}");
-    rows.push(("put, 1 client".to_string(), s));
-    let s = put_load(endpoint, a.clients, a.requests).await?;
-    eprintln!("   put, {} clients: {s:?}", a.clients);
-    rows.push((format!("put, {} clients", a.clients), s));
-    let s = range_load(endpoint, a.clients, a.requests * 2, false).await?;
-    eprintln!("   range linearizable: {s:?}");
-    rows.push((format!("range linearizable, {} clients", a.clients), s));
-    let s = range_load(endpoint, a.clients, a.requests * 2, true).await?;
-    eprintln!("   range serializable: {s:?}");
-    rows.push((format!("range serializable, {} clients", a.clients), s));
-    let s = watch_fanout(endpoint, a.watchers, 500).await?;
-    eprintln!("   watch fan-out: {s:?}");
-    rows.push((
-        format!("watch fan-out, {} watchers (latency)", a.watchers),
-        s,
-    ));
+    let want = |w: &str| a.only.as_ref().is_none_or(|o| w.contains(o.as_str()));
+    let name = "put, 1 client".to_string();
+    if want(&name) {
+        rows.push((name, put_load(endpoint, 1, 2_000).await?));
+    }
+    let name = format!("put, {} clients", a.clients);
+    if want(&name) {
+        rows.push((name, put_load(endpoint, a.clients, a.requests).await?));
+    }
+    let name = format!("range linearizable, {} clients", a.clients);
+    if want(&name) {
+        rows.push((
+            name,
+            range_load(endpoint, a.clients, a.requests * 2, false).await?,
+        ));
+    }
+    let name = format!("range serializable, {} clients", a.clients);
+    if want(&name) {
+        rows.push((
+            name,
+            range_load(endpoint, a.clients, a.requests * 2, true).await?,
+        ));
+    }
+    let name = format!("watch fan-out, {} watchers (latency)", a.watchers);
+    if want(&name) {
+        rows.push((name, watch_fanout(endpoint, a.watchers, 500).await?));
+    }
+    for (n, s) in &rows {
+        eprintln!("   {n}: {s:?}");
+    }
     let rss_mb = match pid {
         Some(pid) => {
             put_load(endpoint, a.clients, a.memory_keys).await?;
