@@ -237,31 +237,31 @@ async fn run_all(name: &str, endpoint: &str, a: &Args, pid: Option<u32>) -> anyh
     eprintln!("== {name}: {endpoint}");
     let mut rows = Vec::new();
     let want = |w: &str| a.only.as_ref().is_none_or(|o| w.contains(o.as_str()));
-    let name = "put, 1 client".to_string();
-    if want(&name) {
-        rows.push((name, put_load(endpoint, 1, 2_000).await?));
+    let w = "put, 1 client".to_string();
+    if want(&w) {
+        rows.push((w, put_load(endpoint, 1, 2_000).await?));
     }
-    let name = format!("put, {} clients", a.clients);
-    if want(&name) {
-        rows.push((name, put_load(endpoint, a.clients, a.requests).await?));
+    let w = format!("put, {} clients", a.clients);
+    if want(&w) {
+        rows.push((w, put_load(endpoint, a.clients, a.requests).await?));
     }
-    let name = format!("range linearizable, {} clients", a.clients);
-    if want(&name) {
+    let w = format!("range linearizable, {} clients", a.clients);
+    if want(&w) {
         rows.push((
             name,
             range_load(endpoint, a.clients, a.requests * 2, false).await?,
         ));
     }
-    let name = format!("range serializable, {} clients", a.clients);
-    if want(&name) {
+    let w = format!("range serializable, {} clients", a.clients);
+    if want(&w) {
         rows.push((
             name,
             range_load(endpoint, a.clients, a.requests * 2, true).await?,
         ));
     }
-    let name = format!("watch fan-out, {} watchers (latency)", a.watchers);
-    if want(&name) {
-        rows.push((name, watch_fanout(endpoint, a.watchers, 500).await?));
+    let w = format!("watch fan-out, {} watchers (latency)", a.watchers);
+    if want(&w) {
+        rows.push((w, watch_fanout(endpoint, a.watchers, 500).await?));
     }
     for (n, s) in &rows {
         eprintln!("   {n}: {s:?}");
