@@ -248,14 +248,14 @@ async fn run_all(name: &str, endpoint: &str, a: &Args, pid: Option<u32>) -> anyh
     let w = format!("range linearizable, {} clients", a.clients);
     if want(&w) {
         rows.push((
-            name,
+            w,
             range_load(endpoint, a.clients, a.requests * 2, false).await?,
         ));
     }
     let w = format!("range serializable, {} clients", a.clients);
     if want(&w) {
         rows.push((
-            name,
+            w,
             range_load(endpoint, a.clients, a.requests * 2, true).await?,
         ));
     }
