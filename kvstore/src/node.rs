@@ -39,6 +39,8 @@ pub enum Msg {
 }
 
 type ReadWaiter = oneshot::Sender<Result<()>>;
+/// A request id and the result of applying it.
+type Answer = (u64, Result<Applied>);
 
 /// Raft status, published by the loop for headers and `Status`.
 #[derive(Default)]
@@ -278,16 +280,20 @@ impl NodeLoop {
         if rd.must_sync() {
             self.backend.sync()?;
         }
-        let committed = rd.take_committed_entries();
-        self.apply(committed)?;
+        // Applying: the log entries are durable, so the state machine's own writes need no
+        // fsync of their own; they go to disk in one batch with the commit index, after the
+        // callers are answered (a crash before that batch re-applies from the log).
+        let mut batch = WriteBatch::default();
+        let mut answers = self.apply(rd.take_committed_entries(), &mut batch)?;
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            let mut batch = WriteBatch::default();
             self.log.set_commit(commit, &mut batch)?;
+        }
+        answers.extend(self.apply(light.take_committed_entries(), &mut batch)?);
+        self.publish(answers);
+        if !batch.is_empty() {
             self.backend.write(batch)?;
         }
-        let committed = light.take_committed_entries();
-        self.apply(committed)?;
         self.raw.advance_apply();
         self.publish_status();
         self.answer_reads();
@@ -295,38 +301,41 @@ impl NodeLoop {
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let Some(last) = entries.last().map(|e| e.index) else {
-            return Ok(());
-        };
-        let mut batch = WriteBatch::default();
+    /// Applies committed entries to the state machine, adding its disk writes to `batch`;
+    /// returns each request's answer by request id.
+    fn apply(&mut self, entries: Vec<Entry>, batch: &mut WriteBatch) -> Result<Vec<Answer>> {
         let mut answers = Vec::new();
-        let revision = {
-            let mut sm = self.shared.sm.write();
-            for e in &entries {
-                if e.index <= sm.applied {
-                    continue;
-                }
-                if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                    match InternalRequest::decode(e.data.as_ref()) {
-                        Ok(req) => {
-                            let res = sm.apply(&req, &mut batch);
-                            if let Some(internal_request::Request::LeaseRevoke(r)) = &req.request {
-                                self.revoking.remove(&r.id);
-                            }
-                            answers.push((req.id, res));
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(answers);
+        };
+        let mut sm = self.shared.sm.write();
+        for e in &entries {
+            if e.index <= sm.applied {
+                continue;
+            }
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                match InternalRequest::decode(e.data.as_ref()) {
+                    Ok(req) => {
+                        let res = sm.apply(&req, batch);
+                        if let Some(internal_request::Request::LeaseRevoke(r)) = &req.request {
+                            self.revoking.remove(&r.id);
                         }
-                        Err(err) => {
-                            tracing::error!(index = e.index, %err, "undecodable raft entry skipped")
-                        }
+                        answers.push((req.id, res));
+                    }
+                    Err(err) => {
+                        tracing::error!(index = e.index, %err, "undecodable raft entry skipped")
                     }
                 }
-                sm.applied = e.index;
             }
-            batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());
-            sm.mvcc.current_revision()
-        };
-        self.backend.write(batch)?;
+            sm.applied = e.index;
+        }
+        batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());
+        Ok(answers)
+    }
+
+    /// Publishes the new revision to watchers and answers the waiting callers.
+    fn publish(&mut self, answers: Vec<Answer>) {
+        let revision = self.shared.sm.read().mvcc.current_revision();
         self.shared.revision.send_if_modified(|r| {
             let changed = *r != revision;
             *r = revision;
@@ -337,7 +346,6 @@ impl NodeLoop {
                 let _ = tx.send(res);
             }
         }
-        Ok(())
     }
 
     fn publish_status(&self) {
