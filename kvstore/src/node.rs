@@ -88,6 +88,28 @@ pub(crate) struct NodeLoop {
     revoking: HashSet<i64>,
     read_seq: u64,
     stop_requested: bool,
+    /// Log truncations waiting to be written by the compactor thread.
+    compactor: std::sync::mpsc::Sender<WriteBatch>,
+}
+
+/// Writes log truncations in order. Each first makes everything written so far durable:
+/// the state machine must be on disk before the entries that rebuild it go.
+fn spawn_compactor(
+    backend: Arc<dyn Backend>,
+) -> std::io::Result<std::sync::mpsc::Sender<WriteBatch>> {
+    let (tx, rx) = std::sync::mpsc::channel::<WriteBatch>();
+    std::thread::Builder::new()
+        .name("raft-log-compactor".into())
+        .spawn(move || {
+            for batch in rx {
+                let res = backend.sync().and_then(|()| backend.write(batch));
+                if let Err(e) = res {
+                    // The entries stay on disk; the next start skips them.
+                    tracing::warn!(error = %e, "removing truncated raft log entries failed");
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// Generates request ids unique across members and restarts: the member id's low 16 bits,
@@ -122,8 +144,9 @@ impl NodeLoop {
         shared: Arc<Shared>,
         opts: NodeOptions,
         ids: Arc<RequestIds>,
-    ) -> NodeLoop {
-        NodeLoop {
+    ) -> Result<NodeLoop> {
+        let compactor = spawn_compactor(backend.clone())?;
+        Ok(NodeLoop {
             raw,
             log,
             backend,
@@ -137,7 +160,8 @@ impl NodeLoop {
             revoking: HashSet::new(),
             read_seq: 0,
             stop_requested: false,
-        }
+            compactor,
+        })
     }
 
     /// Runs until every sender of `rx` is gone. An error is a storage failure: the member
@@ -381,11 +405,13 @@ impl NodeLoop {
         let (first, _) = self.log.span();
         let keep = self.opts.catch_up_entries;
         if applied >= first + self.opts.snapshot_count + keep {
-            // The state machine must be durable before the entries that rebuild it go.
-            self.backend.sync()?;
+            // Raft stops seeing the entries now; their removal from disk (thousands of
+            // deletes, after an fsync) happens off this thread.
             let mut batch = WriteBatch::default();
             self.log.truncate_prefix(applied - keep, &mut batch)?;
-            self.backend.write(batch)?;
+            if self.compactor.send(batch).is_err() {
+                return Err(Error::Stopped);
+            }
             tracing::debug!(upto = applied - keep, "raft log truncated");
         }
         Ok(())

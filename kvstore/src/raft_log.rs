@@ -50,9 +50,12 @@ impl RaftLog {
             core.snap_index = meta.index;
             core.snap_term = meta.term;
         }
-        for (_, v) in backend.scan_prefix(keys::LOG_PREFIX)? {
+        let mut leftovers = WriteBatch::default();
+        for (k, v) in backend.scan_prefix(keys::LOG_PREFIX)? {
             let e = Entry::parse_from_bytes(&v)?;
             if e.index <= core.snap_index {
+                // Truncated, but the deletes did not reach the disk before a stop.
+                leftovers.delete(k);
                 continue;
             }
             let expected = core.snap_index + core.entries.len() as u64 + 1;
@@ -63,6 +66,9 @@ impl RaftLog {
                 )));
             }
             core.entries.push(e);
+        }
+        if !leftovers.is_empty() {
+            backend.write(leftovers)?;
         }
         Ok((
             RaftLog {

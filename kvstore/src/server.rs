@@ -201,10 +201,10 @@ impl Server {
             NodeOptions {
                 tick: cfg.tick(),
                 snapshot_count: cfg.snapshot_count.max(1),
-                catch_up_entries: 5000,
+                catch_up_entries: cfg.snapshot_count.clamp(1, 5000),
             },
             request_ids.clone(),
-        );
+        )?;
         let node_shared = shared.clone();
         let node = std::thread::Builder::new()
             .name("raft".into())

@@ -41,17 +41,25 @@ pub struct Proc {
     pub client_port: u16,
     pub peer_port: u16,
     pub dir: tempfile::TempDir,
+    /// Extra server flags, kept across restarts.
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Proc {
     /// Starts a fresh single-member server and waits until it answers.
     pub fn start(kind: Kind) -> Proc {
+        Proc::start_with(kind, &[])
+    }
+
+    /// Like `start`, with extra server flags.
+    pub fn start_with(kind: Kind, extra: &[&str]) -> Proc {
         let mut p = Proc {
             kind,
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         p.spawn();
@@ -97,6 +105,7 @@ impl Proc {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("default={peer}")])
+            .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
