@@ -114,6 +114,50 @@ async fn kv_errors(p: &Proc) {
         Code::InvalidArgument,
         "etcdserver: duplicate key given in txn request",
     );
+    let nested = |success: Vec<RequestOp>, failure: Vec<RequestOp>| RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        })),
+    };
+    let outer_and_nested = TxnRequest {
+        success: vec![put_op("n"), nested(vec![put_op("n")], vec![])],
+        ..Default::default()
+    };
+    expect_err(
+        kv.txn(outer_and_nested).await,
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    );
+    let put_in_deleted = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    kvstore::proto::etcdserverpb::DeleteRangeRequest {
+                        key: Bytes::from("p"),
+                        range_end: Bytes::from("q"),
+                        ..Default::default()
+                    },
+                )),
+            },
+            nested(vec![put_op("p1")], vec![]),
+        ],
+        ..Default::default()
+    };
+    expect_err(
+        kv.txn(put_in_deleted).await,
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    );
+    // The two branches of one nested txn never both run: the same key in each is fine.
+    let both_branches = TxnRequest {
+        success: vec![nested(vec![put_op("m")], vec![put_op("m")])],
+        ..Default::default()
+    };
+    kv.txn(both_branches)
+        .await
+        .expect("same key in then and else");
     let big = "x".repeat(1_600_000);
     expect_err(
         kv.put(put("big", &big)).await,

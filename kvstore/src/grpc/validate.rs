@@ -1,6 +1,10 @@
 //! Request checks made before anything is proposed, with etcd's errors: empty keys,
 //! conflicting flags, too many transaction operations, duplicate keys in a transaction.
 
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 use crate::mvcc::KeyRange;
 use crate::proto::etcdserverpb::{
@@ -62,54 +66,55 @@ pub fn txn(t: &TxnRequest, max_ops: usize) -> Result<()> {
     Ok(())
 }
 
-/// A branch may not put one key twice, nor put a key it also deletes (nested
-/// transactions included, as etcd checks).
+/// A branch may not put one key twice, nor put a key it also deletes. A nested
+/// transaction's branches count against the outer operations (either may run), but not
+/// against each other (only one runs). etcd's `checkIntervals`.
 fn check_intervals(ops: &[RequestOp]) -> Result<()> {
-    let mut puts: Vec<&[u8]> = Vec::new();
-    let mut dels: Vec<KeyRange> = Vec::new();
-    collect(ops, &mut puts, &mut dels)?;
-    for p in &puts {
-        if dels.iter().any(|d| d.contains(p)) {
-            return Err(Error::DuplicateKey);
-        }
-    }
-    Ok(())
+    intervals(ops).map(|_| ())
 }
 
-fn collect<'a>(
-    ops: &'a [RequestOp],
-    puts: &mut Vec<&'a [u8]>,
-    dels: &mut Vec<KeyRange>,
-) -> Result<()> {
-    for op in ops {
-        match &op.request {
-            Some(request_op::Request::RequestPut(p)) => {
-                if puts.contains(&p.key.as_ref()) {
-                    return Err(Error::DuplicateKey);
-                }
-                puts.push(p.key.as_ref());
-            }
+/// The keys put and the ranges deleted by `ops`, nested transactions included.
+fn intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<KeyRange>)> {
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                dels.push(KeyRange::new(&d.key, &d.range_end));
+                Some(KeyRange::new(&d.key, &d.range_end))
             }
-            Some(request_op::Request::RequestTxn(t)) => {
-                // Either branch of a nested txn may run; each is checked with the outer ops.
-                let mut p2 = puts.clone();
-                let mut d2 = dels.clone();
-                collect(&t.success, &mut p2, &mut d2)?;
-                let mut p3 = puts.clone();
-                let mut d3 = dels.clone();
-                collect(&t.failure, &mut p3, &mut d3)?;
-                let (bigger_p, bigger_d) = if p2.len() >= p3.len() {
-                    (p2, d2)
-                } else {
-                    (p3, d3)
-                };
-                *puts = bigger_p;
-                *dels = bigger_d;
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
+    let mut puts: HashSet<Bytes> = HashSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = intervals(&t.success)?;
+        let (puts_else, dels_else) = intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(Error::DuplicateKey);
             }
-            _ => {}
+            puts.insert(k.clone());
         }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(Error::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
     }
-    Ok(())
+    for op in ops {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(Error::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
 }
