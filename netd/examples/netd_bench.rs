@@ -1,0 +1,873 @@
+//! netd performance benchmark (issue 4). Not a test: it prints figures.
+//!
+//! It builds its own world of network namespaces (an underlay namespace with a bridge and a real
+//! etcd, host namespaces `h1..hN` on 192.0.2.0/24, all names carrying a prefix unique to the run),
+//! runs the release `netd` binary found next to this program's directory (`../netd`) on the
+//! hosts, and watches every host's kernel through an rtnetlink route monitor (multicast group
+//! `RTNLGRP_IPV4_ROUTE`, one socket inside each host namespace). It measures:
+//!
+//! 1. **Convergence** for 3, 10 and 20 hosts: a new fake peer's subnet record is written to the
+//!    KV and the time until the route for that subnet appears on *every* host is taken; p50/p99
+//!    over the samples.
+//! 2. **Scale**: one netd, 100 / 500 / 1,000 peer records written directly to the KV (transactions
+//!    of 100 puts); time from the first write until all routes are in the kernel, netd's resident
+//!    memory afterwards (VmRSS, and VmHWM as the peak), and the cost per peer.
+//!
+//! Everything is removed at the end, on error and on Ctrl-C / SIGTERM: processes killed,
+//! namespaces deleted. Nothing is added to the machine's root namespace. Needs root, `ip` and
+//! `/usr/bin/etcd`. Run with
+//! `cargo build --release -p netd --bins --examples && target/release/examples/netd_bench`;
+//! `NETD_BENCH_SAMPLES` sets the convergence samples per host count (default 50, at most 50).
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use futures::StreamExt;
+use rtnetlink::MulticastGroup;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+
+const UNDERLAY_GW: &str = "192.0.2.254";
+const SUBNETS: &str = "/coreos.com/network/subnets/";
+const CONFIG_KEY: &str = "/coreos.com/network/config";
+const CONVERGENCE_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// 1,000 /24 subnets do not fit a /16.
+const SCALE_CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+const HOST_COUNTS: [usize; 3] = [3, 10, 20];
+const PEER_COUNTS: [usize; 3] = [100, 500, 1000];
+const HEALTHZ_PORT: u16 = 9102;
+const RT_TABLE_MAIN: u8 = 254;
+
+fn main() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "netd_bench needs root (network namespaces, netlink)"
+    );
+    ensure!(
+        Path::new("/usr/bin/etcd").exists(),
+        "/usr/bin/etcd is missing (Debian: etcd-server)"
+    );
+    let netd = netd_binary()?;
+    let samples: usize = match std::env::var("NETD_BENCH_SAMPLES") {
+        Ok(s) => s.parse().context("NETD_BENCH_SAMPLES must be a number")?,
+        Err(_) => 50,
+    };
+    // Each sample is a new fake peer with its own address in 192.0.2.100..=249.
+    ensure!(
+        (1..=50).contains(&samples),
+        "NETD_BENCH_SAMPLES must be 1..=50"
+    );
+    on_signal_tear_down();
+    println!("netd: {}", netd.display());
+
+    let convergence = convergence(&netd, samples)?;
+    let scale = scale(&netd)?;
+
+    println!("\nConvergence: record written → route on every host ({samples} samples each)");
+    println!("| hosts | p50 | p99 | max | etcd put p50 |");
+    println!("|---:|---:|---:|---:|---:|");
+    for c in &convergence {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            c.hosts,
+            ms(c.p50),
+            ms(c.p99),
+            ms(c.max),
+            ms(c.put_p50)
+        );
+    }
+    println!("\nScale: one netd, peers written directly to the KV");
+    println!(
+        "| peers | writes done | all routes | per peer | VmRSS idle (MiB) | VmRSS after (MiB) | VmHWM (MiB) | \
+         mean program time |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for s in &scale {
+        println!(
+            "| {} | {} | {} | {:.3} ms | {:.1} | {:.1} | {:.1} | {:.3} ms |",
+            s.peers,
+            ms(s.written),
+            ms(s.programmed),
+            s.programmed.as_secs_f64() * 1000.0 / s.peers as f64,
+            s.rss_idle_kb as f64 / 1024.0,
+            s.rss_kb as f64 / 1024.0,
+            s.hwm_kb as f64 / 1024.0,
+            s.mean_program_ms
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The release `netd` next to this program's directory (`target/release/examples/..`).
+fn netd_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("netd"))
+        .context("cannot derive the netd path from this program's path")?;
+    ensure!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build --release -p netd --bins --examples`",
+        path.display()
+    );
+    Ok(path)
+}
+
+struct ConvergenceRow {
+    hosts: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    put_p50: Duration,
+}
+
+/// One world of 20 hosts; netd is started on 3, then 10, then 20 of them.
+fn convergence(netd: &Path, samples: usize) -> Result<Vec<ConvergenceRow>> {
+    let max_hosts = HOST_COUNTS[HOST_COUNTS.len() - 1];
+    let mut w = World::new(netd, max_hosts, CONVERGENCE_CONFIG)?;
+    let mut rows = Vec::new();
+    let mut started = 0;
+    let mut peer = 0usize;
+    let mut next_subnet = 1u8;
+    for hosts in HOST_COUNTS {
+        for i in started + 1..=hosts {
+            w.start_netd(i)?;
+        }
+        started = hosts;
+        let all: Vec<usize> = (1..=hosts).collect();
+        let mut own = BTreeSet::new();
+        for &i in &all {
+            own.insert(w.wait_ready(i)?);
+        }
+        // The mesh first: every host routes to every other host.
+        for &i in &all {
+            let others: Vec<Ipv4Addr> = all
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| w.subnet(j))
+                .collect::<Result<_>>()?;
+            w.wait_routes(&[i], &others, Duration::from_secs(30))?;
+        }
+        let (mut lat, mut puts) = (Vec::new(), Vec::new());
+        for _ in 0..samples {
+            let subnet = loop {
+                let s = Ipv4Addr::new(10, 244, next_subnet, 0);
+                next_subnet = next_subnet.checked_add(1).context("out of fake subnets")?;
+                if !own.contains(&s) {
+                    break s;
+                }
+            };
+            let key = format!("{SUBNETS}{subnet}-24");
+            let value = format!(
+                r#"{{"PublicIP":"192.0.2.{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:bb:00:00:00:{:02x}"}}}}"#,
+                100 + peer,
+                peer
+            );
+            peer += 1;
+            let (t0, put) = w.kv(move |mut c| async move {
+                let t0 = Instant::now();
+                let txn = Txn::new()
+                    .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.as_str(), value, None)]);
+                let r = c.txn(txn).await?;
+                ensure!(r.succeeded(), "{key} already exists");
+                Ok((t0, t0.elapsed()))
+            })?;
+            let done = w.wait_routes(&all, &[subnet], Duration::from_secs(10))?;
+            lat.push(done - t0);
+            puts.push(put);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        lat.sort();
+        puts.sort();
+        let row = ConvergenceRow {
+            hosts,
+            p50: percentile(&lat, 0.50),
+            p99: percentile(&lat, 0.99),
+            max: lat[lat.len() - 1],
+            put_p50: percentile(&puts, 0.50),
+        };
+        println!(
+            "convergence, {hosts} hosts: p50 {} p99 {} max {}",
+            ms(row.p50),
+            ms(row.p99),
+            ms(row.max)
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Nearest-rank percentile of sorted, non-empty samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct ScaleRow {
+    peers: usize,
+    written: Duration,
+    programmed: Duration,
+    rss_idle_kb: u64,
+    rss_kb: u64,
+    hwm_kb: u64,
+    mean_program_ms: f64,
+}
+
+/// One world; a fresh host (fresh kernel state, fresh netd) for each peer count.
+fn scale(netd: &Path) -> Result<Vec<ScaleRow>> {
+    let mut w = World::new(netd, PEER_COUNTS.len(), SCALE_CONFIG)?;
+    let mut rows = Vec::new();
+    for (round, peers) in PEER_COUNTS.into_iter().enumerate() {
+        let h = round + 1;
+        w.kv(|mut c| async move {
+            c.delete(
+                SUBNETS,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+            Ok(())
+        })?;
+        w.start_netd(h)?;
+        let own = w.wait_ready(h)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let (rss_idle_kb, _) = w.memory(h)?;
+        let records: Vec<(Ipv4Addr, String)> = (0..peers + 1)
+            .map(|i| {
+                let subnet = Ipv4Addr::new(10, 100 + (i / 256) as u8, (i % 256) as u8, 0);
+                let value = format!(
+                    r#"{{"PublicIP":"198.18.{}.{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:5c:00:00:{:02x}:{:02x}"}}}}"#,
+                    i / 250,
+                    i % 250 + 1,
+                    i >> 8,
+                    i & 0xff
+                );
+                (subnet, value)
+            })
+            .filter(|(s, _)| *s != own)
+            .take(peers)
+            .collect();
+        let subnets: Vec<Ipv4Addr> = records.iter().map(|(s, _)| *s).collect();
+        let (t0, written) = w.kv(move |mut c| async move {
+            let t0 = Instant::now();
+            for chunk in records.chunks(100) {
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|(s, v)| TxnOp::put(format!("{SUBNETS}{s}-24"), v.as_str(), None))
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await?;
+            }
+            Ok((t0, t0.elapsed()))
+        })?;
+        let done = w.wait_routes(&[h], &subnets, Duration::from_secs(60))?;
+        let programmed = done - t0;
+        std::thread::sleep(Duration::from_millis(200));
+        let (rss_kb, hwm_kb) = w.memory(h)?;
+        let metrics = w.metrics(h).unwrap_or_default();
+        let sum = metric(&metrics, "netd_peer_program_seconds_sum");
+        let count = metric(&metrics, "netd_peer_program_seconds_count");
+        let row = ScaleRow {
+            peers,
+            written,
+            programmed,
+            rss_idle_kb,
+            rss_kb,
+            hwm_kb,
+            mean_program_ms: if count > 0.0 {
+                1000.0 * sum / count
+            } else {
+                f64::NAN
+            },
+        };
+        println!(
+            "scale, {peers} peers: writes {} all programmed {} VmRSS {} kB",
+            ms(written),
+            ms(programmed),
+            rss_kb
+        );
+        rows.push(row);
+        w.kill_netd(h);
+    }
+    Ok(rows)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The world: namespaces, etcd, netd processes, route monitors, and their teardown.
+
+/// Everything that must be removed, also from the signal handler.
+struct Live {
+    children: Vec<Child>,
+    namespaces: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    children: Vec::new(),
+    namespaces: Vec::new(),
+    dirs: Vec::new(),
+});
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills every started process, deletes every namespace and directory created so far.
+fn tear_down() {
+    let Live {
+        children,
+        namespaces,
+        dirs,
+    } = std::mem::replace(
+        &mut *live(),
+        Live {
+            children: Vec::new(),
+            namespaces: Vec::new(),
+            dirs: Vec::new(),
+        },
+    );
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for ns in namespaces.iter().rev() {
+        for _ in 0..20 {
+            let ok = Command::new("ip")
+                .args(["netns", "del", ns])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok || !Path::new(&format!("/run/netns/{ns}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Ctrl-C / SIGTERM: tear down, then exit.
+fn on_signal_tear_down() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("interrupted: tearing down");
+        tear_down();
+        std::process::exit(130);
+    });
+}
+
+/// Runs a command; an error carries its stderr.
+fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    ensure!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a thread that has joined namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(&path)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+fn enter_netns(path: &str) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns {path}"))
+}
+
+/// A route appearing in (or leaving) a host's main table.
+struct RouteEvent {
+    host: usize,
+    dst: Ipv4Addr,
+    added: bool,
+    at: Instant,
+}
+
+struct World {
+    prefix: String,
+    dir: tempfile::TempDir,
+    netd: PathBuf,
+    endpoint: String,
+    pids: HashMap<usize, u32>,
+    events: Receiver<RouteEvent>,
+    /// (host, /24 destination) → when its route appeared.
+    present: HashMap<(usize, Ipv4Addr), Instant>,
+    stop: Arc<AtomicBool>,
+    monitors: Vec<JoinHandle<()>>,
+}
+
+impl World {
+    /// Underlay namespace (bridge 192.0.2.254/24, etcd) and `hosts` host namespaces, each with a
+    /// route monitor; `config` stored at the network config key.
+    fn new(netd: &Path, hosts: usize, config: &str) -> Result<World> {
+        let (tx, events) = std::sync::mpsc::channel();
+        // etcd's data on tmpfs where available: the figures are netd's, not the disk's.
+        let dir = match tempfile::Builder::new()
+            .prefix("netd-bench")
+            .tempdir_in("/dev/shm")
+        {
+            Ok(d) => d,
+            Err(_) => tempfile::tempdir()?,
+        };
+        live().dirs.push(dir.path().to_path_buf());
+        let mut w = World {
+            prefix: format!("nb{:05x}", rand::random::<u32>() & 0xfffff),
+            dir,
+            netd: netd.to_path_buf(),
+            endpoint: format!("http://{UNDERLAY_GW}:2379"),
+            pids: HashMap::new(),
+            events,
+            present: HashMap::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            monitors: Vec::new(),
+        };
+        let ul = w.add_ns("ul")?;
+        run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        let gw = format!("{UNDERLAY_GW}/24");
+        run(&["ip", "-n", &ul, "addr", "add", &gw, "dev", "br0"])?;
+        run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        for i in 1..=hosts {
+            let ns = w.add_ns(&format!("h{i}"))?;
+            let port = format!("p{i}");
+            run(&[
+                "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+            let addr = format!("192.0.2.{i}/24");
+            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            w.monitors
+                .push(spawn_monitor(&ns, i, tx.clone(), w.stop.clone())?);
+        }
+        w.start_etcd(config)?;
+        Ok(w)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        run(&["ip", "netns", "add", &ns])?;
+        live().namespaces.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+
+    fn spawn(&self, ns: &str, program: &Path, args: &[&str], log: &str) -> Result<u32> {
+        let log = std::fs::File::create(self.dir.path().join(log))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let pid = child.id();
+        live().children.push(child);
+        Ok(pid)
+    }
+
+    fn start_etcd(&mut self, config: &str) -> Result<()> {
+        let ul = format!("{}-ul", self.prefix);
+        let data = self.dir.path().join("etcd");
+        let data = data.to_string_lossy();
+        let url = self.endpoint.clone();
+        self.spawn(
+            &ul,
+            Path::new("/usr/bin/etcd"),
+            &[
+                "--name",
+                "e1",
+                "--data-dir",
+                &data,
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "e1=http://127.0.0.1:2380",
+            ],
+            "etcd.log",
+        )?;
+        let config = config.to_string();
+        let start = Instant::now();
+        loop {
+            let config = config.clone();
+            let r = self.kv(|mut c| async move {
+                c.put(CONFIG_KEY, config, None).await?;
+                Ok(())
+            });
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() > Duration::from_secs(20) => {
+                    return Err(e.context("etcd did not answer within 20 s"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn start_netd(&mut self, i: usize) -> Result<()> {
+        let subnet_file = self.dir.path().join(format!("h{i}/subnet.env"));
+        let subnet_file = subnet_file.to_string_lossy();
+        let port = HEALTHZ_PORT.to_string();
+        let args = [
+            "--etcd-endpoints",
+            &self.endpoint,
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            &subnet_file,
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            &port,
+        ];
+        let pid = self.spawn(
+            &self.host(i),
+            &self.netd.clone(),
+            &args,
+            &format!("netd-h{i}.log"),
+        )?;
+        self.pids.insert(i, pid);
+        Ok(())
+    }
+
+    fn kill_netd(&mut self, i: usize) {
+        if let Some(pid) = self.pids.remove(&i) {
+            let mut live = live();
+            if let Some(pos) = live.children.iter().position(|c| c.id() == pid) {
+                let mut c = live.children.remove(pos);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn netd_running(&self, i: usize) -> bool {
+        let Some(&pid) = self.pids.get(&i) else {
+            return false;
+        };
+        live()
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn netd_log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join(format!("netd-h{i}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The subnet host `i` leased, from its subnet file.
+    fn subnet(&self, i: usize) -> Result<Ipv4Addr> {
+        let path = self.dir.path().join(format!("h{i}/subnet.env"));
+        let text = std::fs::read_to_string(&path)?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .with_context(|| format!("no FLANNEL_SUBNET in {}", path.display()))?;
+        let (ip, _) = v
+            .split_once('/')
+            .context("FLANNEL_SUBNET without a length")?;
+        let ip: Ipv4Addr = ip.parse().context("FLANNEL_SUBNET address")?;
+        Ok(Ipv4Addr::from(u32::from(ip) & !0xff))
+    }
+
+    /// Waits until netd on host `i` has written its subnet file; returns the subnet.
+    fn wait_ready(&self, i: usize) -> Result<Ipv4Addr> {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = self.subnet(i) {
+                return Ok(s);
+            }
+            if !self.netd_running(i) {
+                bail!("netd on h{i} exited:\n{}", self.netd_log_tail(i));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "netd on h{i} not ready after 30 s:\n{}",
+                    self.netd_log_tail(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs `f` with an etcd client from inside the underlay namespace.
+    fn kv<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(etcd_client::Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>>,
+    {
+        let endpoint = self.endpoint.clone();
+        in_netns(&format!("{}-ul", self.prefix), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(10));
+                let c = etcd_client::Client::connect([endpoint], Some(opts)).await?;
+                f(c).await
+            })
+        })
+    }
+
+    fn apply(&mut self, e: RouteEvent) {
+        if e.added {
+            self.present.entry((e.host, e.dst)).or_insert(e.at);
+        } else {
+            self.present.remove(&(e.host, e.dst));
+        }
+    }
+
+    /// Waits until every host in `hosts` has a route for every subnet in `subnets`; returns when
+    /// the last one appeared. Driven by the route monitors; if they fall silent without
+    /// completing (a monitor can lose messages when its socket buffer overflows), the kernel
+    /// tables are checked with `ip route`, and completion found that way is stamped "now".
+    fn wait_routes(
+        &mut self,
+        hosts: &[usize],
+        subnets: &[Ipv4Addr],
+        timeout: Duration,
+    ) -> Result<Instant> {
+        let start = Instant::now();
+        let mut last_progress = Instant::now();
+        loop {
+            let mut missing = 0;
+            let mut last = start;
+            for &h in hosts {
+                for &s in subnets {
+                    match self.present.get(&(h, s)) {
+                        Some(&t) => last = last.max(t),
+                        None => missing += 1,
+                    }
+                }
+            }
+            if missing == 0 {
+                return Ok(last);
+            }
+            if start.elapsed() > timeout {
+                bail!("{missing} routes still missing after {timeout:?}");
+            }
+            if last_progress.elapsed() > Duration::from_secs(1) {
+                if self.routes_present_by_dump(hosts, subnets)? {
+                    eprintln!("note: route monitor lost events; completion found by `ip route`");
+                    return Ok(Instant::now());
+                }
+                last_progress = Instant::now();
+            }
+            match self.events.recv_timeout(Duration::from_millis(100)) {
+                Ok(e) => {
+                    self.apply(e);
+                    while let Ok(e) = self.events.try_recv() {
+                        self.apply(e);
+                    }
+                    last_progress = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => bail!("route monitors stopped"),
+            }
+        }
+    }
+
+    fn routes_present_by_dump(&self, hosts: &[usize], subnets: &[Ipv4Addr]) -> Result<bool> {
+        for &h in hosts {
+            let out = run(&["ip", "-n", &self.host(h), "-4", "route", "show"])?;
+            let have: BTreeSet<&str> = out
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            if !subnets.iter().all(|s| have.contains(&*format!("{s}/24"))) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// netd's (VmRSS, VmHWM) in kB.
+    fn memory(&self, i: usize) -> Result<(u64, u64)> {
+        let pid = self.pids.get(&i).context("netd not running")?;
+        // `ip netns exec` execs the program: the child's pid is netd's own.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        ensure!(comm.trim() == "netd", "pid {pid} is {comm:?}, not netd");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// netd's /metrics on host `i`.
+    fn metrics(&self, i: usize) -> Result<String> {
+        in_netns(&self.host(i), || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        })
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for m in self.monitors.drain(..) {
+            let _ = m.join();
+        }
+        tear_down();
+    }
+}
+
+/// A thread inside namespace `ns` that reports IPv4 main-table routes of 10.0.0.0/8 /24s
+/// appearing and leaving, stamped when read; returns once subscribed.
+fn spawn_monitor(
+    ns: &str,
+    host: usize,
+    tx: Sender<RouteEvent>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>> {
+    let path = format!("/run/netns/{ns}");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let handle = std::thread::spawn(move || {
+        let subscribe = || -> Result<_> {
+            enter_netns(&path)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (conn, _handle, messages) = rt.block_on(async {
+                rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route])
+            })?;
+            Ok((rt, conn, messages))
+        };
+        let (rt, conn, mut messages) = match subscribe() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        rt.block_on(async move {
+            tokio::spawn(conn);
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(100), messages.next()).await {
+                    Err(_) => {}
+                    Ok(None) => break,
+                    Ok(Some((msg, _))) => {
+                        if let Some(e) = route_event(host, msg) {
+                            let _ = tx.send(e);
+                        }
+                    }
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv()
+        .context("route monitor thread died")?
+        .with_context(|| format!("route monitor in {ns}"))?;
+    Ok(handle)
+}
+
+fn route_event(host: usize, msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<RouteEvent> {
+    let at = Instant::now();
+    let (added, m) = match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)) => (true, m),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)) => (false, m),
+        _ => return None,
+    };
+    if m.header.table != RT_TABLE_MAIN || m.header.destination_prefix_length != 24 {
+        return None;
+    }
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })?;
+    (dst.octets()[0] == 10).then_some(RouteEvent {
+        host,
+        dst,
+        added,
+        at,
+    })
+}
