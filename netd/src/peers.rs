@@ -35,8 +35,77 @@ pub struct Peers<D> {
     pub own_subnet: Subnet,
     pub own_ip: Ipv4Addr,
     records: BTreeMap<Subnet, PeerRecord>,
-    programmed: BTreeMap<Subnet, Vec<Entry>>,
+    programmed: Programmed,
     metrics: Arc<Metrics>,
+}
+
+/// The kernel key an entry occupies (a neighbour's IP, an FDB MAC, a route's destination).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    Neigh(Ipv4Addr),
+    Fdb(crate::subnet::MacAddr),
+    Route(ipnetwork::Ipv4Network),
+}
+
+fn claim(e: &Entry) -> Claim {
+    match e {
+        Entry::Neigh { ip, .. } => Claim::Neigh(*ip),
+        Entry::Fdb { mac, .. } => Claim::Fdb(*mac),
+        Entry::Route { dst, .. } => Claim::Route(*dst),
+    }
+}
+
+/// What is programmed for each peer, with an index of which peer holds each kernel key, so
+/// checking a peer for collisions costs its own entries, not every peer's.
+#[derive(Default)]
+struct Programmed {
+    by_peer: BTreeMap<Subnet, Vec<Entry>>,
+    claims: BTreeMap<Claim, (Subnet, Entry)>,
+}
+
+impl Programmed {
+    fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    fn remove(&mut self, subnet: &Subnet) -> Option<Vec<Entry>> {
+        let entries = self.by_peer.remove(subnet)?;
+        for e in &entries {
+            let k = claim(e);
+            if self
+                .claims
+                .get(&k)
+                .is_some_and(|(owner, _)| owner == subnet)
+            {
+                self.claims.remove(&k);
+            }
+        }
+        Some(entries)
+    }
+
+    fn insert(&mut self, subnet: Subnet, entries: Vec<Entry>) {
+        self.remove(&subnet);
+        for e in &entries {
+            self.claims.entry(claim(e)).or_insert((subnet, *e));
+        }
+        self.by_peer.insert(subnet, entries);
+    }
+
+    /// Whether any of `new` takes a key another peer holds with a different value.
+    fn collides(&self, subnet: &Subnet, new: &[Entry]) -> bool {
+        new.iter().any(|e| {
+            self.claims
+                .get(&claim(e))
+                .is_some_and(|(owner, held)| owner != subnet && held != e)
+        })
+    }
+
+    fn replace_all(&mut self, per_peer: BTreeMap<Subnet, Vec<Entry>>) {
+        *self = Programmed::default();
+        for (subnet, entries) in per_peer {
+            self.insert(subnet, entries);
+        }
+    }
 }
 
 impl<D: Dataplane> Peers<D> {
@@ -53,7 +122,7 @@ impl<D: Dataplane> Peers<D> {
             own_subnet,
             own_ip,
             records: BTreeMap::new(),
-            programmed: BTreeMap::new(),
+            programmed: Programmed::default(),
             metrics,
         }
     }
@@ -141,7 +210,7 @@ impl<D: Dataplane> Peers<D> {
         }
         let failed = apply_plan(&self.dp, &plan).await;
         self.metrics.reconcile_errors.inc_by(failed as u64);
-        self.programmed = per_peer;
+        self.programmed.replace_all(per_peer);
         self.metrics.peers.set(self.programmed.len() as i64);
         failed
     }
@@ -220,11 +289,7 @@ impl<D: Dataplane> Peers<D> {
                 return;
             }
         };
-        let mut others = KernelState::default();
-        for e in self.programmed.values().flatten() {
-            others.insert(*e);
-        }
-        if new.iter().any(|e| others.has_key(e) && !others.contains(e)) {
+        if self.programmed.collides(&subnet, &new) {
             tracing::warn!(%subnet, "peer's entries collide with another peer's; ignoring it");
             self.tear_down(subnet, &old).await;
             return;
