@@ -74,6 +74,10 @@ pub struct Config {
     )]
     pub initial_cluster_token: String,
 
+    /// URLs to serve /health and /metrics on (HTTP; comma-separated). None by default.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+
     /// Time between raft heartbeats, in milliseconds.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -108,6 +112,7 @@ impl Default for Config {
             initial_cluster: None,
             initial_cluster_state: "new".into(),
             initial_cluster_token: "etcd-cluster".into(),
+            listen_metrics_urls: Vec::new(),
             heartbeat_interval: 100,
             election_timeout: 1000,
             snapshot_count: 10_000,
@@ -198,6 +203,7 @@ impl Config {
             .chain(&self.listen_peer_urls)
             .chain(&self.advertise_client_urls)
             .chain(&self.initial_advertise_peer_urls)
+            .chain(&self.listen_metrics_urls)
         {
             parse_url(u)?;
         }

@@ -3,7 +3,8 @@
 //! # Layout
 //! Layers as etcd's, top to bottom:
 //! - [`grpc`]: thin adapters for the KV, Watch, Lease, Cluster and Maintenance services;
-//!   the one place errors become gRPC statuses is [`error`].
+//!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health` and
+//!   `/metrics` on `--listen-metrics-urls`.
 //! - [`server`]: a running member and the `Member` facade (propose and wait, read barrier).
 //! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
 //! - [`apply`]: the deterministic state machine applying committed requests.
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 mod grpc;
+mod http;
 pub mod lease;
 pub mod mvcc;
 pub mod node;

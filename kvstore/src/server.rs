@@ -113,6 +113,9 @@ impl Member {
 pub struct Server {
     /// Addresses the client API is served on.
     pub client_addrs: Vec<SocketAddr>,
+    /// Addresses `/health` and `/metrics` are served on.
+    pub metrics_addrs: Vec<SocketAddr>,
+    metrics_tasks: Vec<tokio::task::JoinHandle<()>>,
     member: Arc<Member>,
     shutdown: Option<oneshot::Sender<()>>,
     serving: tokio::task::JoinHandle<Result<()>>,
@@ -239,6 +242,16 @@ impl Server {
             client_addrs.push(l.local_addr()?);
             listeners.push(l);
         }
+        let mut metrics_addrs = Vec::new();
+        let mut metrics_tasks = Vec::new();
+        for url in &cfg.listen_metrics_urls {
+            let addr = config::parse_url(url)?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
+            metrics_addrs.push(l.local_addr()?);
+            metrics_tasks.push(tokio::spawn(crate::http::serve(member.clone(), l)));
+        }
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let serving = tokio::spawn(grpc::serve(member.clone(), listeners, shutdown_rx));
         tracing::info!(
@@ -251,6 +264,8 @@ impl Server {
         );
         Ok(Server {
             client_addrs,
+            metrics_addrs,
+            metrics_tasks,
             member,
             shutdown: Some(shutdown_tx),
             serving,
@@ -301,6 +316,9 @@ impl Server {
 impl Drop for Server {
     /// A member dropped without `shutdown` still stops: serving ends, the raft loop exits.
     fn drop(&mut self) {
+        for t in &self.metrics_tasks {
+            t.abort();
+        }
         self.member.shared.stopping.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -1,0 +1,151 @@
+//! The HTTP side of a member, on `--listen-metrics-urls` (etcd's flag): `/health` answers
+//! `{"health":"true"}` when a leader exists and a linearizable read completes, as etcd's
+//! does; `/metrics` gives the member's state in Prometheus text format.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::server::Member;
+
+async fn health(member: &Member) -> (StatusCode, String) {
+    let has_leader = member.status().leader.load(Ordering::Relaxed) != 0;
+    let read = tokio::time::timeout(Duration::from_secs(1), member.read_barrier()).await;
+    if has_leader && matches!(read, Ok(Ok(()))) {
+        (StatusCode::OK, "{\"health\":\"true\"}\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\"}\n".into(),
+        )
+    }
+}
+
+fn metrics(member: &Member) -> String {
+    let s = member.status();
+    let (revision, compacted, keys, leases) = {
+        let sm = member.state().read();
+        (
+            sm.mvcc.current_revision(),
+            sm.mvcc.compact_revision(),
+            sm.mvcc.live_keys(),
+            sm.lessor.ids().len(),
+        )
+    };
+    let leader = s.leader.load(Ordering::Relaxed);
+    let gauges: [(&str, &str, f64); 9] = [
+        (
+            "kvstore_server_has_leader",
+            "1 if the member knows a leader",
+            f64::from(u8::from(leader != 0)),
+        ),
+        (
+            "kvstore_server_is_leader",
+            "1 if this member leads",
+            f64::from(u8::from(leader == member.member_id)),
+        ),
+        (
+            "kvstore_raft_term",
+            "current raft term",
+            s.term.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "kvstore_raft_applied_index",
+            "last applied raft index",
+            s.applied.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "kvstore_raft_committed_index",
+            "last committed raft index",
+            s.commit.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "kvstore_mvcc_current_revision",
+            "revision of the latest write",
+            revision as f64,
+        ),
+        (
+            "kvstore_mvcc_compact_revision",
+            "revision history was compacted at",
+            compacted as f64,
+        ),
+        ("kvstore_mvcc_keys", "live keys", keys as f64),
+        (
+            "kvstore_leases",
+            "leases granted and not revoked",
+            leases as f64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let size = member.backend.size_on_disk();
+    let _ = writeln!(
+        out,
+        "# HELP kvstore_db_size_bytes bytes the storage occupies on disk.\n# TYPE kvstore_db_size_bytes gauge\nkvstore_db_size_bytes {size}"
+    );
+    out
+}
+
+async fn respond(member: &Member, path: &str) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/health" => {
+            let (status, body) = health(member).await;
+            (status, "application/json", body)
+        }
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(member),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+/// Serves `/health` and `/metrics` on `listener` until the task is aborted.
+pub(crate) async fn serve(member: Arc<Member>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let member = member.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let member = member.clone();
+                async move { Ok::<_, Infallible>(respond(&member, req.uri().path()).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
