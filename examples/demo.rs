@@ -1,0 +1,721 @@
+//! The one-command demo: `cargo run --release --example demo` (as root).
+//!
+//! It builds the release `netd` and `netd-cni` binaries, then a small world of network
+//! namespaces whose names all start with a prefix unique to this run: an underlay namespace
+//! with a bridge, `--hosts` host namespaces on 192.0.2.0/24 (host 1's netd runs the embedded KV
+//! member on `http://192.0.2.1:2379`, the others are its clients), and `--containers-per-host`
+//! container namespaces per host, attached by running `netd-cni` ADD inside the host namespace
+//! the way a container runtime does. It prints the hosts and their subnets as read through the
+//! KV API (`netd leases`), the containers and their addresses, and a ping matrix between all
+//! containers. Exit code 0 only if every pair connected.
+//!
+//! Without `--keep` everything is removed at the end, on failure and on Ctrl-C / SIGTERM (CNI
+//! DEL per container, netd killed, namespaces deleted, temp dir removed). With `--keep` it stays
+//! up and the demo prints how to explore it and how to remove it (`--cleanup PREFIX`). Nothing
+//! is ever added to the machine's root namespace.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+
+const KV_URL: &str = "http://192.0.2.1:2379";
+const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const SUBNET_PREFIX: &str = "/coreos.com/network/subnets";
+
+/// netd's one-command demo: hosts, containers and a connectivity matrix in network namespaces.
+#[derive(Debug, Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// Number of host namespaces (1-50).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+    hosts: u8,
+    /// Container namespaces per host (1-50).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
+    containers_per_host: u8,
+    /// Leave the world running and print how to explore and remove it.
+    #[arg(long)]
+    keep: bool,
+    /// Remove a world left by `--keep`: its namespaces, processes and temp dir, then exit.
+    #[arg(long, value_name = "PREFIX")]
+    cleanup: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("demo: must run as root (it creates network namespaces); try sudo");
+        std::process::exit(2);
+    }
+    let code = match run_demo(&args) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            1
+        }
+    };
+    if !args.keep || code != 0 {
+        tear_down();
+    }
+    std::process::exit(code);
+}
+
+/// Runs the demo; `Ok(true)` when every pair of containers connected.
+fn run_demo(args: &Args) -> Result<bool> {
+    if let Some(prefix) = &args.cleanup {
+        cleanup(prefix)?;
+        return Ok(true);
+    }
+    for tool in ["ip", "ping"] {
+        ensure!(
+            Command::new(tool)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "`{tool}` is not installed"
+        );
+    }
+    let (netd, cni) = build_binaries()?;
+    on_signal_tear_down();
+    live().cni = Some(cni.clone());
+
+    let prefix = format!("nd{:05x}", std::process::id() & 0xfffff);
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    live().dir = Some(dir.clone());
+    println!("demo prefix: {prefix} (temp dir {})", dir.display());
+    let started = Instant::now();
+
+    let w = World {
+        prefix: prefix.clone(),
+        dir,
+        netd,
+        cni,
+    };
+    let hosts = usize::from(args.hosts);
+    w.build_network(hosts)?;
+    w.start_netd(1)?;
+    step("waiting for the embedded KV member on h1; writing the network config");
+    w.set_config()?;
+    for i in 2..=hosts {
+        w.start_netd(i)?;
+    }
+    let mut subnets = Vec::new();
+    for i in 1..=hosts {
+        let s = w.wait_subnet(i)?;
+        step(&format!("{}: subnet {s}/24", w.host(i)));
+        subnets.push(s);
+    }
+    for i in 1..=hosts {
+        w.wait_routes(i, &subnets)?;
+    }
+    step("every host routes to every other host's subnet");
+
+    let mut containers = Vec::new();
+    for i in 1..=hosts {
+        for j in 1..=usize::from(args.containers_per_host) {
+            let c = w.add_container(i, j)?;
+            step(&format!("{}: {} on {}", c.name, c.ip, w.host(i)));
+            containers.push(c);
+        }
+    }
+
+    println!("\nHosts and subnets, read through the KV API (netd leases):");
+    let leases = w.netd_cmd(&w.underlay(), &["leases"])?;
+    print!("{leases}");
+
+    println!("\nContainers:");
+    for c in &containers {
+        println!("  {:<16} {:<12} {}", c.name, c.host, c.ip);
+    }
+
+    let failures = matrix(&containers);
+    let pairs = containers.len() * containers.len().saturating_sub(1);
+    println!(
+        "\n{} of {pairs} pairs connected, {failures} failed; world built and checked in {:.1} s",
+        pairs - failures,
+        started.elapsed().as_secs_f64()
+    );
+    if args.keep {
+        print_explore(&w, &containers);
+        // The world stays: forget it, so nothing is torn down.
+        *live() = Live::default();
+    }
+    Ok(failures == 0)
+}
+
+fn step(msg: &str) {
+    println!("==> {msg}");
+}
+
+/// Builds the release `netd` and `netd-cni` and returns their paths.
+fn build_binaries() -> Result<(PathBuf, PathBuf)> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    step("building netd and netd-cni (cargo build --release -p netd -p netd-cni)");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "netd", "-p", "netd-cni"])
+        .status()
+        .context("cannot run cargo (set CARGO or put cargo on PATH)")?;
+    ensure!(status.success(), "cargo build of netd and netd-cni failed");
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let bin_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot derive the target dir from this program's path")?;
+    let find = |name: &str| -> Result<PathBuf> {
+        let p = bin_dir.join(name);
+        ensure!(
+            p.is_file(),
+            "{} is missing after the build; run `cargo build --release -p netd -p netd-cni` and \
+             start the demo with `cargo run --release --example demo`",
+            p.display()
+        );
+        Ok(p)
+    };
+    Ok((find("netd")?, find("netd-cni")?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// What must be removed, also from the signal handler.
+
+/// A container attached through CNI: what DEL needs.
+struct Attachment {
+    host: String,
+    id: String,
+    netns: String,
+    config: String,
+}
+
+#[derive(Default)]
+struct Live {
+    /// netd processes, host 1 (the KV member) first.
+    netd: Vec<Child>,
+    attachments: Vec<Attachment>,
+    namespaces: Vec<String>,
+    dir: Option<PathBuf>,
+    cni: Option<PathBuf>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    netd: Vec::new(),
+    attachments: Vec::new(),
+    namespaces: Vec::new(),
+    dir: None,
+    cni: None,
+});
+
+/// Set once teardown has begun: nothing new may be created after that.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Creates something and records it for teardown in one step, under the lock, so a signal
+/// arriving in between cannot leave it behind; refused once teardown has begun.
+fn register<T>(create: impl FnOnce(&mut Live) -> Result<T>) -> Result<T> {
+    let mut l = live();
+    ensure!(!STOPPING.load(Ordering::SeqCst), "tearing down");
+    create(&mut l)
+}
+
+/// CNI DEL for every container, netd stopped (clients first), namespaces and temp dir removed.
+fn tear_down() {
+    // The lock is held to the end: nothing can be created meanwhile.
+    let mut guard = live();
+    STOPPING.store(true, Ordering::SeqCst);
+    let l = std::mem::take(&mut *guard);
+    if l.netd.is_empty() && l.namespaces.is_empty() && l.dir.is_none() {
+        return;
+    }
+    println!("==> tearing down");
+    if let Some(cni) = &l.cni {
+        for a in &l.attachments {
+            if let Err(e) = cni_exec(cni, "DEL", a) {
+                eprintln!("CNI DEL {}: {e:#}", a.id);
+            }
+        }
+    }
+    for mut c in l.netd.into_iter().rev() {
+        stop(&mut c);
+    }
+    for ns in l.namespaces.iter().rev() {
+        del_netns(ns);
+    }
+    if let Some(d) = l.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s.
+fn stop(c: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+fn del_netns(ns: &str) {
+    for _ in 0..20 {
+        let ok = Command::new("ip")
+            .args(["netns", "del", ns])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok || !Path::new(&format!("/run/netns/{ns}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("could not delete netns {ns}");
+}
+
+/// Ctrl-C / SIGTERM: tear down, then exit 130.
+fn on_signal_tear_down() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("interrupted");
+        tear_down();
+        std::process::exit(130);
+    });
+}
+
+/// `--cleanup PREFIX`: kill what runs in the world's namespaces, delete them and the temp dir.
+fn cleanup(prefix: &str) -> Result<()> {
+    ensure!(
+        prefix.len() >= 3 && prefix.chars().all(|c| c.is_ascii_alphanumeric()),
+        "PREFIX is the demo's prefix, e.g. nd1a2b3"
+    );
+    let list = run(&["ip", "netns", "list"])?;
+    let mut names: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect();
+    // Containers first, then hosts, the underlay last.
+    names.sort_by_key(|n| {
+        let tag = &n[prefix.len()..];
+        (!tag.contains('c'), tag == "-ul", n.clone())
+    });
+    for ns in &names {
+        let pids = run(&["ip", "netns", "pids", ns]).unwrap_or_default();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for ns in &names {
+        del_netns(ns);
+    }
+    let dir = std::env::temp_dir().join(prefix);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("removed {} namespaces and {}", names.len(), dir.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The world.
+
+struct World {
+    prefix: String,
+    dir: PathBuf,
+    netd: PathBuf,
+    cni: PathBuf,
+}
+
+struct Container {
+    name: String,
+    host: String,
+    ip: Ipv4Addr,
+}
+
+impl World {
+    fn underlay(&self) -> String {
+        format!("{}-ul", self.prefix)
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+
+    fn subnet_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}/subnet.env"))
+    }
+
+    fn add_ns(&self, ns: &str) -> Result<()> {
+        register(|l| {
+            run(&["ip", "netns", "add", ns])?;
+            l.namespaces.push(ns.to_string());
+            Ok(())
+        })?;
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Underlay namespace with bridge br0 (192.0.2.254/24); hosts on it through veth pairs.
+    fn build_network(&self, hosts: usize) -> Result<()> {
+        let ul = self.underlay();
+        step(&format!("underlay {ul}: bridge br0 192.0.2.254/24"));
+        self.add_ns(&ul)?;
+        run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            "192.0.2.254/24",
+            "dev",
+            "br0",
+        ])?;
+        run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        for i in 1..=hosts {
+            let ns = self.host(i);
+            step(&format!("host {ns}: eth0 192.0.2.{i}/24"));
+            self.add_ns(&ns)?;
+            let port = format!("p{i}");
+            run(&[
+                "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+            let addr = format!("192.0.2.{i}/24");
+            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// netd on host `i`: host 1 runs the embedded KV member, the others are its clients.
+    fn start_netd(&self, i: usize) -> Result<()> {
+        let ns = self.host(i);
+        let subnet_file = self.subnet_file(i);
+        let kv_dir = self.dir.join("kv-h1");
+        let mut args: Vec<String> = vec!["--iface".into(), "eth0".into()];
+        if i == 1 {
+            step(&format!(
+                "{ns}: netd with the embedded KV member on {KV_URL}"
+            ));
+            args.extend(
+                [
+                    "--kv-name",
+                    "h1",
+                    "--kv-listen-client-urls",
+                    KV_URL,
+                    "--kv-listen-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--kv-data-dir",
+                ]
+                .map(String::from),
+            );
+            args.push(kv_dir.to_string_lossy().into_owned());
+        } else {
+            step(&format!("{ns}: netd, KV client of {KV_URL}"));
+            args.extend(["--etcd-endpoints", KV_URL].map(String::from));
+        }
+        args.push("--subnet-file".into());
+        args.push(subnet_file.to_string_lossy().into_owned());
+        let log = std::fs::File::create(self.dir.join(format!("netd-h{i}.log")))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns])
+            .arg(&self.netd)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches the demo only, which
+            // tears down in order (and `--keep` leaves netd running after the demo exits).
+            .process_group(0);
+        register(|l| {
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start {}", self.netd.display()))?;
+            l.netd.push(child);
+            Ok(())
+        })
+    }
+
+    /// Runs `netd ARGS --etcd-endpoints KV_URL` in namespace `ns`.
+    fn netd_cmd(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let netd = self.netd.to_string_lossy();
+        let mut full = vec!["ip", "netns", "exec", ns, &netd];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--etcd-endpoints", KV_URL]);
+        run(&full)
+    }
+
+    /// Writes the network config once h1's member answers (within 30 s).
+    fn set_config(&self) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            match self.netd_cmd(&self.host(1), &["config", "set", NET_CONFIG]) {
+                Ok(_) => return Ok(()),
+                Err(e) if t0.elapsed() > Duration::from_secs(30) => {
+                    return Err(e.context(format!(
+                        "the embedded KV member did not answer within 30 s (log: {})",
+                        self.dir.join("netd-h1.log").display()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Waits (30 s) for host `i`'s subnet file; returns its subnet's network address.
+    fn wait_subnet(&self, i: usize) -> Result<Ipv4Addr> {
+        let path = self.subnet_file(i);
+        let t0 = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Some(s) = parse_subnet(&text)
+            {
+                return Ok(s);
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{}: no subnet file after 30 s (log: {})",
+                    self.host(i),
+                    self.dir.join(format!("netd-h{i}.log")).display()
+                );
+            }
+            self.check_netd_alive()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn check_netd_alive(&self) -> Result<()> {
+        for c in live().netd.iter_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                bail!("a netd exited ({st}); logs in {}", self.dir.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (30 s) until host `i` has a route to every other host's subnet.
+    fn wait_routes(&self, i: usize, subnets: &[Ipv4Addr]) -> Result<()> {
+        let ns = self.host(i);
+        let t0 = Instant::now();
+        loop {
+            let routes = run(&["ip", "-n", &ns, "-4", "route", "show"])?;
+            let missing: Vec<String> = subnets
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j + 1 != i)
+                .map(|(_, s)| format!("{s}/24"))
+                .filter(|s| !routes.lines().any(|l| l.starts_with(&format!("{s} "))))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("{ns}: no route to {} after 30 s", missing.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A container namespace on host `i`, attached by `netd-cni` ADD run inside the host.
+    fn add_container(&self, i: usize, j: usize) -> Result<Container> {
+        let host = self.host(i);
+        let name = format!("{}-h{i}c{j}", self.prefix);
+        self.add_ns(&name)?;
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "netd",
+            "type": "netd-cni",
+            "bridge": "cni0",
+            "subnetFile": self.subnet_file(i),
+            "dataDir": self.dir.join(format!("h{i}/cni")),
+            "hairpinMode": true,
+            "defaultRoute": true,
+            // DEL removes the veth itself: no reaper process outlives the demo.
+            "asyncTeardown": false,
+        })
+        .to_string();
+        let a = Attachment {
+            host: host.clone(),
+            id: name.clone(),
+            netns: format!("/run/netns/{name}"),
+            config,
+        };
+        // Recorded even when ADD fails: DEL is idempotent and undoes a half-done ADD.
+        let out = register(|l| {
+            let out = cni_exec(&self.cni, "ADD", &a);
+            l.attachments.push(a);
+            out
+        })?;
+        let result: serde_json::Value =
+            serde_json::from_str(&out).context("netd-cni ADD printed no JSON")?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no IPv4 address in the ADD result: {out}"))?;
+        Ok(Container { name, host, ip })
+    }
+}
+
+/// `FLANNEL_SUBNET=10.244.5.1/24` → 10.244.5.0.
+fn parse_subnet(text: &str) -> Option<Ipv4Addr> {
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let gw: Ipv4Addr = v.split('/').next()?.parse().ok()?;
+    Some(Ipv4Addr::from(u32::from(gw) & 0xffff_ff00))
+}
+
+/// Runs `netd-cni` like a runtime does: inside the host namespace, CNI_* in the environment,
+/// the network config on stdin. Returns stdout.
+fn cni_exec(cni: &Path, command: &str, a: &Attachment) -> Result<String> {
+    let cni_path = cni.parent().unwrap_or(Path::new("/"));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &a.host])
+        .arg(cni)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &a.id)
+        .env("CNI_NETNS", &a.netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run netd-cni")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(a.config.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "netd-cni {command} for {} failed: {} {}",
+        a.id,
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(stdout)
+}
+
+/// Every container pings every other one; prints the matrix, returns the number of failures.
+fn matrix(cs: &[Container]) -> usize {
+    println!("\nConnectivity matrix (ping RTT in ms, row = from, column = to):");
+    let short = |c: &Container| c.name.rsplit('-').next().unwrap_or(&c.name).to_string();
+    print!("{:>8}", "");
+    for c in cs {
+        print!("{:>9}", short(c));
+    }
+    println!();
+    let mut failures = 0;
+    for from in cs {
+        print!("{:>8}", short(from));
+        for to in cs {
+            if from.name == to.name {
+                print!("{:>9}", "-");
+                continue;
+            }
+            match ping(&from.name, to.ip) {
+                Some(ms) => print!("{ms:>9.3}"),
+                None => {
+                    failures += 1;
+                    print!("{:>9}", "FAIL");
+                }
+            }
+            let _ = std::io::stdout().flush();
+        }
+        println!();
+    }
+    failures
+}
+
+/// One ping from namespace `ns`; the RTT in ms.
+fn ping(ns: &str, to: Ipv4Addr) -> Option<f64> {
+    let to = to.to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", &to])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("time=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn print_explore(w: &World, cs: &[Container]) {
+    let netd = w.netd.display();
+    let ul = w.underlay();
+    println!("\nThe world is still running (--keep). Explore it:");
+    if let (Some(a), Some(b)) = (cs.first(), cs.last()) {
+        println!("  ip netns exec {} ping {}", a.name, b.ip);
+        println!("  ip netns exec {} ip route", a.host);
+    }
+    println!("  ip netns exec {ul} etcdctl --endpoints {KV_URL} get --prefix {SUBNET_PREFIX}");
+    println!("  ip netns exec {ul} {netd} leases --etcd-endpoints {KV_URL}");
+    println!("  ip netns list | grep {}", w.prefix);
+    println!("  logs: {}", w.dir.display());
+    println!("Tear it down:");
+    println!(
+        "  cargo run --release --example demo -- --cleanup {}",
+        w.prefix
+    );
+}
+
+/// Runs a command; an error carries its stderr.
+fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    ensure!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
