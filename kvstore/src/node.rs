@@ -27,8 +27,11 @@ use crate::raft_log::RaftLog;
 /// What callers send to the node loop.
 pub enum Msg {
     /// Replicate and apply `req`; answer on `tx` once applied.
+    /// `data` is the encoded `InternalRequest` whose id is `id` (encoded by the caller, so
+    /// the single raft thread does not).
     Propose {
-        req: InternalRequest,
+        id: u64,
+        data: Vec<u8>,
         tx: oneshot::Sender<Result<Applied>>,
     },
     /// Answer on `tx` once the local state machine reflects every write committed before
@@ -202,9 +205,8 @@ impl NodeLoop {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Propose { req, tx } => {
-                let id = req.id;
-                if let Err(e) = self.raw.propose(vec![], req.encode_to_vec()) {
+            Msg::Propose { id, data, tx } => {
+                if let Err(e) = self.raw.propose(vec![], data) {
                     tracing::debug!(error = %e, "proposal dropped");
                     let _ = tx.send(Err(Error::NoLeader));
                     return;

@@ -243,15 +243,6 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Number of entries held.
-    pub fn len(&self) -> usize {
-        self.core.read().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// `(first index, last index)` held.
     pub fn span(&self) -> (u64, u64) {
         let c = self.core.read();

@@ -64,16 +64,17 @@ impl Member {
 
     /// Replicates `request` through raft and waits until it is applied.
     pub async fn propose(&self, request: internal_request::Request) -> Result<Applied> {
-        let req = InternalRequest {
-            id: self.ids.next(),
+        let id = self.ids.next();
+        let data = prost::Message::encode_to_vec(&InternalRequest {
+            id,
             request: Some(request),
-        };
-        if prost::Message::encoded_len(&req) > self.max_request_bytes {
+        });
+        if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Propose { req, tx })
+            .send(Msg::Propose { id, data, tx })
             .map_err(|_| Error::Stopped)?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(res)) => res,
