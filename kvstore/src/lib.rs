@@ -10,11 +10,14 @@
 //! - [`apply`]: the deterministic state machine applying committed requests.
 //! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace.
+//! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
+//!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
 //!
 //! Every write, even on a single member, goes through raft.
 
 pub mod apply;
 pub mod backend;
+pub mod certs;
 pub mod config;
 pub mod error;
 mod grpc;
@@ -25,6 +28,7 @@ pub mod node;
 pub mod proto;
 pub mod raft_log;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

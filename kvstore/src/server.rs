@@ -127,6 +127,7 @@ impl Server {
     /// Opens the data dir, restores state, starts raft and binds the client listeners.
     pub async fn start(cfg: Config) -> Result<Server> {
         cfg.validate()?;
+        let tls = crate::tls::MemberTls::load(&cfg)?;
         let members = cfg.initial_members()?;
         let token = cfg.initial_cluster_token.clone();
         let pb_members: Vec<PbMember> = members
@@ -241,7 +242,7 @@ impl Server {
                 .await
                 .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
             client_addrs.push(l.local_addr()?);
-            listeners.push(l);
+            listeners.push((l, tls.grpc_for(url)));
         }
         let mut metrics_addrs = Vec::new();
         let mut metrics_tasks = Vec::new();
@@ -251,7 +252,8 @@ impl Server {
                 .await
                 .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
             metrics_addrs.push(l.local_addr()?);
-            metrics_tasks.push(tokio::spawn(crate::http::serve(member.clone(), l)));
+            let l_tls = tls.http_for(url)?;
+            metrics_tasks.push(tokio::spawn(crate::http::serve(member.clone(), l, l_tls)));
         }
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let serving = tokio::spawn(grpc::serve(member.clone(), listeners, shutdown_rx));

@@ -10,6 +10,7 @@ mod watch;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tonic::transport::ServerTlsConfig;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -42,18 +43,25 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// Serves the client API on every listener until `shutdown` fires.
+/// Serves the client API on every listener (over TLS where it has a TLS configuration)
+/// until `shutdown` fires.
 pub(crate) async fn serve(
     member: Arc<Member>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Option<ServerTlsConfig>)>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<()> {
     let max = DECODE_LIMIT;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
-    for l in listeners {
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+    for (l, tls) in listeners {
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("client TLS: {e}")))?;
+        }
+        let router = builder
             .add_service(
                 KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
             )
