@@ -107,7 +107,8 @@ pub struct Config {
     #[arg(long, env = "ETCD_KEY_FILE", help_heading = "Client TLS")]
     pub key_file: Option<PathBuf>,
 
-    /// CA bundle (PEM) that client certificates must chain to under --client-cert-auth.
+    /// CA bundle (PEM) that client certificates must chain to; as in etcd, setting it makes
+    /// https client URLs require a client certificate.
     #[arg(long, env = "ETCD_TRUSTED_CA_FILE", help_heading = "Client TLS")]
     pub trusted_ca_file: Option<PathBuf>,
 
@@ -125,7 +126,8 @@ pub struct Config {
     #[arg(long, env = "ETCD_PEER_KEY_FILE", help_heading = "Peer TLS")]
     pub peer_key_file: Option<PathBuf>,
 
-    /// CA bundle (PEM) that other members' certificates must chain to.
+    /// CA bundle (PEM) that other members' certificates must chain to (required of them once
+    /// set, as in etcd).
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", help_heading = "Peer TLS")]
     pub peer_trusted_ca_file: Option<PathBuf>,
 

@@ -1,6 +1,7 @@
 //! TLS for a member, with etcd's meaning of its flags: a certificate and key to present, an
-//! optional CA that client certificates must chain to (required only with client-cert-auth,
-//! as in etcd), and the matching client side (CA to verify servers, own certificate to
+//! optional CA that client certificates must chain to (as in etcd, giving the CA is enough to
+//! require client certificates; client-cert-auth additionally insists on a CA), and the
+//! matching client side (CA to verify servers, own certificate to
 //! present). One [`TlsFiles`] serves the client listener (`--cert-file` …) and the peer
 //! listener and peer clients (`--peer-cert-file` …) alike. rustls with the ring provider
 //! only; no OpenSSL.
@@ -45,10 +46,12 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     /// PEM private key of that certificate (`--key-file` / `--peer-key-file`).
     pub key_file: PathBuf,
-    /// PEM CA bundle: verifies client certificates when `client_cert_auth` is on, and the
-    /// other side's server certificate when this member connects out (peers).
+    /// PEM CA bundle: connections must present a certificate it signed (etcd 3.4 requires
+    /// one whenever this is set), and it verifies the other side's server certificate when
+    /// this member connects out (peers).
     pub trusted_ca_file: Option<PathBuf>,
-    /// Refuse connections without a certificate signed by `trusted_ca_file`.
+    /// Refuse connections without a certificate signed by `trusted_ca_file` (which must
+    /// then be given).
     pub client_cert_auth: bool,
 }
 
@@ -61,7 +64,6 @@ pub struct LoadedTls {
     certs: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     roots: Option<Arc<RootCertStore>>,
-    client_cert_auth: bool,
 }
 
 impl std::fmt::Debug for LoadedTls {
@@ -69,7 +71,7 @@ impl std::fmt::Debug for LoadedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedTls")
             .field("certs", &self.certs.len())
-            .field("client_cert_auth", &self.client_cert_auth)
+            .field("client_cert_auth", &self.client_cert_auth())
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +140,6 @@ impl TlsFiles {
             certs,
             key: Arc::new(key),
             roots,
-            client_cert_auth: self.client_cert_auth,
         };
         // Building a server config is what checks that key and certificate match.
         loaded.rustls_server(&[]).map_err(|e| {
@@ -168,27 +169,27 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 impl LoadedTls {
-    /// Whether connections must present a certificate signed by the trusted CA.
+    /// Whether connections must present a certificate signed by the trusted CA: whenever a
+    /// trusted CA is configured, as etcd 3.4's listeners do.
     pub fn client_cert_auth(&self) -> bool {
-        self.client_cert_auth
+        self.roots.is_some()
     }
 
     /// A rustls server configuration advertising `alpn` (e.g. `http/1.1` for the metrics
-    /// listener). Client certificates are required exactly when client-cert-auth is on; as in
-    /// etcd, a trusted CA without it does not make the server ask for certificates.
+    /// listener), requiring client certificates when a trusted CA is configured.
     pub fn rustls_server(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-        let builder = match (&self.roots, self.client_cert_auth) {
-            (Some(roots), true) => {
+        let builder = match &self.roots {
+            Some(roots) => {
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                         .build()
                         .map_err(|e| Error::Config(format!("TLS client verifier: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
-            _ => builder.with_no_client_auth(),
+            None => builder.with_no_client_auth(),
         };
         let mut cfg = builder
             .with_single_cert(self.certs.clone(), self.key.clone_key())
@@ -203,9 +204,7 @@ impl LoadedTls {
         let mut cfg = ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .timeout(HANDSHAKE_TIMEOUT);
-        if self.client_cert_auth
-            && let Some(ca) = &self.ca_pem
-        {
+        if let Some(ca) = &self.ca_pem {
             cfg = cfg.client_ca_root(Certificate::from_pem(ca));
         }
         cfg

@@ -43,6 +43,10 @@ pub struct Proc {
     pub dir: tempfile::TempDir,
     /// Extra server flags, kept across restarts.
     pub extra: Vec<String>,
+    /// "http", or "https" for a TLS client URL.
+    pub scheme: &'static str,
+    /// Flags every etcdctl run gets (e.g. `--cacert --cert --key` for a TLS server).
+    pub ctl_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -54,12 +58,25 @@ impl Proc {
 
     /// Like `start`, with extra server flags.
     pub fn start_with(kind: Kind, extra: &[&str]) -> Proc {
+        Proc::start_with_scheme(kind, "http", extra, &[])
+    }
+
+    /// Like `start_with`, serving clients on `scheme` (http or https), with `ctl_args` given
+    /// to every etcdctl run (readiness check included).
+    pub fn start_with_scheme(
+        kind: Kind,
+        scheme: &'static str,
+        extra: &[&str],
+        ctl_args: &[&str],
+    ) -> Proc {
         let mut p = Proc {
             kind,
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            scheme,
+            ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         p.spawn();
@@ -67,11 +84,14 @@ impl Proc {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.scheme {
+            "http" => format!("127.0.0.1:{}", self.client_port),
+            _ => self.url(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -183,6 +203,7 @@ impl Proc {
         Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(&self.ctl_args)
             .args(args)
             .output()
             .expect("run etcdctl")
@@ -195,6 +216,7 @@ impl Proc {
         let mut c = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(&self.ctl_args)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -238,6 +260,7 @@ impl Proc {
         let mut child = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(&self.ctl_args)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
