@@ -16,7 +16,14 @@ async fn connect(args: &KvArgs) -> Result<Kv> {
         ));
     }
     let creds = args.credentials()?;
-    Kv::connect_as(&args.etcd_endpoints, &args.etcd_prefix, creds.as_ref()).await
+    let tls = args.client_tls()?;
+    Kv::connect_as(
+        &args.etcd_endpoints,
+        &args.etcd_prefix,
+        creds.as_ref(),
+        tls.as_ref(),
+    )
+    .await
 }
 
 /// `netd config show|set`.

@@ -11,8 +11,10 @@
 //! * [`dataplane`] — kernel entries, diffing, and the rtnetlink implementation (VXLAN, routes).
 //! * [`subnet_file`], [`masq`] — subnet.env and the nftables masquerade table.
 //! * [`http`], [`metrics`] — `/healthz`, `/readyz`, `/metrics`.
-//! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands.
+//! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands;
+//!   [`certs`] — `netd certs`, a small CA for TLS test clusters.
 
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod ctl;
