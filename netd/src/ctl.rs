@@ -41,7 +41,16 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
         }
         ConfigAction::Set { json } => {
             let text = match json.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?,
+                Some(path) => {
+                    let path = std::path::Path::new(path);
+                    if !crate::file_trust::check_file(path)? {
+                        return Err(Error::file(
+                            path,
+                            std::io::Error::from(std::io::ErrorKind::NotFound),
+                        ));
+                    }
+                    std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?
+                }
                 None => json.clone(),
             };
             let cfg = kv.put_config(&text).await?;

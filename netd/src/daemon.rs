@@ -192,6 +192,8 @@ fn write_subnet_file(
 async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
     // The embedded member lives as long as this function: dropping it stops the member.
     let mut _embedded = None;
+    // Refuse a subnet file (or its directory) others could write before touching anything.
+    subnet_file::read_previous_subnet(&config.daemon.subnet_file)?;
     let explicit_tls = config.kv.client_tls()?;
     let (endpoints, tls) = if config.kv.etcd_endpoints.is_empty() {
         let member = embedded::start(&config.kv.embedded).await?;
@@ -223,7 +225,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
         ttl: Duration::from_secs(config.daemon.subnet_lease_ttl),
         renew_margin: Duration::from_secs(config.daemon.subnet_lease_renew_margin * 60),
     };
-    let previous = subnet_file::read_previous_subnet(&config.daemon.subnet_file);
+    let previous = subnet_file::read_previous_subnet(&config.daemon.subnet_file)?;
     let own = retry("acquiring a subnet lease", || {
         lease::acquire(&kv, &net, &backend.attrs, previous, timing)
     })
