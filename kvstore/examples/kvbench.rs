@@ -4,6 +4,7 @@
 //! ```text
 //! kvbench --endpoint http://127.0.0.1:2379            # one endpoint
 //! kvbench --compare                                   # kvstore vs etcd 3.4, side by side
+//! kvbench --endpoint https://127.0.0.1:2379 --tls-dir pki   # over TLS (netd certs layout)
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
 //! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
@@ -47,7 +48,14 @@ struct Args {
     /// Keys loaded before measuring resident memory (compare mode).
     #[arg(long, default_value_t = 100_000)]
     memory_keys: usize,
+    /// TLS towards an https:// --endpoint: DIR/ca.pem, plus DIR/client.pem and
+    /// DIR/client-key.pem when present (as `netd certs --client client` writes them).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
+
+/// Client TLS from --tls-dir, applied to every channel.
+static TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
 
 #[derive(Debug, Default, Clone)]
 struct Stats {
@@ -70,9 +78,11 @@ fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
 }
 
 async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await?)
+    let mut ep = Channel::from_shared(endpoint.to_string())?;
+    if let Some(tls) = TLS.get() {
+        ep = ep.tls_config(tls.clone())?;
+    }
+    Ok(ep.connect().await?)
 }
 
 fn key(i: usize) -> Bytes {
@@ -411,6 +421,11 @@ fn print(reports: &[Report], memory_keys: usize) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if let Some(dir) = &a.tls_dir {
+        let (cert, key) = (dir.join("client.pem"), dir.join("client-key.pem"));
+        let identity = cert.exists().then_some((cert.as_path(), key.as_path()));
+        let _ = TLS.set(kvstore::tls::client_config(&dir.join("ca.pem"), identity)?);
+    }
     if !a.compare {
         let r = run_all("endpoint", &a.endpoint, &a, None).await?;
         print(&[r], a.memory_keys);
