@@ -26,7 +26,10 @@ fn check_link(path: &Path, link: &std::fs::Metadata) -> Result<()> {
     if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
         return Err(untrusted(
             path,
-            format!("is a symlink owned by uid {}; refusing to follow it", link.uid()),
+            format!(
+                "is a symlink owned by uid {}; refusing to follow it",
+                link.uid()
+            ),
         ));
     }
     Ok(())
@@ -105,10 +108,20 @@ mod tests {
         chmod(&f, 0o644);
         assert!(check_file(&f).expect("fine"));
         chmod(&f, 0o646);
-        assert!(check_file(&f).expect_err("o+w").to_string().contains("world-writable"));
+        assert!(
+            check_file(&f)
+                .expect_err("o+w")
+                .to_string()
+                .contains("world-writable")
+        );
         chmod(&f, 0o644);
         chmod(dir, 0o777);
-        assert!(check_dir(dir).expect_err("open dir").to_string().contains("sticky"));
+        assert!(
+            check_dir(dir)
+                .expect_err("open dir")
+                .to_string()
+                .contains("sticky")
+        );
         chmod(dir, 0o1777);
         assert!(check_file(&f).expect("sticky dir"));
         chmod(dir, 0o755);

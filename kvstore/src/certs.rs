@@ -73,9 +73,7 @@ impl Ca {
         ];
         validity(&mut params, CA_DAYS);
         let key = KeyPair::generate().map_err(|e| cert_error("key", e))?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| cert_error("CA", e))?;
+        let cert = params.self_signed(&key).map_err(|e| cert_error("CA", e))?;
         Ok(Ca {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -94,12 +92,10 @@ impl Ca {
                 .map_err(|e| Error::Config(format!("CA file {}: {e}", p.display())))
         };
         let (cert_pem, key_pem) = (read(&cert_path)?, read(&key_path)?);
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            Error::Config(format!("CA key file {}: {e}", key_path.display()))
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
-            Error::Config(format!("CA file {}: {e}", cert_path.display()))
-        })?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| Error::Config(format!("CA key file {}: {e}", key_path.display())))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|e| Error::Config(format!("CA file {}: {e}", cert_path.display())))?;
         Ok(Some(Ca {
             cert_pem,
             key_pem,
@@ -216,10 +212,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::generate("test CA").expect("ca");
         ca.write(dir.path()).expect("write");
-        ca.issue(Role::Member, "m1", &["192.0.2.1".into(), "h1.example".into()], 30)
-            .expect("member")
-            .write(dir.path(), "m1")
-            .expect("write member");
+        ca.issue(
+            Role::Member,
+            "m1",
+            &["192.0.2.1".into(), "h1.example".into()],
+            30,
+        )
+        .expect("member")
+        .write(dir.path(), "m1")
+        .expect("write member");
         ca.issue(Role::Client, "root", &[], 30)
             .expect("client")
             .write(dir.path(), "root")
@@ -239,7 +240,11 @@ mod tests {
         assert_eq!(again.cert_pem(), ca.cert_pem());
         let issued = again.issue(Role::Member, "m2", &[], 1).expect("m2");
         assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(Ca::load(&dir.path().join("missing")).expect("none").is_none());
+        assert!(
+            Ca::load(&dir.path().join("missing"))
+                .expect("none")
+                .is_none()
+        );
         assert!(issued.write(dir.path(), "../evil").is_err());
         assert!(issued.write(dir.path(), "ca").is_err());
     }

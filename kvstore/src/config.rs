@@ -406,9 +406,7 @@ pub fn parse_url(url: &str) -> Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| {
-            Error::Config(format!("URL {url:?} must start with http:// or https://"))
-        })?;
+        .ok_or_else(|| Error::Config(format!("URL {url:?} must start with http:// or https://")))?;
     let hostport = rest.trim_end_matches('/');
     let hostport = match hostport.strip_prefix("localhost:") {
         Some(port) => format!("127.0.0.1:{port}"),
@@ -482,7 +480,12 @@ mod tests {
         // client-cert-auth needs a CA; etcd's =true form and the environment both work.
         let mut args = tls.to_vec();
         args.push("--client-cert-auth");
-        assert!(ok(&args).expect_err("no CA").to_string().contains("--trusted-ca-file"));
+        assert!(
+            ok(&args)
+                .expect_err("no CA")
+                .to_string()
+                .contains("--trusted-ca-file")
+        );
         args.extend_from_slice(&["--trusted-ca-file", "ca.pem"]);
         assert!(ok(&args).is_ok());
         let c = Config::try_parse_from(["kvstore", "--client-cert-auth=true"]).expect("parse");
@@ -506,11 +509,18 @@ mod tests {
         let e = ok(&peer).expect_err("peer CA");
         assert!(e.to_string().contains("--peer-trusted-ca-file"), "{e}");
         let mut args = peer.to_vec();
-        args.extend_from_slice(&["--peer-trusted-ca-file", "ca.pem", "--peer-client-cert-auth"]);
+        args.extend_from_slice(&[
+            "--peer-trusted-ca-file",
+            "ca.pem",
+            "--peer-client-cert-auth",
+        ]);
         assert!(ok(&args).is_ok());
         let mut all = vec!["kvstore"];
         all.extend_from_slice(&args);
-        let files = Config::parse_from(all).peer_tls().expect("peer tls").expect("some");
+        let files = Config::parse_from(all)
+            .peer_tls()
+            .expect("peer tls")
+            .expect("some");
         assert!(files.client_cert_auth);
         assert_eq!(files.trusted_ca_file, Some(PathBuf::from("ca.pem")));
         let e = ok(&["--peer-client-cert-auth"]).expect_err("no peer files");

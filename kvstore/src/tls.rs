@@ -77,8 +77,7 @@ impl std::fmt::Debug for LoadedTls {
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::Config(format!("TLS {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| Error::Config(format!("TLS {what} {}: {e}", path.display())))
 }
 
 /// The PEM certificates in `pem`, at least one.
@@ -239,10 +238,7 @@ impl MemberTls {
         let client = cfg.client_tls()?.map(|f| f.load()).transpose()?;
         let peer = cfg.peer_tls()?.map(|f| f.load()).transpose()?;
         let https = |urls: &[String]| urls.iter().any(|u| is_https(u));
-        if client.is_some()
-            && !https(&cfg.listen_client_urls)
-            && !https(&cfg.listen_metrics_urls)
-        {
+        if client.is_some() && !https(&cfg.listen_client_urls) && !https(&cfg.listen_metrics_urls) {
             tracing::warn!(
                 "--cert-file/--key-file given but no client URL is https://; they are ignored"
             );
@@ -322,8 +318,11 @@ mod tests {
         assert!(loaded.client_cert_auth());
         loaded.rustls_server(&[b"h2"]).expect("server config");
         loaded.grpc_client().expect("client config");
-        client_config(&dir.path().join("ca.pem"), Some((&f.cert_file, &f.key_file)))
-            .expect("client config from files");
+        client_config(
+            &dir.path().join("ca.pem"),
+            Some((&f.cert_file, &f.key_file)),
+        )
+        .expect("client config from files");
     }
 
     #[test]
@@ -349,7 +348,10 @@ mod tests {
             ..f.clone()
         };
         let e = garbage_ca.load().expect_err("bad CA").to_string();
-        assert!(e.contains("CA file") && e.contains("no PEM certificate"), "{e}");
+        assert!(
+            e.contains("CA file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
 
         // The CA's key does not belong to the member's certificate.
         let mismatched = TlsFiles {

@@ -114,7 +114,12 @@ fn assert_refused(p: &Proc, out: &Output, what: &str, key: &str) {
         String::from_utf8_lossy(&out.stdout)
     );
     // Nothing it tried reached the store.
-    assert_eq!(p.ok(&["get", key, "--print-value-only"]), "", "{:?}", p.kind);
+    assert_eq!(
+        p.ok(&["get", key, "--print-value-only"]),
+        "",
+        "{:?}",
+        p.kind
+    );
 }
 
 fn client_certificate_from_our_ca_works(kind: Kind) {
@@ -123,7 +128,11 @@ fn client_certificate_from_our_ca_works(kind: Kind) {
     p.ok(&["put", "/tls/k", "v1"]);
     assert_eq!(p.ok(&["get", "/tls/k", "--print-value-only"]), "v1\n");
     // The same, spelled out rather than through the harness.
-    let out = etcdctl_as(&p.url(), &pki.good_ctl(), &["get", "/tls/k", "--print-value-only"]);
+    let out = etcdctl_as(
+        &p.url(),
+        &pki.good_ctl(),
+        &["get", "/tls/k", "--print-value-only"],
+    );
     assert!(out.status.success(), "{:?}: {out:?}", p.kind);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\n");
 }
@@ -160,7 +169,12 @@ fn server_from_another_ca_is_not_trusted(kind: Kind) {
         format!("--key={}", pki.ours("client-key.pem")),
     ];
     let out = etcdctl_as(&p.url(), &wrong_ca, &["put", "/tls/mitm", "x"]);
-    assert_refused(&p, &out, "a server the client's CA did not sign", "/tls/mitm");
+    assert_refused(
+        &p,
+        &out,
+        "a server the client's CA did not sign",
+        "/tls/mitm",
+    );
 }
 
 fn plaintext_to_the_tls_port_fails_cleanly(kind: Kind) {

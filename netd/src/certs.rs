@@ -40,7 +40,10 @@ pub fn run(args: &CertsArgs, out: &mut impl Write) -> Result<()> {
         .iter()
         .map(|m| parse_member(m))
         .collect::<Result<_>>()?;
-    if members.is_empty() && args.clients.is_empty() && Ca::load(&args.dir).is_ok_and(|c| c.is_some()) {
+    if members.is_empty()
+        && args.clients.is_empty()
+        && Ca::load(&args.dir).is_ok_and(|c| c.is_some())
+    {
         return Err(Error::Usage(
             "nothing to do: the CA exists; name certificates with --member or --client".into(),
         ));
@@ -51,13 +54,19 @@ pub fn run(args: &CertsArgs, out: &mut impl Write) -> Result<()> {
     };
     let ca = match Ca::load(&args.dir).map_err(cert_err)? {
         Some(ca) => {
-            say(out, format!("using CA {}", args.dir.join("ca.pem").display()))?;
+            say(
+                out,
+                format!("using CA {}", args.dir.join("ca.pem").display()),
+            )?;
             ca
         }
         None => {
             let ca = Ca::generate("netd cluster CA").map_err(cert_err)?;
             ca.write(&args.dir).map_err(cert_err)?;
-            say(out, format!("created CA {}", args.dir.join("ca.pem").display()))?;
+            say(
+                out,
+                format!("created CA {}", args.dir.join("ca.pem").display()),
+            )?;
             ca
         }
     };
@@ -132,7 +141,14 @@ mod tests {
         run(&args, &mut out).expect("certs");
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.contains("created CA"), "{text}");
-        for f in ["ca.pem", "ca-key.pem", "h1.pem", "h1-key.pem", "h2.pem", "netd-key.pem"] {
+        for f in [
+            "ca.pem",
+            "ca-key.pem",
+            "h1.pem",
+            "h1-key.pem",
+            "h2.pem",
+            "netd-key.pem",
+        ] {
             assert!(dir.join(f).is_file(), "{f} missing");
         }
         // A second run reuses the CA.

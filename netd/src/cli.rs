@@ -120,7 +120,10 @@ impl KvArgs {
                 ));
             }
         };
-        let https = self.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"));
         let tls = match (&self.etcd_cafile, identity) {
             (Some(ca), identity) => Some(ClientTls {
                 ca_file: ca.clone(),
@@ -139,7 +142,10 @@ impl KvArgs {
             (None, None) => None,
         };
         if tls.is_some()
-            && let Some(e) = self.etcd_endpoints.iter().find(|e| e.starts_with("http://"))
+            && let Some(e) = self
+                .etcd_endpoints
+                .iter()
+                .find(|e| e.starts_with("http://"))
         {
             return Err(Error::Usage(format!(
                 "endpoint {e} is plaintext but --etcd-cafile/--etcd-certfile ask for TLS; use https://"

@@ -34,7 +34,10 @@ pub fn check_file(path: &Path) -> Result<bool> {
     if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
         return Err(untrusted(
             path,
-            format!("is a symlink owned by uid {}; refusing to follow it", link.uid()),
+            format!(
+                "is a symlink owned by uid {}; refusing to follow it",
+                link.uid()
+            ),
         ));
     }
     let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
@@ -66,7 +69,10 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
         return Err(untrusted(
             dir,
-            format!("is a symlink owned by uid {}; refusing to follow it", link.uid()),
+            format!(
+                "is a symlink owned by uid {}; refusing to follow it",
+                link.uid()
+            ),
         ));
     }
     let meta = std::fs::metadata(dir).map_err(|e| Error::file(dir, e))?;
@@ -83,7 +89,10 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     if !trusted_owner(meta.uid()) {
         return Err(untrusted(
             dir,
-            format!("is a directory owned by uid {}, not root or netd's user", meta.uid()),
+            format!(
+                "is a directory owned by uid {}, not root or netd's user",
+                meta.uid()
+            ),
         ));
     }
     Ok(())
@@ -111,7 +120,10 @@ mod tests {
 
         chmod(&f, 0o666);
         let e = check_file(&f).expect_err("world-writable").to_string();
-        assert!(e.contains("world-writable") && e.contains("subnet.env"), "{e}");
+        assert!(
+            e.contains("world-writable") && e.contains("subnet.env"),
+            "{e}"
+        );
         chmod(&f, 0o644);
 
         chmod(dir, 0o777);

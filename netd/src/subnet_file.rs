@@ -92,7 +92,10 @@ mod tests {
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
         );
         assert_eq!(read_previous_subnet(&path).unwrap(), Some(env.subnet));
-        assert_eq!(read_previous_subnet(&dir.path().join("missing")).unwrap(), None);
+        assert_eq!(
+            read_previous_subnet(&dir.path().join("missing")).unwrap(),
+            None
+        );
         assert_eq!(parse_subnet("FLANNEL_SUBNET=garbage\n"), None);
         // No temporary file left behind.
         assert_eq!(

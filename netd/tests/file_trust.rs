@@ -43,8 +43,11 @@ fn subnet_files_others_could_write_are_refused() {
     std::fs::create_dir(&dir).expect("mkdir");
     chmod(&dir, 0o755);
     let file = dir.join("subnet.env");
-    std::fs::write(&file, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n")
-        .expect("write");
+    std::fs::write(
+        &file,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n",
+    )
+    .expect("write");
 
     chmod(&file, 0o666);
     refused(&file, &file, "world-writable");

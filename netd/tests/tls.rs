@@ -79,7 +79,7 @@ fn netd_with_client_certificates_against_tls_etcd() {
     ping_all(&c);
 
     // h3 trusts the CA but has no client certificate: etcd refuses it, so it leases nothing.
-    let ca_only = ["--etcd-cafile", &flags[1]];
+    let ca_only = ["--etcd-cafile", flags[1]];
     w.start_netd(3, &ca_only);
     std::thread::sleep(Duration::from_secs(5));
     assert!(w.netd_running(3), "netd keeps retrying: {}", w.netd_log(3));
@@ -151,7 +151,10 @@ fn embedded_member_serves_tls_with_client_cert_auth() {
         .env("ETCDCTL_API", "3")
         .output()
         .expect("etcdctl");
-    assert!(!out.status.success(), "member served a client without a certificate");
+    assert!(
+        !out.status.success(),
+        "member served a client without a certificate"
+    );
     assert_eq!(w.etcdctl(&["get", "/intruder", "--print-value-only"]), "");
 
     // h2 uses h1's member as its etcd, over TLS with flannel's flags.

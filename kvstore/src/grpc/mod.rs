@@ -10,10 +10,10 @@ mod watch;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{

@@ -229,7 +229,11 @@ impl World {
     pub fn start_etcd(&mut self, config: &str) {
         let ul = self.underlay();
         let data = self.dir.path().join("etcd");
-        let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let url = format!("{scheme}://{UNDERLAY_GW}:2379");
         let tls: Vec<PathBuf> = match &self.tls_dir {
             Some(d) => vec![
