@@ -226,7 +226,21 @@ impl Cluster {
             log_level: "info".into(),
             child: None,
         };
-        let out = self.ok(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
+        // etcd refuses changes until its members have been connected for a while.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let out = loop {
+            let out = self.etcdctl(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                stderr.contains("unhealthy cluster") && Instant::now() < deadline,
+                "{:?}: member add failed: {stderr}",
+                self.kind
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
         let initial = out
             .lines()
             .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
