@@ -224,7 +224,7 @@ impl Member {
             match self.leader_url()? {
                 None => self.lease_time_to_live_here(&req),
                 Some(url) => {
-                    let mut r = self.peers.lease_time_to_live(&url, req.clone()).await?;
+                    let mut r = self.peers.lease_time_to_live(&url, req).await?;
                     r.header = self.header(self.current_revision());
                     Ok(r)
                 }

@@ -26,7 +26,11 @@ fn member_rows(c: &mut Cluster) -> Vec<(String, String, bool)> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(", ").collect();
-            (f[2].to_string(), f[1].to_string(), f[4].starts_with("http://"))
+            (
+                f[2].to_string(),
+                f[1].to_string(),
+                f[4].starts_with("http://"),
+            )
         })
         .collect();
     rows.sort();
@@ -42,10 +46,9 @@ fn views_and_reads(kind: Kind, n: usize) {
     assert_eq!(rows, want, "{kind:?}");
 
     // `endpoint status --cluster`: every member, exactly one of them the leader.
-    let status: serde_json::Value = serde_json::from_str(&c.ok(&[
-        "endpoint", "status", "--cluster", "-w", "json",
-    ]))
-    .expect("status json");
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["endpoint", "status", "--cluster", "-w", "json"]))
+            .expect("status json");
     let all = status.as_array().expect("array");
     assert_eq!(all.len(), n, "{kind:?}: {status}");
     let leaders = all
@@ -65,7 +68,12 @@ fn views_and_reads(kind: Kind, n: usize) {
         c.members[w].ok(&["put", &key, &format!("from m{}", w + 1)]);
         for r in 0..n {
             let got = c.members[r].ok(&["get", &key, "--print-value-only"]);
-            assert_eq!(got.trim(), format!("from m{}", w + 1), "{kind:?} read via m{}", r + 1);
+            assert_eq!(
+                got.trim(),
+                format!("from m{}", w + 1),
+                "{kind:?} read via m{}",
+                r + 1
+            );
         }
     }
 }
@@ -151,9 +159,15 @@ async fn failover(kind: Kind) {
     let killed = Instant::now();
     let new = tokio::task::block_in_place(|| c.wait_leader(Duration::from_secs(10)));
     let elected = killed.elapsed();
-    println!("{kind:?}: new leader m{} elected {elected:?} after SIGKILL of the leader", new + 1);
+    println!(
+        "{kind:?}: new leader m{} elected {elected:?} after SIGKILL of the leader",
+        new + 1
+    );
     assert_ne!(c.id(new), old_id);
-    assert!(elected < Duration::from_secs(3), "{kind:?}: election took {elected:?}");
+    assert!(
+        elected < Duration::from_secs(3),
+        "{kind:?}: election took {elected:?}"
+    );
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     tokio::task::block_in_place(|| {
@@ -166,7 +180,11 @@ async fn failover(kind: Kind) {
     for w in writers {
         acked.extend(w.await.expect("writer"));
     }
-    assert!(acked.len() > 100, "{kind:?}: only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "{kind:?}: only {} writes acknowledged",
+        acked.len()
+    );
     tokio::task::block_in_place(|| {
         c.wait_converged(Duration::from_secs(20));
         let reference = c.full_range(new);
@@ -204,10 +222,18 @@ async fn snapshot_catch_up() {
             .expect("put");
     }
     // Deletes and a compaction are part of the history too.
-    cl.delete("snap/00", Some(etcd_client::DeleteOptions::new().with_prefix()))
+    cl.delete(
+        "snap/00",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete");
+    let rev = cl
+        .get("snap/", None)
         .await
-        .expect("delete");
-    let rev = cl.get("snap/", None).await.expect("get").header().map(|h| h.revision());
+        .expect("get")
+        .header()
+        .map(|h| h.revision());
     cl.compact(rev.unwrap_or(0), None).await.expect("compact");
     tokio::task::block_in_place(|| {
         c.members[lagging].launch();
@@ -227,14 +253,20 @@ fn membership(kind: Kind) {
     c.ok(&["put", "before", "add"]);
     let added = c.add_member();
     assert_eq!(
-        c.members[added].ok(&["get", "before", "--print-value-only"]).trim(),
+        c.members[added]
+            .ok(&["get", "before", "--print-value-only"])
+            .trim(),
         "add"
     );
     let rows = member_rows(&mut c);
     assert_eq!(rows.len(), 4, "{kind:?}: {rows:?}");
-    assert!(rows.iter().all(|r| r.1 == "started" && r.2), "{kind:?}: {rows:?}");
     assert!(
-        c.full_range(added).contains(&("before".into(), "add".into()))
+        rows.iter().all(|r| r.1 == "started" && r.2),
+        "{kind:?}: {rows:?}"
+    );
+    assert!(
+        c.full_range(added)
+            .contains(&("before".into(), "add".into()))
     );
 
     // Remove a member that is not the leader; the removed member stops serving.
@@ -249,7 +281,9 @@ fn membership(kind: Kind) {
     for i in 0..c.members.len() {
         if i != victim {
             assert_eq!(
-                c.members[i].ok(&["get", "after", "--print-value-only"]).trim(),
+                c.members[i]
+                    .ok(&["get", "after", "--print-value-only"])
+                    .trim(),
                 "remove"
             );
         }
@@ -281,7 +315,11 @@ async fn full_restart(kind: Kind) {
     for w in writers {
         acked.extend(w.await.expect("writer"));
     }
-    assert!(acked.len() > 100, "{kind:?}: only {} acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "{kind:?}: only {} acknowledged",
+        acked.len()
+    );
     tokio::task::block_in_place(|| {
         for m in &mut c.members {
             m.launch();
@@ -338,7 +376,10 @@ async fn lease_across_election(kind: Kind) {
     let ttls = keep.await.expect("keeper");
     // 20 s after the grant: the lease would be long gone without the keep-alives.
     let ttl = cl.lease_time_to_live(lease, None).await.expect("ttl");
-    assert!(ttl.ttl() > 0, "{kind:?}: lease expired (ttls seen {ttls:?})");
+    assert!(
+        ttl.ttl() > 0,
+        "{kind:?}: lease expired (ttls seen {ttls:?})"
+    );
     let got = cl
         .get("leased", Some(GetOptions::new()))
         .await

@@ -96,7 +96,8 @@ impl AuthorityFix {
                         return Ok(());
                     }
                     let h = &self.raw[..FRAME_HEADER];
-                    let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                    let len =
+                        (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                     if self.raw.len() < FRAME_HEADER + len {
                         return Ok(());
                     }
@@ -151,7 +152,10 @@ impl AuthorityFix {
                 return Ok(());
             }
         }
-        if self.block.as_ref().is_some_and(|b| b.flags & END_HEADERS != 0)
+        if self
+            .block
+            .as_ref()
+            .is_some_and(|b| b.flags & END_HEADERS != 0)
             && let Some(b) = self.block.take()
         {
             self.finish_block(b)?;
@@ -311,7 +315,10 @@ mod tests {
 
     #[test]
     fn only_urls_are_fixed() {
-        assert_eq!(fixed(b"http://127.0.0.1:2379"), Some(b"127.0.0.1:2379".to_vec()));
+        assert_eq!(
+            fixed(b"http://127.0.0.1:2379"),
+            Some(b"127.0.0.1:2379".to_vec())
+        );
         assert_eq!(fixed(b"https://h:1/x"), Some(b"h:1".to_vec()));
         assert_eq!(fixed(b"127.0.0.1:2379"), None);
     }

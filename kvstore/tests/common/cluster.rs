@@ -194,19 +194,16 @@ impl Cluster {
 
     /// Every key and value member `i` holds, read locally (serializable).
     pub fn full_range(&self, i: usize) -> Vec<(String, String)> {
-        let out = self.members[i].ok(&[
-            "get",
-            "",
-            "--prefix",
-            "--consistency=s",
-            "-w",
-            "json",
-        ]);
+        let out = self.members[i].ok(&["get", "", "--prefix", "--consistency=s", "-w", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("get json");
         let b64 = |s: &serde_json::Value| decode_b64(s.as_str().unwrap_or(""));
         v["kvs"]
             .as_array()
-            .map(|kvs| kvs.iter().map(|kv| (b64(&kv["key"]), b64(&kv["value"]))).collect())
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (b64(&kv["key"]), b64(&kv["value"])))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
