@@ -30,12 +30,22 @@ fn require(path: &str) {
     );
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, below the kernel's ephemeral range (32768 and up), so
+/// that no outgoing connection (members dial each other) can take it before the server
+/// binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Spread processes (tests run in parallel) over the range by pid.
+    let base = 12_000 + (std::process::id() % 1000) as u16 * 20;
+    for _ in 0..20_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 12_000 + (base - 12_000 + step) % 20_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback");
 }
 
 /// A server process and its data.
