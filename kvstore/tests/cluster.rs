@@ -273,7 +273,7 @@ fn membership(kind: Kind) {
     let leader = c.wait_leader(Duration::from_secs(10));
     let victim = (0..3).find(|&i| i != leader).expect("a follower");
     let id = format!("{:x}", c.id(victim));
-    c.ok(&["member", "remove", &id]);
+    c.reconfigure(&["member", "remove", &id]);
     let exit = c.members[victim].wait_exit(Duration::from_secs(15));
     assert!(exit.is_some(), "{kind:?}: removed member still runs");
     assert_eq!(member_rows(&mut c).len(), 3);

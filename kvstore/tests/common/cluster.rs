@@ -223,21 +223,7 @@ impl Cluster {
             log_level: "info".into(),
             child: None,
         };
-        // etcd refuses changes until its members have been connected for a while.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let out = loop {
-            let out = self.etcdctl(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            assert!(
-                stderr.contains("unhealthy cluster") && Instant::now() < deadline,
-                "{:?}: member add failed: {stderr}",
-                self.kind
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let out = self.reconfigure(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
         let initial = out
             .lines()
             .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
@@ -253,6 +239,25 @@ impl Cluster {
         p.wait_ready();
         self.members.push(p);
         self.members.len() - 1
+    }
+
+    /// A membership change through etcdctl; stdout. etcd refuses changes ("unhealthy
+    /// cluster") until every member has been connected for a while: retried then.
+    pub fn reconfigure(&mut self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.etcdctl(args);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                stderr.contains("unhealthy cluster") && Instant::now() < deadline,
+                "{:?}: etcdctl {args:?} failed: {stderr}",
+                self.kind
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// The member id of member `i`, from its status.
