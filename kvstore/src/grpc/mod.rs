@@ -1,6 +1,7 @@
 //! gRPC adapters: thin translations between the etcd v3 services and the `Member`
 //! facade. Errors become gRPC statuses only through `From<Error> for Status`.
 
+mod authority;
 mod cluster;
 mod kv;
 mod lease;
@@ -16,11 +17,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
 
 use crate::error::{Error, Result};
+use crate::member::Member;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::server::Member;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -82,10 +83,10 @@ pub(crate) async fn serve(
         let mut stop = stop_tx.subscribe();
         // Small request/response RPCs: never let Nagle hold a reply back.
         let incoming = TcpListenerStream::new(l).map(|s| {
-            if let Ok(s) = &s {
+            s.map(|s| {
                 let _ = s.set_nodelay(true);
-            }
-            s
+                authority::AuthorityFix::new(s)
+            })
         });
         tasks.push(tokio::spawn(async move {
             router
