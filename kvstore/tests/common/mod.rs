@@ -3,6 +3,8 @@
 //! dir, runs the stock `etcdctl` against it, and kills everything on drop.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
