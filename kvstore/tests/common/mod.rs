@@ -3,6 +3,7 @@
 //! dir, runs the stock `etcdctl` against it, and kills everything on drop.
 #![allow(dead_code)]
 
+pub mod history;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
