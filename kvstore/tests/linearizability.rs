@@ -204,7 +204,8 @@ impl Client {
                         return false;
                     };
                     let v = kv.as_ref().map(|kv| text(&kv.value));
-                    self.rec.complete(id, Outcome::Ok(Ret::CasFailed(v.clone())));
+                    self.rec
+                        .complete(id, Outcome::Ok(Ret::CasFailed(v.clone())));
                     self.seen
                         .insert(k.to_string(), (v, kv.map_or(0, |kv| kv.mod_revision)));
                 }
@@ -492,10 +493,13 @@ mod checker {
         let h = [
             inv(0, Op::Put("a".into())),
             ret(0, Ret::PutOk),
-            inv(1, Op::Cas {
-                expect: v("a"),
-                new: "b".into(),
-            }),
+            inv(
+                1,
+                Op::Cas {
+                    expect: v("a"),
+                    new: "b".into(),
+                },
+            ),
             ret(1, Ret::CasFailed(v("a"))),
         ];
         assert!(!verdict(&h));
@@ -503,14 +507,20 @@ mod checker {
         let h = [
             inv(0, Op::Put("a".into())),
             ret(0, Ret::PutOk),
-            inv(1, Op::Cas {
-                expect: v("a"),
-                new: "b".into(),
-            }),
-            inv(2, Op::Cas {
-                expect: v("a"),
-                new: "c".into(),
-            }),
+            inv(
+                1,
+                Op::Cas {
+                    expect: v("a"),
+                    new: "b".into(),
+                },
+            ),
+            inv(
+                2,
+                Op::Cas {
+                    expect: v("a"),
+                    new: "c".into(),
+                },
+            ),
             ret(1, Ret::CasOk),
             ret(2, Ret::CasOk),
         ];
@@ -573,7 +583,10 @@ mod checker {
             inv(1, Op::Get),
             ret(1, Ret::GetOk(v("a"))),
         ];
-        assert!(verdict(&h), "a delayed unknown write can overwrite a later one");
+        assert!(
+            verdict(&h),
+            "a delayed unknown write can overwrite a later one"
+        );
         let h = [
             inv(0, Op::Put("a".into())),
             unknown(0),

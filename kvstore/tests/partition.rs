@@ -38,15 +38,25 @@ async fn range(
     require_leader: bool,
 ) -> Result<RangeResponse, tonic::Status> {
     let mut req = tonic::Request::new(RangeRequest {
-        key: Bytes::from(if all { "\0".to_string() } else { key.to_string() }),
-        range_end: if all { Bytes::from_static(b"\0") } else { Bytes::new() },
+        key: Bytes::from(if all {
+            "\0".to_string()
+        } else {
+            key.to_string()
+        }),
+        range_end: if all {
+            Bytes::from_static(b"\0")
+        } else {
+            Bytes::new()
+        },
         serializable,
         ..Default::default()
     });
     if require_leader {
         // What etcd's Go client sends for `WithRequireLeader`: fail at once without a leader.
-        req.metadata_mut()
-            .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+        req.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
     }
     KvClient::new(c.channel(member, Duration::from_secs(10)))
         .range(req)
@@ -67,7 +77,15 @@ async fn snapshot(c: &NetCluster, i: usize) -> Option<(i64, Vec<(Bytes, Bytes, i
     let kvs = r
         .kvs
         .into_iter()
-        .map(|kv| (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version))
+        .map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
         .collect();
     Some((rev, kvs))
 }
@@ -79,7 +97,11 @@ fn assert_unavailable(kind: Kind, what: &str, r: Result<RangeResponse, tonic::St
             value_of(&resp)
         ),
         Err(e) => {
-            eprintln!("{kind:?}: {what} on the isolated member: {:?} {:?}", e.code(), e.message());
+            eprintln!(
+                "{kind:?}: {what} on the isolated member: {:?} {:?}",
+                e.code(),
+                e.message()
+            );
             assert!(
                 matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
                 "{kind:?}: {what} failed with {:?} {:?}, not an Unavailable-class error",
@@ -94,7 +116,9 @@ fn isolated_leader(kind: Kind) {
     let c = NetCluster::start(kind, 3);
     c.block_on(async {
         let old = c.wait_leader(&[], Duration::from_secs(15)).await;
-        put(&c, old, KEY, "before").await.expect("put before the partition");
+        put(&c, old, KEY, "before")
+            .await
+            .expect("put before the partition");
         // Every member has applied it before the cut.
         for i in 0..3 {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -103,18 +127,25 @@ fn isolated_leader(kind: Kind) {
                 if r.as_ref().ok().and_then(value_of).as_deref() == Some("before") {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{kind:?}: member {i} never saw the put");
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind:?}: member {i} never saw the put"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
 
         c.isolate(old);
         let new = c.wait_leader(&[old], Duration::from_secs(20)).await;
-        let follower = (0..3).find(|&i| i != old && i != new).expect("third member");
+        let follower = (0..3)
+            .find(|&i| i != old && i != new)
+            .expect("third member");
         eprintln!("{kind:?}: leader {old} isolated, {new} elected, {follower} follows");
 
         // The majority serves writes, through its leader and through a follower.
-        put(&c, new, KEY, "after").await.expect("write at the new leader");
+        put(&c, new, KEY, "after")
+            .await
+            .expect("write at the new leader");
         for n in 0..10 {
             let at = if n % 2 == 0 { new } else { follower };
             put(&c, at, &format!("partition/majority/{n}"), "x")

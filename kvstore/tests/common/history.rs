@@ -23,7 +23,10 @@ pub enum Op {
     Put(Value),
     Get,
     /// Write `new` if the key currently holds `expect` (`None`: the key is absent).
-    Cas { expect: Option<Value>, new: Value },
+    Cas {
+        expect: Option<Value>,
+        new: Value,
+    },
 }
 
 /// What an operation returned.
@@ -308,7 +311,10 @@ fn check_key(events: &[Event], key: String, deadline: Duration) -> KeyReport {
 
 /// Runs the tester's search on a thread with a large stack (it recurses once per
 /// operation); `false` if it finds no linearization or does not finish in time.
-fn run_with_deadline(tester: LinearizabilityTester<usize, CasRegister>, deadline: Duration) -> bool {
+fn run_with_deadline(
+    tester: LinearizabilityTester<usize, CasRegister>,
+    deadline: Duration,
+) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("linearizability".into())

@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kvstore::proto::etcdserverpb::{StatusRequest, StatusResponse, maintenance_client::MaintenanceClient};
+use kvstore::proto::etcdserverpb::{
+    StatusRequest, StatusResponse, maintenance_client::MaintenanceClient,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ETCD, ETCDCTL, Kind};
@@ -108,8 +110,8 @@ fn unique_prefix() -> String {
 
 /// Moves the calling thread into namespace `ns`.
 fn enter_netns(ns: &str) {
-    let file = File::open(format!("/run/netns/{ns}"))
-        .unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
+    let file =
+        File::open(format!("/run/netns/{ns}")).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .unwrap_or_else(|e| panic!("setns {ns}: {e}"));
 }
@@ -149,7 +151,9 @@ impl NetCluster {
             prefix: prefix.clone(),
         };
         c.add_ns(&switch_ns);
-        run(&["ip", "-n", &switch_ns, "link", "add", "br0", "type", "bridge"]);
+        run(&[
+            "ip", "-n", &switch_ns, "link", "add", "br0", "type", "bridge",
+        ]);
         run(&[
             "ip",
             "-n",
@@ -346,14 +350,25 @@ impl NetCluster {
         for i in std::mem::take(&mut *isolated) {
             let ns = self.member(i).ns.clone();
             run(&[
-                "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", PARTITION_TABLE,
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                PARTITION_TABLE,
             ]);
         }
     }
 
     /// Members currently isolated.
     pub fn isolated(&self) -> BTreeSet<usize> {
-        self.isolated.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.isolated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Runs `f` on a thread inside the switch namespace with a tokio runtime whose threads
