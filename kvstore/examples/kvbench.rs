@@ -41,6 +41,9 @@ struct Args {
     /// Like --compare, with clusters of this many members (e.g. 3).
     #[arg(long)]
     cluster: Option<usize>,
+    /// With --compare or --cluster: the servers to start, in order.
+    #[arg(long, value_delimiter = ',', default_value = "kvstore,etcd")]
+    servers: Vec<String>,
     /// Concurrent clients for the throughput workloads.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -312,7 +315,7 @@ fn rss(pid: u32) -> Option<f64> {
 /// One member process; killed on drop.
 struct Server {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     endpoint: String,
 }
 
@@ -370,21 +373,27 @@ fn start(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &token])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log"))?)
             .spawn()?;
         members.push(Server {
             child,
-            _dir: dir,
+            dir,
             endpoint: client,
         });
     }
     Ok(members)
 }
 
-async fn wait_ready(endpoint: &str) -> anyhow::Result<()> {
+/// Waits until the member answers a linearizable read; fails with its log if it exits.
+async fn wait_ready(server: &mut Server) -> anyhow::Result<()> {
+    let endpoint = server.endpoint.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(ch) = channel(endpoint).await
+        if let Some(st) = server.child.try_wait()? {
+            let log = std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default();
+            anyhow::bail!("{endpoint} exited ({st}): {log}");
+        }
+        if let Ok(ch) = channel(&endpoint).await
             && KvClient::new(ch)
                 .range(RangeRequest {
                     key: Bytes::from("ready"),
@@ -469,14 +478,16 @@ async fn main() -> anyhow::Result<()> {
         .map(|p| p.join("kvstore"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the kvstore binary"))?;
     let mut reports = Vec::new();
-    for (name, bin) in [
-        ("kvstore", kvstore_bin),
-        ("etcd", PathBuf::from("/usr/bin/etcd")),
-    ] {
-        let servers = start(&bin, members)?;
+    for name in &a.servers {
+        let bin = match name.as_str() {
+            "kvstore" => kvstore_bin.clone(),
+            "etcd" => PathBuf::from("/usr/bin/etcd"),
+            other => anyhow::bail!("unknown server {other:?} (kvstore or etcd)"),
+        };
+        let mut servers = start(&bin, members)?;
         let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
-        for e in &endpoints {
-            wait_ready(e).await?;
+        for s in &mut servers {
+            wait_ready(s).await?;
         }
         let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
         let name = if members > 1 {
