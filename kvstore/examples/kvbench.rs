@@ -466,7 +466,7 @@ async fn main() -> anyhow::Result<()> {
         (_, Some(n)) if n > 0 => n,
         (true, _) => 1,
         _ => {
-            let r = run_all("endpoint", &[a.endpoint.clone()], &a, &[]).await?;
+            let r = run_all("endpoint", std::slice::from_ref(&a.endpoint), &a, &[]).await?;
             print(&[r], a.memory_keys);
             return Ok(());
         }
