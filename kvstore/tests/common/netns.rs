@@ -108,6 +108,35 @@ fn unique_prefix() -> String {
     )
 }
 
+/// Deletes the namespaces (and kills the processes in them) left by earlier test processes
+/// that were killed before their drop guards ran; their names carry the dead process id.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(ns) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = ns
+            .strip_prefix("kvt")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", p]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+}
+
 /// Moves the calling thread into namespace `ns`.
 fn enter_netns(ns: &str) {
     let file =
@@ -139,6 +168,7 @@ impl NetCluster {
     /// answers a health check.
     pub fn start(kind: Kind, n: usize) -> NetCluster {
         require_prerequisites(kind);
+        remove_orphans();
         let prefix = unique_prefix();
         let switch_ns = format!("{prefix}-sw");
         let mut c = NetCluster {
