@@ -161,6 +161,12 @@ impl Config {
         (self.election_timeout / self.heartbeat_interval.max(1)).max(2) as usize
     }
 
+    /// How long a request waits for raft before etcd's "request timed out": long enough
+    /// for an election, short enough to answer within a client's 5 s command timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(2) + Duration::from_millis(self.election_timeout * 2)
+    }
+
     /// The initial cluster's members, grouped by name, in the order given.
     pub fn initial_members(&self) -> Result<Vec<InitialMember>> {
         let spec = match &self.initial_cluster {
@@ -210,14 +216,11 @@ impl Config {
         if self.listen_client_urls.is_empty() {
             return Err(Error::Config("--listen-client-urls is empty".into()));
         }
+        if self.listen_peer_urls.is_empty() {
+            return Err(Error::Config("--listen-peer-urls is empty".into()));
+        }
         match self.initial_cluster_state.as_str() {
-            "new" => {}
-            "existing" => {
-                return Err(Error::Config(
-                    "--initial-cluster-state existing (joining a running cluster) is not supported yet"
-                        .into(),
-                ));
-            }
+            "new" | "existing" => {}
             other => {
                 return Err(Error::Config(format!(
                     "--initial-cluster-state must be new or existing, not {other:?}"
@@ -225,11 +228,22 @@ impl Config {
             }
         }
         let members = self.initial_members()?;
-        if members.len() > 1 {
-            return Err(Error::Config(
-                "multi-member clusters are not supported yet: --initial-cluster must name only this member"
-                    .into(),
-            ));
+        let mine = self.advertise_peer_urls();
+        if let Some(m) = members.iter().find(|m| m.name == self.name)
+            && !m.peer_urls.iter().all(|u| mine.contains(u))
+        {
+            return Err(Error::Config(format!(
+                "--initial-cluster gives {:?} peer URLs {:?}, but it advertises {mine:?}",
+                self.name, m.peer_urls
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in members.iter().flat_map(|m| &m.peer_urls) {
+            if !seen.insert(u) {
+                return Err(Error::Config(format!(
+                    "--initial-cluster names peer URL {u} twice"
+                )));
+            }
         }
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(Error::Config(

@@ -16,7 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::server::Member;
+use crate::member::Member;
 
 async fn health(member: &Member) -> (StatusCode, String) {
     let has_leader = member.status().leader.load(Ordering::Relaxed) != 0;

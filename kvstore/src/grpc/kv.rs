@@ -12,7 +12,7 @@ use crate::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
 };
 use crate::proto::kvstorepb::internal_request::Request as Internal;
-use crate::server::Member;
+use crate::member::Member;
 
 pub struct KvService {
     member: Arc<Member>,

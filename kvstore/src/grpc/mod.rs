@@ -19,7 +19,7 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::server::Member;
+use crate::member::Member;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;

@@ -22,7 +22,7 @@ use crate::proto::etcdserverpb::{
     watch_request::RequestUnion, watch_server::Watch,
 };
 use crate::proto::mvccpb::event::EventType;
-use crate::server::Member;
+use crate::member::Member;
 
 /// What one response gathers at most (whole revisions are never split). The byte bound
 /// keeps responses under the 4 MiB that gRPC clients accept by default.
