@@ -13,8 +13,8 @@ use crate::lease::Lessor;
 use crate::membership::Members;
 use crate::mvcc::{KeyRange, Mvcc, Record, Rev, WriteTxn};
 use crate::proto::etcdserverpb::{
-    CompactionResponse, Member, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
 };
 use crate::proto::kvstorepb::{InternalRequest, StoredLease, StoredRevision, internal_request};

@@ -79,9 +79,7 @@ impl Error {
             Error::LeaseExists
             | Error::MemberExists
             | Error::PeerUrlExists
-            | Error::UnhealthyCluster => {
-                Code::FailedPrecondition
-            }
+            | Error::UnhealthyCluster => Code::FailedPrecondition,
             Error::NoLeader | Error::Timeout | Error::LeaderChanged | Error::Stopped => {
                 Code::Unavailable
             }

@@ -135,10 +135,7 @@ mod tests {
     fn add_publish_remove() {
         let mut m = Members::new(vec![member(3, "http://c"), member(1, "http://a")]);
         assert_eq!(m.ids(), vec![1, 3]);
-        assert_eq!(
-            m.with_peer_url(&["http://c".into()]).map(|m| m.id),
-            Some(3)
-        );
+        assert_eq!(m.with_peer_url(&["http://c".into()]).map(|m| m.id), Some(3));
         m.publish(&MemberAttributes {
             id: 3,
             name: "c".into(),

@@ -270,9 +270,9 @@ async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>> {
 /// Serves the peer service on `listener` until the member stops.
 async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
     let mut stopping = member.shared.stopping.subscribe();
-    let svc = crate::proto::peerpb::peer_server::PeerServer::new(
-        peer::service::PeerService::new(member.clone()),
-    )
+    let svc = crate::proto::peerpb::peer_server::PeerServer::new(peer::service::PeerService::new(
+        member.clone(),
+    ))
     .max_decoding_message_size(peer::conn::MAX_PEER_MESSAGE)
     .max_encoding_message_size(peer::conn::MAX_PEER_MESSAGE);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

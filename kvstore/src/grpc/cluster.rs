@@ -9,12 +9,13 @@ use tonic::{Request, Response, Status};
 
 use crate::config;
 use crate::error::Error;
-use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, Member as PbMember, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
-};
 use crate::member::Member;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, Member as PbMember, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberRemoveRequest, MemberRemoveResponse,
+    StatusRequest, StatusResponse, alarm_request::AlarmAction, cluster_server::Cluster,
+    maintenance_server::Maintenance,
+};
 
 /// The version reported in Status: the etcd API level this member speaks.
 pub const API_VERSION: &str = "3.4.0";

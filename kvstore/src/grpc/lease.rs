@@ -13,13 +13,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::apply::Applied;
 use crate::error::Error;
 use crate::lease::MAX_TTL;
+use crate::member::Member;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
 };
 use crate::proto::kvstorepb::internal_request::Request as Internal;
-use crate::member::Member;
 
 pub struct LeaseService {
     member: Arc<Member>,

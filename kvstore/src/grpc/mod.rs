@@ -15,11 +15,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{Error, Result};
+use crate::member::Member;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::member::Member;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;

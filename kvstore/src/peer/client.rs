@@ -10,8 +10,7 @@ use tonic::transport::Channel;
 use super::conn;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::peerpb::{MembersRequest, MembersResponse, peer_client::PeerClient};
 
@@ -73,7 +72,10 @@ impl PeerClients {
 /// A forwarded call's outcome: an unreachable or no-longer leader reads as "no leader"
 /// (the client retries), a timeout as etcd's "request timed out".
 fn forwarded<T>(
-    r: std::result::Result<std::result::Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    r: std::result::Result<
+        std::result::Result<tonic::Response<T>, tonic::Status>,
+        tokio::time::error::Elapsed,
+    >,
 ) -> Result<T> {
     match r {
         Ok(Ok(resp)) => Ok(resp.into_inner()),

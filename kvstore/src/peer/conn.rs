@@ -34,9 +34,7 @@ pub fn channel(url: &str) -> Result<Channel> {
 }
 
 /// A peer client on `url`, with the peer message size limits.
-pub fn client(
-    url: &str,
-) -> Result<crate::proto::peerpb::peer_client::PeerClient<Channel>> {
+pub fn client(url: &str) -> Result<crate::proto::peerpb::peer_client::PeerClient<Channel>> {
     Ok(
         crate::proto::peerpb::peer_client::PeerClient::new(channel(url)?)
             .max_decoding_message_size(MAX_PEER_MESSAGE)

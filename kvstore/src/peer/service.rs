@@ -10,15 +10,14 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
+use crate::member::Member;
 use crate::node::Msg;
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::peerpb::{
     Ack, MembersRequest, MembersResponse, RaftBatch, SnapshotChunk, peer_server::Peer,
 };
-use crate::member::Member;
 
 pub struct PeerService {
     member: Arc<Member>,

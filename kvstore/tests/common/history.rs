@@ -97,6 +97,8 @@ enum Event {
 #[derive(Debug, Default)]
 pub struct Recorder {
     events: Mutex<Vec<Event>>,
+    /// How often each error was seen, for the report.
+    errors: Mutex<BTreeMap<String, usize>>,
 }
 
 /// Counts of one key's (or a whole history's) operations by outcome.
@@ -127,12 +129,24 @@ impl Counts {
     }
 }
 
+/// What the checker concluded about one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    /// No order of the operations agrees with a compare-and-swap register.
+    Violation,
+    /// The search ran out of time: not a pass.
+    Inconclusive,
+}
+
 /// The verdict on one key.
 #[derive(Debug)]
 pub struct KeyReport {
     pub key: String,
     pub counts: Counts,
-    pub linearizable: bool,
+    /// Unknown writes whose value no operation mentions, left out of the search.
+    pub pruned: usize,
+    pub verdict: Verdict,
     pub elapsed: Duration,
     /// The key's history, one line per operation, for a failure message.
     pub history: String,
@@ -167,6 +181,24 @@ impl Recorder {
         });
     }
 
+    /// Counts an error message (for the report only).
+    pub fn note_error(&self, what: String) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(what)
+            .or_default() += 1;
+    }
+
+    /// The errors seen, with how often.
+    pub fn errors(&self) -> BTreeMap<String, usize> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Totals over the whole history.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();
@@ -178,9 +210,9 @@ impl Recorder {
         c
     }
 
-    /// Checks every key's history, each on its own thread with a deadline (the tester's
-    /// search is exponential in the worst case; running out of time is a failure, never a
-    /// pass).
+    /// Checks every key's history, each on its own thread with `deadline` (the tester's
+    /// search is exponential in the worst case; running out of time is `Inconclusive`,
+    /// never a pass).
     pub fn check(&self, deadline: Duration) -> Vec<KeyReport> {
         let events = self.events().clone();
         let mut keys: Vec<String> = events
@@ -192,12 +224,8 @@ impl Recorder {
             .collect();
         keys.sort();
         keys.dedup();
-        let start = Instant::now();
         keys.into_iter()
-            .map(|key| {
-                let left = deadline.saturating_sub(start.elapsed());
-                check_key(&events, key, left)
-            })
+            .map(|key| check_key(&events, key, deadline))
             .collect()
     }
 }
@@ -232,8 +260,40 @@ fn key_ops(events: &[Event], key: &str) -> (KeyOps, BTreeMap<usize, usize>) {
     (ops, index)
 }
 
+/// Drops the unknown writes whose value no operation mentions (as a return, or as the
+/// expected value of a compare-and-swap): each write writes a distinct value, so in any
+/// linearization containing such a write nothing reads it before the next write replaces
+/// it, and leaving it out yields a linearization too. Returns how many were dropped.
+/// (Only a search-time saving: the tester may leave any in-flight write out anyway.)
+fn prune_unobserved(ops: &mut KeyOps) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for (_, op, outcome, _, _) in ops.iter() {
+        if let Op::Cas {
+            expect: Some(v), ..
+        } = op
+        {
+            seen.insert(v.clone());
+        }
+        if let Outcome::Ok(Ret::GetOk(Some(v)) | Ret::CasFailed(Some(v))) = outcome {
+            seen.insert(v.clone());
+        }
+    }
+    let mut pruned = 0;
+    for (_, op, outcome, _, _) in ops.iter_mut() {
+        let written = match op {
+            Op::Put(v) | Op::Cas { new: v, .. } => v,
+            Op::Get => continue,
+        };
+        if *outcome == Outcome::Unknown && !seen.contains(written) {
+            *outcome = Outcome::Failed;
+            pruned += 1;
+        }
+    }
+    pruned
+}
+
 fn check_key(events: &[Event], key: String, deadline: Duration) -> KeyReport {
-    let (ops, index) = key_ops(events, &key);
+    let (mut ops, index) = key_ops(events, &key);
     let origin = events.first().map_or_else(Instant::now, |e| match e {
         Event::Invoke { at, .. } | Event::Return { at, .. } => *at,
     });
@@ -250,6 +310,7 @@ fn check_key(events: &[Event], key: String, deadline: Duration) -> KeyReport {
             )),
         ));
     }
+    let pruned = prune_unobserved(&mut ops);
 
     // Tester processes: a client becomes a new process after each unknown outcome. The
     // processes that end in flight get the highest ids, so the search tries the operations
@@ -299,22 +360,27 @@ fn check_key(events: &[Event], key: String, deadline: Duration) -> KeyReport {
     }
 
     let started = Instant::now();
-    let linearizable = valid && run_with_deadline(tester, deadline);
+    let verdict = if valid {
+        run_with_deadline(tester, deadline)
+    } else {
+        Verdict::Violation
+    };
     KeyReport {
         key,
         counts,
-        linearizable,
+        pruned,
+        verdict,
         elapsed: started.elapsed(),
         history,
     }
 }
 
 /// Runs the tester's search on a thread with a large stack (it recurses once per
-/// operation); `false` if it finds no linearization or does not finish in time.
+/// operation), giving up after `deadline`.
 fn run_with_deadline(
     tester: LinearizabilityTester<usize, CasRegister>,
     deadline: Duration,
-) -> bool {
+) -> Verdict {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("linearizability".into())
@@ -323,13 +389,11 @@ fn run_with_deadline(
             let _ = tx.send(tester.serialized_history().is_some());
         });
     if spawned.is_err() {
-        return false;
+        return Verdict::Inconclusive;
     }
     match rx.recv_timeout(deadline) {
-        Ok(ok) => ok,
-        Err(_) => {
-            eprintln!("linearizability search did not finish within {deadline:?}");
-            false
-        }
+        Ok(true) => Verdict::Linearizable,
+        Ok(false) => Verdict::Violation,
+        Err(_) => Verdict::Inconclusive,
     }
 }
