@@ -22,6 +22,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
 
+/// Pause between attempts of a request waiting for a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// The member as the gRPC layer sees it.
 pub struct Member {
     pub(crate) shared: Arc<Shared>,
@@ -168,14 +171,39 @@ impl Member {
 
     /// Refreshes a lease's countdown on the leader, wherever the request arrived;
     /// returns its TTL (0 for an unknown lease, as etcd answers).
+    /// Like etcd, a request that finds no leader (an election is on) is retried until
+    /// the request timeout.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
-        match self.leader_url()? {
-            None => self.renew_lease_here(id),
-            Some(url) => Ok(self
-                .peers
-                .lease_keep_alive(&url, LeaseKeepAliveRequest { id })
-                .await?
-                .ttl),
+        self.until_leader(|| async {
+            match self.leader_url()? {
+                None => self.renew_lease_here(id),
+                Some(url) => Ok(self
+                    .peers
+                    .lease_keep_alive(&url, LeaseKeepAliveRequest { id })
+                    .await?
+                    .ttl),
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` until it succeeds or fails with something else than the lack of a
+    /// (reachable) leader, for at most the request timeout.
+    async fn until_leader<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            match f().await {
+                Err(Error::NoLeader | Error::Timeout)
+                    if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -192,14 +220,17 @@ impl Member {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
-        match self.leader_url()? {
-            None => self.lease_time_to_live_here(&req),
-            Some(url) => {
-                let mut r = self.peers.lease_time_to_live(&url, req).await?;
-                r.header = self.header(self.current_revision());
-                Ok(r)
+        self.until_leader(|| async {
+            match self.leader_url()? {
+                None => self.lease_time_to_live_here(&req),
+                Some(url) => {
+                    let mut r = self.peers.lease_time_to_live(&url, req).await?;
+                    r.header = self.header(self.current_revision());
+                    Ok(r)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Answers TimeToLive on this member, which must be the leader.

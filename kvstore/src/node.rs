@@ -55,6 +55,8 @@ pub enum Msg {
     Unreachable(u64),
     /// The outcome of streaming a snapshot to a peer.
     SnapshotStatus { to: u64, failed: bool },
+    /// A peer refused this member's messages: it was removed from the cluster.
+    Removed,
     /// Stop the loop (pending callers get "server stopped").
     Stop,
 }
@@ -223,6 +225,13 @@ impl NodeLoop {
         Ok(node)
     }
 
+    /// This member was removed from the cluster: it stops serving.
+    fn stop_removed(&mut self) {
+        tracing::warn!("this member was removed from the cluster; stopping");
+        self.shared.removed.store(true, Ordering::Release);
+        self.stop_requested = true;
+    }
+
     /// Points the transport at the members of the current member list.
     fn update_peers(&self) {
         let peers: Vec<(u64, String)> = {
@@ -299,6 +308,7 @@ impl NodeLoop {
                 }
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::Removed => self.stop_removed(),
             Msg::SnapshotStatus { to, failed } => {
                 let status = if failed {
                     SnapshotStatus::Failure
@@ -538,6 +548,7 @@ impl NodeLoop {
             }
         };
         let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+        let mut removed_me = false;
         let res = (|| {
             let cs = self.raw.apply_conf_change(&cc)?;
             self.log.set_conf_state(&cs, batch)?;
@@ -552,16 +563,15 @@ impl NodeLoop {
                 ConfChangeType::RemoveNode => {
                     tracing::info!(member = format!("{:x}", cc.node_id), "member removed");
                     sm.members.remove(cc.node_id);
-                    if cc.node_id == self.me {
-                        tracing::warn!("this member was removed from the cluster; stopping");
-                        self.shared.removed.store(true, Ordering::Release);
-                        self.stop_requested = true;
-                    }
+                    removed_me = cc.node_id == self.me;
                 }
             }
             sm.members.persist(batch);
             Ok(Applied::Members(sm.members.list()))
         })();
+        if removed_me {
+            self.stop_removed();
+        }
         Some((ctx.request_id, res))
     }
 

@@ -92,12 +92,14 @@ mod tests {
 
     #[test]
     fn round_trip_through_another_store() {
-        let mut sm = StateMachine::default();
-        sm.members = crate::membership::Members::new(vec![Member {
-            id: 7,
-            name: "a".into(),
+        let mut sm = StateMachine {
+            members: crate::membership::Members::new(vec![Member {
+                id: 7,
+                name: "a".into(),
+                ..Default::default()
+            }]),
             ..Default::default()
-        }]);
+        };
         let mut b = WriteBatch::default();
         let req = |r| InternalRequest {
             id: 1,

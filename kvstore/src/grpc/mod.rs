@@ -1,6 +1,7 @@
 //! gRPC adapters: thin translations between the etcd v3 services and the `Member`
 //! facade. Errors become gRPC statuses only through `From<Error> for Status`.
 
+mod authority;
 mod cluster;
 mod kv;
 mod lease;
@@ -74,10 +75,10 @@ pub(crate) async fn serve(
         let mut stop = stop_tx.subscribe();
         // Small request/response RPCs: never let Nagle hold a reply back.
         let incoming = TcpListenerStream::new(l).map(|s| {
-            if let Ok(s) = &s {
+            s.map(|s| {
                 let _ = s.set_nodelay(true);
-            }
-            s
+                authority::AuthorityFix::new(s)
+            })
         });
         tasks.push(tokio::spawn(async move {
             router

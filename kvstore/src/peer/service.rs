@@ -19,6 +19,9 @@ use crate::proto::peerpb::{
     Ack, MembersRequest, MembersResponse, RaftBatch, SnapshotChunk, peer_server::Peer,
 };
 
+/// What a removed member hears when it still sends raft messages.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
 pub struct PeerService {
     member: Arc<Member>,
 }
@@ -39,6 +42,10 @@ impl PeerService {
     }
 
     fn deliver(&self, m: Message) -> Result<(), Status> {
+        if self.member.state().read().members.is_removed(m.from) {
+            // Tell the sender: it learns it was removed even if it missed the entry.
+            return Err(Status::permission_denied(REMOVED));
+        }
         if m.to != self.member.member_id {
             // Meant for a member that used to listen here; never step it.
             return Err(Status::failed_precondition(format!(

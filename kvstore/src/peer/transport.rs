@@ -193,6 +193,11 @@ async fn run_peer(
                     down = false;
                 }
             }
+            Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
+                tracing::warn!(peer = format!("{to:x}"), "peer says: {}", s.message());
+                let _ = raft.send(Msg::Removed);
+                return;
+            }
             failed => {
                 if !down {
                     let why = match failed {

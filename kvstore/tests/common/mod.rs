@@ -1,8 +1,10 @@
 //! Test harness shared by the kvstore integration tests: starts a real server process
 //! (kvstore, or etcd 3.4 as the reference) on free loopback ports in a temporary data
-//! dir, runs the stock `etcdctl` against it, and kills everything on drop.
+//! dir, runs the stock `etcdctl` against it, and kills everything on drop. `cluster`
+//! builds multi-member clusters out of the same processes.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod history;
 pub mod netns;
 
@@ -46,6 +48,12 @@ pub struct Proc {
     pub dir: tempfile::TempDir,
     /// Extra server flags, kept across restarts.
     pub extra: Vec<String>,
+    /// Member name, `--initial-cluster` (None: just this member) and its state.
+    pub name: String,
+    pub initial_cluster: Option<String>,
+    pub initial_state: String,
+    /// `RUST_LOG` of a kvstore server.
+    pub log_level: String,
     child: Option<Child>,
 }
 
@@ -63,10 +71,41 @@ impl Proc {
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            name: "default".into(),
+            initial_cluster: None,
+            initial_state: "new".into(),
+            log_level: "warn".into(),
             child: None,
         };
         p.spawn();
         p
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Whether the process runs (it may have exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(st.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn endpoint(&self) -> String {
@@ -82,6 +121,13 @@ impl Proc {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to answer (a cluster member answers only
+    /// once a quorum runs).
+    pub fn launch(&mut self) {
         let bin = match self.kind {
             Kind::Kvstore => env!("CARGO_BIN_EXE_kvstore").to_string(),
             Kind::Etcd => {
@@ -91,9 +137,17 @@ impl Proc {
         };
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let child = Command::new(bin)
-            .args(["--name", "default", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.data_dir())
             .args([
                 "--listen-client-urls",
@@ -107,19 +161,20 @@ impl Proc {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", &self.initial_state])
             .args(&self.extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start server");
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Waits until the server answers a linearizable read.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.etcdctl(&["--command-timeout=1s", "endpoint", "health"]);
             if out.status.success() {
