@@ -47,6 +47,8 @@ impl Cluster {
                 initial_cluster: None,
                 initial_state: "new".into(),
                 log_level: "info".into(),
+                scheme: "http",
+                ctl_args: Vec::new(),
                 child: None,
             })
             .collect();
@@ -221,6 +223,8 @@ impl Cluster {
             initial_cluster: None,
             initial_state: "existing".into(),
             log_level: "info".into(),
+            scheme: "http",
+            ctl_args: Vec::new(),
             child: None,
         };
         let out = self.reconfigure(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);

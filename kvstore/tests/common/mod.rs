@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod history;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
