@@ -174,6 +174,11 @@ impl LoadedTls {
         self.roots.is_some()
     }
 
+    /// Whether a trusted CA is configured (needed to dial https:// members).
+    pub fn has_ca(&self) -> bool {
+        self.ca_pem.is_some()
+    }
+
     /// A rustls server configuration advertising `alpn` (e.g. `http/1.1` for the metrics
     /// listener), requiring client certificates when a trusted CA is configured.
     pub fn rustls_server(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
