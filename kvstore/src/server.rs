@@ -48,11 +48,14 @@ impl Server {
             .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
         // Bind first: a port in use must fail the start before anything is written.
         let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
-        let client_listeners: Vec<_> = bind_all(&cfg.listen_client_urls)
+        let mut client_listeners = Vec::new();
+        for (l, url) in bind_all(&cfg.listen_client_urls)
             .await?
             .into_iter()
-            .zip(cfg.listen_client_urls.iter().map(|u| tls.grpc_for(u)))
-            .collect();
+            .zip(&cfg.listen_client_urls)
+        {
+            client_listeners.push((l, tls.grpc_for(url)?));
+        }
         // The peer side: TLS on https:// peer listeners, and how to dial other members.
         let peer_server_tls: Vec<_> = cfg
             .listen_peer_urls

@@ -256,11 +256,12 @@ impl MemberTls {
         Ok(MemberTls { client, peer })
     }
 
-    /// The gRPC server TLS for client URL `url`: some for https://, none for http://.
-    pub fn grpc_for(&self, url: &str) -> Option<ServerTlsConfig> {
+    /// The gRPC (HTTP/2) server TLS for client URL `url`: some for https://, none for
+    /// http://.
+    pub fn grpc_for(&self, url: &str) -> Result<Option<Arc<rustls::ServerConfig>>> {
         match &self.client {
-            Some(t) if is_https(url) => Some(t.grpc_server()),
-            _ => None,
+            Some(t) if is_https(url) => t.rustls_server(&[b"h2"]).map(Some),
+            _ => Ok(None),
         }
     }
 
