@@ -134,7 +134,7 @@ fn forms_over_tls(kind: Kind) {
     let health = c.etcdctl(&["endpoint", "health", "--cluster"]);
     assert!(health.status.success(), "{kind:?}: {health:?}");
     assert_eq!(
-        String::from_utf8_lossy(&health.stdout)
+        String::from_utf8_lossy(&health.stderr)
             .matches("is healthy")
             .count(),
         3,

@@ -275,9 +275,6 @@ impl Cluster {
             ctl_args: Vec::new(),
             child: None,
         };
-        let own = std::mem::take(&mut p.extra);
-        p.extra = self.extra.clone();
-        p.extra.extend(own);
         setup(n - 1, &mut p);
         let out = self.reconfigure(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
         let initial = out
