@@ -145,7 +145,12 @@ fn forms_over_tls(kind: Kind) {
     c.wait_converged(Duration::from_secs(10));
     for i in 0..3 {
         assert_eq!(
-            c.members[i].ok(&["get", "/peer-tls/k", "--print-value-only", "--consistency=s"]),
+            c.members[i].ok(&[
+                "get",
+                "/peer-tls/k",
+                "--print-value-only",
+                "--consistency=s"
+            ]),
             "v\n",
             "{kind:?}: m{}",
             i + 1
@@ -261,9 +266,8 @@ async fn plaintext_peer_traffic_is_refused() {
     use tonic::transport::Endpoint;
 
     let pki = Pki::new();
-    let c = tokio::task::block_in_place(|| {
-        Cluster::start_with(Kind::Kvstore, 1, &[], pki.setup(&[]))
-    });
+    let c =
+        tokio::task::block_in_place(|| Cluster::start_with(Kind::Kvstore, 1, &[], pki.setup(&[])));
     let port = c.members[0].peer_port;
     let members = |ep: Endpoint| async move {
         let ch = ep
@@ -304,7 +308,9 @@ async fn plaintext_peer_traffic_is_refused() {
         .expect("endpoint")
         .tls_config(tls(pki.ours.path(), pki.ours.path()))
         .expect("tls");
-    let res = members(ep).await.expect("a member certificate of our CA is served");
+    let res = members(ep)
+        .await
+        .expect("a member certificate of our CA is served");
     assert_eq!(res.into_inner().members.len(), 1);
     drop(c);
 }
