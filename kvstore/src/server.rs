@@ -57,14 +57,14 @@ impl Server {
             client_listeners.push((l, tls.grpc_for(url)?));
         }
         // The peer side: TLS on https:// peer listeners, and how to dial other members.
-        let peer_server_tls: Vec<_> = cfg
-            .listen_peer_urls
-            .iter()
-            .map(|u| match &tls.peer {
+        let mut peer_servers = Vec::new();
+        for u in &cfg.listen_peer_urls {
+            let server_tls = match &tls.peer {
                 Some(t) if config::is_https(u) => Some(t.grpc_server()),
                 _ => None,
-            })
-            .collect();
+            };
+            peer_servers.push(peer::conn::server(server_tls)?);
+        }
         let dialer = match &tls.peer {
             Some(t) if t.has_ca() => peer::conn::Dialer::new(Some(t.grpc_client()?)),
             _ => peer::conn::Dialer::default(),
@@ -172,8 +172,7 @@ impl Server {
             let l_tls = tls.http_for(url)?;
             tasks.push(tokio::spawn(crate::http::serve(member.clone(), l, l_tls)));
         }
-        for (l, l_tls) in peer_listeners.into_iter().zip(peer_server_tls) {
-            let server = peer::conn::server(l_tls)?;
+        for (l, server) in peer_listeners.into_iter().zip(peer_servers) {
             tasks.push(tokio::spawn(serve_peers(member.clone(), l, server)));
         }
         let attrs = MemberAttributes {
