@@ -41,7 +41,10 @@ pub struct EmbeddedKvArgs {
     pub initial_advertise_peer_urls: Option<String>,
     /// Client URLs other hosts (and the other members' netd) reach this member at; default:
     /// --kv-listen-client-urls (etcd's --advertise-client-urls).
-    #[arg(long = "kv-advertise-client-urls", env = "NETD_KV_ADVERTISE_CLIENT_URLS")]
+    #[arg(
+        long = "kv-advertise-client-urls",
+        env = "NETD_KV_ADVERTISE_CLIENT_URLS"
+    )]
     pub advertise_client_urls: Option<String>,
     /// Peer URLs the embedded member listens on (etcd's --listen-peer-urls).
     #[arg(
@@ -304,7 +307,10 @@ mod tests {
             "only new or existing"
         );
         // Defaults: etcd's, a single member advertising what it listens on.
-        let d = Flags::try_parse_from(["netd"]).expect("parse").kv.kv_config();
+        let d = Flags::try_parse_from(["netd"])
+            .expect("parse")
+            .kv
+            .kv_config();
         assert_eq!(d.initial_cluster_state, "new");
         assert_eq!(d.initial_cluster_token, "etcd-cluster");
         assert_eq!(d.advertise_peer_urls(), d.listen_peer_urls);
