@@ -1,9 +1,10 @@
 //! The raft node loop: one OS thread owns the raft `RawNode`. It batches every queued
 //! proposal and read into one `Ready`, so concurrent writers share one fsync (group
 //! commit); it sends raft messages through the peer transport (the leader's before its
-//! fsync, a follower's after), persists the log before applying, installs snapshots,
-//! applies committed entries and conf changes to the state machine and answers each
-//! waiting caller by request id, never by log index. A proposal lost to a leader change
+//! fsync, a follower's acks and votes after, its forwarded proposals and reads at once),
+//! applies entries raft reports committed (durable here and on a quorum) before fsyncing
+//! the newer ones, installs snapshots, applies conf changes and answers each waiting
+//! caller by request id, never by log index. A proposal lost to a leader change
 //! is answered with an error as soon as that is certain, never left hanging.
 //!
 //! Only this thread mutates the state machine; readers take its lock briefly.
@@ -426,9 +427,12 @@ impl NodeLoop {
         // (append acks, votes) does.
         let mut after_sync = rd.take_persisted_messages();
         if !after_sync.is_empty() {
-            let (now, later): (Vec<_>, Vec<_>) = after_sync
-                .into_iter()
-                .partition(|m| matches!(m.get_msg_type(), MessageType::MsgPropose | MessageType::MsgReadIndex));
+            let (now, later): (Vec<_>, Vec<_>) = after_sync.into_iter().partition(|m| {
+                matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgPropose | MessageType::MsgReadIndex
+                )
+            });
             self.transport.send(now);
             after_sync = later;
         }
