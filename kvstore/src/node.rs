@@ -1,9 +1,10 @@
 //! The raft node loop: one OS thread owns the raft `RawNode`. It batches every queued
 //! proposal and read into one `Ready`, so concurrent writers share one fsync (group
 //! commit); it sends raft messages through the peer transport (the leader's before its
-//! fsync, a follower's after), persists the log before applying, installs snapshots,
-//! applies committed entries and conf changes to the state machine and answers each
-//! waiting caller by request id, never by log index. A proposal lost to a leader change
+//! fsync, a follower's acks and votes after, its forwarded proposals and reads at once),
+//! applies entries raft reports committed (durable here and on a quorum) before fsyncing
+//! the newer ones, installs snapshots, applies conf changes and answers each waiting
+//! caller by request id, never by log index. A proposal lost to a leader change
 //! is answered with an error as soon as that is certain, never left hanging.
 //!
 //! Only this thread mutates the state machine; readers take its lock briefly.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use prost::Message;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
@@ -142,6 +143,9 @@ pub(crate) struct NodeLoop {
     self_removals: Vec<u64>,
     /// Log truncations waiting to be written by the compactor thread.
     compactor: std::sync::mpsc::Sender<WriteBatch>,
+    /// State machine writes (and commit index) not yet handed to the backend: they go
+    /// with the next log append, so each fsync covers one backend batch.
+    unsynced: WriteBatch,
 }
 
 /// Writes log truncations in order. Each first makes everything written so far durable:
@@ -225,6 +229,7 @@ impl NodeLoop {
             stop_requested: false,
             self_removals: Vec::new(),
             compactor,
+            unsynced: WriteBatch::default(),
         };
         node.update_peers();
         Ok(node)
@@ -299,7 +304,8 @@ impl NodeLoop {
             self.on_ready()?;
         }
         self.fail_all(|| Error::Stopped);
-        Ok(())
+        self.write_unsynced()?;
+        self.backend.sync()
     }
 
     fn handle(&mut self, m: Msg) {
@@ -440,6 +446,20 @@ impl NodeLoop {
         let mut rd = self.raw.ready();
         // A leader's messages may go before its own fsync (raft's thesis, 10.2.1).
         self.transport.send(rd.take_messages());
+        // A follower's forwarded proposals and read requests promise nothing about its own
+        // log, so they need not wait for its fsync either; everything else a follower says
+        // (append acks, votes) does.
+        let mut after_sync = rd.take_persisted_messages();
+        if !after_sync.is_empty() {
+            let (now, later): (Vec<_>, Vec<_>) = after_sync.into_iter().partition(|m| {
+                matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgPropose | MessageType::MsgReadIndex
+                )
+            });
+            self.transport.send(now);
+            after_sync = later;
+        }
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot())?;
         }
@@ -448,34 +468,36 @@ impl NodeLoop {
                 self.reads_after_apply.push((rs.index, b.waiters));
             }
         }
-        let mut batch = WriteBatch::default();
+        // Entries raft hands over as committed are already durable here and on a quorum:
+        // apply them and answer their callers now, without waiting for the fsync of the
+        // new entries below. The state machine's own writes need no fsync of their own;
+        // they reach the backend in one batch with the next log append (a crash before
+        // that re-applies them from the log).
+        let answers = self.apply(rd.take_committed_entries())?;
+        self.publish(answers);
+        self.answer_reads();
+        let mut batch = std::mem::take(&mut self.unsynced);
         self.log.append(rd.entries(), &mut batch)?;
         if let Some(hs) = rd.hs() {
             self.log.set_hard_state(hs, &mut batch)?;
         }
-        if !batch.is_empty() {
-            self.backend.write(batch)?;
-        }
         if rd.must_sync() {
+            if !batch.is_empty() {
+                self.backend.write(batch)?;
+            }
             self.backend.sync()?;
+        } else {
+            self.unsynced = batch;
         }
         // A follower's answers (append acks, votes) only once what they promise is durable.
-        self.transport.send(rd.take_persisted_messages());
-        // Applying: the log entries are durable, so the state machine's own writes need no
-        // fsync of their own; they go to disk in one batch with the commit index, after the
-        // callers are answered (a crash before that batch re-applies from the log).
-        let mut batch = WriteBatch::default();
-        let mut answers = self.apply(rd.take_committed_entries(), &mut batch)?;
+        self.transport.send(after_sync);
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.log.set_commit(commit, &mut batch)?;
+            self.log.set_commit(commit, &mut self.unsynced)?;
         }
         self.transport.send(light.take_messages());
-        answers.extend(self.apply(light.take_committed_entries(), &mut batch)?);
+        let answers = self.apply(light.take_committed_entries())?;
         self.publish(answers);
-        if !batch.is_empty() {
-            self.backend.write(batch)?;
-        }
         self.raw.advance_apply();
         self.publish_status();
         self.answer_reads();
@@ -483,8 +505,19 @@ impl NodeLoop {
         Ok(())
     }
 
+    /// Hands the state machine's pending writes to the backend (not yet durable).
+    fn write_unsynced(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.unsynced);
+        if !batch.is_empty() {
+            self.backend.write(batch)?;
+        }
+        Ok(())
+    }
+
     /// Replaces the state machine with a snapshot received from the leader.
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        // Older state machine writes must not land after (and over) the snapshot's.
+        self.write_unsynced()?;
         let meta = snap.get_metadata();
         let sm = crate::snapshot::install(self.backend.as_ref(), &self.log, meta, snap.get_data())?;
         tracing::info!(
@@ -499,13 +532,15 @@ impl NodeLoop {
         Ok(())
     }
 
-    /// Applies committed entries to the state machine, adding its disk writes to `batch`;
-    /// returns each request's answer by request id.
-    fn apply(&mut self, entries: Vec<Entry>, batch: &mut WriteBatch) -> Result<Vec<Answer>> {
+    /// Applies committed entries to the state machine, adding its disk writes to the
+    /// pending batch; returns each request's answer by request id.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<Answer>> {
         let mut answers = Vec::new();
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(answers);
         };
+        let mut pending = std::mem::take(&mut self.unsynced);
+        let batch = &mut pending;
         let mut members_changed = false;
         let shared = self.shared.clone();
         let mut sm = Some(shared.sm.write());
@@ -556,6 +591,7 @@ impl NodeLoop {
         }
         drop(sm);
         batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());
+        self.unsynced = pending;
         if members_changed {
             self.update_peers();
         }
@@ -661,6 +697,9 @@ impl NodeLoop {
         let (first, _) = self.log.span();
         let keep = self.opts.catch_up_entries;
         if applied >= first + self.opts.snapshot_count + keep {
+            // The compactor syncs before it truncates: the applied state must be in the
+            // backend by then.
+            self.write_unsynced()?;
             // Raft stops seeing the entries now; their removal from disk (thousands of
             // deletes, after an fsync) happens off this thread.
             let mut batch = WriteBatch::default();

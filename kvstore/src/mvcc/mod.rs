@@ -120,16 +120,23 @@ impl Mvcc {
     }
 
     fn insert(&mut self, rev: Rev, rec: Record) {
-        self.index
-            .entry(rec.kv.key.clone())
-            .or_default()
-            .push(IndexEntry {
-                rev,
-                tombstone: rec.tombstone,
-            });
+        // Exact reservations: a vector's first growth reserves room for four records, and
+        // most revisions hold one record and most keys see few writes; across 100k keys
+        // the spare room would outweigh the data.
+        let hist = self.index.entry(rec.kv.key.clone()).or_default();
+        if hist.len() == hist.capacity() {
+            hist.reserve_exact(hist.len().max(1));
+        }
+        hist.push(IndexEntry {
+            rev,
+            tombstone: rec.tombstone,
+        });
         let slots = self.log.entry(rev.main).or_default();
         let sub = rev.sub as usize;
         if slots.len() <= sub {
+            if slots.capacity() == 0 {
+                slots.reserve_exact(sub + 1);
+            }
             slots.resize(sub + 1, None);
         }
         slots[sub] = Some(rec);
