@@ -12,7 +12,7 @@ use crate::error::{CniError, Result};
 use crate::ipam::Ipam;
 use crate::masq;
 use crate::naming;
-use crate::net::{container, host, links, netns::Netns};
+use crate::net::{container, garp, host, links, netns::Netns};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::subnet_env::SubnetEnv;
 
@@ -98,6 +98,10 @@ impl Attach<'_> {
         host::attach_port(h, &veth, &bridge, conf.hairpin).await?;
         let routes = container_routes(conf, env, gw, &ipam_result);
         let cont = container::configure(&self.cont_h, &inv.ifname, &addrs, &routes).await?;
+        // Neighbours may still map a reused address to its previous owner's MAC.
+        for a in &addrs {
+            garp::announce(&self.netns, cont.index, &cont.mac, a.ip())?;
+        }
 
         if masq_enabled(conf, Some(env)) {
             self.progress.masq_added = true;
