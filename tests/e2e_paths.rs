@@ -41,6 +41,13 @@ fn cross_host_containers_talk_tcp_and_icmp() {
     );
     // The container MTU is the VXLAN MTU: underlay 1500 − 50.
     assert_eq!(World::mtu(&a.ns, "eth0").expect("mtu"), 1450);
+    // flannel's VXLAN device settings: no learning, no outer UDP checksum.
+    let dev = netd_project::cmd::run(&["ip", "-n", &w.host(1), "-d", "link", "show", "flannel.1"])
+        .expect("flannel.1");
+    assert!(
+        dev.contains("nolearning") && dev.contains("noudpcsum"),
+        "{dev}"
+    );
 
     // ICMP both ways, and a full-size packet that must not be fragmented (DF set).
     for (from, to) in [(&a, &b), (&b, &a)] {

@@ -98,7 +98,10 @@ impl Attach<'_> {
         host::attach_port(h, &veth, &bridge, conf.hairpin).await?;
         let routes = container_routes(conf, env, gw, &ipam_result);
         let cont = container::configure(&self.cont_h, &inv.ifname, &addrs, &routes).await?;
-        // Neighbours may still map a reused address to its previous owner's MAC.
+        // Neighbours may still map a reused address to its previous owner's MAC. The
+        // announcement goes out once the bridge forwards from the new port; if it does not
+        // within a second, it is sent anyway (the neighbours' entries then age out as usual).
+        host::wait_forwarding(h, &veth.name).await?;
         for a in &addrs {
             garp::announce(&self.netns, cont.index, &cont.mac, a.ip())?;
         }
