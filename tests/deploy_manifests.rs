@@ -36,6 +36,9 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// An init container: its command, and its mounts as (host path, path inside).
+type Install = (Vec<String>, Vec<(String, String)>);
+
 /// Parses `command + args` of a container with netd's CLI, if it runs netd.
 fn assert_netd_accepts(container: &Value) {
     let mut argv = strings(&container["command"]);
@@ -112,7 +115,7 @@ fn kubernetes_manifest_is_valid_and_matches_the_shipped_configs() {
     let inits = pod["initContainers"]
         .as_sequence()
         .expect("init containers");
-    let installs: Vec<(Vec<String>, Vec<(String, String)>)> = inits
+    let installs: Vec<Install> = inits
         .iter()
         .map(|c| {
             let mounts = c["volumeMounts"]
