@@ -10,6 +10,9 @@
 //! podman runs inside the host's namespace through `nsenter --net` (not `ip netns exec`, which
 //! remounts /sys and would hide the cgroup hierarchy the OCI runtime needs).
 //! The OCI runtime is runc: it handles both cgroup v1/hybrid machines and cgroup v2.
+//! Outside the temp dir, podman still writes two caches it has no flag for: its image metadata
+//! cache (`/var/lib/containers/cache`) and libcni's result cache (`/var/lib/cni/results`, emptied
+//! again by DEL). No network object is created outside the test's namespaces.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
