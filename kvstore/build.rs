@@ -1,7 +1,12 @@
 //! Compiles the etcd v3 API subset and kvstore's internal records with protox (pure Rust),
 //! so building needs no system `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/kv.proto", "proto/rpc.proto", "proto/internal.proto"];
+    let protos = [
+        "proto/kv.proto",
+        "proto/rpc.proto",
+        "proto/internal.proto",
+        "proto/peer.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

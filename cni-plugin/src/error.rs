@@ -36,6 +36,8 @@ pub mod code {
     pub const DELEGATE: u32 = 104;
     /// Plugin-specific: nftables masquerade setup failed.
     pub const FIREWALL: u32 = 105;
+    /// Plugin-specific: a file or directory the plugin reads is writable by other users.
+    pub const UNTRUSTED_FILE: u32 = 106;
 }
 
 /// Everything that can go wrong in one plugin invocation.
@@ -58,6 +60,8 @@ pub enum CniError {
     SubnetFileMissing { path: String, reason: String },
     #[error("subnet file {path} is invalid: {reason}")]
     SubnetFileInvalid { path: String, reason: String },
+    #[error("refusing {path}: it {reason}")]
+    Untrusted { path: String, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -116,6 +120,7 @@ impl CniError {
             CniError::InvalidConfig(_) | CniError::SubnetFileInvalid { .. } => code::INVALID_CONFIG,
             CniError::SubnetFileMissing { .. } => code::TRY_AGAIN,
             CniError::Io { .. } => code::IO,
+            CniError::Untrusted { .. } => code::UNTRUSTED_FILE,
             CniError::Kernel { .. } => code::KERNEL,
             CniError::InterfaceExists(_) | CniError::AddressTaken(_) => code::ALREADY_EXISTS,
             CniError::Exhausted(_) => code::EXHAUSTED,

@@ -12,6 +12,7 @@
 //! - [`result`]: CNI results, parsed and shaped per version.
 //! - [`commands`]: ADD, DEL, CHECK, GC, STATUS, VERSION.
 //! - [`error`]: the one error type, and its one conversion to CNI error JSON.
+//! - [`file_trust`]: refusing files and directories other users could write.
 //!
 //! [`run`] is the whole plugin; `main.rs` only wires it to the process.
 
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod file_trust;
 pub mod ipam;
 pub mod masq;
 pub mod naming;

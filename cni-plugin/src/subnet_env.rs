@@ -29,8 +29,10 @@ pub struct SubnetEnv {
 }
 
 impl SubnetEnv {
-    /// Read and parse the file; a missing or unreadable file is "try again later".
+    /// Read and parse the file; a missing or unreadable file is "try again later". A file
+    /// other users could have written is refused ([`crate::file_trust`]).
     pub fn load(path: &str) -> Result<SubnetEnv> {
+        crate::file_trust::check_file(std::path::Path::new(path))?;
         let text = std::fs::read_to_string(path).map_err(|e| CniError::SubnetFileMissing {
             path: path.to_string(),
             reason: e.to_string(),

@@ -4,10 +4,17 @@
 //! ```text
 //! kvbench --endpoint http://127.0.0.1:2379            # one endpoint
 //! kvbench --compare                                   # kvstore vs etcd 3.4, side by side
+//! kvbench --cluster 3                                 # the same with 3-member clusters
+//! kvbench --endpoint https://127.0.0.1:2379 --tls-dir pki   # over TLS (netd certs layout)
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
 //! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
-//! dirs, runs the same workloads against each, and prints the ratios.
+//! dirs, runs the same workloads against each, and prints the ratios. `--cluster N` does
+//! the same with an N-member cluster of each on loopback; clients are spread round-robin
+//! over the members (client i talks to member i mod N, as etcd's own benchmark tool
+//! spreads them), so followers forward writes and serve linearizable reads by ReadIndex;
+//! watchers are spread the same way and the writer talks to the first member; the memory
+//! reported is the largest resident set among the members.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -32,6 +39,12 @@ struct Args {
     /// Start kvstore and etcd and benchmark both.
     #[arg(long)]
     compare: bool,
+    /// Like --compare, with clusters of this many members (e.g. 3).
+    #[arg(long)]
+    cluster: Option<usize>,
+    /// With --compare or --cluster: the servers to start, in order.
+    #[arg(long, value_delimiter = ',', default_value = "kvstore,etcd")]
+    servers: Vec<String>,
     /// Concurrent clients for the throughput workloads.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -47,7 +60,14 @@ struct Args {
     /// Keys loaded before measuring resident memory (compare mode).
     #[arg(long, default_value_t = 100_000)]
     memory_keys: usize,
+    /// TLS towards an https:// --endpoint: DIR/ca.pem, plus DIR/client.pem and
+    /// DIR/client-key.pem when present (as `netd certs --client client` writes them).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
+
+/// Client TLS from --tls-dir, applied to every channel.
+static TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
 
 #[derive(Debug, Default, Clone)]
 struct Stats {
@@ -70,9 +90,11 @@ fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
 }
 
 async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await?)
+    let mut ep = Channel::from_shared(endpoint.to_string())?;
+    if let Some(tls) = TLS.get() {
+        ep = ep.tls_config(tls.clone())?;
+    }
+    Ok(ep.connect().await?)
 }
 
 fn key(i: usize) -> Bytes {
@@ -81,7 +103,7 @@ fn key(i: usize) -> Bytes {
 
 /// `requests` operations spread over `clients` connections; `op(client, i)` does one.
 async fn load<F, Fut>(
-    endpoint: &str,
+    endpoints: &[String],
     clients: usize,
     requests: usize,
     op: F,
@@ -92,8 +114,10 @@ where
 {
     let op = Arc::new(op);
     let mut conns = Vec::new();
-    for _ in 0..clients {
-        conns.push(KvClient::new(channel(endpoint).await?));
+    for c in 0..clients {
+        conns.push(KvClient::new(
+            channel(&endpoints[c % endpoints.len()]).await?,
+        ));
     }
     let per = requests / clients;
     let start = Instant::now();
@@ -117,9 +141,9 @@ where
     Ok(stats(all, start.elapsed()))
 }
 
-async fn put_load(endpoint: &str, clients: usize, requests: usize) -> anyhow::Result<Stats> {
+async fn put_load(endpoints: &[String], clients: usize, requests: usize) -> anyhow::Result<Stats> {
     let value = Bytes::from(vec![b'v'; 256]);
-    load(endpoint, clients, requests, move |mut c, i| {
+    load(endpoints, clients, requests, move |mut c, i| {
         let value = value.clone();
         async move {
             c.put(PutRequest {
@@ -135,12 +159,12 @@ async fn put_load(endpoint: &str, clients: usize, requests: usize) -> anyhow::Re
 }
 
 async fn range_load(
-    endpoint: &str,
+    endpoints: &[String],
     clients: usize,
     requests: usize,
     serializable: bool,
 ) -> anyhow::Result<Stats> {
-    load(endpoint, clients, requests, move |mut c, i| async move {
+    load(endpoints, clients, requests, move |mut c, i| async move {
         c.range(RangeRequest {
             key: key(i % 1000),
             serializable,
@@ -153,13 +177,18 @@ async fn range_load(
 }
 
 /// `watchers` watch one prefix; one writer puts `events` keys, 2 ms apart; latency is from
-/// just before each put to each watcher's receipt of the event.
-async fn watch_fanout(endpoint: &str, watchers: usize, events: usize) -> anyhow::Result<Stats> {
+/// just before each put to each watcher's receipt of the event. Watcher i watches at
+/// member i mod N; the writer writes at the first member.
+async fn watch_fanout(
+    endpoints: &[String],
+    watchers: usize,
+    events: usize,
+) -> anyhow::Result<Stats> {
     let prefix = format!("fanout{}/", std::process::id());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let mut ready = Vec::new();
-    for _ in 0..watchers {
-        let mut w = WatchClient::new(channel(endpoint).await?);
+    for w in 0..watchers {
+        let mut w = WatchClient::new(channel(&endpoints[w % endpoints.len()]).await?);
         let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
         req_tx
             .send(WatchRequest {
@@ -191,7 +220,7 @@ async fn watch_fanout(endpoint: &str, watchers: usize, events: usize) -> anyhow:
         }));
     }
     drop(tx);
-    let mut kv = KvClient::new(channel(endpoint).await?);
+    let mut kv = KvClient::new(channel(&endpoints[0]).await?);
     let mut sent = Vec::with_capacity(events);
     let start = Instant::now();
     for i in 0..events {
@@ -233,8 +262,15 @@ struct Report {
     rss_mb: Option<f64>,
 }
 
-async fn run_all(name: &str, endpoint: &str, a: &Args, pid: Option<u32>) -> anyhow::Result<Report> {
-    eprintln!("== {name}: {endpoint}");
+/// Runs every workload; with `pids` (the members' processes), also loads `memory_keys`
+/// more keys and reports the largest member's resident memory.
+async fn run_all(
+    name: &str,
+    endpoint: &[String],
+    a: &Args,
+    pids: &[u32],
+) -> anyhow::Result<Report> {
+    eprintln!("== {name}: {}", endpoint.join(","));
     let mut rows = Vec::new();
     let want = |w: &str| a.only.as_ref().is_none_or(|o| w.contains(o.as_str()));
     let w = "put, 1 client".to_string();
@@ -266,12 +302,11 @@ async fn run_all(name: &str, endpoint: &str, a: &Args, pid: Option<u32>) -> anyh
     for (n, s) in &rows {
         eprintln!("   {n}: {s:?}");
     }
-    let rss_mb = match pid {
-        Some(pid) => {
-            put_load(endpoint, a.clients, a.memory_keys).await?;
-            rss(pid)
-        }
-        None => None,
+    let rss_mb = if pids.is_empty() {
+        None
+    } else {
+        put_load(endpoint, a.clients, a.memory_keys).await?;
+        pids.iter().filter_map(|&p| rss(p)).reduce(f64::max)
     };
     Ok(Report {
         name: name.to_string(),
@@ -287,9 +322,10 @@ fn rss(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// One member process; killed on drop.
 struct Server {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     endpoint: String,
 }
 
@@ -304,45 +340,70 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start(bin: &PathBuf) -> anyhow::Result<Server> {
+/// Starts an `n`-member cluster of `bin` on free loopback ports, each member with its own
+/// temporary data dir.
+fn start(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
     anyhow::ensure!(
         bin.exists(),
         "{} not found (build it first: cargo build --release -p kvstore)",
         bin.display()
     );
-    let dir = tempfile::tempdir()?;
-    let client = format!("http://127.0.0.1:{}", free_port()?);
-    let peer = format!("http://127.0.0.1:{}", free_port()?);
-    let child = Command::new(bin)
-        .args(["--name", "bench", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("bench={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(Server {
-        child,
-        _dir: dir,
-        endpoint: client,
-    })
+    let mut urls = Vec::new();
+    for _ in 0..n {
+        urls.push((
+            format!("http://127.0.0.1:{}", free_port()?),
+            format!("http://127.0.0.1:{}", free_port()?),
+        ));
+    }
+    let initial: Vec<String> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("bench{i}={peer}"))
+        .collect();
+    let token = format!("kvbench-{}", std::process::id());
+    let mut members = Vec::new();
+    for (i, (client, peer)) in urls.into_iter().enumerate() {
+        let dir = tempfile::tempdir()?;
+        let child = Command::new(bin)
+            .args(["--name", &format!("bench{i}"), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &token])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log"))?)
+            .spawn()?;
+        members.push(Server {
+            child,
+            dir,
+            endpoint: client,
+        });
+    }
+    Ok(members)
 }
 
-async fn wait_ready(endpoint: &str) -> anyhow::Result<()> {
+/// Waits until the member answers a linearizable read; fails with its log if it exits.
+async fn wait_ready(server: &mut Server) -> anyhow::Result<()> {
+    let endpoint = server.endpoint.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(ch) = channel(endpoint).await
+        if let Some(st) = server.child.try_wait()? {
+            let log = std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default();
+            anyhow::bail!("{endpoint} exited ({st}): {log}");
+        }
+        if let Ok(ch) = channel(&endpoint).await
             && KvClient::new(ch)
                 .range(RangeRequest {
                     key: Bytes::from("ready"),
@@ -401,7 +462,7 @@ fn print(reports: &[Report], memory_keys: usize) {
     for r in reports {
         if let Some(m) = r.rss_mb {
             println!(
-                "\n{}: resident memory after all workloads plus {memory_keys} more puts: {m:.1} MB",
+                "\n{}: resident memory (largest member) after all workloads plus {memory_keys} more puts: {m:.1} MB",
                 r.name
             );
         }
@@ -411,11 +472,20 @@ fn print(reports: &[Report], memory_keys: usize) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    if !a.compare {
-        let r = run_all("endpoint", &a.endpoint, &a, None).await?;
-        print(&[r], a.memory_keys);
-        return Ok(());
+    if let Some(dir) = &a.tls_dir {
+        let (cert, key) = (dir.join("client.pem"), dir.join("client-key.pem"));
+        let identity = cert.exists().then_some((cert.as_path(), key.as_path()));
+        let _ = TLS.set(kvstore::tls::client_config(&dir.join("ca.pem"), identity)?);
     }
+    let members = match (a.compare, a.cluster) {
+        (_, Some(n)) if n > 0 => n,
+        (true, _) => 1,
+        _ => {
+            let r = run_all("endpoint", std::slice::from_ref(&a.endpoint), &a, &[]).await?;
+            print(&[r], a.memory_keys);
+            return Ok(());
+        }
+    };
     let exe = std::env::current_exe()?;
     let kvstore_bin = exe
         .parent()
@@ -423,13 +493,24 @@ async fn main() -> anyhow::Result<()> {
         .map(|p| p.join("kvstore"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the kvstore binary"))?;
     let mut reports = Vec::new();
-    for (name, bin) in [
-        ("kvstore", kvstore_bin),
-        ("etcd", PathBuf::from("/usr/bin/etcd")),
-    ] {
-        let server = start(&bin)?;
-        wait_ready(&server.endpoint).await?;
-        reports.push(run_all(name, &server.endpoint, &a, Some(server.child.id())).await?);
+    for name in &a.servers {
+        let bin = match name.as_str() {
+            "kvstore" => kvstore_bin.clone(),
+            "etcd" => PathBuf::from("/usr/bin/etcd"),
+            other => anyhow::bail!("unknown server {other:?} (kvstore or etcd)"),
+        };
+        let mut servers = start(&bin, members)?;
+        let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
+        for s in &mut servers {
+            wait_ready(s).await?;
+        }
+        let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+        let name = if members > 1 {
+            format!("{name} x{members}")
+        } else {
+            name.to_string()
+        };
+        reports.push(run_all(&name, &endpoints, &a, &pids).await?);
     }
     print(&reports, a.memory_keys);
     Ok(())

@@ -10,10 +10,11 @@ use prost::Message;
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
+use crate::membership::Members;
 use crate::mvcc::{KeyRange, Mvcc, Record, Rev, WriteTxn};
 use crate::proto::etcdserverpb::{
     CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
+    LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
 };
 use crate::proto::kvstorepb::{InternalRequest, StoredLease, StoredRevision, internal_request};
@@ -28,15 +29,18 @@ pub enum Applied {
     Compact(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// A membership change: the member list after it.
+    Members(Vec<Member>),
     /// An entry with no client request (e.g. a new leader's empty entry).
     Nothing,
 }
 
-/// Keyspace + leases + the raft index they reflect.
+/// Keyspace + leases + members + the raft index they reflect.
 #[derive(Debug, Default)]
 pub struct StateMachine {
     pub mvcc: Mvcc,
     pub lessor: Lessor,
+    pub members: Members,
     pub applied: u64,
 }
 
@@ -104,9 +108,11 @@ impl StateMachine {
         for (id, key) in attached {
             lessor.attach(id, &key);
         }
+        let members = Members::load(backend)?.unwrap_or_default();
         Ok(StateMachine {
             mvcc,
             lessor,
+            members,
             applied,
         })
     }
@@ -185,6 +191,11 @@ impl StateMachine {
                 Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
                     header: header(rev),
                 }))
+            }
+            Request::Publish(attrs) => {
+                self.members.publish(attrs)?;
+                self.members.persist(batch);
+                Ok(Applied::Nothing)
             }
         }
     }

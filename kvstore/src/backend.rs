@@ -106,6 +106,11 @@ pub mod keys {
     pub const APPLIED: &[u8] = b"m/applied";
     pub const COMPACTED: &[u8] = b"m/compact";
     pub const MEMBERS: &[u8] = b"m/members";
+    /// Everything under this prefix belongs to the state machine (with REV_ and LEASE_).
+    pub const META_PREFIX: &[u8] = b"m/";
+    /// This member's id and its cluster's: identity, never replaced by a snapshot.
+    pub const SELF_ID: &[u8] = b"i/self";
+    pub const CLUSTER_ID: &[u8] = b"i/cluster";
 
     pub fn log(index: u64) -> Vec<u8> {
         [LOG_PREFIX, &index.to_be_bytes()].concat()

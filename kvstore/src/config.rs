@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::error::{Error, Result};
+use crate::tls::TlsFiles;
 
 /// A kvstore member.
 #[derive(Debug, Clone, Parser)]
@@ -97,6 +98,44 @@ pub struct Config {
     /// Most operations in one transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+
+    /// Certificate (PEM) served on https:// client and metrics URLs.
+    #[arg(long, env = "ETCD_CERT_FILE", help_heading = "Client TLS")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "ETCD_KEY_FILE", help_heading = "Client TLS")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) that client certificates must chain to; as in etcd, setting it makes
+    /// https client URLs require a client certificate.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE", help_heading = "Client TLS")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", help_heading = "Client TLS",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+
+    /// Certificate (PEM) served on https:// peer URLs and presented to other members.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE", help_heading = "Peer TLS")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE", help_heading = "Peer TLS")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) that other members' certificates must chain to (required of them once
+    /// set, as in etcd).
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", help_heading = "Peer TLS")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", help_heading = "Peer TLS",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
 }
 
 impl Default for Config {
@@ -118,6 +157,14 @@ impl Default for Config {
             snapshot_count: 10_000,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: None,
+            peer_key_file: None,
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: false,
         }
     }
 }
@@ -161,6 +208,12 @@ impl Config {
         (self.election_timeout / self.heartbeat_interval.max(1)).max(2) as usize
     }
 
+    /// How long a request waits for raft before etcd's "request timed out": long enough
+    /// for an election, short enough to answer within a client's 5 s command timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(2) + Duration::from_millis(self.election_timeout * 2)
+    }
+
     /// The initial cluster's members, grouped by name, in the order given.
     pub fn initial_members(&self) -> Result<Vec<InitialMember>> {
         let spec = match &self.initial_cluster {
@@ -195,8 +248,81 @@ impl Config {
         Ok(out)
     }
 
+    /// The client side's TLS files (`--cert-file` …), if a certificate is configured.
+    pub fn client_tls(&self) -> Result<Option<TlsFiles>> {
+        tls_files(
+            "",
+            &self.cert_file,
+            &self.key_file,
+            &self.trusted_ca_file,
+            self.client_cert_auth,
+        )
+    }
+
+    /// The peer side's TLS files (`--peer-cert-file` …), if a certificate is configured: for
+    /// the peer listener and for dialling other members.
+    pub fn peer_tls(&self) -> Result<Option<TlsFiles>> {
+        tls_files(
+            "peer-",
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+        )
+    }
+
+    /// etcd's TLS rules: an https:// URL needs the side's certificate and key; client-cert-auth
+    /// needs a CA to check certificates against; a member dialling https:// peers needs a CA to
+    /// check them. Certificates given with only http:// URLs are ignored (with a warning at
+    /// start-up), as etcd ignores them.
+    fn validate_tls(&self) -> Result<()> {
+        let client = self.client_tls()?;
+        for u in self
+            .listen_client_urls
+            .iter()
+            .chain(&self.listen_metrics_urls)
+        {
+            if is_https(u) && client.is_none() {
+                return Err(Error::Config(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client URL {u}"
+                )));
+            }
+        }
+        let peer = self.peer_tls()?;
+        let mut peer_urls: Vec<String> = self
+            .listen_peer_urls
+            .iter()
+            .chain(&self.initial_advertise_peer_urls)
+            .cloned()
+            .collect();
+        if let Some(spec) = &self.initial_cluster {
+            peer_urls.extend(
+                spec.split(',')
+                    .filter_map(|p| p.split_once('='))
+                    .map(|(_, u)| u.trim().to_string()),
+            );
+        }
+        if let Some(u) = peer_urls.iter().find(|u| is_https(u)) {
+            match &peer {
+                None => {
+                    return Err(Error::Config(format!(
+                        "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer URL {u}"
+                    )));
+                }
+                Some(p) if p.trusted_ca_file.is_none() => {
+                    return Err(Error::Config(format!(
+                        "--peer-trusted-ca-file must be provided to verify the members at peer URL {u}"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the whole configuration; the error is one line for the operator.
     pub fn validate(&self) -> Result<()> {
+        self.validate_tls()?;
         for u in self
             .listen_client_urls
             .iter()
@@ -210,14 +336,11 @@ impl Config {
         if self.listen_client_urls.is_empty() {
             return Err(Error::Config("--listen-client-urls is empty".into()));
         }
+        if self.listen_peer_urls.is_empty() {
+            return Err(Error::Config("--listen-peer-urls is empty".into()));
+        }
         match self.initial_cluster_state.as_str() {
-            "new" => {}
-            "existing" => {
-                return Err(Error::Config(
-                    "--initial-cluster-state existing (joining a running cluster) is not supported yet"
-                        .into(),
-                ));
-            }
+            "new" | "existing" => {}
             other => {
                 return Err(Error::Config(format!(
                     "--initial-cluster-state must be new or existing, not {other:?}"
@@ -225,11 +348,22 @@ impl Config {
             }
         }
         let members = self.initial_members()?;
-        if members.len() > 1 {
-            return Err(Error::Config(
-                "multi-member clusters are not supported yet: --initial-cluster must name only this member"
-                    .into(),
-            ));
+        let mine = self.advertise_peer_urls();
+        if let Some(m) = members.iter().find(|m| m.name == self.name)
+            && !m.peer_urls.iter().all(|u| mine.contains(u))
+        {
+            return Err(Error::Config(format!(
+                "--initial-cluster gives {:?} peer URLs {:?}, but it advertises {mine:?}",
+                self.name, m.peer_urls
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in members.iter().flat_map(|m| &m.peer_urls) {
+            if !seen.insert(u) {
+                return Err(Error::Config(format!(
+                    "--initial-cluster names peer URL {u} twice"
+                )));
+            }
         }
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(Error::Config(
@@ -240,11 +374,53 @@ impl Config {
     }
 }
 
-/// Parses `http://host:port` into a socket address (host must be an IP or `localhost`).
+/// The TLS files of one side, from its four flags (`prefix` is "" or "peer-").
+fn tls_files(
+    prefix: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    ca: &Option<PathBuf>,
+    cert_auth: bool,
+) -> Result<Option<TlsFiles>> {
+    let files = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            trusted_ca_file: ca.clone(),
+            client_cert_auth: cert_auth,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Config(format!(
+                "--{prefix}cert-file and --{prefix}key-file must be given together"
+            )));
+        }
+    };
+    if cert_auth && ca.is_none() {
+        return Err(Error::Config(format!(
+            "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file to check certificates against"
+        )));
+    }
+    if cert_auth && files.is_none() {
+        return Err(Error::Config(format!(
+            "--{prefix}client-cert-auth needs --{prefix}cert-file and --{prefix}key-file (https)"
+        )));
+    }
+    Ok(files)
+}
+
+/// Whether `url` is served (or dialled) over TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// Parses `http://host:port` or `https://host:port` into a socket address (host must be an IP
+/// or `localhost`).
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| Error::Config(format!("URL {url:?} must start with http://")))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| Error::Config(format!("URL {url:?} must start with http:// or https://")))?;
     let hostport = rest.trim_end_matches('/');
     let hostport = match hostport.strip_prefix("localhost:") {
         Some(port) => format!("127.0.0.1:{port}"),
@@ -252,7 +428,7 @@ pub fn parse_url(url: &str) -> Result<SocketAddr> {
     };
     hostport
         .parse()
-        .map_err(|_| Error::Config(format!("URL {url:?} is not http://IP:port")))
+        .map_err(|_| Error::Config(format!("URL {url:?} is not http(s)://IP:port")))
 }
 
 /// A stable 64-bit id (FNV-1a), never zero.
@@ -297,5 +473,71 @@ mod tests {
         let c = Config::parse_from(["kvstore", "--initial-cluster", "other=http://127.0.0.1:1"]);
         assert!(c.validate().is_err());
         assert_eq!(parse_url("http://localhost:80").expect("url").port(), 80);
+    }
+
+    #[test]
+    fn tls_flags_follow_etcd_rules() {
+        let ok = |args: &[&str]| {
+            let mut all = vec!["kvstore"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).expect("parse").validate()
+        };
+        // https needs the side's certificate and key.
+        let e = ok(&["--listen-client-urls", "https://127.0.0.1:2379"]).expect_err("no cert");
+        assert!(e.to_string().contains("--cert-file"), "{e}");
+        let tls = ["--cert-file", "c.pem", "--key-file", "k.pem"];
+        let mut args = vec!["--listen-client-urls", "https://127.0.0.1:2379"];
+        args.extend_from_slice(&tls);
+        assert!(ok(&args).is_ok());
+        let e = ok(&["--cert-file", "c.pem"]).expect_err("cert without key");
+        assert!(e.to_string().contains("together"), "{e}");
+        // client-cert-auth needs a CA; etcd's =true form and the environment both work.
+        let mut args = tls.to_vec();
+        args.push("--client-cert-auth");
+        assert!(
+            ok(&args)
+                .expect_err("no CA")
+                .to_string()
+                .contains("--trusted-ca-file")
+        );
+        args.extend_from_slice(&["--trusted-ca-file", "ca.pem"]);
+        assert!(ok(&args).is_ok());
+        let c = Config::try_parse_from(["kvstore", "--client-cert-auth=true"]).expect("parse");
+        assert!(c.client_cert_auth);
+        let c = Config::try_parse_from(["kvstore", "--client-cert-auth=false"]).expect("parse");
+        assert!(!c.client_cert_auth);
+        // https metrics URLs use the client certificate, as in etcd.
+        let e = ok(&["--listen-metrics-urls", "https://127.0.0.1:2381"]).expect_err("metrics");
+        assert!(e.to_string().contains("--cert-file"), "{e}");
+        // https peers need the peer certificate and a CA to verify the other members.
+        let e = ok(&["--listen-peer-urls", "https://127.0.0.1:2380"]).expect_err("peer");
+        assert!(e.to_string().contains("--peer-cert-file"), "{e}");
+        let peer = [
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--peer-cert-file",
+            "p.pem",
+            "--peer-key-file",
+            "pk.pem",
+        ];
+        let e = ok(&peer).expect_err("peer CA");
+        assert!(e.to_string().contains("--peer-trusted-ca-file"), "{e}");
+        let mut args = peer.to_vec();
+        args.extend_from_slice(&[
+            "--peer-trusted-ca-file",
+            "ca.pem",
+            "--peer-client-cert-auth",
+        ]);
+        assert!(ok(&args).is_ok());
+        let mut all = vec!["kvstore"];
+        all.extend_from_slice(&args);
+        let files = Config::parse_from(all)
+            .peer_tls()
+            .expect("peer tls")
+            .expect("some");
+        assert!(files.client_cert_auth);
+        assert_eq!(files.trusted_ca_file, Some(PathBuf::from("ca.pem")));
+        let e = ok(&["--peer-client-cert-auth"]).expect_err("no peer files");
+        assert!(e.to_string().contains("--peer-trusted-ca-file"), "{e}");
     }
 }

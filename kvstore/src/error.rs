@@ -30,12 +30,16 @@ pub enum Error {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: member ID already exist")]
     MemberExists,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadPeerUrls,
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
@@ -70,12 +74,15 @@ impl Error {
             | Error::DuplicateKey
             | Error::RequestTooLarge
             | Error::InvalidArgument(_)
-            | Error::PeerUrlExists => Code::InvalidArgument,
+            | Error::BadPeerUrls => Code::InvalidArgument,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-            Error::LeaseExists | Error::MemberExists | Error::UnhealthyCluster => {
-                Code::FailedPrecondition
+            Error::LeaseExists
+            | Error::MemberExists
+            | Error::PeerUrlExists
+            | Error::UnhealthyCluster => Code::FailedPrecondition,
+            Error::NoLeader | Error::Timeout | Error::LeaderChanged | Error::Stopped => {
+                Code::Unavailable
             }
-            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Storage(_)
             | Error::Raft(_)

@@ -1,6 +1,7 @@
 //! The HTTP side of a member, on `--listen-metrics-urls` (etcd's flag): `/health` answers
 //! `{"health":"true"}` when a leader exists and a linearizable read completes, as etcd's
-//! does; `/metrics` gives the member's state in Prometheus text format.
+//! does; `/metrics` gives the member's state in Prometheus text format. An https:// metrics
+//! URL is served with the client TLS configuration, as etcd does.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,7 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::server::Member;
+use crate::member::Member;
 
 async fn health(member: &Member) -> (StatusCode, String) {
     let has_leader = member.status().leader.load(Ordering::Relaxed) != 0;
@@ -123,8 +124,15 @@ async fn respond(member: &Member, path: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves `/health` and `/metrics` on `listener` until the task is aborted.
-pub(crate) async fn serve(member: Arc<Member>, listener: TcpListener) {
+/// Serves `/health` and `/metrics` on `listener` until the task is aborted; over TLS when
+/// `tls` is given (an https:// metrics URL, which etcd serves with the client certificate
+/// and client-cert-auth).
+pub(crate) async fn serve(
+    member: Arc<Member>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -135,17 +143,38 @@ pub(crate) async fn serve(member: Arc<Member>, listener: TcpListener) {
             }
         };
         let member = member.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let member = member.clone();
-                async move { Ok::<_, Infallible>(respond(&member, req.uri().path()).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
+            match acceptor {
+                None => serve_connection(member, stream).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(tls)) => serve_connection(member, tls).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics TLS handshake failed"),
+                        Err(_) => tracing::debug!("metrics TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<IO>(member: Arc<Member>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let member = member.clone();
+        async move { Ok::<_, Infallible>(respond(&member, req.uri().path()).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(error = %e, "metrics connection ended");
     }
 }

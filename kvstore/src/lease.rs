@@ -106,6 +106,13 @@ impl Lessor {
         ids
     }
 
+    /// Every lease and its granted TTL, by id.
+    pub fn ttls(&self) -> Vec<(i64, i64)> {
+        let mut all: Vec<(i64, i64)> = self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Becoming leader: every countdown restarts at its full TTL.
     pub fn promote(&mut self) {
         self.primary = true;

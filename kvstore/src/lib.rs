@@ -5,26 +5,39 @@
 //! - [`grpc`]: thin adapters for the KV, Watch, Lease, Cluster and Maintenance services;
 //!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health` and
 //!   `/metrics` on `--listen-metrics-urls`.
-//! - [`server`]: a running member and the `Member` facade (propose and wait, read barrier).
+//! - [`server`]: a running member; [`bootstrap`]: who it is and what it starts from;
+//!   [`member`]: the facade the adapters call (propose and wait, read barrier, leases).
 //! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
+//! - [`peer`]: the peer service and transport (raft messages, snapshots, forwarding).
 //! - [`apply`]: the deterministic state machine applying committed requests.
-//! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table.
+//! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table; [`membership`]:
+//!   the replicated member list; [`snapshot`]: the state machine as one transferable blob.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace.
+//! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
+//!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
 //!
-//! Every write, even on a single member, goes through raft.
+//! Every write, even on a single member, goes through raft; with one voter nothing goes
+//! on the network.
 
 pub mod apply;
 pub mod backend;
+pub mod bootstrap;
+pub mod certs;
 pub mod config;
 pub mod error;
 mod grpc;
 mod http;
 pub mod lease;
+pub mod member;
+pub mod membership;
 pub mod mvcc;
 pub mod node;
+pub mod peer;
 pub mod proto;
 pub mod raft_log;
 pub mod server;
+pub mod snapshot;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

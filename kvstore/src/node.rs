@@ -1,7 +1,10 @@
 //! The raft node loop: one OS thread owns the raft `RawNode`. It batches every queued
 //! proposal and read into one `Ready`, so concurrent writers share one fsync (group
-//! commit); it persists the log before applying; it applies committed entries to the
-//! state machine and answers each waiting caller by request id, never by log index.
+//! commit); it sends raft messages through the peer transport (the leader's before its
+//! fsync, a follower's after), persists the log before applying, installs snapshots,
+//! applies committed entries and conf changes to the state machine and answers each
+//! waiting caller by request id, never by log index. A proposal lost to a leader change
+//! is answered with an error as soon as that is certain, never left hanging.
 //!
 //! Only this thread mutates the state machine; readers take its lock briefly.
 
@@ -13,15 +16,17 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
-use raft::eraftpb::{Entry, EntryType};
-use raft::{RawNode, StateRole};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use crate::apply::{Applied, StateMachine};
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
+use crate::peer::Transport;
 use crate::proto::etcdserverpb::LeaseRevokeRequest;
-use crate::proto::kvstorepb::{InternalRequest, internal_request};
+use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
 use crate::raft_log::RaftLog;
 
 /// What callers send to the node loop.
@@ -34,11 +39,39 @@ pub enum Msg {
         data: Vec<u8>,
         tx: oneshot::Sender<Result<Applied>>,
     },
+    /// Propose a membership change whose context carries request id `id`; answer on
+    /// `tx` once applied.
+    ConfChange {
+        id: u64,
+        cc: ConfChange,
+        tx: oneshot::Sender<Result<Applied>>,
+    },
     /// Answer on `tx` once the local state machine reflects every write committed before
     /// this call (ReadIndex): the barrier linearizable reads wait on.
     ReadIndex { tx: oneshot::Sender<Result<()>> },
+    /// A raft message from a peer.
+    Raft(Box<raft::eraftpb::Message>),
+    /// A message to this peer could not be delivered.
+    Unreachable(u64),
+    /// The outcome of streaming a snapshot to a peer.
+    SnapshotStatus { to: u64, failed: bool },
+    /// A peer refused this member's messages: it was removed from the cluster.
+    Removed,
     /// Stop the loop (pending callers get "server stopped").
     Stop,
+}
+
+/// A caller waiting for its proposal, and the raft term it was proposed in.
+struct Waiter {
+    term: u64,
+    tx: oneshot::Sender<Result<Applied>>,
+}
+
+/// A batch of reads sent to raft as one ReadIndex request.
+struct ReadBatch {
+    started: Instant,
+    last_try: Instant,
+    waiters: Vec<ReadWaiter>,
 }
 
 type ReadWaiter = oneshot::Sender<Result<()>>;
@@ -63,6 +96,8 @@ pub struct Shared {
     pub revision: tokio::sync::watch::Sender<i64>,
     /// Set when the member stops (shutdown or a fatal storage error); streams end on it.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Set when this member applied its own removal from the cluster.
+    pub removed: std::sync::atomic::AtomicBool,
 }
 
 /// Tunables of the loop.
@@ -73,6 +108,11 @@ pub struct NodeOptions {
     pub snapshot_count: u64,
     /// Entries kept behind the truncation point for slow followers.
     pub catch_up_entries: u64,
+    /// How long a read waits for its read index before "request timed out".
+    pub read_timeout: Duration,
+    /// How often an unanswered ReadIndex is asked again (raft drops them silently, e.g.
+    /// while a new leader has not committed in its term yet).
+    pub read_retry: Duration,
 }
 
 pub(crate) struct NodeLoop {
@@ -82,10 +122,15 @@ pub(crate) struct NodeLoop {
     pub shared: Arc<Shared>,
     pub opts: NodeOptions,
     pub ids: Arc<RequestIds>,
-    waiters: HashMap<u64, oneshot::Sender<Result<Applied>>>,
+    transport: Arc<Transport>,
+    me: u64,
+    waiters: HashMap<u64, Waiter>,
+    /// The term of the last applied entry: once an entry of a newer term is applied, no
+    /// entry proposed in an older term can commit any more.
+    applied_term: u64,
     pending_reads: Vec<ReadWaiter>,
-    /// Read batches sent to raft, by request context: when sent, and who waits.
-    inflight_reads: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
+    /// Read batches sent to raft, by request context.
+    inflight_reads: HashMap<Vec<u8>, ReadBatch>,
     /// Read batches whose read index is known, waiting for apply to reach it.
     reads_after_apply: Vec<(u64, Vec<ReadWaiter>)>,
     revoking: HashSet<i64>,
@@ -140,6 +185,7 @@ impl RequestIds {
 }
 
 impl NodeLoop {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raw: RawNode<RaftLog>,
         log: RaftLog,
@@ -147,15 +193,25 @@ impl NodeLoop {
         shared: Arc<Shared>,
         opts: NodeOptions,
         ids: Arc<RequestIds>,
+        transport: Arc<Transport>,
+        me: u64,
     ) -> Result<NodeLoop> {
         let compactor = spawn_compactor(backend.clone())?;
-        Ok(NodeLoop {
+        let source = shared.clone();
+        log.set_snapshot_source(Box::new(move || {
+            let sm = source.sm.read();
+            (sm.applied, crate::snapshot::encode(&sm))
+        }));
+        let node = NodeLoop {
             raw,
             log,
             backend,
             shared,
             opts,
             ids,
+            transport,
+            me,
+            applied_term: 0,
             waiters: HashMap::new(),
             pending_reads: Vec::new(),
             inflight_reads: HashMap::new(),
@@ -164,7 +220,29 @@ impl NodeLoop {
             read_seq: 0,
             stop_requested: false,
             compactor,
-        })
+        };
+        node.update_peers();
+        Ok(node)
+    }
+
+    /// This member was removed from the cluster: it stops serving.
+    fn stop_removed(&mut self) {
+        tracing::warn!("this member was removed from the cluster; stopping");
+        self.shared.removed.store(true, Ordering::Release);
+        self.stop_requested = true;
+    }
+
+    /// Points the transport at the members of the current member list.
+    fn update_peers(&self) {
+        let peers: Vec<(u64, String)> = {
+            let sm = self.shared.sm.read();
+            sm.members
+                .ids()
+                .into_iter()
+                .filter_map(|id| sm.members.peer_url(id).map(|u| (id, u.to_string())))
+                .collect()
+        };
+        self.transport.set_peers(&peers);
     }
 
     /// Runs until every sender of `rx` is gone. An error is a storage failure: the member
@@ -211,9 +289,34 @@ impl NodeLoop {
                     let _ = tx.send(Err(Error::NoLeader));
                     return;
                 }
-                self.waiters.insert(id, tx);
+                let term = self.raw.raft.term;
+                self.waiters.insert(id, Waiter { term, tx });
+            }
+            Msg::ConfChange { id, cc, tx } => {
+                if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
+                    tracing::debug!(error = %e, "conf change dropped");
+                    let _ = tx.send(Err(Error::NoLeader));
+                    return;
+                }
+                let term = self.raw.raft.term;
+                self.waiters.insert(id, Waiter { term, tx });
             }
             Msg::ReadIndex { tx } => self.pending_reads.push(tx),
+            Msg::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "raft message not stepped");
+                }
+            }
+            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::Removed => self.stop_removed(),
+            Msg::SnapshotStatus { to, failed } => {
+                let status = if failed {
+                    SnapshotStatus::Failure
+                } else {
+                    SnapshotStatus::Finish
+                };
+                self.raw.report_snapshot(to, status);
+            }
             // Seen while draining: finish this round; the next receive sees the channel.
             Msg::Stop => self.stop_requested = true,
         }
@@ -234,25 +337,46 @@ impl NodeLoop {
         self.read_seq += 1;
         let ctx = self.read_seq.to_be_bytes().to_vec();
         self.raw.read_index(ctx.clone());
-        let batch = std::mem::take(&mut self.pending_reads);
-        self.inflight_reads.insert(ctx, (Instant::now(), batch));
+        let now = Instant::now();
+        let batch = ReadBatch {
+            started: now,
+            last_try: now,
+            waiters: std::mem::take(&mut self.pending_reads),
+        };
+        self.inflight_reads.insert(ctx, batch);
     }
 
-    fn on_tick(&mut self) {
-        // ReadIndex requests can be dropped silently by raft (e.g. during an election).
-        let stale: Vec<Vec<u8>> = self
+    /// ReadIndex requests can be dropped silently by raft (during an election, or by a
+    /// leader that has not committed in its term yet): ask again, and give up in time.
+    fn retry_reads(&mut self) {
+        let now = Instant::now();
+        let timeout = self.opts.read_timeout;
+        let expired: Vec<Vec<u8>> = self
             .inflight_reads
             .iter()
-            .filter(|(_, (t, _))| t.elapsed() > Duration::from_secs(5))
+            .filter(|(_, b)| now.duration_since(b.started) > timeout)
             .map(|(k, _)| k.clone())
             .collect();
-        for k in stale {
-            if let Some((_, txs)) = self.inflight_reads.remove(&k) {
-                for tx in txs {
+        for k in expired {
+            if let Some(b) = self.inflight_reads.remove(&k) {
+                for tx in b.waiters {
                     let _ = tx.send(Err(Error::Timeout));
                 }
             }
         }
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        for (ctx, b) in self.inflight_reads.iter_mut() {
+            if now.duration_since(b.last_try) >= self.opts.read_retry {
+                b.last_try = now;
+                self.raw.read_index(ctx.clone());
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.retry_reads();
         self.sync_leadership();
         // Only the leader expires leases, by proposing their revocation.
         if self.raw.raft.state == StateRole::Leader {
@@ -290,9 +414,14 @@ impl NodeLoop {
             return Ok(());
         }
         let mut rd = self.raw.ready();
+        // A leader's messages may go before its own fsync (raft's thesis, 10.2.1).
+        self.transport.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot())?;
+        }
         for rs in rd.take_read_states() {
-            if let Some((_, txs)) = self.inflight_reads.remove(&rs.request_ctx) {
-                self.reads_after_apply.push((rs.index, txs));
+            if let Some(b) = self.inflight_reads.remove(&rs.request_ctx) {
+                self.reads_after_apply.push((rs.index, b.waiters));
             }
         }
         let mut batch = WriteBatch::default();
@@ -306,6 +435,8 @@ impl NodeLoop {
         if rd.must_sync() {
             self.backend.sync()?;
         }
+        // A follower's answers (append acks, votes) only once what they promise is durable.
+        self.transport.send(rd.take_persisted_messages());
         // Applying: the log entries are durable, so the state machine's own writes need no
         // fsync of their own; they go to disk in one batch with the commit index, after the
         // callers are answered (a crash before that batch re-applies from the log).
@@ -315,6 +446,7 @@ impl NodeLoop {
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit, &mut batch)?;
         }
+        self.transport.send(light.take_messages());
         answers.extend(self.apply(light.take_committed_entries(), &mut batch)?);
         self.publish(answers);
         if !batch.is_empty() {
@@ -327,6 +459,22 @@ impl NodeLoop {
         Ok(())
     }
 
+    /// Replaces the state machine with a snapshot received from the leader.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let sm = crate::snapshot::install(self.backend.as_ref(), &self.log, meta, snap.get_data())?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            revision = sm.mvcc.current_revision(),
+            "snapshot installed"
+        );
+        self.applied_term = self.applied_term.max(meta.term);
+        *self.shared.sm.write() = sm;
+        self.update_peers();
+        Ok(())
+    }
+
     /// Applies committed entries to the state machine, adding its disk writes to `batch`;
     /// returns each request's answer by request id.
     fn apply(&mut self, entries: Vec<Entry>, batch: &mut WriteBatch) -> Result<Vec<Answer>> {
@@ -334,29 +482,97 @@ impl NodeLoop {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(answers);
         };
-        let mut sm = self.shared.sm.write();
+        let mut members_changed = false;
+        let shared = self.shared.clone();
+        let mut sm = Some(shared.sm.write());
         for e in &entries {
-            if e.index <= sm.applied {
+            let Some(guard) = sm.as_mut() else { break };
+            if e.index <= guard.applied {
                 continue;
             }
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                match InternalRequest::decode(e.data.as_ref()) {
-                    Ok(req) => {
-                        let res = sm.apply(&req, batch);
-                        if let Some(internal_request::Request::LeaseRevoke(r)) = &req.request {
-                            self.revoking.remove(&r.id);
+            self.applied_term = self.applied_term.max(e.term);
+            match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => {
+                    match InternalRequest::decode(e.data.as_ref()) {
+                        Ok(req) => {
+                            let res = guard.apply(&req, batch);
+                            match &req.request {
+                                Some(internal_request::Request::LeaseRevoke(r)) => {
+                                    self.revoking.remove(&r.id);
+                                }
+                                Some(internal_request::Request::Publish(_)) => {
+                                    members_changed = true;
+                                }
+                                _ => {}
+                            }
+                            answers.push((req.id, res));
                         }
-                        answers.push((req.id, res));
-                    }
-                    Err(err) => {
-                        tracing::error!(index = e.index, %err, "undecodable raft entry skipped")
+                        Err(err) => {
+                            tracing::error!(index = e.index, %err, "undecodable raft entry skipped")
+                        }
                     }
                 }
+                EntryType::EntryConfChange => {
+                    // raft may call back into the state machine (to build a snapshot for a
+                    // new member) while applying a conf change: release it meanwhile.
+                    drop(sm.take());
+                    let answer = self.apply_conf_change(e, batch);
+                    members_changed = true;
+                    let mut guard = shared.sm.write();
+                    if let Some((id, res)) = answer {
+                        answers.push((id, res));
+                    }
+                    guard.applied = e.index;
+                    sm = Some(guard);
+                    continue;
+                }
+                _ => {}
             }
-            sm.applied = e.index;
+            guard.applied = e.index;
         }
+        drop(sm);
         batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());
+        if members_changed {
+            self.update_peers();
+        }
         Ok(answers)
+    }
+
+    /// Applies one conf change entry: raft's configuration, then the member list.
+    fn apply_conf_change(&mut self, e: &Entry, batch: &mut WriteBatch) -> Option<Answer> {
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(index = e.index, %err, "undecodable conf change skipped");
+                return None;
+            }
+        };
+        let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+        let mut removed_me = false;
+        let res = (|| {
+            let cs = self.raw.apply_conf_change(&cc)?;
+            self.log.set_conf_state(&cs, batch)?;
+            let mut sm = self.shared.sm.write();
+            match cc.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(m) = ctx.member.clone() {
+                        tracing::info!(member = format!("{:x}", m.id), urls = ?m.peer_ur_ls, "member added");
+                        sm.members.add(m);
+                    }
+                }
+                ConfChangeType::RemoveNode => {
+                    tracing::info!(member = format!("{:x}", cc.node_id), "member removed");
+                    sm.members.remove(cc.node_id);
+                    removed_me = cc.node_id == self.me;
+                }
+            }
+            sm.members.persist(batch);
+            Ok(Applied::Members(sm.members.list()))
+        })();
+        if removed_me {
+            self.stop_removed();
+        }
+        Some((ctx.request_id, res))
     }
 
     /// Publishes the new revision to watchers and answers the waiting callers.
@@ -368,8 +584,22 @@ impl NodeLoop {
             changed
         });
         for (id, res) in answers {
-            if let Some(tx) = self.waiters.remove(&id) {
-                let _ = tx.send(res);
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.tx.send(res);
+            }
+        }
+        // Entries of older terms can only sit before the first entry of the newest term
+        // applied; anything proposed in an older term and still unanswered is lost.
+        let term = self.applied_term;
+        let lost: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.term < term)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.tx.send(Err(Error::LeaderChanged));
             }
         }
     }
@@ -420,14 +650,14 @@ impl NodeLoop {
     }
 
     fn fail_all(&mut self, err: impl Fn() -> Error) {
-        for (_, tx) in self.waiters.drain() {
-            let _ = tx.send(Err(err()));
+        for (_, w) in self.waiters.drain() {
+            let _ = w.tx.send(Err(err()));
         }
         for tx in self.pending_reads.drain(..) {
             let _ = tx.send(Err(err()));
         }
-        for (_, (_, txs)) in self.inflight_reads.drain() {
-            for tx in txs {
+        for (_, b) in self.inflight_reads.drain() {
+            for tx in b.waiters {
                 let _ = tx.send(Err(err()));
             }
         }

@@ -1,5 +1,5 @@
 //! Generated protobuf types and gRPC stubs: the etcd v3 API (`etcdserverpb`, `mvccpb`)
-//! and kvstore's internal records (`kvstorepb`).
+//! kvstore's internal records (`kvstorepb`) and the peer service (`peerpb`).
 
 #![allow(clippy::all, missing_docs)]
 
@@ -13,4 +13,8 @@ pub mod etcdserverpb {
 
 pub mod kvstorepb {
     tonic::include_proto!("kvstorepb");
+}
+
+pub mod peerpb {
+    tonic::include_proto!("peerpb");
 }

@@ -7,7 +7,7 @@
 //! operation per batch of entries instead of one per entry.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use protobuf::Message as PbMessage;
@@ -69,10 +69,17 @@ fn decode_segment(mut b: &[u8]) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// Produces the state machine's snapshot data and the applied index it was taken at.
+pub type SnapshotSource = Box<dyn Fn() -> (u64, Vec<u8>) + Send + Sync>;
+
 /// The raft log and its state. Cloning shares the same log.
 #[derive(Clone)]
 pub struct RaftLog {
     core: Arc<RwLock<Core>>,
+    /// Where snapshots for lagging members come from (set once the state machine runs).
+    source: Arc<OnceLock<SnapshotSource>>,
+    /// The last snapshot built, reused while the log still joins on to it.
+    cached: Arc<parking_lot::Mutex<Option<Snapshot>>>,
 }
 
 impl RaftLog {
@@ -130,15 +137,61 @@ impl RaftLog {
         Ok((
             RaftLog {
                 core: Arc::new(RwLock::new(core)),
+                source: Arc::new(OnceLock::new()),
+                cached: Arc::new(parking_lot::Mutex::new(None)),
             },
             fresh,
         ))
     }
 
-    /// Records the first configuration of a fresh store.
-    pub fn save_conf_state(&self, cs: &ConfState, batch: &mut WriteBatch) -> Result<()> {
+    /// Sets where snapshot data comes from. Only the raft thread may call the source, as
+    /// only it applies (so the data matches the applied index it reports).
+    pub fn set_snapshot_source(&self, source: SnapshotSource) {
+        let _ = self.source.set(source);
+    }
+
+    /// Records a new configuration (a fresh store's first one, or an applied conf change).
+    pub fn set_conf_state(&self, cs: &ConfState, batch: &mut WriteBatch) -> Result<()> {
         batch.put(keys::CONF_STATE, cs.write_to_bytes()?);
         self.core.write().conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Starts a fresh member of a new cluster as if it had installed a snapshot at index 1,
+    /// term 1, holding the initial configuration: every initial member starts identical,
+    /// and the log never holds index 1, so a member added later (whose log is empty) is
+    /// caught up by a snapshot, which carries the configuration, rather than by entries.
+    pub fn bootstrap(&self, voters: &[u64], batch: &mut WriteBatch) -> Result<()> {
+        let mut cs = ConfState::default();
+        cs.set_voters(voters.to_vec());
+        let meta = SnapshotMetadata {
+            index: 1,
+            term: 1,
+            conf_state: protobuf::SingularPtrField::some(cs),
+            ..Default::default()
+        };
+        self.install_snapshot(&meta, batch)
+    }
+
+    /// Replaces the whole log with the point `meta` describes (a snapshot installed).
+    pub fn install_snapshot(&self, meta: &SnapshotMetadata, batch: &mut WriteBatch) -> Result<()> {
+        let mut core = self.core.write();
+        for start in std::mem::take(&mut core.segments).into_keys() {
+            batch.delete(keys::log(start));
+        }
+        core.entries.clear();
+        core.snap_index = meta.index;
+        core.snap_term = meta.term;
+        core.conf_state = meta.get_conf_state().clone();
+        if core.hard_state.commit < meta.index {
+            core.hard_state.commit = meta.index;
+        }
+        if core.hard_state.term < meta.term {
+            core.hard_state.term = meta.term;
+        }
+        batch.put(keys::SNAPSHOT_META, meta.write_to_bytes()?);
+        batch.put(keys::CONF_STATE, core.conf_state.write_to_bytes()?);
+        batch.put(keys::HARD_STATE, core.hard_state.write_to_bytes()?);
         Ok(())
     }
 
@@ -302,12 +355,42 @@ impl raft::Storage for RaftLog {
         Ok(c.snap_index + c.entries.len() as u64)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Shipping the state machine to a lagging member needs the peer transport, which a
-        // single-member store does not have; raft retries the request later.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let snap_index = self.core.read().snap_index;
+        let mut cached = self.cached.lock();
+        if let Some(s) = cached.as_ref() {
+            let index = s.get_metadata().index;
+            if index >= request_index && index >= snap_index {
+                return Ok(s.clone());
+            }
+        }
+        let Some(source) = self.source.get() else {
+            return Err(unavailable);
+        };
+        let (applied, data) = source();
+        let c = self.core.read();
+        let term = if applied == c.snap_index {
+            c.snap_term
+        } else if applied > c.snap_index {
+            match c.entries.get((applied - c.snap_index - 1) as usize) {
+                Some(e) => e.term,
+                None => return Err(unavailable),
+            }
+        } else {
+            return Err(unavailable);
+        };
+        if applied == 0 || applied < request_index {
+            return Err(unavailable);
+        }
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(c.conf_state.clone());
+        *cached = Some(snap.clone());
+        Ok(snap)
     }
 }
 

@@ -1,11 +1,10 @@
-//! A running member: opens storage, restores the state machine, starts the raft node
-//! loop and serves the etcd v3 gRPC API until shut down. `Member` is the facade the gRPC
-//! adapters call: propose a request and wait for its result, wait for a linearizable read
-//! barrier, build response headers.
+//! A running member: opens storage, decides its identity (`bootstrap`), starts the raft
+//! node loop and the peer transport, serves the peer service on the peer URLs and the
+//! etcd v3 gRPC API on the client URLs until shut down, and publishes its name and client
+//! URLs to the replicated member list.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -13,110 +12,25 @@ use raft::RawNode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::apply::{Applied, StateMachine};
-use crate::backend::{Backend, SledBackend, WriteBatch};
+use crate::backend::{Backend, SledBackend};
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::grpc;
+use crate::member::Member;
 use crate::node::{Msg, NodeLoop, NodeOptions, RaftStatus, RequestIds, Shared};
-use crate::proto::etcdserverpb::{Member as PbMember, ResponseHeader};
-use crate::proto::kvstorepb::{InternalRequest, internal_request};
-use crate::raft_log::RaftLog;
-
-/// How long a request waits for raft before etcd's "request timed out".
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
-
-/// The member as the gRPC layer sees it.
-pub struct Member {
-    pub(crate) shared: Arc<Shared>,
-    tx: std::sync::mpsc::Sender<Msg>,
-    pub(crate) ids: Arc<RequestIds>,
-    pub member_id: u64,
-    pub cluster_id: u64,
-    pub(crate) members: Vec<PbMember>,
-    pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) max_request_bytes: usize,
-    pub(crate) max_txn_ops: usize,
-}
-
-impl Member {
-    /// A full response header at `revision`.
-    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: self.shared.status.term.load(Ordering::Relaxed),
-        })
-    }
-
-    /// Completes a header that apply filled with a revision only.
-    pub fn fill(&self, h: &mut Option<ResponseHeader>) {
-        let rev = h
-            .as_ref()
-            .map_or_else(|| self.current_revision(), |h| h.revision);
-        *h = self.header(rev);
-    }
-
-    pub fn current_revision(&self) -> i64 {
-        *self.shared.revision.borrow()
-    }
-
-    /// Replicates `request` through raft and waits until it is applied.
-    pub async fn propose(&self, request: internal_request::Request) -> Result<Applied> {
-        let id = self.ids.next();
-        let data = prost::Message::encode_to_vec(&InternalRequest {
-            id,
-            request: Some(request),
-        });
-        if data.len() > self.max_request_bytes {
-            return Err(Error::RequestTooLarge);
-        }
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Propose { id, data, tx })
-            .map_err(|_| Error::Stopped)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
-        }
-    }
-
-    /// Waits until this member has applied everything committed before the call.
-    pub async fn read_barrier(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::ReadIndex { tx })
-            .map_err(|_| Error::Stopped)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
-        }
-    }
-
-    pub fn status(&self) -> &RaftStatus {
-        &self.shared.status
-    }
-
-    pub fn state(&self) -> &RwLock<StateMachine> {
-        &self.shared.sm
-    }
-
-    /// A receiver that changes whenever the current revision does.
-    pub fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.shared.revision.subscribe()
-    }
-}
+use crate::peer;
+use crate::proto::kvstorepb::{MemberAttributes, internal_request};
 
 /// A started member: its client addresses and the handle to stop it.
 pub struct Server {
     /// Addresses the client API is served on.
     pub client_addrs: Vec<SocketAddr>,
+    /// Addresses the peer service is served on.
+    pub peer_addrs: Vec<SocketAddr>,
     /// Addresses `/health` and `/metrics` are served on.
     pub metrics_addrs: Vec<SocketAddr>,
-    metrics_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Metrics and peer listeners, publishing: aborted when the member stops.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     member: Arc<Member>,
     shutdown: Option<oneshot::Sender<()>>,
     serving: tokio::task::JoinHandle<Result<()>>,
@@ -124,55 +38,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data dir, restores state, starts raft and binds the client listeners.
+    /// Opens the data dir, restores state, starts raft and binds the peer and client
+    /// listeners.
     pub async fn start(cfg: Config) -> Result<Server> {
         cfg.validate()?;
-        let members = cfg.initial_members()?;
-        let token = cfg.initial_cluster_token.clone();
-        let pb_members: Vec<PbMember> = members
-            .iter()
-            .map(|m| PbMember {
-                id: config::member_id(&m.peer_urls, &token),
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: if m.name == cfg.name {
-                    cfg.advertise_client_urls()
-                } else {
-                    Vec::new()
-                },
-                is_learner: false,
-            })
-            .collect();
-        let me = pb_members
-            .iter()
-            .find(|m| m.name == cfg.name)
-            .map(|m| m.id)
-            .ok_or_else(|| Error::Config("this member is missing from --initial-cluster".into()))?;
-        let mut ids: Vec<u64> = pb_members.iter().map(|m| m.id).collect();
-        ids.sort_unstable();
-        let id_strings: Vec<String> = ids.iter().map(|i| format!("{i:x}")).collect();
-        let id_refs: Vec<&str> = id_strings.iter().map(String::as_str).collect();
-        let cluster_id = config::stable_id(&id_refs);
-
+        let tls = crate::tls::MemberTls::load(&cfg)?;
         let dir = cfg.data_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
+        // Bind first: a port in use must fail the start before anything is written.
+        let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
+        let client_listeners: Vec<_> = bind_all(&cfg.listen_client_urls)
+            .await?
+            .into_iter()
+            .zip(cfg.listen_client_urls.iter().map(|u| tls.grpc_for(u)))
+            .collect();
         let backend: Arc<dyn Backend> = SledBackend::open(&dir.join("db"))?;
-        let sm = StateMachine::load(backend.as_ref())?;
-        let applied = sm.applied;
-        let (log, fresh) = RaftLog::open(backend.as_ref(), &ids)?;
-        if fresh {
-            let mut batch = WriteBatch::default();
-            let cs = raft::Storage::initial_state(&log)?.conf_state;
-            log.save_conf_state(&cs, &mut batch)?;
-            backend.write(batch)?;
-            backend.sync()?;
-        }
+        let start = crate::bootstrap::start(&cfg, backend.as_ref()).await?;
+        let me = start.me;
+        let cluster_id = start.cluster_id;
+        let voters = raft::Storage::initial_state(&start.log)?.conf_state.voters;
         let raft_cfg = raft::Config {
             id: me,
             election_tick: cfg.election_ticks(),
             heartbeat_tick: 1,
-            applied,
+            applied: start.sm.applied,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             pre_vote: true,
@@ -181,33 +71,45 @@ impl Server {
         };
         raft_cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let mut raw = RawNode::new(&raft_cfg, log.clone(), &logger)?;
-        if ids.len() == 1 {
+        let mut raw = RawNode::new(&raft_cfg, start.log.clone(), &logger)?;
+        if voters == [me] {
             // A lone voter need not wait out an election timeout.
             raw.campaign()?;
         }
 
-        let (rev_tx, _) = tokio::sync::watch::channel(sm.mvcc.current_revision());
+        let (rev_tx, _) = tokio::sync::watch::channel(start.sm.mvcc.current_revision());
         let (stopping, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
-            sm: RwLock::new(sm),
+            sm: RwLock::new(start.sm),
             status: RaftStatus::default(),
             revision: rev_tx,
             stopping,
+            removed: Default::default(),
         });
         let request_ids = Arc::new(RequestIds::new(me));
         let (tx, rx) = std::sync::mpsc::channel();
+        let transport = Arc::new(peer::Transport::new(
+            me,
+            cluster_id,
+            tx.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+        let request_timeout = cfg.request_timeout();
         let node_loop = NodeLoop::new(
             raw,
-            log,
+            start.log,
             backend.clone(),
             shared.clone(),
             NodeOptions {
                 tick: cfg.tick(),
                 snapshot_count: cfg.snapshot_count.max(1),
                 catch_up_entries: cfg.snapshot_count.clamp(1, 5000),
+                read_timeout: request_timeout,
+                read_retry: (cfg.tick() * 3).max(Duration::from_millis(100)),
             },
             request_ids.clone(),
+            transport,
+            me,
         )?;
         let node_shared = shared.clone();
         let node = std::thread::Builder::new()
@@ -227,46 +129,64 @@ impl Server {
             ids: request_ids,
             member_id: me,
             cluster_id,
-            members: pb_members,
             backend,
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
+            request_timeout,
+            peers: Default::default(),
         });
 
-        let mut listeners = Vec::new();
         let mut client_addrs = Vec::new();
-        for url in &cfg.listen_client_urls {
-            let addr = config::parse_url(url)?;
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
+        for (l, _) in &client_listeners {
             client_addrs.push(l.local_addr()?);
-            listeners.push(l);
+        }
+        let mut peer_addrs = Vec::new();
+        for l in &peer_listeners {
+            peer_addrs.push(l.local_addr()?);
         }
         let mut metrics_addrs = Vec::new();
-        let mut metrics_tasks = Vec::new();
-        for url in &cfg.listen_metrics_urls {
-            let addr = config::parse_url(url)?;
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
+        let mut tasks = Vec::new();
+        for (url, l) in cfg
+            .listen_metrics_urls
+            .iter()
+            .zip(bind_all(&cfg.listen_metrics_urls).await?)
+        {
             metrics_addrs.push(l.local_addr()?);
-            metrics_tasks.push(tokio::spawn(crate::http::serve(member.clone(), l)));
+            let l_tls = tls.http_for(url)?;
+            tasks.push(tokio::spawn(crate::http::serve(member.clone(), l, l_tls)));
         }
+        for l in peer_listeners {
+            tasks.push(tokio::spawn(serve_peers(member.clone(), l)));
+        }
+        let attrs = MemberAttributes {
+            id: me,
+            name: cfg.name.clone(),
+            client_urls: cfg.advertise_client_urls(),
+        };
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let serving = tokio::spawn(grpc::serve(member.clone(), listeners, shutdown_rx));
+        // As etcd, clients are served once the member list shows this member's client URLs
+        // (so `endpoint status --cluster` finds every serving member).
+        let serving = tokio::spawn({
+            let member = member.clone();
+            async move {
+                publish(&member, attrs).await;
+                grpc::serve(member, client_listeners, shutdown_rx).await
+            }
+        });
         tracing::info!(
             name = %cfg.name,
             member_id = format!("{me:x}"),
             cluster_id = format!("{cluster_id:x}"),
             data_dir = %dir.display(),
             clients = ?client_addrs,
+            peers = ?peer_addrs,
             "kvstore member serving"
         );
         Ok(Server {
             client_addrs,
+            peer_addrs,
             metrics_addrs,
-            metrics_tasks,
+            tasks,
             member,
             shutdown: Some(shutdown_tx),
             serving,
@@ -317,7 +237,7 @@ impl Server {
 impl Drop for Server {
     /// A member dropped without `shutdown` still stops: serving ends, the raft loop exits.
     fn drop(&mut self) {
-        for t in &self.metrics_tasks {
+        for t in &self.tasks {
             t.abort();
         }
         self.member.shared.stopping.send_replace(true);
@@ -333,7 +253,76 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     let server = Server::start(cfg).await?;
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
-        _ = server.stopped() => tracing::error!("member stopped on its own"),
+        _ = server.stopped() => {
+            if server.member.shared.removed.load(std::sync::atomic::Ordering::Acquire) {
+                tracing::warn!("this member was removed from the cluster");
+            } else {
+                tracing::error!("member stopped on its own");
+            }
+        }
     }
     server.shutdown().await
+}
+
+/// Binds a listener for each URL.
+async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for url in urls {
+        let addr = config::parse_url(url)?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves the peer service on `listener` until the member stops.
+async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
+    let mut stopping = member.shared.stopping.subscribe();
+    let svc = crate::proto::peerpb::peer_server::PeerServer::new(peer::service::PeerService::new(
+        member.clone(),
+    ))
+    .max_decoding_message_size(peer::conn::MAX_PEER_MESSAGE)
+    .max_encoding_message_size(peer::conn::MAX_PEER_MESSAGE);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let res = peer::conn::server()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "peer service stopped");
+    }
+}
+
+/// Records this member's name and client URLs in the replicated member list (etcd's
+/// publish), once a leader exists, unless the list already says so.
+async fn publish(member: &Member, attrs: MemberAttributes) {
+    let stopping = member.shared.stopping.subscribe();
+    while !*stopping.borrow() {
+        let current = member
+            .state()
+            .read()
+            .members
+            .get(attrs.id)
+            .map(|m| (m.name.clone(), m.client_ur_ls.clone()));
+        if current == Some((attrs.name.clone(), attrs.client_urls.clone())) {
+            return;
+        }
+        if current.is_some() && member.leader() != 0 {
+            match member
+                .propose(internal_request::Request::Publish(attrs.clone()))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(name = %attrs.name, "published member attributes");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "publishing member attributes failed"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,5 +1,5 @@
 //! Command line: the daemon's flags (flannel's names where the meaning is the same) and the
-//! `config` / `leases` subcommands. Every flag can also be set from the environment as
+//! `config` / `leases` / `certs` subcommands. Every flag can also be set from the environment as
 //! `NETD_<FLAG_IN_UPPER_SNAKE_CASE>`, e.g. `--iface` ↔ `NETD_IFACE`.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::certs::CertsArgs;
 use crate::embedded::EmbeddedKvArgs;
 use crate::error::{Error, Result};
-use crate::kv::Credentials;
+use crate::kv::{ClientTls, Credentials};
 
 /// netd: per-host container networking daemon (flannel-compatible).
 ///
@@ -49,6 +50,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create a CA and member/client TLS certificates for a test or small cluster.
+    Certs(CertsArgs),
 }
 
 /// `netd config ...`
@@ -89,11 +92,71 @@ pub struct KvArgs {
         hide_env_values = true
     )]
     pub etcd_password: Option<String>,
+    /// CA bundle (PEM) that signed the etcd servers' certificates; needed for https://
+    /// endpoints.
+    #[arg(long, env = "NETD_ETCD_CAFILE", global = true)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd servers that require one.
+    #[arg(long, env = "NETD_ETCD_CERTFILE", global = true)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(long, env = "NETD_ETCD_KEYFILE", global = true)]
+    pub etcd_keyfile: Option<PathBuf>,
     #[command(flatten)]
     pub embedded: EmbeddedKvArgs,
 }
 
 impl KvArgs {
+    /// TLS towards the KV store from --etcd-cafile/--etcd-certfile/--etcd-keyfile, checked
+    /// against the endpoints: https:// endpoints need the CA, TLS files need https:// (or
+    /// scheme-less) endpoints, certificate and key go together, and every file must load.
+    pub fn client_tls(&self) -> Result<Option<ClientTls>> {
+        let identity = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Usage(
+                    "--etcd-certfile and --etcd-keyfile must be given together".into(),
+                ));
+            }
+        };
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"));
+        let tls = match (&self.etcd_cafile, identity) {
+            (Some(ca), identity) => Some(ClientTls {
+                ca_file: ca.clone(),
+                identity,
+            }),
+            (None, Some(_)) => {
+                return Err(Error::Usage(
+                    "--etcd-certfile needs --etcd-cafile (the CA of the etcd servers)".into(),
+                ));
+            }
+            (None, None) if https => {
+                return Err(Error::Usage(
+                    "https:// endpoints need --etcd-cafile (the CA of the etcd servers)".into(),
+                ));
+            }
+            (None, None) => None,
+        };
+        if tls.is_some()
+            && let Some(e) = self
+                .etcd_endpoints
+                .iter()
+                .find(|e| e.starts_with("http://"))
+        {
+            return Err(Error::Usage(format!(
+                "endpoint {e} is plaintext but --etcd-cafile/--etcd-certfile ask for TLS; use https://"
+            )));
+        }
+        if let Some(t) = &tls {
+            t.check()?;
+        }
+        Ok(tls)
+    }
+
     /// The credentials, if any; one of user name and password without the other is an error.
     pub fn credentials(&self) -> Result<Option<Credentials>> {
         match (&self.etcd_username, &self.etcd_password) {
@@ -167,6 +230,7 @@ impl Config {
             }
         }
         self.kv.credentials()?;
+        self.kv.client_tls()?;
         if !self.kv.etcd_prefix.starts_with('/') {
             return Err(Error::Usage(format!(
                 "--etcd-prefix {:?} must start with '/'",

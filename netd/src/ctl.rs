@@ -16,7 +16,14 @@ async fn connect(args: &KvArgs) -> Result<Kv> {
         ));
     }
     let creds = args.credentials()?;
-    Kv::connect_as(&args.etcd_endpoints, &args.etcd_prefix, creds.as_ref()).await
+    let tls = args.client_tls()?;
+    Kv::connect_as(
+        &args.etcd_endpoints,
+        &args.etcd_prefix,
+        creds.as_ref(),
+        tls.as_ref(),
+    )
+    .await
 }
 
 /// `netd config show|set`.
@@ -34,7 +41,16 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
         }
         ConfigAction::Set { json } => {
             let text = match json.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?,
+                Some(path) => {
+                    let path = std::path::Path::new(path);
+                    if !crate::file_trust::check_file(path)? {
+                        return Err(Error::file(
+                            path,
+                            std::io::Error::from(std::io::ErrorKind::NotFound),
+                        ));
+                    }
+                    std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?
+                }
                 None => json.clone(),
             };
             let cfg = kv.put_config(&text).await?;

@@ -192,18 +192,22 @@ fn write_subnet_file(
 async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
     // The embedded member lives as long as this function: dropping it stops the member.
     let mut _embedded = None;
-    let endpoints = if config.kv.etcd_endpoints.is_empty() {
+    // Refuse a subnet file (or its directory) others could write before touching anything.
+    subnet_file::read_previous_subnet(&config.daemon.subnet_file)?;
+    let explicit_tls = config.kv.client_tls()?;
+    let (endpoints, tls) = if config.kv.etcd_endpoints.is_empty() {
         let member = embedded::start(&config.kv.embedded).await?;
         let endpoints = member.endpoints.clone();
+        let tls = config.kv.embedded.client_tls(explicit_tls)?;
         _embedded = Some(member);
-        endpoints
+        (endpoints, tls)
     } else {
-        config.kv.etcd_endpoints.clone()
+        (config.kv.etcd_endpoints.clone(), explicit_tls)
     };
     let prefix = config.kv.etcd_prefix.clone();
     let creds = config.kv.credentials()?;
     let kv = retry("connecting to the KV store", || {
-        Kv::connect_as(&endpoints, &prefix, creds.as_ref())
+        Kv::connect_as(&endpoints, &prefix, creds.as_ref(), tls.as_ref())
     })
     .await;
     let net = retry("reading the network config", || kv.get_config()).await;
@@ -221,7 +225,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
         ttl: Duration::from_secs(config.daemon.subnet_lease_ttl),
         renew_margin: Duration::from_secs(config.daemon.subnet_lease_renew_margin * 60),
     };
-    let previous = subnet_file::read_previous_subnet(&config.daemon.subnet_file);
+    let previous = subnet_file::read_previous_subnet(&config.daemon.subnet_file)?;
     let own = retry("acquiring a subnet lease", || {
         lease::acquire(&kv, &net, &backend.attrs, previous, timing)
     })

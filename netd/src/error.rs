@@ -66,6 +66,10 @@ pub enum Error {
     #[error("public IP {ip} is not an address of interface {iface}")]
     PublicIpNotLocal { ip: Ipv4Addr, iface: String },
 
+    /// A runtime file or directory others could write (see `file_trust`).
+    #[error("refusing {path}: it {reason}")]
+    Untrusted { path: String, reason: String },
+
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     File {

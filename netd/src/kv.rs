@@ -3,6 +3,7 @@
 //!
 //! Keys follow flannel: `<prefix>/config` and `<prefix>/subnets/<a.b.c.d>-<len>`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
@@ -33,6 +34,32 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// TLS towards the KV store, flannel's flags: `--etcd-cafile` verifies the servers,
+/// `--etcd-certfile`/`--etcd-keyfile` is the client certificate servers with client-cert-auth
+/// ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_file: PathBuf,
+    /// Certificate and key files, when the client presents one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientTls {
+    /// Loads every file once, so a wrong path is a start-up error, not an endless retry.
+    pub fn check(&self) -> Result<()> {
+        self.options().map(|_| ())
+    }
+
+    fn options(&self) -> Result<etcd_client::TlsOptions> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        kvstore::tls::client_config(&self.ca_file, identity)
+            .map_err(|e| Error::Usage(e.to_string()))
+    }
+}
+
 /// A connected KV client plus the key prefix.
 #[derive(Clone)]
 pub struct Kv {
@@ -54,22 +81,27 @@ pub struct Listing {
 impl Kv {
     /// Connects to the endpoints without authentication.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
-        Self::connect_as(endpoints, prefix, None).await
+        Self::connect_as(endpoints, prefix, None, None).await
     }
 
-    /// Connects to the endpoints, as `creds` when given (etcd's user/password auth). Request and
-    /// connect timeouts keep a dead store from blocking netd forever; HTTP/2 keep-alive pings
-    /// notice a silently dropped connection.
+    /// Connects to the endpoints, as `creds` when given (etcd's user/password auth), over TLS
+    /// when `tls` is given (then the endpoints are https://). Request and connect timeouts keep
+    /// a dead store from blocking netd forever; HTTP/2 keep-alive pings notice a silently
+    /// dropped connection.
     pub async fn connect_as(
         endpoints: &[String],
         prefix: &str,
         creds: Option<&Credentials>,
+        tls: Option<&ClientTls>,
     ) -> Result<Self> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(t) = tls {
+            opts = opts.with_tls(t.options()?);
+        }
         if let Some(c) = creds {
             opts = opts
                 .with_user(c.username.clone(), c.password.clone())

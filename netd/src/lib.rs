@@ -9,10 +9,13 @@
 //! * [`watch`] — list + watch of peer records with re-list and reconnect.
 //! * [`peers`] — the peer table: events and reconcile applied to a [`dataplane::Dataplane`].
 //! * [`dataplane`] — kernel entries, diffing, and the rtnetlink implementation (VXLAN, routes).
-//! * [`subnet_file`], [`masq`] — subnet.env and the nftables masquerade table.
+//! * [`subnet_file`], [`masq`] — subnet.env and the nftables masquerade table; [`file_trust`] —
+//!   refusing runtime files and directories other users could write.
 //! * [`http`], [`metrics`] — `/healthz`, `/readyz`, `/metrics`.
-//! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands.
+//! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands;
+//!   [`certs`] — `netd certs`, a small CA for TLS test clusters.
 
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod ctl;
@@ -20,6 +23,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod embedded;
 pub mod error;
+pub mod file_trust;
 pub mod http;
 pub mod kv;
 pub mod lease;

@@ -49,6 +49,7 @@ fn main() {
                 netd::ctl::config(&cli.kv, action, &mut stdout).await
             }
             Some(Command::Leases { json }) => netd::ctl::leases(&cli.kv, *json, &mut stdout).await,
+            Some(Command::Certs(args)) => netd::certs::run(args, &mut stdout),
             None => {
                 let config = netd::Config {
                     kv: cli.kv.clone(),

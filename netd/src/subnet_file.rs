@@ -1,4 +1,6 @@
-//! `subnet.env`: the file the CNI plugin reads (flannel's format), written atomically.
+//! `subnet.env`: the file the CNI plugin reads (flannel's format), written atomically into a
+//! directory only root (or netd's user) can change, and read back only when nobody else could
+//! have written it ([`crate::file_trust`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -38,6 +40,7 @@ pub fn write(path: &Path, env: &SubnetEnv) -> Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    crate::file_trust::check_dir(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -51,9 +54,13 @@ pub fn write(path: &Path, env: &SubnetEnv) -> Result<()> {
 }
 
 /// The subnet recorded by a previous run (`FLANNEL_SUBNET`), if the file exists and parses.
-pub fn read_previous_subnet(path: &Path) -> Option<Subnet> {
-    let text = std::fs::read_to_string(path).ok()?;
-    parse_subnet(&text)
+/// A file others could have written is an error, not a hint.
+pub fn read_previous_subnet(path: &Path) -> Result<Option<Subnet>> {
+    if !crate::file_trust::check_file(path)? {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    Ok(parse_subnet(&text))
 }
 
 fn parse_subnet(text: &str) -> Option<Subnet> {
@@ -84,8 +91,11 @@ mod tests {
             text,
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
         );
-        assert_eq!(read_previous_subnet(&path), Some(env.subnet));
-        assert_eq!(read_previous_subnet(&dir.path().join("missing")), None);
+        assert_eq!(read_previous_subnet(&path).unwrap(), Some(env.subnet));
+        assert_eq!(
+            read_previous_subnet(&dir.path().join("missing")).unwrap(),
+            None
+        );
         assert_eq!(parse_subnet("FLANNEL_SUBNET=garbage\n"), None);
         // No temporary file left behind.
         assert_eq!(

@@ -76,7 +76,7 @@ impl<'a> Ipam<'a> {
     pub fn del(&self, inv: &Invocation, env: Option<&SubnetEnv>, hints: &[Ipv4Addr]) -> Result<()> {
         match self {
             Ipam::Builtin { conf } => {
-                if let Some(store) = Store::existing(&conf.network_dir()) {
+                if let Some(store) = Store::existing(&conf.network_dir())? {
                     store.release(&inv.container_id, &inv.ifname, hints)?;
                 }
                 Ok(())
@@ -92,7 +92,7 @@ impl<'a> Ipam<'a> {
     pub fn check(&self, inv: &Invocation, env: &SubnetEnv) -> Result<Option<Vec<Ipv4Addr>>> {
         match self {
             Ipam::Builtin { conf } => {
-                let held = match Store::existing(&conf.network_dir()) {
+                let held = match Store::existing(&conf.network_dir())? {
                     Some(store) => store.find(&inv.container_id, &inv.ifname)?,
                     None => Vec::new(),
                 };
@@ -117,7 +117,7 @@ impl<'a> Ipam<'a> {
     pub fn gc(&self, inv: &Invocation, keep: &HashSet<(String, String)>) -> Result<()> {
         match self {
             Ipam::Builtin { conf } => {
-                if let Some(store) = Store::existing(&conf.network_dir()) {
+                if let Some(store) = Store::existing(&conf.network_dir())? {
                     store.gc(keep)?;
                 }
                 Ok(())

@@ -44,29 +44,43 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// The network directory and the data directory above it.
+fn check_dirs(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::file_trust::check_dir(parent)?;
+    }
+    crate::file_trust::check_dir(dir)
+}
+
 /// Held while the store's `lock` file is flocked; dropping it unlocks.
 struct Locked {
     _lock: Flock<File>,
 }
 
 impl Store {
-    /// Open (creating if needed) the store directory.
+    /// Open (creating if needed) the store directory. It and its parent (`dataDir`) must be
+    /// directories only root can change ([`crate::file_trust`]).
     pub fn open(dir: &Path) -> Result<Store> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
             .map_err(|e| CniError::io(format!("create IPAM dir {}", dir.display()), e))?;
+        check_dirs(dir)?;
         Ok(Store {
             dir: dir.to_path_buf(),
         })
     }
 
     /// Open an existing store; `None` when the directory is absent (nothing ever allocated).
-    pub fn existing(dir: &Path) -> Option<Store> {
-        dir.is_dir().then(|| Store {
+    pub fn existing(dir: &Path) -> Result<Option<Store>> {
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        check_dirs(dir)?;
+        Ok(Some(Store {
             dir: dir.to_path_buf(),
-        })
+        }))
     }
 
     fn lock(&self) -> Result<Locked> {

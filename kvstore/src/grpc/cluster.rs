@@ -1,17 +1,21 @@
-//! The Cluster service (membership) and the Maintenance service (Status, Alarm).
+//! The Cluster service (membership: add, remove, list, through raft conf changes) and
+//! the Maintenance service (Status, Alarm).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
+use crate::config;
 use crate::error::Error;
+use crate::member::Member;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
+    AlarmRequest, AlarmResponse, Member as PbMember, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberRemoveRequest, MemberRemoveResponse,
+    StatusRequest, StatusResponse, alarm_request::AlarmAction, cluster_server::Cluster,
+    maintenance_server::Maintenance,
 };
-use crate::server::Member;
 
 /// The version reported in Status: the etcd API level this member speaks.
 pub const API_VERSION: &str = "3.4.0";
@@ -30,16 +34,77 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(Error::Unimplemented("kvstore: membership changes are not supported yet").into())
+        let req = req.into_inner();
+        if req.is_learner {
+            return Err(Error::Unimplemented("kvstore: learner members are not supported").into());
+        }
+        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| config::parse_url(u).is_err())
+        {
+            return Err(Error::BadPeerUrls.into());
+        }
+        let id = {
+            let sm = self.member.state().read();
+            if sm.members.with_peer_url(&req.peer_ur_ls).is_some() {
+                return Err(Error::PeerUrlExists.into());
+            }
+            // etcd's way: the peer URLs, the cluster and the time (so a member re-added on
+            // the same URLs after a removal gets a new id).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                .to_string();
+            let cluster = format!("{:x}", self.member.cluster_id);
+            let mut parts: Vec<&str> = req.peer_ur_ls.iter().map(String::as_str).collect();
+            parts.sort_unstable();
+            parts.push(&cluster);
+            parts.push(&now);
+            let id = config::stable_id(&parts);
+            if sm.members.get(id).is_some() || sm.members.is_removed(id) {
+                return Err(Error::MemberExists.into());
+            }
+            id
+        };
+        let added = PbMember {
+            id,
+            name: String::new(),
+            peer_ur_ls: req.peer_ur_ls,
+            client_ur_ls: Vec::new(),
+            is_learner: false,
+        };
+        let members = self
+            .member
+            .change_membership(ConfChangeType::AddNode, id, Some(added.clone()))
+            .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.member.header(self.member.current_revision()),
+            member: Some(added),
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Error::Unimplemented("kvstore: membership changes are not supported yet").into())
+        let id = req.into_inner().id;
+        {
+            let sm = self.member.state().read();
+            // A removed id is "not found", as etcd answers.
+            if sm.members.get(id).is_none() {
+                return Err(Error::MemberNotFound.into());
+            }
+        }
+        let members = self
+            .member
+            .change_membership(ConfChangeType::RemoveNode, id, None)
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.member.header(self.member.current_revision()),
+            members,
+        }))
     }
 
     async fn member_list(
@@ -48,7 +113,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: self.member.header(self.member.current_revision()),
-            members: self.member.members.clone(),
+            members: self.member.members(),
         }))
     }
 }
@@ -86,15 +151,21 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<StatusResponse>, Status> {
         let s = self.member.status();
         let size = self.member.backend.size_on_disk() as i64;
+        let leader = s.leader.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        if leader == 0 {
+            errors.push(Error::NoLeader.to_string());
+        }
         Ok(Response::new(StatusResponse {
             header: self.member.header(self.member.current_revision()),
             version: API_VERSION.to_string(),
             db_size: size,
-            leader: s.leader.load(Ordering::Relaxed),
-            raft_index: s.last_index.load(Ordering::Relaxed),
+            leader,
+            // etcd 3.4 reports the committed index as the raft index.
+            raft_index: s.commit.load(Ordering::Relaxed),
             raft_term: s.term.load(Ordering::Relaxed),
             raft_applied_index: s.applied.load(Ordering::Relaxed),
-            errors: Vec::new(),
+            errors,
             db_size_in_use: size,
             is_learner: false,
         }))

@@ -1,5 +1,6 @@
 //! The Lease service: grant, revoke, keep-alive stream, time-to-live, list.
-//! Grants and revokes are replicated; keep-alives refresh the leader's countdown only.
+//! Grants and revokes are replicated; keep-alives refresh the leader's countdown only, and
+//! reach it (like time-to-live queries) through the member wherever they arrive.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,13 +13,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::apply::Applied;
 use crate::error::Error;
 use crate::lease::MAX_TTL;
+use crate::member::Member;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
 };
 use crate::proto::kvstorepb::internal_request::Request as Internal;
-use crate::server::Member;
 
 pub struct LeaseService {
     member: Arc<Member>,
@@ -94,7 +95,13 @@ impl Lease for LeaseService {
                 };
                 let Some(Ok(r)) = next else { return };
                 // An unknown lease answers TTL 0 with no error, as etcd does.
-                let ttl = member.state().write().lessor.renew(r.id).unwrap_or(0);
+                let ttl = match member.lease_keep_alive(r.id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
                 let resp = LeaseKeepAliveResponse {
                     header: member.header(member.current_revision()),
                     id: r.id,
@@ -113,24 +120,7 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
-        let info = self.member.state().read().lessor.time_to_live(req.id);
-        let header = self.member.header(self.member.current_revision());
-        Ok(Response::new(match info {
-            Some((granted, remaining, keys)) => LeaseTimeToLiveResponse {
-                header,
-                id: req.id,
-                ttl: remaining,
-                granted_ttl: granted,
-                keys: if req.keys { keys } else { Vec::new() },
-            },
-            None => LeaseTimeToLiveResponse {
-                header,
-                id: req.id,
-                ttl: -1,
-                granted_ttl: 0,
-                keys: Vec::new(),
-            },
-        }))
+        Ok(Response::new(self.member.lease_time_to_live(req).await?))
     }
 
     async fn lease_leases(

@@ -1,6 +1,7 @@
 //! gRPC adapters: thin translations between the etcd v3 services and the `Member`
 //! facade. Errors become gRPC statuses only through `From<Error> for Status`.
 
+mod authority;
 mod cluster;
 mod kv;
 mod lease;
@@ -13,13 +14,14 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 
 use crate::error::{Error, Result};
+use crate::member::Member;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::server::Member;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -42,18 +44,25 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// Serves the client API on every listener until `shutdown` fires.
+/// Serves the client API on every listener (over TLS where it has a TLS configuration)
+/// until `shutdown` fires.
 pub(crate) async fn serve(
     member: Arc<Member>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Option<ServerTlsConfig>)>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<()> {
     let max = DECODE_LIMIT;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
-    for l in listeners {
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+    for (l, tls) in listeners {
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("client TLS: {e}")))?;
+        }
+        let router = builder
             .add_service(
                 KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
             )
@@ -74,10 +83,10 @@ pub(crate) async fn serve(
         let mut stop = stop_tx.subscribe();
         // Small request/response RPCs: never let Nagle hold a reply back.
         let incoming = TcpListenerStream::new(l).map(|s| {
-            if let Ok(s) = &s {
+            s.map(|s| {
                 let _ = s.set_nodelay(true);
-            }
-            s
+                authority::AuthorityFix::new(s)
+            })
         });
         tasks.push(tokio::spawn(async move {
             router

@@ -16,13 +16,13 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::member::Member;
 use crate::mvcc::{EventLimit, KeyRange};
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
     watch_request::RequestUnion, watch_server::Watch,
 };
 use crate::proto::mvccpb::event::EventType;
-use crate::server::Member;
 
 /// What one response gathers at most (whole revisions are never split). The byte bound
 /// keeps responses under the 4 MiB that gRPC clients accept by default.

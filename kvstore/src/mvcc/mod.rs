@@ -87,6 +87,23 @@ impl Mvcc {
             .count()
     }
 
+    /// Every record held (history since the compaction point), in revision order.
+    pub fn records(&self) -> impl Iterator<Item = (Rev, &Record)> {
+        self.log.iter().flat_map(|(main, slots)| {
+            slots.iter().enumerate().filter_map(move |(sub, r)| {
+                r.as_ref().map(|r| {
+                    (
+                        Rev {
+                            main: *main,
+                            sub: sub as i64,
+                        },
+                        r,
+                    )
+                })
+            })
+        })
+    }
+
     /// Rebuilds the keyspace from stored records (any order) and the compaction point.
     pub fn restore(records: Vec<(Rev, Record)>, compacted: i64) -> Mvcc {
         let mut m = Mvcc {

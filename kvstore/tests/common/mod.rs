@@ -1,7 +1,12 @@
 //! Test harness shared by the kvstore integration tests: starts a real server process
 //! (kvstore, or etcd 3.4 as the reference) on free loopback ports in a temporary data
-//! dir, runs the stock `etcdctl` against it, and kills everything on drop.
+//! dir, runs the stock `etcdctl` against it, and kills everything on drop. `cluster`
+//! builds multi-member clusters out of the same processes.
 #![allow(dead_code)]
+
+pub mod cluster;
+pub mod history;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -27,12 +32,22 @@ fn require(path: &str) {
     );
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, below the kernel's ephemeral range (32768 and up), so
+/// that no outgoing connection (members dial each other) can take it before the server
+/// binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Spread processes (tests run in parallel) over the range by pid.
+    let base = 12_000 + (std::process::id() % 1000) as u16 * 20;
+    for _ in 0..20_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 12_000 + (base - 12_000 + step) % 20_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback");
 }
 
 /// A server process and its data.
@@ -43,6 +58,16 @@ pub struct Proc {
     pub dir: tempfile::TempDir,
     /// Extra server flags, kept across restarts.
     pub extra: Vec<String>,
+    /// "http", or "https" for a TLS client URL.
+    pub scheme: &'static str,
+    /// Flags every etcdctl run gets (e.g. `--cacert --cert --key` for a TLS server).
+    pub ctl_args: Vec<String>,
+    /// Member name, `--initial-cluster` (None: just this member) and its state.
+    pub name: String,
+    pub initial_cluster: Option<String>,
+    pub initial_state: String,
+    /// `RUST_LOG` of a kvstore server.
+    pub log_level: String,
     child: Option<Child>,
 }
 
@@ -54,24 +79,71 @@ impl Proc {
 
     /// Like `start`, with extra server flags.
     pub fn start_with(kind: Kind, extra: &[&str]) -> Proc {
+        Proc::start_with_scheme(kind, "http", extra, &[])
+    }
+
+    /// Like `start_with`, serving clients on `scheme` (http or https), with `ctl_args` given
+    /// to every etcdctl run (readiness check included).
+    pub fn start_with_scheme(
+        kind: Kind,
+        scheme: &'static str,
+        extra: &[&str],
+        ctl_args: &[&str],
+    ) -> Proc {
         let mut p = Proc {
             kind,
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            scheme,
+            ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
+            name: "default".into(),
+            initial_cluster: None,
+            initial_state: "new".into(),
+            log_level: "warn".into(),
             child: None,
         };
         p.spawn();
         p
     }
 
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Whether the process runs (it may have exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(st.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.scheme {
+            "http" => format!("127.0.0.1:{}", self.client_port),
+            _ => self.url(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -79,6 +151,13 @@ impl Proc {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to answer (a cluster member answers only
+    /// once a quorum runs).
+    pub fn launch(&mut self) {
         let bin = match self.kind {
             Kind::Kvstore => env!("CARGO_BIN_EXE_kvstore").to_string(),
             Kind::Etcd => {
@@ -88,9 +167,17 @@ impl Proc {
         };
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let child = Command::new(bin)
-            .args(["--name", "default", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.data_dir())
             .args([
                 "--listen-client-urls",
@@ -104,19 +191,20 @@ impl Proc {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", &self.initial_state])
             .args(&self.extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start server");
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Waits until the server answers a linearizable read.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.etcdctl(&["--command-timeout=1s", "endpoint", "health"]);
             if out.status.success() {
@@ -183,6 +271,7 @@ impl Proc {
         Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(&self.ctl_args)
             .args(args)
             .output()
             .expect("run etcdctl")
@@ -195,6 +284,7 @@ impl Proc {
         let mut c = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(&self.ctl_args)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -238,6 +328,7 @@ impl Proc {
         let mut child = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(&self.ctl_args)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -139,6 +139,9 @@ pub struct World {
     pub prefix_key: String,
     netd: BTreeMap<usize, NetdProc>,
     pub healthz_port: u16,
+    /// When set, a directory written by `netd certs` (CA, member `etcd`, client `netd`): etcd
+    /// serves https with client-cert-auth, and etcdctl presents the `netd` client certificate.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl World {
@@ -154,6 +157,7 @@ impl World {
             prefix_key: "/coreos.com/network".into(),
             netd: BTreeMap::new(),
             healthz_port: 20000 + (rand::random::<u16>() % 30000),
+            tls_dir: None,
             prefix,
         };
         let ul = w.add_ns("ul");
@@ -225,7 +229,24 @@ impl World {
     pub fn start_etcd(&mut self, config: &str) {
         let ul = self.underlay();
         let data = self.dir.path().join("etcd");
-        let url = format!("http://{UNDERLAY_GW}:2379");
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{UNDERLAY_GW}:2379");
+        let tls: Vec<PathBuf> = match &self.tls_dir {
+            Some(d) => vec![
+                "--cert-file".into(),
+                d.join("etcd.pem"),
+                "--key-file".into(),
+                d.join("etcd-key.pem"),
+                "--trusted-ca-file".into(),
+                d.join("ca.pem"),
+                "--client-cert-auth".into(),
+            ],
+            None => Vec::new(),
+        };
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
         let child = Command::new("ip")
             .args(["netns", "exec", &ul, "/usr/bin/etcd", "--name", "e1"])
@@ -240,6 +261,7 @@ impl World {
             .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
+            .args(&tls)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -266,8 +288,21 @@ impl World {
         self.start_etcd("");
     }
 
-    fn etcdctl_try(&self, args: &[&str]) -> Output {
+    /// etcdctl's TLS flags for the world's store (the `netd` client certificate).
+    pub fn etcdctl_tls(&self) -> Vec<String> {
+        match &self.tls_dir {
+            Some(d) => vec![
+                format!("--cacert={}", d.join("ca.pem").display()),
+                format!("--cert={}", d.join("netd.pem").display()),
+                format!("--key={}", d.join("netd-key.pem").display()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    pub fn etcdctl_try(&self, args: &[&str]) -> Output {
         let ul = self.underlay();
+        let tls = self.etcdctl_tls();
         let mut full = vec![
             "ip",
             "netns",
@@ -277,6 +312,7 @@ impl World {
             "--endpoints",
             &self.endpoints,
         ];
+        full.extend(tls.iter().map(String::as_str));
         full.extend_from_slice(args);
         Command::new(full[0])
             .args(&full[1..])

@@ -1,0 +1,193 @@
+//! Who this member is and what it starts from, decided once at start:
+//!
+//! - a data dir that already holds a member: its stored id and cluster id, whatever the
+//!   `--initial-*` flags say (as etcd ignores them then);
+//! - a fresh member of a new cluster (`--initial-cluster-state new`): ids derived from
+//!   the initial cluster (peer URLs and token), so every initial member computes the same
+//!   ones; raft starts as if from a snapshot at index 1 holding the initial voters;
+//! - a fresh member joining a running cluster (`existing`): it asks the peers named in
+//!   `--initial-cluster` for the member list, finds itself there by its peer URLs (it
+//!   must have been added with `member add` first), and starts with an empty log; the
+//!   leader catches it up with a snapshot.
+
+use crate::apply::StateMachine;
+use crate::backend::{Backend, WriteBatch, keys};
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::membership::Members;
+use crate::peer;
+use crate::proto::etcdserverpb::Member as PbMember;
+use crate::raft_log::RaftLog;
+
+/// What a member starts from.
+pub struct Start {
+    pub me: u64,
+    pub cluster_id: u64,
+    pub log: RaftLog,
+    pub sm: StateMachine,
+}
+
+fn read_u64(backend: &dyn Backend, key: &[u8]) -> Result<Option<u64>> {
+    match backend.get(key)? {
+        None => Ok(None),
+        Some(b) => {
+            let arr: [u8; 8] = b
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("id of {} bytes", b.len())))?;
+            Ok(Some(u64::from_be_bytes(arr)))
+        }
+    }
+}
+
+fn save_identity(batch: &mut WriteBatch, me: u64, cluster_id: u64) {
+    batch.put(keys::SELF_ID, me.to_be_bytes().to_vec());
+    batch.put(keys::CLUSTER_ID, cluster_id.to_be_bytes().to_vec());
+}
+
+/// The initial cluster as members (client URLs are published by each member once it
+/// runs), and the cluster id every initial member derives from it.
+fn initial_cluster(cfg: &Config) -> Result<(Vec<PbMember>, u64)> {
+    let token = &cfg.initial_cluster_token;
+    let members: Vec<PbMember> = cfg
+        .initial_members()?
+        .into_iter()
+        .map(|m| PbMember {
+            id: config::member_id(&m.peer_urls, token),
+            name: m.name,
+            peer_ur_ls: m.peer_urls,
+            client_ur_ls: Vec::new(),
+            is_learner: false,
+        })
+        .collect();
+    let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    let id_strings: Vec<String> = ids.iter().map(|i| format!("{i:x}")).collect();
+    let id_refs: Vec<&str> = id_strings.iter().map(String::as_str).collect();
+    Ok((members, config::stable_id(&id_refs)))
+}
+
+/// This member's id in `members`, found by its name.
+fn own_id(cfg: &Config, members: &[PbMember]) -> Result<u64> {
+    members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .map(|m| m.id)
+        .ok_or_else(|| Error::Config("this member is missing from --initial-cluster".into()))
+}
+
+/// Opens (or creates) this member's raft log and state machine.
+pub async fn start(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+    if let (Some(me), Some(cluster_id)) = (
+        read_u64(backend, keys::SELF_ID)?,
+        read_u64(backend, keys::CLUSTER_ID)?,
+    ) {
+        let (log, _) = RaftLog::open(backend, &[])?;
+        let sm = StateMachine::load(backend)?;
+        return Ok(Start {
+            me,
+            cluster_id,
+            log,
+            sm,
+        });
+    }
+    let has_raft_state = backend.get(keys::HARD_STATE)?.is_some();
+    if has_raft_state {
+        return upgrade_single_member(cfg, backend);
+    }
+    match cfg.initial_cluster_state.as_str() {
+        "existing" => join(cfg, backend).await,
+        _ => new_cluster(cfg, backend),
+    }
+}
+
+fn new_cluster(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+    let (members, cluster_id) = initial_cluster(cfg)?;
+    let me = own_id(cfg, &members)?;
+    let (log, _) = RaftLog::open(backend, &[])?;
+    let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let members = Members::new(members);
+    let mut batch = WriteBatch::default();
+    log.bootstrap(&voters, &mut batch)?;
+    members.persist(&mut batch);
+    batch.put(keys::APPLIED, 1i64.to_be_bytes().to_vec());
+    save_identity(&mut batch, me, cluster_id);
+    backend.write(batch)?;
+    backend.sync()?;
+    let sm = StateMachine::load(backend)?;
+    Ok(Start {
+        me,
+        cluster_id,
+        log,
+        sm,
+    })
+}
+
+async fn join(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+    let mine = cfg.advertise_peer_urls();
+    let others: Vec<String> = cfg
+        .initial_members()?
+        .into_iter()
+        .flat_map(|m| m.peer_urls)
+        .filter(|u| !mine.contains(u))
+        .collect();
+    let resp = peer::client::fetch_members(&others).await?;
+    let me = resp
+        .members
+        .iter()
+        .find(|m| m.peer_ur_ls.iter().any(|u| mine.contains(u)))
+        .map(|m| m.id)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "the existing cluster has no member with peer URLs {mine:?}: add it with `etcdctl member add` first"
+            ))
+        })?;
+    tracing::info!(
+        member_id = format!("{me:x}"),
+        cluster_id = format!("{:x}", resp.cluster_id),
+        "joining an existing cluster"
+    );
+    // The list lets this member answer the leader; the snapshot replaces it.
+    let members = Members::new(resp.members);
+    let (log, _) = RaftLog::open(backend, &[])?;
+    let mut batch = WriteBatch::default();
+    members.persist(&mut batch);
+    save_identity(&mut batch, me, resp.cluster_id);
+    backend.write(batch)?;
+    backend.sync()?;
+    let sm = StateMachine::load(backend)?;
+    Ok(Start {
+        me,
+        cluster_id: resp.cluster_id,
+        log,
+        sm,
+    })
+}
+
+/// A data dir written before members were replicated: a single member whose ids come
+/// from its flags. Its identity and member list are stored now, and its log is made to
+/// start after index 1 (as a new cluster's does) so members added later get a snapshot.
+fn upgrade_single_member(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+    let (members, cluster_id) = initial_cluster(cfg)?;
+    let me = own_id(cfg, &members)?;
+    let (log, _) = RaftLog::open(backend, &[me])?;
+    let mut sm = StateMachine::load(backend)?;
+    let mut batch = WriteBatch::default();
+    if sm.members.ids().is_empty() {
+        sm.members = Members::new(members);
+        sm.members.persist(&mut batch);
+    }
+    let (first, _) = log.span();
+    if first == 1 && sm.applied >= 1 {
+        log.truncate_prefix(1, &mut batch)?;
+    }
+    save_identity(&mut batch, me, cluster_id);
+    backend.write(batch)?;
+    backend.sync()?;
+    Ok(Start {
+        me,
+        cluster_id,
+        log,
+        sm,
+    })
+}

@@ -1,0 +1,325 @@
+//! Tolerating the `:authority` etcd clients send for an endpoint given as a URL.
+//!
+//! etcdctl 3.4 dials `endpoint status` and `endpoint health` (and every `--cluster`
+//! form, which takes members' client URLs) with the endpoint itself as the HTTP/2
+//! `:authority`, e.g. `http://127.0.0.1:2379`. grpc-go servers accept that; the HTTP/2
+//! server under tonic refuses it as malformed and resets the stream. This adapter sits
+//! between the socket and the server: it reads a connection's first header block and,
+//! only if its `:authority` carries a scheme, rewrites every header block of that
+//! connection with the scheme (and any path) dropped. Any other connection is passed
+//! through untouched after its first request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// The largest frame payload a peer must accept (HTTP/2's default SETTINGS_MAX_FRAME_SIZE).
+const MAX_FRAME: usize = 16_384;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Waiting for the client connection preface.
+    Preface,
+    /// Frames are parsed until the first header block tells which mode follows.
+    Sniff,
+    /// Every header block is decoded, fixed and encoded again.
+    Rewrite,
+    /// Bytes go through as read.
+    Pass,
+}
+
+/// A header block being gathered (HEADERS then CONTINUATION frames).
+struct Block {
+    stream: u32,
+    flags: u8,
+    priority: Vec<u8>,
+    fragment: Vec<u8>,
+    /// The frames as received, forwarded unchanged if nothing needs fixing.
+    raw: Vec<u8>,
+}
+
+/// A server-side connection whose header blocks get a usable `:authority`.
+pub struct AuthorityFix {
+    inner: TcpStream,
+    mode: Mode,
+    raw: BytesMut,
+    out: BytesMut,
+    block: Option<Block>,
+    decoder: hpack::Decoder<'static>,
+    encoder: hpack::Encoder<'static>,
+}
+
+impl AuthorityFix {
+    pub fn new(inner: TcpStream) -> AuthorityFix {
+        AuthorityFix {
+            inner,
+            mode: Mode::Preface,
+            raw: BytesMut::new(),
+            out: BytesMut::new(),
+            block: None,
+            decoder: hpack::Decoder::new(),
+            encoder: hpack::Encoder::new(),
+        }
+    }
+
+    /// Moves every complete unit of `raw` to `out`, fixing header blocks on the way.
+    fn process(&mut self) -> std::io::Result<()> {
+        loop {
+            match self.mode {
+                Mode::Pass => {
+                    let all = self.raw.split();
+                    self.out.extend_from_slice(&all);
+                    return Ok(());
+                }
+                Mode::Preface => {
+                    if self.raw.len() < PREFACE_LEN {
+                        return Ok(());
+                    }
+                    let p = self.raw.split_to(PREFACE_LEN);
+                    self.out.extend_from_slice(&p);
+                    self.mode = Mode::Sniff;
+                }
+                Mode::Sniff | Mode::Rewrite => {
+                    if self.raw.len() < FRAME_HEADER {
+                        return Ok(());
+                    }
+                    let h = &self.raw[..FRAME_HEADER];
+                    let len =
+                        (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                    if self.raw.len() < FRAME_HEADER + len {
+                        return Ok(());
+                    }
+                    let frame = self.raw.split_to(FRAME_HEADER + len);
+                    self.frame(&frame)?;
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        let (kind, flags) = (frame[3], frame[4]);
+        let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let payload = &frame[FRAME_HEADER..];
+        match (kind, self.block.as_mut()) {
+            (HEADERS, None) => {
+                let mut p = payload;
+                let mut pad = 0;
+                if flags & PADDED != 0 {
+                    let (&n, rest) = p.split_first().ok_or_else(|| bad("empty padded frame"))?;
+                    pad = usize::from(n);
+                    p = rest;
+                }
+                let mut priority = Vec::new();
+                if flags & PRIORITY != 0 {
+                    if p.len() < 5 {
+                        return Err(bad("short priority"));
+                    }
+                    priority = p[..5].to_vec();
+                    p = &p[5..];
+                }
+                let fragment = p
+                    .get(..p.len().saturating_sub(pad))
+                    .ok_or_else(|| bad("bad padding"))?
+                    .to_vec();
+                self.block = Some(Block {
+                    stream,
+                    flags,
+                    priority,
+                    fragment,
+                    raw: frame.to_vec(),
+                });
+            }
+            (CONTINUATION, Some(b)) if b.stream == stream => {
+                b.fragment.extend_from_slice(payload);
+                b.raw.extend_from_slice(frame);
+                b.flags |= flags & END_HEADERS;
+            }
+            (_, Some(_)) => return Err(bad("frame inside a header block")),
+            (_, None) => {
+                self.out.extend_from_slice(frame);
+                return Ok(());
+            }
+        }
+        if self
+            .block
+            .as_ref()
+            .is_some_and(|b| b.flags & END_HEADERS != 0)
+            && let Some(b) = self.block.take()
+        {
+            self.finish_block(b)?;
+        }
+        Ok(())
+    }
+
+    fn finish_block(&mut self, b: Block) -> std::io::Result<()> {
+        let mut headers = self
+            .decoder
+            .decode(&b.fragment)
+            .map_err(|e| bad(&format!("header block: {e:?}")))?;
+        if self.mode == Mode::Sniff {
+            let needs_fix = headers
+                .iter()
+                .any(|(k, v)| k.as_slice() == b":authority" && fixed(v).is_some());
+            if !needs_fix {
+                self.out.extend_from_slice(&b.raw);
+                self.mode = Mode::Pass;
+                return Ok(());
+            }
+            self.mode = Mode::Rewrite;
+        }
+        for (k, v) in headers.iter_mut() {
+            if k.as_slice() == b":authority"
+                && let Some(f) = fixed(v)
+            {
+                *v = f;
+            }
+        }
+        let block = self
+            .encoder
+            .encode(headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        self.emit(b.stream, b.flags & END_STREAM, &b.priority, &block);
+        Ok(())
+    }
+
+    /// Writes a header block as HEADERS (+ CONTINUATION) frames.
+    fn emit(&mut self, stream: u32, end_stream: u8, priority: &[u8], block: &[u8]) {
+        let first_room = MAX_FRAME - priority.len();
+        let (first, mut rest) = block.split_at(block.len().min(first_room));
+        let mut flags = end_stream;
+        if !priority.is_empty() {
+            flags |= PRIORITY;
+        }
+        if rest.is_empty() {
+            flags |= END_HEADERS;
+        }
+        let mut payload = priority.to_vec();
+        payload.extend_from_slice(first);
+        self.put_frame(HEADERS, flags, stream, &payload);
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_FRAME));
+            rest = tail;
+            let f = if rest.is_empty() { END_HEADERS } else { 0 };
+            self.put_frame(CONTINUATION, f, stream, chunk);
+        }
+    }
+
+    fn put_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len() as u32;
+        self.out
+            .extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+        self.out.extend_from_slice(&stream.to_be_bytes());
+        self.out.extend_from_slice(payload);
+    }
+}
+
+/// `host:port` of an authority given as a URL; `None` when it is fine as it is.
+fn fixed(authority: &[u8]) -> Option<Vec<u8>> {
+    let s = std::str::from_utf8(authority).ok()?;
+    let (_, rest) = s.split_once("://")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    Some(host.as_bytes().to_vec())
+}
+
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("HTTP/2: {what}"))
+}
+
+impl AsyncRead for AuthorityFix {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                this.out.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.mode == Mode::Pass && this.raw.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut tmp = [0u8; 16 * 1024];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                // End of stream: whatever is left goes through for the server to judge.
+                let rest = this.raw.split();
+                this.out.extend_from_slice(&rest);
+                if this.out.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            this.raw.extend_from_slice(rb.filled());
+            this.process()?;
+        }
+    }
+}
+
+impl AsyncWrite for AuthorityFix {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Connected for AuthorityFix {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_urls_are_fixed() {
+        assert_eq!(
+            fixed(b"http://127.0.0.1:2379"),
+            Some(b"127.0.0.1:2379".to_vec())
+        );
+        assert_eq!(fixed(b"https://h:1/x"), Some(b"h:1".to_vec()));
+        assert_eq!(fixed(b"127.0.0.1:2379"), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! Peer traffic: what members send each other on the peer port (`--listen-peer-urls`).
+//!
+//! - [`conn`]: the one place peer servers and client channels are built (so transport
+//!   security can be added there alone).
+//! - [`transport`]: per-peer sender tasks carrying raft messages and streaming snapshots,
+//!   fed by the raft thread without ever blocking it.
+//! - [`service`]: the `peerpb.Peer` gRPC service receiving them, plus the member list and
+//!   the lease requests followers forward to the leader.
+//! - [`client`]: calls a member makes to another (joining, lease forwarding).
+
+pub mod client;
+pub mod conn;
+pub mod service;
+pub mod transport;
+
+pub use transport::Transport;

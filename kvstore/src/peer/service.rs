@@ -1,0 +1,136 @@
+//! The `peerpb.Peer` service: receives raft messages and snapshots and hands them to the
+//! raft thread; answers the member list; serves the lease requests followers forward.
+//! Messages from another cluster (a different cluster id) are refused.
+
+use std::sync::Arc;
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::Message;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::member::Member;
+use crate::node::Msg;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::proto::peerpb::{
+    Ack, MembersRequest, MembersResponse, RaftBatch, SnapshotChunk, peer_server::Peer,
+};
+
+/// What a removed member hears when it still sends raft messages.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+pub struct PeerService {
+    member: Arc<Member>,
+}
+
+impl PeerService {
+    pub fn new(member: Arc<Member>) -> Self {
+        PeerService { member }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id != self.member.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: this member belongs to {:x}, the sender to {cluster_id:x}",
+                self.member.cluster_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn deliver(&self, m: Message) -> Result<(), Status> {
+        if self.member.state().read().members.is_removed(m.from) {
+            // Tell the sender: it learns it was removed even if it missed the entry.
+            return Err(Status::permission_denied(REMOVED));
+        }
+        if m.to != self.member.member_id {
+            // Meant for a member that used to listen here; never step it.
+            return Err(Status::failed_precondition(format!(
+                "raft message for member {:x} reached member {:x}",
+                m.to, self.member.member_id
+            )));
+        }
+        self.member
+            .raft_tx()
+            .send(Msg::Raft(Box::new(m)))
+            .map_err(|_| Status::from(Error::Stopped))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, Status> {
+        let batch = req.into_inner();
+        self.check_cluster(batch.cluster_id)?;
+        for b in batch.messages {
+            let m = Message::parse_from_bytes(&b)
+                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+            self.deliver(m)?;
+        }
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Ack>, Status> {
+        let mut chunks = req.into_inner();
+        let mut head: Option<Message> = None;
+        let mut data = Vec::new();
+        while let Some(c) = chunks.next().await {
+            let c = c?;
+            if head.is_none() {
+                self.check_cluster(c.cluster_id)?;
+                let m = Message::parse_from_bytes(&c.message)
+                    .map_err(|e| Status::invalid_argument(format!("bad snapshot message: {e}")))?;
+                head = Some(m);
+            }
+            data.extend_from_slice(&c.data);
+        }
+        let mut m = head.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        tracing::info!(
+            from = format!("{:x}", m.from),
+            index = m.get_snapshot().get_metadata().index,
+            bytes = data.len(),
+            "snapshot received"
+        );
+        m.mut_snapshot().set_data(data.into());
+        self.deliver(m)?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.member.cluster_id,
+            members: self.member.members(),
+        }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        let ttl = self.member.renew_lease_here(id)?;
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: self.member.header(self.member.current_revision()),
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(
+            self.member.lease_time_to_live_here(&req.into_inner())?,
+        ))
+    }
+}
