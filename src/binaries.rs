@@ -36,6 +36,33 @@ pub fn build(quiet: bool) -> Result<Binaries> {
         .map_err(anyhow::Error::msg)
 }
 
+/// A `cargo` command that builds as a user's shell would. A test inherits the variables Cargo
+/// sets for the crate under test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …); some build scripts
+/// (ring's) rerun when one of them changes, which would rebuild the TLS stack and everything
+/// above it on every test run, so they are removed.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        let per_crate = k == "OUT_DIR"
+            || k == "CARGO_MANIFEST_DIR"
+            || k == "CARGO_MANIFEST_PATH"
+            || k == "CARGO_MANIFEST_LINKS"
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_BIN_NAME"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "CARGO_RUSTC_CURRENT_DIR"
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_");
+        if per_crate {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 fn build_now(quiet: bool) -> Result<Binaries> {
     let dir = profile_dir()?;
     let target_dir = dir.parent().context("profile dir has no parent")?;
@@ -43,9 +70,8 @@ fn build_now(quiet: bool) -> Result<Binaries> {
         .file_name()
         .and_then(|n| n.to_str())
         .context("profile dir has no name")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = cargo_command();
     cmd.args(["build", "-p", "netd", "-p", "netd-cni"])
         .arg("--manifest-path")
         .arg(&manifest)

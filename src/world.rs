@@ -1,8 +1,9 @@
 //! A multi-host world in network namespaces, for end-to-end tests and benchmarks: an underlay
 //! namespace holding bridge `br0` (192.0.2.254/24), hosts `h1..hN` on it (192.0.2.i/24) each
-//! running the real `netd` binary — host 1's netd runs the embedded KV member on
-//! `http://192.0.2.1:2379`, the others are its clients — and containers attached by running
-//! `netd-cni` inside their host's namespace the way a runtime does.
+//! running the real `netd` binary — the netd of hosts 1..=M runs an embedded KV member on
+//! `http://192.0.2.i:2379` (M = 1 by default; M = 3 forms a replicated store), the others are
+//! clients of all members — and containers attached by running `netd-cni` inside their host's
+//! namespace the way a runtime does.
 //!
 //! Every name starts with a prefix unique to the world. Dropping the world removes everything it
 //! made, also when a test fails: CNI DEL for each container, netd stopped, namespaces deleted, the
@@ -23,7 +24,7 @@ use crate::cmd::{on_path, run};
 use crate::cni::{self, Attachment};
 use crate::netns;
 
-/// The embedded KV member's client URL (inside host 1's namespace).
+/// The client URL of host 1's embedded KV member.
 pub const KV_URL: &str = "http://192.0.2.1:2379";
 /// The KV key prefix (flannel's default).
 pub const KV_PREFIX: &str = "/coreos.com/network";
@@ -82,6 +83,8 @@ pub struct World {
     netd: BTreeMap<usize, Child>,
     containers: Vec<Container>,
     counter: u32,
+    /// Hosts 1..=kv_members run an embedded KV member.
+    kv_members: usize,
 }
 
 impl World {
@@ -89,8 +92,15 @@ impl World {
     /// embedded KV member), stores `net_config`, and waits until every host has its subnet and
     /// a route to every other host's subnet.
     pub fn new(hosts: usize, net_config: &str) -> Result<World> {
+        World::with_kv_members(hosts, net_config, 1)
+    }
+
+    /// Like [`World::new`], with an embedded KV member in the netd of each of hosts
+    /// 1..=`members`, forming one replicated store (`--kv-initial-cluster`).
+    pub fn with_kv_members(hosts: usize, net_config: &str, members: usize) -> Result<World> {
         require_prerequisites()?;
         ensure!((1..=50).contains(&hosts), "1 to 50 hosts");
+        ensure!((1..=hosts).contains(&members), "1 to {hosts} KV members");
         let bins = binaries::build(true)?;
         let mut w = World {
             prefix: unique_prefix(),
@@ -103,6 +113,7 @@ impl World {
             netd: BTreeMap::new(),
             containers: Vec::new(),
             counter: 0,
+            kv_members: members,
         };
         let ul = w.add_ns("ul")?;
         run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
@@ -120,9 +131,12 @@ impl World {
         for i in 1..=hosts {
             w.add_host(i)?;
         }
-        w.start_netd(1)?;
+        // The members first: the store answers once a quorum of them runs.
+        for i in 1..=members {
+            w.start_netd(i)?;
+        }
         w.set_config(net_config)?;
-        for i in 2..=hosts {
+        for i in members + 1..=hosts {
             w.start_netd(i)?;
         }
         for i in 1..=hosts {
@@ -133,6 +147,14 @@ impl World {
             w.wait_routes(i, &all)?;
         }
         Ok(w)
+    }
+
+    /// The client URLs of every KV member, comma-separated.
+    pub fn kv_endpoints(&self) -> String {
+        (1..=self.kv_members)
+            .map(|i| format!("http://{}:2379", Self::host_ip(i)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn add_ns(&mut self, tag: &str) -> Result<String> {
@@ -203,13 +225,28 @@ impl World {
             .arg(self.subnet_file(i))
             .args(["--healthz-ip", "127.0.0.1"])
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()]);
-        if i == 1 {
-            cmd.args(["--kv-name", "h1", "--kv-listen-client-urls", KV_URL])
-                .args(["--kv-listen-peer-urls", "http://127.0.0.1:2380"])
+        if i <= self.kv_members {
+            let ip = Self::host_ip(i);
+            // One member alone keeps its peer port private; members of a cluster reach each
+            // other on their underlay addresses.
+            let peer = if self.kv_members == 1 {
+                "http://127.0.0.1:2380".to_string()
+            } else {
+                format!("http://{ip}:2380")
+            };
+            cmd.args(["--kv-name", &format!("h{i}")])
+                .args(["--kv-listen-client-urls", &format!("http://{ip}:2379")])
+                .args(["--kv-listen-peer-urls", &peer])
                 .arg("--kv-data-dir")
-                .arg(self.dir.path().join("kv-h1"));
+                .arg(self.dir.path().join(format!("kv-h{i}")));
+            if self.kv_members > 1 {
+                let cluster: Vec<String> = (1..=self.kv_members)
+                    .map(|m| format!("h{m}=http://{}:2380", Self::host_ip(m)))
+                    .collect();
+                cmd.args(["--kv-initial-cluster", &cluster.join(",")]);
+            }
         } else {
-            cmd.args(["--etcd-endpoints", KV_URL]);
+            cmd.args(["--etcd-endpoints", &self.kv_endpoints()]);
         }
         let child = cmd
             .env("RUST_LOG", "info")
@@ -229,6 +266,14 @@ impl World {
         Ok(())
     }
 
+    /// SIGKILL to netd on host `i`, as a crash or a power loss would stop it.
+    pub fn kill_netd(&mut self, i: usize) -> Result<()> {
+        let mut c = self.netd.remove(&i).context("netd is not running")?;
+        c.kill().context("kill netd")?;
+        c.wait().context("wait for netd")?;
+        Ok(())
+    }
+
     /// True while netd on host `i` runs.
     pub fn netd_running(&mut self, i: usize) -> bool {
         self.netd
@@ -236,20 +281,30 @@ impl World {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Runs `netd ARGS --etcd-endpoints KV_URL` in the underlay namespace; returns stdout.
+    /// Runs `netd ARGS --etcd-endpoints <members>` in the underlay namespace; returns stdout.
     pub fn netd_cmd(&self, args: &[&str]) -> Result<String> {
         let netd = self.bins.netd.to_string_lossy();
         let ul = self.underlay();
+        let endpoints = self.kv_endpoints();
         let mut full = vec!["ip", "netns", "exec", &ul, &netd];
         full.extend_from_slice(args);
-        full.extend_from_slice(&["--etcd-endpoints", KV_URL]);
+        full.extend_from_slice(&["--etcd-endpoints", &endpoints]);
         run(&full)
     }
 
     /// Runs the stock `etcdctl ARGS` against the world's KV (from the underlay namespace).
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
         let ul = self.underlay();
-        let mut full = vec!["ip", "netns", "exec", &ul, "etcdctl", "--endpoints", KV_URL];
+        let endpoints = self.kv_endpoints();
+        let mut full = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ul,
+            "etcdctl",
+            "--endpoints",
+            &endpoints,
+        ];
         full.extend_from_slice(args);
         let out = Command::new(full[0])
             .args(&full[1..])
@@ -264,7 +319,7 @@ impl World {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Stores the network config once the embedded KV member answers (within 30 s).
+    /// Stores the network config once the embedded KV store answers (within 30 s).
     fn set_config(&mut self, json: &str) -> Result<()> {
         let t0 = Instant::now();
         loop {
@@ -277,11 +332,13 @@ impl World {
                     )));
                 }
                 Err(_) => {
-                    ensure!(
-                        self.netd_running(1),
-                        "netd on h1 exited:\n{}",
-                        self.netd_log(1)
-                    );
+                    for m in 1..=self.kv_members {
+                        ensure!(
+                            self.netd_running(m),
+                            "netd on h{m} exited:\n{}",
+                            self.netd_log(m)
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
