@@ -15,7 +15,7 @@ use crate::backend::{Backend, WriteBatch, keys};
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::membership::Members;
-use crate::peer;
+use crate::peer::{self, conn::Dialer};
 use crate::proto::etcdserverpb::Member as PbMember;
 use crate::raft_log::RaftLog;
 
@@ -76,8 +76,9 @@ fn own_id(cfg: &Config, members: &[PbMember]) -> Result<u64> {
         .ok_or_else(|| Error::Config("this member is missing from --initial-cluster".into()))
 }
 
-/// Opens (or creates) this member's raft log and state machine.
-pub async fn start(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+/// Opens (or creates) this member's raft log and state machine; `dialer` reaches the
+/// running members when joining an existing cluster.
+pub async fn start(cfg: &Config, backend: &dyn Backend, dialer: &Dialer) -> Result<Start> {
     if let (Some(me), Some(cluster_id)) = (
         read_u64(backend, keys::SELF_ID)?,
         read_u64(backend, keys::CLUSTER_ID)?,
@@ -96,7 +97,7 @@ pub async fn start(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
         return upgrade_single_member(cfg, backend);
     }
     match cfg.initial_cluster_state.as_str() {
-        "existing" => join(cfg, backend).await,
+        "existing" => join(cfg, backend, dialer).await,
         _ => new_cluster(cfg, backend),
     }
 }
@@ -123,7 +124,7 @@ fn new_cluster(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
     })
 }
 
-async fn join(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+async fn join(cfg: &Config, backend: &dyn Backend, dialer: &Dialer) -> Result<Start> {
     let mine = cfg.advertise_peer_urls();
     let others: Vec<String> = cfg
         .initial_members()?
@@ -131,7 +132,7 @@ async fn join(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
         .flat_map(|m| m.peer_urls)
         .filter(|u| !mine.contains(u))
         .collect();
-    let resp = peer::client::fetch_members(&others).await?;
+    let resp = peer::client::fetch_members(dialer, &others).await?;
     let me = resp
         .members
         .iter()

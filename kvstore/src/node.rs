@@ -136,6 +136,10 @@ pub(crate) struct NodeLoop {
     revoking: HashSet<i64>,
     read_seq: u64,
     stop_requested: bool,
+    /// Requests removing this very member: if a peer's refusal is how this member learns
+    /// of its removal (the leader stops replicating to it once the change commits), the
+    /// refusal proves the change committed, and these callers get the new member list.
+    self_removals: Vec<u64>,
     /// Log truncations waiting to be written by the compactor thread.
     compactor: std::sync::mpsc::Sender<WriteBatch>,
 }
@@ -219,6 +223,7 @@ impl NodeLoop {
             revoking: HashSet::new(),
             read_seq: 0,
             stop_requested: false,
+            self_removals: Vec::new(),
             compactor,
         };
         node.update_peers();
@@ -230,6 +235,22 @@ impl NodeLoop {
         tracing::warn!("this member was removed from the cluster; stopping");
         self.shared.removed.store(true, Ordering::Release);
         self.stop_requested = true;
+        if self.self_removals.is_empty() {
+            return;
+        }
+        let members: Vec<_> = {
+            let sm = self.shared.sm.read();
+            sm.members
+                .list()
+                .into_iter()
+                .filter(|m| m.id != self.me)
+                .collect()
+        };
+        for id in std::mem::take(&mut self.self_removals) {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.tx.send(Ok(Applied::Members(members.clone())));
+            }
+        }
     }
 
     /// Points the transport at the members of the current member list.
@@ -293,6 +314,9 @@ impl NodeLoop {
                 self.waiters.insert(id, Waiter { term, tx });
             }
             Msg::ConfChange { id, cc, tx } => {
+                if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.me {
+                    self.self_removals.push(id);
+                }
                 if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
                     tracing::debug!(error = %e, "conf change dropped");
                     let _ = tx.send(Err(Error::NoLeader));

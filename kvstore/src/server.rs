@@ -48,13 +48,29 @@ impl Server {
             .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
         // Bind first: a port in use must fail the start before anything is written.
         let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
-        let client_listeners: Vec<_> = bind_all(&cfg.listen_client_urls)
+        let mut client_listeners = Vec::new();
+        for (l, url) in bind_all(&cfg.listen_client_urls)
             .await?
             .into_iter()
-            .zip(cfg.listen_client_urls.iter().map(|u| tls.grpc_for(u)))
-            .collect();
+            .zip(&cfg.listen_client_urls)
+        {
+            client_listeners.push((l, tls.grpc_for(url)?));
+        }
+        // The peer side: TLS on https:// peer listeners, and how to dial other members.
+        let mut peer_servers = Vec::new();
+        for u in &cfg.listen_peer_urls {
+            let server_tls = match &tls.peer {
+                Some(t) if config::is_https(u) => Some(t.grpc_server()),
+                _ => None,
+            };
+            peer_servers.push(peer::conn::server(server_tls)?);
+        }
+        let dialer = match &tls.peer {
+            Some(t) if t.has_ca() => peer::conn::Dialer::new(Some(t.grpc_client()?)),
+            _ => peer::conn::Dialer::default(),
+        };
         let backend: Arc<dyn Backend> = SledBackend::open(&dir.join("db"))?;
-        let start = crate::bootstrap::start(&cfg, backend.as_ref()).await?;
+        let start = crate::bootstrap::start(&cfg, backend.as_ref(), &dialer).await?;
         let me = start.me;
         let cluster_id = start.cluster_id;
         let voters = raft::Storage::initial_state(&start.log)?.conf_state.voters;
@@ -93,6 +109,7 @@ impl Server {
             cluster_id,
             tx.clone(),
             tokio::runtime::Handle::current(),
+            dialer.clone(),
         ));
         let request_timeout = cfg.request_timeout();
         let node_loop = NodeLoop::new(
@@ -133,7 +150,7 @@ impl Server {
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
             request_timeout,
-            peers: Default::default(),
+            peers: peer::client::PeerClients::new(dialer),
         });
 
         let mut client_addrs = Vec::new();
@@ -155,8 +172,8 @@ impl Server {
             let l_tls = tls.http_for(url)?;
             tasks.push(tokio::spawn(crate::http::serve(member.clone(), l, l_tls)));
         }
-        for l in peer_listeners {
-            tasks.push(tokio::spawn(serve_peers(member.clone(), l)));
+        for (l, server) in peer_listeners.into_iter().zip(peer_servers) {
+            tasks.push(tokio::spawn(serve_peers(member.clone(), l, server)));
         }
         let attrs = MemberAttributes {
             id: me,
@@ -277,8 +294,12 @@ async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-/// Serves the peer service on `listener` until the member stops.
-async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
+/// Serves the peer service on `listener` with `server` (TLS or not) until the member stops.
+async fn serve_peers(
+    member: Arc<Member>,
+    listener: TcpListener,
+    mut server: tonic::transport::Server,
+) {
     let mut stopping = member.shared.stopping.subscribe();
     let svc = crate::proto::peerpb::peer_server::PeerServer::new(peer::service::PeerService::new(
         member.clone(),
@@ -286,7 +307,7 @@ async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
     .max_decoding_message_size(peer::conn::MAX_PEER_MESSAGE)
     .max_encoding_message_size(peer::conn::MAX_PEER_MESSAGE);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let res = peer::conn::server()
+    let res = server
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stopping.wait_for(|s| *s).await;

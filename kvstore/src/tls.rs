@@ -174,6 +174,11 @@ impl LoadedTls {
         self.roots.is_some()
     }
 
+    /// Whether a trusted CA is configured (needed to dial https:// members).
+    pub fn has_ca(&self) -> bool {
+        self.ca_pem.is_some()
+    }
+
     /// A rustls server configuration advertising `alpn` (e.g. `http/1.1` for the metrics
     /// listener), requiring client certificates when a trusted CA is configured.
     pub fn rustls_server(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
@@ -251,11 +256,12 @@ impl MemberTls {
         Ok(MemberTls { client, peer })
     }
 
-    /// The gRPC server TLS for client URL `url`: some for https://, none for http://.
-    pub fn grpc_for(&self, url: &str) -> Option<ServerTlsConfig> {
+    /// The gRPC (HTTP/2) server TLS for client URL `url`: some for https://, none for
+    /// http://.
+    pub fn grpc_for(&self, url: &str) -> Result<Option<Arc<rustls::ServerConfig>>> {
         match &self.client {
-            Some(t) if is_https(url) => Some(t.grpc_server()),
-            _ => None,
+            Some(t) if is_https(url) => t.rustls_server(&[b"h2"]).map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -137,6 +137,38 @@ fn client_certificate_from_our_ca_works(kind: Kind) {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\n");
 }
 
+/// etcdctl 3.4 sends a URL (`https://127.0.0.1:P`) as the HTTP/2 `:authority` of `endpoint
+/// status`, `endpoint health` and every `--cluster` form; over TLS too.
+fn url_endpoint_commands_work(kind: Kind) {
+    let pki = Pki::new();
+    let p = start(kind, &pki, true, &[]);
+    for args in [
+        &["endpoint", "status", "-w", "json"][..],
+        &["endpoint", "health"],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        &["endpoint", "health", "--cluster"],
+        &["member", "list"],
+    ] {
+        let out = etcdctl_as(&p.url(), &pki.good_ctl(), args);
+        assert!(
+            out.status.success(),
+            "{:?}: etcdctl {args:?}: {out:?}",
+            p.kind
+        );
+    }
+    let out = etcdctl_as(
+        &p.url(),
+        &pki.good_ctl(),
+        &["endpoint", "status", "-w", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert!(
+        v[0]["Status"]["header"]["member_id"].as_u64().is_some(),
+        "{:?}: {v}",
+        p.kind
+    );
+}
+
 fn no_client_certificate_is_refused(kind: Kind) {
     let pki = Pki::new();
     let p = start(kind, &pki, true, &[]);
@@ -404,6 +436,7 @@ macro_rules! tls_against_both_async {
 
 tls_against_both!(
     client_certificate_from_our_ca_works,
+    url_endpoint_commands_work,
     no_client_certificate_is_refused,
     client_certificate_from_another_ca_is_refused,
     server_from_another_ca_is_not_trusted,

@@ -191,7 +191,7 @@ fn write_subnet_file(
 
 async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
     // The embedded member lives as long as this function: dropping it stops the member.
-    let mut _embedded = None;
+    let mut embedded = None;
     // Refuse a subnet file (or its directory) others could write before touching anything.
     subnet_file::read_previous_subnet(&config.daemon.subnet_file)?;
     let explicit_tls = config.kv.client_tls()?;
@@ -199,7 +199,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
         let member = embedded::start(&config.kv.embedded).await?;
         let endpoints = member.endpoints.clone();
         let tls = config.kv.embedded.client_tls(explicit_tls)?;
-        _embedded = Some(member);
+        embedded = Some(member);
         (endpoints, tls)
     } else {
         (config.kv.etcd_endpoints.clone(), explicit_tls)
@@ -276,8 +276,20 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
             }
             _ = reconcile.tick() => d.on_reconcile_tick().await,
             _ = tokio::time::sleep_until(d.renew_at) => d.on_renew_due().await?,
+            () = member_stopped(embedded.as_ref()) => return Err(Error::EmbeddedKv(
+                "it stopped (removed from the cluster, or a storage error: see \
+                 the log above); routes stay in place".into(),
+            )),
         }
         d.mark_ready_once()?;
+    }
+}
+
+/// Resolves when the embedded member (if any) stops on its own; never without one.
+async fn member_stopped(member: Option<&embedded::EmbeddedKv>) {
+    match member {
+        Some(m) => m.stopped().await,
+        None => std::future::pending().await,
     }
 }
 

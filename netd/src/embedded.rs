@@ -1,7 +1,9 @@
 //! The embedded KV member: with no `--etcd-endpoints`, netd runs a kvstore member in-process
 //! and talks to it through the same etcd v3 client it uses for an external cluster, so there
 //! is one code path for both. Other hosts can use this member as a plain etcd endpoint. The
-//! `--kv-*` TLS flags are etcd's member TLS flags; netd then reaches its member over TLS too.
+//! `--kv-*` flags are etcd's member flags: one member alone, or several netd daemons forming
+//! one Raft cluster (`--kv-initial-cluster` naming every member). The `--kv-*` TLS flags are
+//! etcd's member TLS flags; netd then reaches its member over TLS too.
 
 use std::path::PathBuf;
 
@@ -17,6 +19,33 @@ pub struct EmbeddedKvArgs {
     /// Initial cluster of the embedded store: name=peer-url,... (etcd's --initial-cluster).
     #[arg(long = "kv-initial-cluster", env = "NETD_KV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// `new` to bootstrap the cluster of --kv-initial-cluster, `existing` to join a running one
+    /// after `etcdctl member add` (etcd's --initial-cluster-state).
+    #[arg(long = "kv-initial-cluster-state", env = "NETD_KV_INITIAL_CLUSTER_STATE",
+          default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Token that keeps this cluster's ids apart from another cluster started from the same
+    /// --kv-initial-cluster (etcd's --initial-cluster-token).
+    #[arg(
+        long = "kv-initial-cluster-token",
+        env = "NETD_KV_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Peer URLs the other members reach this one at; default: --kv-listen-peer-urls (etcd's
+    /// --initial-advertise-peer-urls).
+    #[arg(
+        long = "kv-initial-advertise-peer-urls",
+        env = "NETD_KV_INITIAL_ADVERTISE_PEER_URLS"
+    )]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Client URLs other hosts (and the other members' netd) reach this member at; default:
+    /// --kv-listen-client-urls (etcd's --advertise-client-urls).
+    #[arg(
+        long = "kv-advertise-client-urls",
+        env = "NETD_KV_ADVERTISE_CLIENT_URLS"
+    )]
+    pub advertise_client_urls: Option<String>,
     /// Peer URLs the embedded member listens on (etcd's --listen-peer-urls).
     #[arg(
         long = "kv-listen-peer-urls",
@@ -72,10 +101,25 @@ pub struct EmbeddedKvArgs {
 }
 
 /// A running embedded member. Dropping it stops the member.
+///
+/// netd's own client talks to this member only, also in a multi-member cluster: the member
+/// answers whenever the cluster has a quorum this host can reach (it forwards to the leader),
+/// and a host that cannot reach a quorum through its member cannot through the others' client
+/// URLs either. The etcd client also balances over all of its endpoints, failing a share of
+/// requests while one of them is down, which a single local endpoint avoids.
 pub struct EmbeddedKv {
     /// Client endpoints netd connects to.
     pub endpoints: Vec<String>,
+    /// The member's name, to tell it apart from the other members in the member list.
+    pub name: String,
     _server: kvstore::Server,
+}
+
+impl EmbeddedKv {
+    /// Resolves when the member stops on its own: removed from the cluster, or a storage error.
+    pub async fn stopped(&self) {
+        self._server.stopped().await;
+    }
 }
 
 fn urls(list: &str) -> Vec<String> {
@@ -95,6 +139,18 @@ impl EmbeddedKvArgs {
             listen_client_urls: urls(&self.listen_client_urls),
             listen_peer_urls: urls(&self.listen_peer_urls),
             initial_cluster: self.initial_cluster.clone(),
+            initial_cluster_state: self.initial_cluster_state.clone(),
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            initial_advertise_peer_urls: self
+                .initial_advertise_peer_urls
+                .as_deref()
+                .map(urls)
+                .unwrap_or_default(),
+            advertise_client_urls: self
+                .advertise_client_urls
+                .as_deref()
+                .map(urls)
+                .unwrap_or_default(),
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
             trusted_ca_file: self.trusted_ca_file.clone(),
@@ -139,10 +195,43 @@ impl EmbeddedKvArgs {
 }
 
 /// Starts the embedded member; returns it with the client endpoints to connect to.
+///
+/// Flags that can never work are an error at once. Anything else is retried every second with
+/// one log line per distinct failure, as netd waits for an unreachable etcd: a member joining
+/// an `existing` cluster waits for the other members to answer, a port still held by a netd
+/// that is exiting gets freed. A member of a `new` cluster starts without waiting for the
+/// others; it serves clients once a quorum of members runs and has elected a leader.
 pub async fn start(args: &EmbeddedKvArgs) -> Result<EmbeddedKv> {
-    let server = kvstore::Server::start(args.kv_config())
-        .await
-        .map_err(|e| Error::EmbeddedKv(e.to_string()))?;
+    let cfg = args.kv_config();
+    cfg.validate()
+        .map_err(|e| Error::Usage(format!("embedded KV member: {e}")))?;
+    let members = cfg
+        .initial_members()
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    if members.len() > 1 {
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        tracing::info!(
+            name = %cfg.name,
+            state = %cfg.initial_cluster_state,
+            ?names,
+            quorum = members.len() / 2 + 1,
+            "embedded KV member of a multi-member cluster: the KV answers once a quorum of members runs"
+        );
+    }
+    let mut last = String::new();
+    let server = loop {
+        match kvstore::Server::start(cfg.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last {
+                    tracing::error!(error = %msg, "starting the embedded KV member failed; retrying every 1s");
+                    last = msg;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
     // Listener addresses come in the order of the URLs. netd's client speaks TLS or not to
     // all of its endpoints, so with any https:// URL it uses only those.
     let tls = args.serves_tls();
@@ -164,6 +253,80 @@ pub async fn start(args: &EmbeddedKvArgs) -> Result<EmbeddedKv> {
     tracing::info!(?endpoints, "embedded KV member started");
     Ok(EmbeddedKv {
         endpoints,
+        name: cfg.name,
         _server: server,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        kv: EmbeddedKvArgs,
+    }
+
+    #[test]
+    fn cluster_flags_reach_the_member_config() {
+        let f = Flags::try_parse_from([
+            "netd",
+            "--kv-name",
+            "h2",
+            "--kv-initial-cluster",
+            "h1=http://10.0.0.1:2380,h2=http://10.0.0.2:2380,h3=http://10.0.0.3:2380",
+            "--kv-initial-cluster-state",
+            "existing",
+            "--kv-initial-cluster-token",
+            "netd-a",
+            "--kv-listen-peer-urls",
+            "http://0.0.0.0:2380",
+            "--kv-initial-advertise-peer-urls",
+            "http://10.0.0.2:2380",
+            "--kv-listen-client-urls",
+            "http://0.0.0.0:2379",
+            "--kv-advertise-client-urls",
+            "http://10.0.0.2:2379, http://10.0.0.2:2479",
+        ])
+        .expect("parse");
+        let c = f.kv.kv_config();
+        assert_eq!(c.initial_cluster_state, "existing");
+        assert_eq!(c.initial_cluster_token, "netd-a");
+        assert_eq!(c.advertise_peer_urls(), vec!["http://10.0.0.2:2380"]);
+        assert_eq!(
+            c.advertise_client_urls(),
+            vec!["http://10.0.0.2:2379", "http://10.0.0.2:2479"]
+        );
+        assert_eq!(c.initial_members().expect("members").len(), 3);
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        assert!(
+            Flags::try_parse_from(["netd", "--kv-initial-cluster-state", "old"]).is_err(),
+            "only new or existing"
+        );
+        // Defaults: etcd's, a single member advertising what it listens on.
+        let d = Flags::try_parse_from(["netd"])
+            .expect("parse")
+            .kv
+            .kv_config();
+        assert_eq!(d.initial_cluster_state, "new");
+        assert_eq!(d.initial_cluster_token, "etcd-cluster");
+        assert_eq!(d.advertise_peer_urls(), d.listen_peer_urls);
+    }
+
+    #[tokio::test]
+    async fn impossible_flags_fail_at_once() {
+        let f = Flags::try_parse_from([
+            "netd",
+            "--kv-name",
+            "h9",
+            "--kv-initial-cluster",
+            "h1=http://127.0.0.1:1",
+        ])
+        .expect("parse");
+        let e = start(&f.kv).await.err().expect("no entry for h9");
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+    }
 }

@@ -42,8 +42,8 @@ pub enum Error {
     #[error("kv store: {0}")]
     Kv(#[from] etcd_client::Error),
 
-    /// The embedded KV member could not be started.
-    #[error("{0}")]
+    /// The embedded KV member stopped under a running netd.
+    #[error("embedded KV member: {0}")]
     EmbeddedKv(String),
 
     /// A netlink request failed.

@@ -2,8 +2,9 @@
 //! - etcd 3.4 with client-cert-auth in the underlay; netd on every host with flannel's
 //!   `--etcd-cafile --etcd-certfile --etcd-keyfile`; containers ping across hosts. A netd
 //!   without a client certificate gets nothing from the store and writes no subnet file.
-//! - netd's embedded member serving https with `--kv-cert-file … --kv-client-cert-auth`; the
-//!   other hosts and etcdctl reach it with client certificates, and only with them.
+//! - netd's embedded member serving https with `--kv-cert-file … --kv-client-cert-auth` (and
+//!   an https peer URL with `--kv-peer-*`); the other hosts and etcdctl reach it with client
+//!   certificates, and only with them.
 
 mod common;
 
@@ -116,8 +117,9 @@ fn embedded_member_serves_tls_with_client_cert_auth() {
         "h1".into(),
         "--kv-listen-client-urls".into(),
         client_url.clone(),
+        // Peer mTLS too: the member's peer listener serves TLS with the same certificate.
         "--kv-listen-peer-urls".into(),
-        "http://127.0.0.1:2380".into(),
+        "https://127.0.0.1:2380".into(),
         "--kv-data-dir".into(),
         kv_dir,
         "--kv-cert-file".into(),
@@ -127,6 +129,13 @@ fn embedded_member_serves_tls_with_client_cert_auth() {
         "--kv-trusted-ca-file".into(),
         p("ca.pem"),
         "--kv-client-cert-auth".into(),
+        "--kv-peer-cert-file".into(),
+        p("h1.pem"),
+        "--kv-peer-key-file".into(),
+        p("h1-key.pem"),
+        "--kv-peer-trusted-ca-file".into(),
+        p("ca.pem"),
+        "--kv-peer-client-cert-auth".into(),
     ];
     let embedded: Vec<&str> = embedded.iter().map(String::as_str).collect();
     w.endpoints = String::new();

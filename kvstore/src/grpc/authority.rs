@@ -8,14 +8,16 @@
 //! only if its `:authority` carries a scheme, rewrites every header block of that
 //! connection with the scheme (and any path) dropped. Any other connection is passed
 //! through untouched after its first request.
+//!
+//! It must see HTTP/2 in clear: on a TLS listener it sits above the TLS stream (see
+//! [`super::tls_incoming`]), never between the socket and the TLS handshake.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER: usize = 9;
@@ -51,8 +53,8 @@ struct Block {
 }
 
 /// A server-side connection whose header blocks get a usable `:authority`.
-pub struct AuthorityFix {
-    inner: TcpStream,
+pub struct AuthorityFix<S> {
+    inner: S,
     mode: Mode,
     raw: BytesMut,
     out: BytesMut,
@@ -61,8 +63,9 @@ pub struct AuthorityFix {
     encoder: hpack::Encoder<'static>,
 }
 
-impl AuthorityFix {
-    pub fn new(inner: TcpStream) -> AuthorityFix {
+impl<S> AuthorityFix<S> {
+    /// Wraps the clear-text HTTP/2 connection `inner` (a socket, or a TLS stream).
+    pub fn new(inner: S) -> AuthorityFix<S> {
         AuthorityFix {
             inner,
             mode: Mode::Preface,
@@ -236,7 +239,7 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, format!("HTTP/2: {what}"))
 }
 
-impl AsyncRead for AuthorityFix {
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -271,7 +274,7 @@ impl AsyncRead for AuthorityFix {
     }
 }
 
-impl AsyncWrite for AuthorityFix {
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -301,8 +304,8 @@ impl AsyncWrite for AuthorityFix {
     }
 }
 
-impl Connected for AuthorityFix {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for AuthorityFix<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()

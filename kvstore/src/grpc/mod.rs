@@ -5,6 +5,7 @@ mod authority;
 mod cluster;
 mod kv;
 mod lease;
+mod tls_incoming;
 mod validate;
 mod watch;
 
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::Router;
 
 use crate::error::{Error, Result};
 use crate::member::Member;
@@ -44,57 +45,62 @@ pub(crate) fn check_size(
     Ok(())
 }
 
+/// The etcd v3 services of `member`, on a fresh server builder.
+fn routes(member: &Arc<Member>) -> Router {
+    let max = DECODE_LIMIT;
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(
+            KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(member.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(member.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService::new(
+            member.clone(),
+        )))
+        .add_service(MaintenanceServer::new(cluster::MaintenanceService::new(
+            member.clone(),
+        )))
+}
+
 /// Serves the client API on every listener (over TLS where it has a TLS configuration)
-/// until `shutdown` fires.
+/// until `shutdown` fires. TLS is terminated here, below the `:authority` fix, rather
+/// than by tonic, which would put the handshake above it.
 pub(crate) async fn serve(
     member: Arc<Member>,
-    listeners: Vec<(TcpListener, Option<ServerTlsConfig>)>,
+    listeners: Vec<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<()> {
-    let max = DECODE_LIMIT;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
     for (l, tls) in listeners {
-        let mut builder = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| Error::Config(format!("client TLS: {e}")))?;
-        }
-        let router = builder
-            .add_service(
-                KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
-            )
-            .add_service(
-                WatchServer::new(watch::WatchService::new(member.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(
-                LeaseServer::new(lease::LeaseService::new(member.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(ClusterServer::new(cluster::ClusterService::new(
-                member.clone(),
-            )))
-            .add_service(MaintenanceServer::new(cluster::MaintenanceService::new(
-                member.clone(),
-            )));
+        let router = routes(&member);
         let mut stop = stop_tx.subscribe();
-        // Small request/response RPCs: never let Nagle hold a reply back.
-        let incoming = TcpListenerStream::new(l).map(|s| {
-            s.map(|s| {
-                let _ = s.set_nodelay(true);
-                authority::AuthorityFix::new(s)
-            })
+        let stopped = async move {
+            let _ = stop.recv().await;
+        };
+        tasks.push(match tls {
+            Some(tls) => {
+                let incoming = tls_incoming::incoming(l, tls);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => {
+                // Small request/response RPCs: never let Nagle hold a reply back.
+                let incoming = TcpListenerStream::new(l).map(|s| {
+                    s.map(|s| {
+                        let _ = s.set_nodelay(true);
+                        authority::AuthorityFix::new(s)
+                    })
+                });
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
         });
-        tasks.push(tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.recv().await;
-                })
-                .await
-        }));
     }
     let _ = shutdown.await;
     let _ = stop_tx.send(());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use super::conn;
+use super::conn::{self, Dialer};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -18,13 +18,13 @@ use crate::proto::peerpb::{MembersRequest, MembersResponse, peer_client::PeerCli
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks the members at `urls`, in turn, for the cluster's member list.
-pub async fn fetch_members(urls: &[String]) -> Result<MembersResponse> {
+pub async fn fetch_members(dialer: &Dialer, urls: &[String]) -> Result<MembersResponse> {
     let mut last = String::from("no peer URL to ask");
     for url in urls {
-        let mut c = conn::client(url)?;
+        let mut c = dialer.client(url)?;
         match tokio::time::timeout(FORWARD_TIMEOUT, c.members(MembersRequest {})).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
-            Ok(Err(s)) => last = format!("{url}: {}", s.message()),
+            Ok(Err(s)) => last = format!("{url}: {}", conn::describe(&s)),
             Err(_) => last = format!("{url}: timed out"),
         }
     }
@@ -34,18 +34,25 @@ pub async fn fetch_members(urls: &[String]) -> Result<MembersResponse> {
 }
 
 /// Clients of other members, by peer URL, reused across calls.
-#[derive(Default)]
 pub struct PeerClients {
+    dialer: Dialer,
     clients: Mutex<HashMap<String, PeerClient<Channel>>>,
 }
 
 impl PeerClients {
+    pub fn new(dialer: Dialer) -> PeerClients {
+        PeerClients {
+            dialer,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn get(&self, url: &str) -> Result<PeerClient<Channel>> {
         let mut all = self.clients.lock();
         if let Some(c) = all.get(url) {
             return Ok(c.clone());
         }
-        let c = conn::client(url)?;
+        let c = self.dialer.client(url)?;
         all.insert(url.to_string(), c.clone());
         Ok(c)
     }

@@ -1,7 +1,7 @@
 //! Peer traffic: what members send each other on the peer port (`--listen-peer-urls`).
 //!
-//! - [`conn`]: the one place peer servers and client channels are built (so transport
-//!   security can be added there alone).
+//! - [`conn`]: the one place peer servers and client channels are built, plain or mutual
+//!   TLS (`https://` peer URLs); its `Dialer` carries the peer client TLS to every caller.
 //! - [`transport`]: per-peer sender tasks carrying raft messages and streaming snapshots,
 //!   fed by the raft thread without ever blocking it.
 //! - [`service`]: the `peerpb.Peer` gRPC service receiving them, plus the member list and

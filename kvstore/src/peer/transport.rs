@@ -14,7 +14,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
-use super::conn;
+use super::conn::{self, Dialer};
 use crate::node::Msg;
 use crate::proto::peerpb::{RaftBatch, SnapshotChunk};
 
@@ -41,22 +41,26 @@ pub struct Transport {
     cluster_id: u64,
     raft: std::sync::mpsc::Sender<Msg>,
     runtime: tokio::runtime::Handle,
+    dialer: Dialer,
     peers: Mutex<HashMap<u64, Peer>>,
 }
 
 impl Transport {
-    /// A transport for member `me`; `raft` receives delivery failures.
+    /// A transport for member `me`; `raft` receives delivery failures; `dialer` reaches
+    /// the peers (TLS for https:// peer URLs).
     pub fn new(
         me: u64,
         cluster_id: u64,
         raft: std::sync::mpsc::Sender<Msg>,
         runtime: tokio::runtime::Handle,
+        dialer: Dialer,
     ) -> Transport {
         Transport {
             me,
             cluster_id,
             raft,
             runtime,
+            dialer,
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -77,6 +81,7 @@ impl Transport {
             }
             let (tx, rx) = mpsc::channel(QUEUE);
             let task = self.runtime.spawn(run_peer(
+                self.dialer.clone(),
                 *id,
                 url.clone(),
                 self.cluster_id,
@@ -114,6 +119,7 @@ impl Transport {
                     continue;
                 }
                 self.runtime.spawn(send_snapshot(
+                    self.dialer.clone(),
                     p.url.clone(),
                     self.cluster_id,
                     m,
@@ -154,13 +160,14 @@ impl Drop for Transport {
 
 /// Sends everything queued for one peer, in order, a batch per RPC.
 async fn run_peer(
+    dialer: Dialer,
     to: u64,
     url: String,
     cluster_id: u64,
     mut rx: mpsc::Receiver<Message>,
     raft: std::sync::mpsc::Sender<Msg>,
 ) {
-    let mut client = match conn::client(&url) {
+    let mut client = match dialer.client(&url) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(peer = format!("{to:x}"), error = %e, "cannot reach peer");
@@ -201,7 +208,7 @@ async fn run_peer(
             failed => {
                 if !down {
                     let why = match failed {
-                        Ok(Err(s)) => s.message().to_string(),
+                        Ok(Err(s)) => conn::describe(&s),
                         _ => "timed out".into(),
                     };
                     tracing::warn!(peer = format!("{to:x}"), %url, error = %why, "peer unreachable");
@@ -218,6 +225,7 @@ async fn run_peer(
 
 /// Streams one snapshot message and its data to a peer, then reports the outcome.
 async fn send_snapshot(
+    dialer: Dialer,
     url: String,
     cluster_id: u64,
     mut m: Message,
@@ -244,8 +252,9 @@ async fn send_snapshot(
                 data: bytes::Bytes::copy_from_slice(c),
             });
         }
-        let mut client =
-            conn::client(&url).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = dialer
+            .client(&url)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         client.snapshot(tokio_stream::iter(chunks)).await
     }
     .await;
@@ -257,7 +266,9 @@ async fn send_snapshot(
             bytes = data.len(),
             "snapshot sent"
         ),
-        Err(e) => tracing::warn!(peer = format!("{to:x}"), error = %e, "sending snapshot failed"),
+        Err(e) => {
+            tracing::warn!(peer = format!("{to:x}"), error = %conn::describe(e), "sending snapshot failed")
+        }
     }
     let _ = raft.send(Msg::SnapshotStatus {
         to,

@@ -3,6 +3,7 @@
 //! unique to the cluster; etcdctl against one member or all; leader lookup through
 //! `endpoint status`; member add/remove through etcdctl. Dropping it kills every member.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,38 @@ pub struct Cluster {
     pub token: String,
     /// Server flags every member gets.
     pub extra: Vec<String>,
+    /// Flags every cluster-wide etcdctl run gets (TLS: `--cacert --cert --key`).
+    pub ctl_args: Vec<String>,
+    /// Adjusts each member (by index) before it first starts: schemes, TLS flags.
+    setup: Setup,
 }
+
+/// How member `i` differs from the plain default (schemes, per-member flags).
+pub type Setup = Arc<dyn Fn(usize, &mut Proc) + Send + Sync>;
 
 impl Cluster {
     /// Starts `n` members and waits until each answers a linearizable read.
     pub fn start(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
+        let c = Cluster::launch(kind, n, extra, Arc::new(|_, _| {}));
+        c.ready_all()
+    }
+
+    /// Starts `n` members, each adjusted by `setup` first (e.g. https URLs and TLS flags),
+    /// and waits until each answers a linearizable read.
+    pub fn start_with(kind: Kind, n: usize, extra: &[&str], setup: Setup) -> Cluster {
+        Cluster::launch(kind, n, extra, setup).ready_all()
+    }
+
+    /// Waits until every member answers.
+    pub fn ready_all(mut self) -> Cluster {
+        for m in &mut self.members {
+            m.wait_ready();
+        }
+        self
+    }
+
+    /// Starts `n` members adjusted by `setup` without waiting for any of them.
+    pub fn launch(kind: Kind, n: usize, extra: &[&str], setup: Setup) -> Cluster {
         let token = format!(
             "t{}-{}",
             std::process::id(),
@@ -48,10 +76,14 @@ impl Cluster {
                 initial_state: "new".into(),
                 log_level: "info".into(),
                 scheme: "http",
+                peer_scheme: "http",
                 ctl_args: Vec::new(),
                 child: None,
             })
             .collect();
+        for (i, m) in members.iter_mut().enumerate() {
+            setup(i, m);
+        }
         let initial: Vec<String> = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
@@ -61,17 +93,22 @@ impl Cluster {
         extra.extend(["--initial-cluster-token".to_string(), token.clone()]);
         for m in &mut members {
             m.initial_cluster = Some(initial.clone());
+            let own = std::mem::take(&mut m.extra);
             m.extra = extra.clone();
+            m.extra.extend(own);
             m.launch();
         }
-        for m in &mut members {
-            m.wait_ready();
-        }
+        let ctl_args = members
+            .first()
+            .map(|m| m.ctl_args.clone())
+            .unwrap_or_default();
         Cluster {
             kind,
             members,
             token,
             extra,
+            ctl_args,
+            setup,
         }
     }
 
@@ -92,6 +129,7 @@ impl Cluster {
         std::process::Command::new(super::ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={eps}"))
+            .args(&self.ctl_args)
             .args(args)
             .output()
             .expect("run etcdctl")
@@ -212,6 +250,15 @@ impl Cluster {
     /// `etcdctl member add` for a new member on fresh ports, then starts it with
     /// `--initial-cluster-state existing` and the initial cluster etcdctl printed.
     pub fn add_member(&mut self) -> usize {
+        let setup = self.setup.clone();
+        let i = self.add_member_launched(&*setup);
+        self.members[i].wait_ready();
+        i
+    }
+
+    /// Like `add_member`, with the new member adjusted by `setup` (not the cluster's),
+    /// and without waiting for it to answer.
+    pub fn add_member_launched(&mut self, setup: &dyn Fn(usize, &mut Proc)) -> usize {
         let n = self.members.len() + 1;
         let mut p = Proc {
             kind: self.kind,
@@ -224,9 +271,11 @@ impl Cluster {
             initial_state: "existing".into(),
             log_level: "info".into(),
             scheme: "http",
+            peer_scheme: "http",
             ctl_args: Vec::new(),
             child: None,
         };
+        setup(n - 1, &mut p);
         let out = self.reconfigure(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
         let initial = out
             .lines()
@@ -240,7 +289,6 @@ impl Cluster {
         );
         p.initial_cluster = Some(initial);
         p.launch();
-        p.wait_ready();
         self.members.push(p);
         self.members.len() - 1
     }

@@ -60,6 +60,8 @@ pub struct Proc {
     pub extra: Vec<String>,
     /// "http", or "https" for a TLS client URL.
     pub scheme: &'static str,
+    /// "http", or "https" for a TLS peer URL.
+    pub peer_scheme: &'static str,
     /// Flags every etcdctl run gets (e.g. `--cacert --cert --key` for a TLS server).
     pub ctl_args: Vec<String>,
     /// Member name, `--initial-cluster` (None: just this member) and its state.
@@ -97,6 +99,7 @@ impl Proc {
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             scheme,
+            peer_scheme: "http",
             ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
             name: "default".into(),
             initial_cluster: None,
@@ -109,7 +112,7 @@ impl Proc {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     /// Whether the process runs (it may have exited by itself).
@@ -166,7 +169,7 @@ impl Proc {
             }
         };
         let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

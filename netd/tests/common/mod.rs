@@ -351,6 +351,85 @@ impl World {
 
     /// Starts netd on host `i` with the world's endpoints plus `extra` flags.
     pub fn start_netd(&mut self, i: usize, extra: &[&str]) {
+        // No endpoints: netd runs its embedded KV member (flags for it come in `extra`).
+        let mut args: Vec<String> = if self.endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--etcd-endpoints".into(), self.endpoints.clone()]
+        };
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.spawn_netd(i, &args);
+    }
+
+    /// Client URL of the embedded member on host `i` (its underlay address, port 2379).
+    pub fn member_client_url(i: usize) -> String {
+        format!("http://{}:2379", Self::host_ip(i))
+    }
+
+    /// Client URLs of the embedded members on `members`, comma-separated (an
+    /// `--etcd-endpoints` / etcdctl `--endpoints` value).
+    pub fn member_client_urls(members: &[usize]) -> String {
+        members
+            .iter()
+            .map(|&m| Self::member_client_url(m))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The `--kv-*` flags of host `i` as one member of the embedded cluster formed by netd on
+    /// `members`: peers and clients on the host's underlay address, data under the world's dir.
+    pub fn kv_member_flags(&self, i: usize, members: &[usize], state: &str) -> Vec<String> {
+        let ip = Self::host_ip(i);
+        let cluster = members
+            .iter()
+            .map(|&m| format!("h{m}=http://{}:2380", Self::host_ip(m)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data = self.dir.path().join(format!("kv-h{i}"));
+        vec![
+            "--kv-name".into(),
+            format!("h{i}"),
+            "--kv-initial-cluster".into(),
+            cluster,
+            "--kv-initial-cluster-state".into(),
+            state.into(),
+            "--kv-initial-cluster-token".into(),
+            format!("netd-{}", self.prefix),
+            "--kv-listen-peer-urls".into(),
+            format!("http://{ip}:2380"),
+            "--kv-listen-client-urls".into(),
+            Self::member_client_url(i),
+            "--kv-data-dir".into(),
+            data.to_string_lossy().into_owned(),
+        ]
+    }
+
+    /// Starts netd on host `i` running one member of the embedded cluster formed by netd on
+    /// `members` (no `--etcd-endpoints`), plus `extra` flags.
+    pub fn start_netd_member(&mut self, i: usize, members: &[usize], extra: &[&str]) {
+        let mut args = self.kv_member_flags(i, members, "new");
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.spawn_netd(i, &args);
+    }
+
+    /// `etcdctl endpoint status --cluster` through the world's endpoints: (client URL, member
+    /// id, leader id) of every member that answers.
+    pub fn endpoint_status(&self) -> Vec<(String, u64, u64)> {
+        let out = self.etcdctl_try(&["endpoint", "status", "--cluster", "-w", "json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        all.iter()
+            .map(|e| {
+                (
+                    e["Endpoint"].as_str().unwrap_or("").to_string(),
+                    e["Status"]["header"]["member_id"].as_u64().unwrap_or(0),
+                    e["Status"]["leader"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Spawns netd in host `i`'s namespace with the world's common flags plus `args`.
+    fn spawn_netd(&mut self, i: usize, args: &[String]) {
         let ns = self.host(i);
         let log = self.dir.path().join(format!("netd-h{i}.log"));
         let logf = std::fs::OpenOptions::new()
@@ -358,15 +437,8 @@ impl World {
             .append(true)
             .open(&log)
             .expect("netd log");
-        // No endpoints: netd runs its embedded KV member (flags for it come in `extra`).
-        let kv: Vec<&str> = if self.endpoints.is_empty() {
-            Vec::new()
-        } else {
-            vec!["--etcd-endpoints", &self.endpoints]
-        };
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, NETD])
-            .args(kv)
             .args(["--iface", "eth0"])
             .arg("--subnet-file")
             .arg(self.subnet_file(i))
@@ -377,7 +449,7 @@ impl World {
                 "127.0.0.1",
             ])
             .args(["--reconcile-interval", "2"])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info,netd=debug")
             .stdout(Stdio::null())
             .stderr(logf)
