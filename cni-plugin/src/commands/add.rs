@@ -102,9 +102,7 @@ impl Attach<'_> {
         // announcement goes out once the bridge forwards from the new port; if it does not
         // within a second, it is sent anyway (the neighbours' entries then age out as usual).
         host::wait_forwarding(h, &veth.name).await?;
-        for a in &addrs {
-            garp::announce(&self.netns, cont.index, &cont.mac, a.ip())?;
-        }
+        garp::announce(&self.cont_h, &self.netns, &cont).await?;
 
         if masq_enabled(conf, Some(env)) {
             self.progress.masq_added = true;
