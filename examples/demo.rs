@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+
+use netd_project::binaries;
+use netd_project::cmd::run;
+use netd_project::cni::{self, Attachment};
+use netd_project::netns;
 
 const KV_URL: &str = "http://192.0.2.1:2379";
 const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -158,43 +163,15 @@ fn step(msg: &str) {
     println!("==> {msg}");
 }
 
-/// Builds the release `netd` and `netd-cni` and returns their paths.
+/// Builds `netd` and `netd-cni` in this program's profile and returns their paths.
 fn build_binaries() -> Result<(PathBuf, PathBuf)> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    step("building netd and netd-cni (cargo build --release -p netd -p netd-cni)");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "netd", "-p", "netd-cni"])
-        .status()
-        .context("cannot run cargo (set CARGO or put cargo on PATH)")?;
-    ensure!(status.success(), "cargo build of netd and netd-cni failed");
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let bin_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot derive the target dir from this program's path")?;
-    let find = |name: &str| -> Result<PathBuf> {
-        let p = bin_dir.join(name);
-        ensure!(
-            p.is_file(),
-            "{} is missing after the build; run `cargo build --release -p netd -p netd-cni` and \
-             start the demo with `cargo run --release --example demo`",
-            p.display()
-        );
-        Ok(p)
-    };
-    Ok((find("netd")?, find("netd-cni")?))
+    step("building netd and netd-cni (cargo build -p netd -p netd-cni, this program's profile)");
+    let b = binaries::build(false)?;
+    Ok((b.netd, b.cni))
 }
 
 // ---------------------------------------------------------------------------------------------
 // What must be removed, also from the signal handler.
-
-/// A container attached through CNI: what DEL needs.
-struct Attachment {
-    host: String,
-    id: String,
-    netns: String,
-    config: String,
-}
 
 #[derive(Default)]
 struct Live {
@@ -241,8 +218,8 @@ fn tear_down() {
     println!("==> tearing down");
     if let Some(cni) = &l.cni {
         for a in &l.attachments {
-            if let Err(e) = cni_exec(cni, "DEL", a) {
-                eprintln!("CNI DEL {}: {e:#}", a.id);
+            if let Err(e) = cni::exec(cni, "DEL", a) {
+                eprintln!("CNI DEL {}: {e:#}", a.container_id);
             }
         }
     }
@@ -250,7 +227,9 @@ fn tear_down() {
         stop(&mut c);
     }
     for ns in l.namespaces.iter().rev() {
-        del_netns(ns);
+        if !netns::del(ns) {
+            eprintln!("could not delete netns {ns}");
+        }
     }
     if let Some(d) = l.dir {
         let _ = std::fs::remove_dir_all(d);
@@ -270,20 +249,6 @@ fn stop(c: &mut Child) {
     }
     let _ = c.kill();
     let _ = c.wait();
-}
-
-fn del_netns(ns: &str) {
-    for _ in 0..20 {
-        let ok = Command::new("ip")
-            .args(["netns", "del", ns])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok || !Path::new(&format!("/run/netns/{ns}")).exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("could not delete netns {ns}");
 }
 
 /// Ctrl-C / SIGTERM: tear down, then exit 130.
@@ -344,7 +309,9 @@ fn cleanup(prefix: &str) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(200));
     for ns in &names {
-        del_netns(ns);
+        if !netns::del(ns) {
+            eprintln!("could not delete netns {ns}");
+        }
     }
     let dir = std::env::temp_dir().join(prefix);
     let _ = std::fs::remove_dir_all(&dir);
@@ -506,7 +473,7 @@ impl World {
         let t0 = Instant::now();
         loop {
             if let Ok(text) = std::fs::read_to_string(&path)
-                && let Some(s) = parse_subnet(&text)
+                && let Some((s, _)) = cni::parse_subnet(&text)
             {
                 return Ok(s);
             }
@@ -559,81 +526,23 @@ impl World {
         let host = self.host(i);
         let name = format!("{}-h{i}c{j}", self.prefix);
         self.add_ns(&name)?;
-        let config = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "netd",
-            "type": "netd-cni",
-            "bridge": "cni0",
-            "subnetFile": self.subnet_file(i),
-            "dataDir": self.dir.join(format!("h{i}/cni")),
-            "hairpinMode": true,
-            "defaultRoute": true,
-            // DEL removes the veth itself: no reaper process outlives the demo.
-            "asyncTeardown": false,
-        })
-        .to_string();
         let a = Attachment {
-            host: host.clone(),
-            id: name.clone(),
+            host_ns: host.clone(),
+            container_id: name.clone(),
             netns: format!("/run/netns/{name}"),
-            config,
+            ifname: "eth0".into(),
+            config: cni::netd_config(&self.subnet_file(i), &self.dir.join(format!("h{i}/cni"))),
+            args: String::new(),
         };
         // Recorded even when ADD fails: DEL is idempotent and undoes a half-done ADD.
         let out = register(|l| {
-            let out = cni_exec(&self.cni, "ADD", &a);
+            let out = cni::exec(&self.cni, "ADD", &a);
             l.attachments.push(a);
             out
         })?;
-        let result: serde_json::Value =
-            serde_json::from_str(&out).context("netd-cni ADD printed no JSON")?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("no IPv4 address in the ADD result: {out}"))?;
+        let ip = cni::result_ip(&out)?;
         Ok(Container { name, host, ip })
     }
-}
-
-/// `FLANNEL_SUBNET=10.244.5.1/24` → 10.244.5.0.
-fn parse_subnet(text: &str) -> Option<Ipv4Addr> {
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-    let gw: Ipv4Addr = v.split('/').next()?.parse().ok()?;
-    Some(Ipv4Addr::from(u32::from(gw) & 0xffff_ff00))
-}
-
-/// Runs `netd-cni` like a runtime does: inside the host namespace, CNI_* in the environment,
-/// the network config on stdin. Returns stdout.
-fn cni_exec(cni: &Path, command: &str, a: &Attachment) -> Result<String> {
-    let cni_path = cni.parent().unwrap_or(Path::new("/"));
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &a.host])
-        .arg(cni)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &a.id)
-        .env("CNI_NETNS", &a.netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run netd-cni")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(a.config.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "netd-cni {command} for {} failed: {} {}",
-        a.id,
-        stdout.trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(stdout)
 }
 
 /// Every container pings every other one; prints the matrix, returns the number of failures.
@@ -653,7 +562,7 @@ fn matrix(cs: &[Container]) -> usize {
                 print!("{:>9}", "-");
                 continue;
             }
-            match ping(&from.name, to.ip) {
+            match netns::ping(&from.name, to.ip, 2) {
                 Some(ms) => print!("{ms:>9.3}"),
                 None => {
                     failures += 1;
@@ -665,25 +574,6 @@ fn matrix(cs: &[Container]) -> usize {
         println!();
     }
     failures
-}
-
-/// One ping from namespace `ns`; the RTT in ms.
-fn ping(ns: &str, to: Ipv4Addr) -> Option<f64> {
-    let to = to.to_string();
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", &to])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("time=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn print_explore(w: &World, cs: &[Container]) {
@@ -703,19 +593,4 @@ fn print_explore(w: &World, cs: &[Container]) {
         "  cargo run --release --example demo -- --cleanup {}",
         w.prefix
     );
-}
-
-/// Runs a command; an error carries its stderr.
-fn run(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("cannot run {}", args[0]))?;
-    ensure!(
-        out.status.success(),
-        "`{}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

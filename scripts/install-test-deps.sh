@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and the test suite need: protoc (the etcd-client
 # crate's build script runs it), the reference etcd 3.4 and etcdctl, iproute2/ping/nftables
-# for the network-namespace tests, and the reference CNI plugins.
+# for the network-namespace tests, the reference CNI plugins, busybox-static and iperf3 for
+# traffic inside namespaces, and podman with runc for the container-runtime test.
 # Needs root. Installs only what is missing.
 set -euo pipefail
 
@@ -10,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(protobuf-compiler etcd-server etcd-client iproute2 iputils-ping nftables containernetworking-plugins busybox-static iperf3)
+packages=(protobuf-compiler etcd-server etcd-client iproute2 iputils-ping nftables containernetworking-plugins busybox-static iperf3 podman runc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

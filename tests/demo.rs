@@ -33,8 +33,8 @@ fn require_prereqs() {
 #[test]
 fn demo_connects_every_pair_and_leaves_nothing_behind() {
     require_prereqs();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = Command::new(cargo)
+    // A clean cargo environment: the test's own CARGO_* variables would rebuild the TLS stack.
+    let mut child = netd_project::binaries::cargo_command()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "run",

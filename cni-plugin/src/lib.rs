@@ -86,6 +86,7 @@ fn dispatch(getenv: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Opt
         _ => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
                 .map_err(|e| CniError::io("start async runtime", e))?;
             rt.block_on(async {

@@ -12,7 +12,7 @@ use crate::error::{CniError, Result};
 use crate::ipam::Ipam;
 use crate::masq;
 use crate::naming;
-use crate::net::{container, host, links, netns::Netns};
+use crate::net::{container, garp, host, links, netns::Netns};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::subnet_env::SubnetEnv;
 
@@ -98,6 +98,11 @@ impl Attach<'_> {
         host::attach_port(h, &veth, &bridge, conf.hairpin).await?;
         let routes = container_routes(conf, env, gw, &ipam_result);
         let cont = container::configure(&self.cont_h, &inv.ifname, &addrs, &routes).await?;
+        // Neighbours may still map a reused address to its previous owner's MAC. The
+        // announcement goes out once the bridge forwards from the new port; if it does not
+        // within a second, it is sent anyway (the neighbours' entries then age out as usual).
+        host::wait_forwarding(h, &veth.name).await?;
+        garp::announce(&self.cont_h, &self.netns, &cont).await?;
 
         if masq_enabled(conf, Some(env)) {
             self.progress.masq_added = true;

@@ -118,6 +118,24 @@ pub async fn attach_port(h: &Handle, host: &Link, bridge: &Link, hairpin: bool) 
     Ok(())
 }
 
+/// Waits (up to 1 s) until the bridge forwards frames from port `name`. The kernel enables a
+/// port only once it has processed the carrier change of a newly paired veth, which happens
+/// asynchronously after both ends are up; a frame sent before that (the container's gratuitous
+/// ARP) would be dropped. Returns whether the port became forwarding in time.
+pub async fn wait_forwarding(h: &Handle, name: &str) -> Result<bool> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(1) {
+        if links::get_by_name(h, name)
+            .await?
+            .is_some_and(|l| l.forwarding)
+        {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(false)
+}
+
 /// Turn on IPv4 forwarding in the plugin's netns (as the reference bridge does for a gateway).
 pub fn enable_ip_forward() -> Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";

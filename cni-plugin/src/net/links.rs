@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    BridgePortState, InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -24,6 +26,9 @@ pub struct Link {
     pub up: bool,
     /// Index of the bridge this link is enslaved to.
     pub controller: Option<u32>,
+    /// As a bridge port: the bridge forwards its frames (the port's carrier is up and the
+    /// kernel has processed it; until then the bridge drops what arrives on it).
+    pub forwarding: bool,
 }
 
 impl Link {
@@ -35,6 +40,7 @@ impl Link {
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
             controller: None,
+            forwarding: false,
         };
         for attr in &msg.attributes {
             match attr {
@@ -42,6 +48,12 @@ impl Link {
                 LinkAttribute::Address(a) => link.mac = format_mac(a),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.forwarding = infos.iter().any(|i| {
+                        matches!(i, LinkInfo::PortData(InfoPortData::BridgePort(p))
+                        if p.contains(&InfoBridgePort::State(BridgePortState::Forwarding)))
+                    })
+                }
                 _ => {}
             }
         }

@@ -2,6 +2,7 @@
 //! container side.
 
 pub mod container;
+pub mod garp;
 pub mod host;
 pub mod links;
 pub mod netns;

@@ -62,6 +62,26 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Writes `value` to the sysctl file `path` (under `/proc/sys/net/`) of this netns, from a
+    /// throwaway thread that has joined it: network sysctls resolve to the writer's netns.
+    pub fn write_sysctl(&self, path: &str, value: &str) -> Result<()> {
+        let fd = self
+            .file
+            .try_clone()
+            .map_err(|e| CniError::io(format!("dup netns fd {}", self.path), e))?;
+        let (ns, path, value) = (self.path.clone(), path.to_string(), value.to_string());
+        std::thread::spawn(move || {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| CniError::kernel(format!("enter netns {ns}"), e))?;
+            std::fs::write(&path, &value)
+                .map_err(|e| CniError::io(format!("write {path} in {ns}"), e))
+        })
+        .join()
+        .map_err(|_| CniError::kernel("netns thread", "panicked"))?
+    }
+}
+
 /// A netlink handle in the plugin's own (host) netns.
 pub fn connect_host() -> Result<Handle> {
     let (conn, handle, _) =
