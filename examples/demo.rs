@@ -2,8 +2,9 @@
 //!
 //! It builds the release `netd` and `netd-cni` binaries, then a small world of network
 //! namespaces whose names all start with a prefix unique to this run: an underlay namespace
-//! with a bridge, `--hosts` host namespaces on 192.0.2.0/24 (host 1's netd runs the embedded KV
-//! member on `http://192.0.2.1:2379`, the others are its clients), and `--containers-per-host`
+//! with a bridge, `--hosts` host namespaces on 192.0.2.0/24 (the netd of hosts 1–3 run the
+//! embedded KV store as a 3-member Raft cluster on `http://192.0.2.{1,2,3}:2379`; further hosts
+//! are its clients; with fewer hosts, every host is a member), and `--containers-per-host`
 //! container namespaces per host, attached by running `netd-cni` ADD inside the host namespace
 //! the way a container runtime does. It prints the hosts and their subnets as read through the
 //! KV API (`netd leases`), the containers and their addresses, and a ping matrix between all
@@ -31,7 +32,8 @@ use netd_project::cmd::run;
 use netd_project::cni::{self, Attachment};
 use netd_project::netns;
 
-const KV_URL: &str = "http://192.0.2.1:2379";
+/// Hosts 1..=KV_MEMBERS (at most) run an embedded KV member; together they form the store.
+const KV_MEMBERS: usize = 3;
 const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const SUBNET_PREFIX: &str = "/coreos.com/network/subnets";
 
@@ -101,18 +103,24 @@ fn run_demo(args: &Args) -> Result<bool> {
     println!("demo prefix: {prefix} (temp dir {})", dir.display());
     let started = Instant::now();
 
+    let hosts = usize::from(args.hosts);
     let w = World {
         prefix: prefix.clone(),
         dir,
         netd,
         cni,
+        hosts,
     };
-    let hosts = usize::from(args.hosts);
     w.build_network(hosts)?;
-    w.start_netd(1)?;
-    step("waiting for the embedded KV member on h1; writing the network config");
+    let members = w.kv_members();
+    for i in 1..=members {
+        w.start_netd(i)?;
+    }
+    step(&format!(
+        "waiting for the embedded KV store ({members} members) to elect a leader; writing the network config"
+    ));
     w.set_config()?;
-    for i in 2..=hosts {
+    for i in members + 1..=hosts {
         w.start_netd(i)?;
     }
     let mut subnets = Vec::new();
@@ -175,7 +183,7 @@ fn build_binaries() -> Result<(PathBuf, PathBuf)> {
 
 #[derive(Default)]
 struct Live {
-    /// netd processes, host 1 (the KV member) first.
+    /// netd processes, in start order (the KV members first).
     netd: Vec<Child>,
     attachments: Vec<Attachment>,
     namespaces: Vec<String>,
@@ -327,6 +335,7 @@ struct World {
     dir: PathBuf,
     netd: PathBuf,
     cni: PathBuf,
+    hosts: usize,
 }
 
 struct Container {
@@ -392,32 +401,54 @@ impl World {
         Ok(())
     }
 
-    /// netd on host `i`: host 1 runs the embedded KV member, the others are its clients.
+    /// How many hosts run an embedded KV member.
+    fn kv_members(&self) -> usize {
+        self.hosts.min(KV_MEMBERS)
+    }
+
+    /// The client URLs of the embedded KV members, comma-separated (an etcd endpoint list).
+    fn kv_endpoints(&self) -> String {
+        (1..=self.kv_members())
+            .map(|i| format!("http://192.0.2.{i}:2379"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// netd on host `i`: hosts 1..=kv_members run an embedded KV member (together one Raft
+    /// cluster), the others are clients of those members.
     fn start_netd(&self, i: usize) -> Result<()> {
         let ns = self.host(i);
         let subnet_file = self.subnet_file(i);
-        let kv_dir = self.dir.join("kv-h1");
         let mut args: Vec<String> = vec!["--iface".into(), "eth0".into()];
-        if i == 1 {
+        if i <= self.kv_members() {
+            let client = format!("http://192.0.2.{i}:2379");
+            let peer = format!("http://192.0.2.{i}:2380");
+            let initial = (1..=self.kv_members())
+                .map(|m| format!("h{m}=http://192.0.2.{m}:2380"))
+                .collect::<Vec<_>>()
+                .join(",");
             step(&format!(
-                "{ns}: netd with the embedded KV member on {KV_URL}"
+                "{ns}: netd with embedded KV member h{i} (clients {client}, peers {peer})"
             ));
-            args.extend(
-                [
-                    "--kv-name",
-                    "h1",
-                    "--kv-listen-client-urls",
-                    KV_URL,
-                    "--kv-listen-peer-urls",
-                    "http://127.0.0.1:2380",
-                    "--kv-data-dir",
-                ]
-                .map(String::from),
-            );
-            args.push(kv_dir.to_string_lossy().into_owned());
+            let kv_dir = self.dir.join(format!("kv-h{i}"));
+            args.extend([
+                "--kv-name".into(),
+                format!("h{i}"),
+                "--kv-initial-cluster".into(),
+                initial,
+                "--kv-initial-cluster-token".into(),
+                self.prefix.clone(),
+                "--kv-listen-client-urls".into(),
+                client,
+                "--kv-listen-peer-urls".into(),
+                peer,
+                "--kv-data-dir".into(),
+                kv_dir.to_string_lossy().into_owned(),
+            ]);
         } else {
-            step(&format!("{ns}: netd, KV client of {KV_URL}"));
-            args.extend(["--etcd-endpoints", KV_URL].map(String::from));
+            let eps = self.kv_endpoints();
+            step(&format!("{ns}: netd, KV client of {eps}"));
+            args.extend(["--etcd-endpoints".into(), eps]);
         }
         args.push("--subnet-file".into());
         args.push(subnet_file.to_string_lossy().into_owned());
@@ -441,12 +472,13 @@ impl World {
         })
     }
 
-    /// Runs `netd ARGS --etcd-endpoints KV_URL` in namespace `ns`.
+    /// Runs `netd ARGS --etcd-endpoints <members>` in namespace `ns`.
     fn netd_cmd(&self, ns: &str, args: &[&str]) -> Result<String> {
         let netd = self.netd.to_string_lossy();
+        let eps = self.kv_endpoints();
         let mut full = vec!["ip", "netns", "exec", ns, &netd];
         full.extend_from_slice(args);
-        full.extend_from_slice(&["--etcd-endpoints", KV_URL]);
+        full.extend_from_slice(&["--etcd-endpoints", &eps]);
         run(&full)
     }
 
@@ -458,7 +490,7 @@ impl World {
                 Ok(_) => return Ok(()),
                 Err(e) if t0.elapsed() > Duration::from_secs(30) => {
                     return Err(e.context(format!(
-                        "the embedded KV member did not answer within 30 s (log: {})",
+                        "the embedded KV store did not answer within 30 s (log: {})",
                         self.dir.join("netd-h1.log").display()
                     )));
                 }
@@ -584,8 +616,10 @@ fn print_explore(w: &World, cs: &[Container]) {
         println!("  ip netns exec {} ping {}", a.name, b.ip);
         println!("  ip netns exec {} ip route", a.host);
     }
-    println!("  ip netns exec {ul} etcdctl --endpoints {KV_URL} get --prefix {SUBNET_PREFIX}");
-    println!("  ip netns exec {ul} {netd} leases --etcd-endpoints {KV_URL}");
+    let eps = w.kv_endpoints();
+    println!("  ip netns exec {ul} etcdctl --endpoints {eps} get --prefix {SUBNET_PREFIX}");
+    println!("  ip netns exec {ul} etcdctl --endpoints {eps} endpoint status -w table");
+    println!("  ip netns exec {ul} {netd} leases --etcd-endpoints {eps}");
     println!("  ip netns list | grep {}", w.prefix);
     println!("  logs: {}", w.dir.display());
     println!("Tear it down:");
