@@ -164,10 +164,14 @@ async fn failover(kind: Kind) {
         new + 1
     );
     assert_ne!(c.id(new), old_id);
-    assert!(
-        elected < Duration::from_secs(3),
-        "{kind:?}: election took {elected:?}"
-    );
+    // The 3 s bound is kvstore's target (the issue's); etcd, the reference for the
+    // semantics, is only reported (on a loaded 2-core machine it has taken over 5 s).
+    if kind == Kind::Kvstore {
+        assert!(
+            elected < Duration::from_secs(3),
+            "{kind:?}: election took {elected:?}"
+        );
+    }
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     tokio::task::block_in_place(|| {
