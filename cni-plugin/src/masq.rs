@@ -77,7 +77,29 @@ pub fn add(ip: Ipv4Addr, comment: &str, cluster: Ipv4Network) -> Result<()> {
          add rule {TABLE} postrouting ip saddr @masq ip daddr != @nomasq masquerade\n\
          add element {TABLE} masq {{ {ip} comment \"{comment}\" }}\n"
     );
-    nft(&["-f", "-"], Some(&script)).map(drop)
+    // Under many concurrent ADDs on a loaded machine, a transaction has (rarely) been seen
+    // failing with ENOENT on the rule while others create the same objects. The script is
+    // idempotent (every object is `add`ed, the chain flushed and refilled), so it is retried.
+    let mut attempt = 0;
+    loop {
+        match nft(&["-f", "-"], Some(&script)) {
+            Err(CniError::Firewall(msg))
+                if msg.contains("No such file or directory") && attempt < ADD_RETRIES =>
+            {
+                attempt += 1;
+                backoff(attempt);
+            }
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// How often a masquerade transaction failing with ENOENT is retried.
+const ADD_RETRIES: u32 = 4;
+
+/// Backs off a little more on each retry (5, 10, 15, 20 ms).
+fn backoff(attempt: u32) {
+    std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
 }
 
 /// Elements `(address, comment)` of the `masq` set; empty when the table does not exist.
