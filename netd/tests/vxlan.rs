@@ -1,5 +1,5 @@
-//! End-to-end: the VXLAN backend across three and four hosts, with real etcd, the real netd
-//! binary and real packets.
+//! End-to-end: the VXLAN backend across three and four hosts, with a real 3-member etcd 3.4
+//! cluster, the real netd binary and real packets.
 
 mod common;
 
@@ -11,7 +11,9 @@ use common::{DEFAULT_CONFIG, World};
 #[test]
 fn three_hosts_converge_forward_join_leave_and_restart() {
     let mut w = World::new(4);
-    w.start_etcd(DEFAULT_CONFIG);
+    w.start_etcd_members(DEFAULT_CONFIG, 3);
+    let members = w.etcdctl(&["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "a 3-member etcd: {members}");
     for i in 1..=3 {
         w.start_netd(i, &[]);
     }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The etcd client port inside the underlay namespace (private namespace: cannot collide).
+/// The underlay bridge's address, where etcd serves clients inside the underlay namespace
+/// (a private namespace: ports cannot collide with other tests).
 pub const UNDERLAY_GW: &str = "192.0.2.254";
 pub const NETD: &str = env!("CARGO_BIN_EXE_netd");
 pub const DEFAULT_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -132,7 +133,9 @@ pub struct World {
     pub prefix: String,
     pub dir: tempfile::TempDir,
     namespaces: Vec<String>,
-    etcd: Option<Child>,
+    etcd: Vec<Child>,
+    /// Members of the etcd store (1, or 3 for a real etcd cluster), kept for restarts.
+    etcd_members: usize,
     /// KV endpoints handed to every netd (`--etcd-endpoints`); a parameter so the same tests can
     /// run against the embedded kvstore.
     pub endpoints: String,
@@ -152,7 +155,8 @@ impl World {
         let mut w = World {
             dir: tempfile::tempdir().expect("tempdir"),
             namespaces: Vec::new(),
-            etcd: None,
+            etcd: Vec::new(),
+            etcd_members: 1,
             endpoints: String::new(),
             prefix_key: "/coreos.com/network".into(),
             netd: BTreeMap::new(),
@@ -227,14 +231,26 @@ impl World {
 
     /// Starts etcd inside the underlay namespace and stores `config` at `<prefix>/config`.
     pub fn start_etcd(&mut self, config: &str) {
+        self.start_etcd_members(config, 1);
+    }
+
+    /// Starts a real `members`-member etcd cluster inside the underlay namespace (clients on
+    /// the gateway address, ports 2379, 12379, 22379…; peers on loopback) and stores `config`.
+    /// Every netd is given all members' client URLs.
+    pub fn start_etcd_members(&mut self, config: &str, members: usize) {
         let ul = self.underlay();
-        let data = self.dir.path().join("etcd");
+        self.etcd_members = members;
         let scheme = if self.tls_dir.is_some() {
             "https"
         } else {
             "http"
         };
-        let url = format!("{scheme}://{UNDERLAY_GW}:2379");
+        let client = |m: usize| format!("{scheme}://{UNDERLAY_GW}:{}", 10000 * m + 2379);
+        let peer = |m: usize| format!("http://127.0.0.1:{}", 10000 * m + 2380);
+        let initial = (0..members)
+            .map(|m| format!("e{}={}", m + 1, peer(m)))
+            .collect::<Vec<_>>()
+            .join(",");
         let tls: Vec<PathBuf> = match &self.tls_dir {
             Some(d) => vec![
                 "--cert-file".into(),
@@ -247,27 +263,32 @@ impl World {
             ],
             None => Vec::new(),
         };
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ul, "/usr/bin/etcd", "--name", "e1"])
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
-            .args(&tls)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.etcd = Some(child);
-        self.endpoints = url;
+        for m in 0..members {
+            let name = format!("e{}", m + 1);
+            // The first member keeps the historical paths (logs are read by name in tests).
+            let (data, log) = if m == 0 {
+                ("etcd".to_string(), "etcd.log".to_string())
+            } else {
+                (format!("etcd-{name}"), format!("etcd-{name}.log"))
+            };
+            let log = std::fs::File::create(self.dir.path().join(log)).expect("etcd log");
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ul, "/usr/bin/etcd", "--name", &name])
+                .arg("--data-dir")
+                .arg(self.dir.path().join(data))
+                .args(["--listen-client-urls", &client(m)])
+                .args(["--advertise-client-urls", &client(m)])
+                .args(["--listen-peer-urls", &peer(m)])
+                .args(["--initial-advertise-peer-urls", &peer(m)])
+                .args(["--initial-cluster", &initial])
+                .args(&tls)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn etcd");
+            self.etcd.push(child);
+        }
+        self.endpoints = (0..members).map(client).collect::<Vec<_>>().join(",");
         wait_until("etcd to answer", Duration::from_secs(20), || {
             self.etcdctl_try(&["endpoint", "health"]).status.success()
         });
@@ -278,14 +299,14 @@ impl World {
 
     /// Kills etcd (SIGKILL) — the data dir stays, so [`World::restart_etcd`] brings it back.
     pub fn stop_etcd(&mut self) {
-        if let Some(mut c) = self.etcd.take() {
+        for mut c in self.etcd.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     pub fn restart_etcd(&mut self) {
-        self.start_etcd("");
+        self.start_etcd_members("", self.etcd_members);
     }
 
     /// etcdctl's TLS flags for the world's store (the `netd` client certificate).
