@@ -296,9 +296,24 @@ impl Cluster {
     /// A membership change through etcdctl; stdout. etcd refuses changes ("unhealthy
     /// cluster") until every member has been connected for a while: retried then.
     pub fn reconfigure(&mut self, args: &[&str]) -> String {
+        self.reconfigure_with(args, |c, args| c.etcdctl(args))
+    }
+
+    /// Like [`Cluster::reconfigure`], sent to member `i` only (e.g. removing another member
+    /// through it: a member serving its own removal may stop before it answers, and etcd
+    /// then says "server stopped").
+    pub fn reconfigure_through(&mut self, i: usize, args: &[&str]) -> String {
+        self.reconfigure_with(args, |c, args| c.members[i].etcdctl(args))
+    }
+
+    fn reconfigure_with(
+        &mut self,
+        args: &[&str],
+        run: impl Fn(&mut Cluster, &[&str]) -> std::process::Output,
+    ) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = self.etcdctl(args);
+            let out = run(self, args);
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).into_owned();
