@@ -31,6 +31,7 @@ use netd_project::binaries;
 use netd_project::cmd::run;
 use netd_project::cni::{self, Attachment};
 use netd_project::netns;
+use netd_project::world;
 
 /// Hosts 1..=KV_MEMBERS (at most) run an embedded KV member; together they form the store.
 const KV_MEMBERS: usize = 3;
@@ -408,10 +409,7 @@ impl World {
 
     /// The client URLs of the embedded KV members, comma-separated (an etcd endpoint list).
     fn kv_endpoints(&self) -> String {
-        (1..=self.kv_members())
-            .map(|i| format!("http://192.0.2.{i}:2379"))
-            .collect::<Vec<_>>()
-            .join(",")
+        world::kv_endpoints(self.kv_members())
     }
 
     /// netd on host `i`: hosts 1..=kv_members run an embedded KV member (together one Raft
@@ -421,30 +419,14 @@ impl World {
         let subnet_file = self.subnet_file(i);
         let mut args: Vec<String> = vec!["--iface".into(), "eth0".into()];
         if i <= self.kv_members() {
-            let client = format!("http://192.0.2.{i}:2379");
-            let peer = format!("http://192.0.2.{i}:2380");
-            let initial = (1..=self.kv_members())
-                .map(|m| format!("h{m}=http://192.0.2.{m}:2380"))
-                .collect::<Vec<_>>()
-                .join(",");
-            step(&format!(
-                "{ns}: netd with embedded KV member h{i} (clients {client}, peers {peer})"
-            ));
             let kv_dir = self.dir.join(format!("kv-h{i}"));
-            args.extend([
-                "--kv-name".into(),
-                format!("h{i}"),
-                "--kv-initial-cluster".into(),
-                initial,
-                "--kv-initial-cluster-token".into(),
-                self.prefix.clone(),
-                "--kv-listen-client-urls".into(),
-                client,
-                "--kv-listen-peer-urls".into(),
-                peer,
-                "--kv-data-dir".into(),
-                kv_dir.to_string_lossy().into_owned(),
-            ]);
+            let member = world::kv_member_args(i, self.kv_members(), &kv_dir);
+            step(&format!(
+                "{ns}: netd with embedded KV member h{i} ({})",
+                member[..6].join(" ")
+            ));
+            args.extend(member);
+            args.extend(["--kv-initial-cluster-token".into(), self.prefix.clone()]);
         } else {
             let eps = self.kv_endpoints();
             step(&format!("{ns}: netd, KV client of {eps}"));

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -151,10 +151,7 @@ impl World {
 
     /// The client URLs of every KV member, comma-separated.
     pub fn kv_endpoints(&self) -> String {
-        (1..=self.kv_members)
-            .map(|i| format!("http://{}:2379", Self::host_ip(i)))
-            .collect::<Vec<_>>()
-            .join(",")
+        kv_endpoints(self.kv_members)
     }
 
     fn add_ns(&mut self, tag: &str) -> Result<String> {
@@ -226,25 +223,11 @@ impl World {
             .args(["--healthz-ip", "127.0.0.1"])
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()]);
         if i <= self.kv_members {
-            let ip = Self::host_ip(i);
-            // One member alone keeps its peer port private; members of a cluster reach each
-            // other on their underlay addresses.
-            let peer = if self.kv_members == 1 {
-                "http://127.0.0.1:2380".to_string()
-            } else {
-                format!("http://{ip}:2380")
-            };
-            cmd.args(["--kv-name", &format!("h{i}")])
-                .args(["--kv-listen-client-urls", &format!("http://{ip}:2379")])
-                .args(["--kv-listen-peer-urls", &peer])
-                .arg("--kv-data-dir")
-                .arg(self.dir.path().join(format!("kv-h{i}")));
-            if self.kv_members > 1 {
-                let cluster: Vec<String> = (1..=self.kv_members)
-                    .map(|m| format!("h{m}=http://{}:2380", Self::host_ip(m)))
-                    .collect();
-                cmd.args(["--kv-initial-cluster", &cluster.join(",")]);
-            }
+            cmd.args(kv_member_args(
+                i,
+                self.kv_members,
+                &self.dir.path().join(format!("kv-h{i}")),
+            ));
         } else {
             cmd.args(["--etcd-endpoints", &self.kv_endpoints()]);
         }
@@ -528,6 +511,45 @@ impl World {
 }
 
 /// SIGTERM, then SIGKILL after 10 s; true if it exited on SIGTERM.
+/// The client URLs of the embedded KV members on hosts 1..=`members`, comma-separated (an
+/// etcd endpoint list).
+pub fn kv_endpoints(members: usize) -> String {
+    (1..=members)
+        .map(|i| format!("http://{}:2379", World::host_ip(i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// netd's `--kv-*` flags for the embedded member of host `i`, one of `members` on hosts
+/// 1..=`members` (clients on the host's underlay address, port 2379; peers on 2380).
+pub fn kv_member_args(i: usize, members: usize, data_dir: &Path) -> Vec<String> {
+    let ip = World::host_ip(i);
+    // One member alone keeps its peer port private; members of a cluster reach each other
+    // on their underlay addresses.
+    let peer = if members == 1 {
+        "http://127.0.0.1:2380".to_string()
+    } else {
+        format!("http://{ip}:2380")
+    };
+    let mut args = vec![
+        "--kv-name".to_string(),
+        format!("h{i}"),
+        "--kv-listen-client-urls".to_string(),
+        format!("http://{ip}:2379"),
+        "--kv-listen-peer-urls".to_string(),
+        peer,
+        "--kv-data-dir".to_string(),
+        data_dir.to_string_lossy().into_owned(),
+    ];
+    if members > 1 {
+        let cluster: Vec<String> = (1..=members)
+            .map(|m| format!("h{m}=http://{}:2380", World::host_ip(m)))
+            .collect();
+        args.extend(["--kv-initial-cluster".to_string(), cluster.join(",")]);
+    }
+    args
+}
+
 fn stop(c: &mut Child) -> bool {
     let pid = nix::unistd::Pid::from_raw(c.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
