@@ -38,6 +38,7 @@ pub mod raft_log;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod wal;
 
 pub use config::Config;
 pub use error::{Error, Result};

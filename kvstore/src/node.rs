@@ -29,6 +29,7 @@ use crate::peer::Transport;
 use crate::proto::etcdserverpb::LeaseRevokeRequest;
 use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
 use crate::raft_log::RaftLog;
+use crate::wal::{RecordRef, Wal};
 
 /// What callers send to the node loop.
 pub enum Msg {
@@ -141,27 +142,51 @@ pub(crate) struct NodeLoop {
     /// of its removal (the leader stops replicating to it once the change commits), the
     /// refusal proves the change committed, and these callers get the new member list.
     self_removals: Vec<u64>,
-    /// Log truncations waiting to be written by the compactor thread.
-    compactor: std::sync::mpsc::Sender<WriteBatch>,
+    /// Log truncations and checkpoints waiting for the compactor thread.
+    compactor: std::sync::mpsc::Sender<Job>,
+    /// The journal that makes each `Ready` durable before the backend has it.
+    wal: Wal,
     /// State machine writes (and commit index) not yet handed to the backend: they go
     /// with the next log append, so each fsync covers one backend batch.
     unsynced: WriteBatch,
 }
 
-/// Writes log truncations in order. Each first makes everything written so far durable:
-/// the state machine must be on disk before the entries that rebuild it go.
-fn spawn_compactor(
-    backend: Arc<dyn Backend>,
-) -> std::io::Result<std::sync::mpsc::Sender<WriteBatch>> {
-    let (tx, rx) = std::sync::mpsc::channel::<WriteBatch>();
+/// Background work on the backend, done in order by the compactor thread.
+enum Job {
+    /// Remove truncated log entries (after making everything written so far durable:
+    /// the state machine must be on disk before the entries that rebuild it go).
+    Truncate(WriteBatch),
+    /// Flush the backend, then delete the journal segments older than `before`: the
+    /// backend writes of everything they hold were issued before the job was sent.
+    Checkpoint {
+        dir: std::path::PathBuf,
+        before: u64,
+    },
+}
+
+fn spawn_compactor(backend: Arc<dyn Backend>) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("raft-log-compactor".into())
         .spawn(move || {
-            for batch in rx {
-                let res = backend.sync().and_then(|()| backend.write(batch));
-                if let Err(e) = res {
-                    // The entries stay on disk; the next start skips them.
-                    tracing::warn!(error = %e, "removing truncated raft log entries failed");
+            for job in rx {
+                match job {
+                    Job::Truncate(batch) => {
+                        let res = backend.sync().and_then(|()| backend.write(batch));
+                        if let Err(e) = res {
+                            // The entries stay on disk; the next start skips them.
+                            tracing::warn!(error = %e, "removing truncated raft log entries failed");
+                        }
+                    }
+                    Job::Checkpoint { dir, before } => {
+                        let res = backend
+                            .sync()
+                            .and_then(|()| crate::wal::remove_before(&dir, before));
+                        if let Err(e) = res {
+                            // The segments stay; the next start replays them again.
+                            tracing::warn!(error = %e, "journal checkpoint failed");
+                        }
+                    }
                 }
             }
         })?;
@@ -203,6 +228,7 @@ impl NodeLoop {
         ids: Arc<RequestIds>,
         transport: Arc<Transport>,
         me: u64,
+        wal: Wal,
     ) -> Result<NodeLoop> {
         let compactor = spawn_compactor(backend.clone())?;
         let source = shared.clone();
@@ -229,6 +255,7 @@ impl NodeLoop {
             stop_requested: false,
             self_removals: Vec::new(),
             compactor,
+            wal,
             unsynced: WriteBatch::default(),
         };
         node.update_peers();
@@ -481,14 +508,30 @@ impl NodeLoop {
         if let Some(hs) = rd.hs() {
             self.log.set_hard_state(hs, &mut batch)?;
         }
-        if rd.must_sync() {
-            if !batch.is_empty() {
-                self.backend.write(batch)?;
+        // Durable first in the journal (one write, one fdatasync); the backend gets the
+        // same writes afterwards, so it never holds raft state the journal lacks.
+        let synced = rd.must_sync();
+        if synced {
+            let mut records = Vec::with_capacity(2);
+            if !rd.entries().is_empty() {
+                records.push(RecordRef::Entries(rd.entries()));
             }
-            self.backend.sync()?;
-        } else {
-            self.unsynced = batch;
+            if let Some(hs) = rd.hs() {
+                records.push(RecordRef::HardState(hs));
+            }
+            if let Some(before) = self.wal.append(&records)? {
+                // The older segments' backend writes were all issued in earlier rounds.
+                let job = Job::Checkpoint {
+                    dir: self.wal.dir().to_path_buf(),
+                    before,
+                };
+                if self.compactor.send(job).is_err() {
+                    return Err(Error::Stopped);
+                }
+            }
+            self.wal.sync()?;
         }
+        self.unsynced = batch;
         // A follower's answers (append acks, votes) only once what they promise is durable.
         self.transport.send(after_sync);
         let mut light = self.raw.advance(rd);
@@ -501,6 +544,10 @@ impl NodeLoop {
         self.raw.advance_apply();
         self.publish_status();
         self.answer_reads();
+        // Callers are answered; now the backend's copy (not flushed: the journal holds it).
+        if synced {
+            self.write_unsynced()?;
+        }
         self.maybe_truncate_log()?;
         Ok(())
     }
@@ -519,7 +566,13 @@ impl NodeLoop {
         // Older state machine writes must not land after (and over) the snapshot's.
         self.write_unsynced()?;
         let meta = snap.get_metadata();
+        // Journaled first: a replay then knows the records before it describe a log the
+        // snapshot replaced (see `wal::recover`).
+        self.wal.append(&[RecordRef::Snapshot(meta)])?;
+        self.wal.sync()?;
         let sm = crate::snapshot::install(self.backend.as_ref(), &self.log, meta, snap.get_data())?;
+        // The backend is flushed with the snapshot: nothing older needs replaying.
+        self.wal.reset()?;
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -704,7 +757,7 @@ impl NodeLoop {
             // deletes, after an fsync) happens off this thread.
             let mut batch = WriteBatch::default();
             self.log.truncate_prefix(applied - keep, &mut batch)?;
-            if self.compactor.send(batch).is_err() {
+            if self.compactor.send(Job::Truncate(batch)).is_err() {
                 return Err(Error::Stopped);
             }
             tracing::debug!(upto = applied - keep, "raft log truncated");

@@ -43,7 +43,7 @@ impl Core {
     }
 }
 
-fn encode_segment(ents: &[Entry]) -> Result<Vec<u8>> {
+pub(crate) fn encode_segment(ents: &[Entry]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for e in ents {
         let b = e.write_to_bytes()?;
@@ -53,7 +53,7 @@ fn encode_segment(ents: &[Entry]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode_segment(mut b: &[u8]) -> Result<Vec<Entry>> {
+pub(crate) fn decode_segment(mut b: &[u8]) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let (len, rest) = b
@@ -248,6 +248,33 @@ impl RaftLog {
         batch.put(keys::HARD_STATE, hs.write_to_bytes()?);
         self.core.write().hard_state = hs.clone();
         Ok(())
+    }
+
+    /// Takes a journaled hard state over the stored one (see `wal::recover`): a newer
+    /// term brings its vote; the commit index is the higher of the two, as the backend
+    /// may hold a later commit than the journal (commits are not journaled).
+    pub fn merge_hard_state(&self, hs: &HardState, batch: &mut WriteBatch) -> Result<()> {
+        let merged = {
+            let mut core = self.core.write();
+            let last = core.last();
+            let cur = &mut core.hard_state;
+            if hs.term > cur.term {
+                cur.term = hs.term;
+                cur.vote = hs.vote;
+            } else if hs.term == cur.term && cur.vote == 0 {
+                cur.vote = hs.vote;
+            }
+            cur.commit = cur.commit.max(hs.commit).min(last);
+            cur.clone()
+        };
+        batch.put(keys::HARD_STATE, merged.write_to_bytes()?);
+        Ok(())
+    }
+
+    /// Index and term of the last entry dropped from the log (0, 0 when none).
+    pub fn snapshot_point(&self) -> (u64, u64) {
+        let c = self.core.read();
+        (c.snap_index, c.snap_term)
     }
 
     /// Records a new commit index.

@@ -70,6 +70,7 @@ impl Server {
             _ => peer::conn::Dialer::default(),
         };
         let backend: Arc<dyn Backend> = SledBackend::open(&dir.join("db"))?;
+        let wal = crate::wal::recover(&dir.join("wal"), backend.as_ref())?;
         let start = crate::bootstrap::start(&cfg, backend.as_ref(), &dialer).await?;
         let me = start.me;
         let cluster_id = start.cluster_id;
@@ -127,6 +128,7 @@ impl Server {
             request_ids.clone(),
             transport,
             me,
+            wal,
         )?;
         let node_shared = shared.clone();
         let node = std::thread::Builder::new()

@@ -62,13 +62,16 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<Ack>, Status> {
-        let batch = req.into_inner();
-        self.check_cluster(batch.cluster_id)?;
-        for b in batch.messages {
-            let m = Message::parse_from_bytes(&b)
-                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
-            self.deliver(m)?;
+    async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Ack>, Status> {
+        let mut batches = req.into_inner();
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            self.check_cluster(batch.cluster_id)?;
+            for b in batch.messages {
+                let m = Message::parse_from_bytes(&b)
+                    .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+                self.deliver(m)?;
+            }
         }
         Ok(Response::new(Ack {}))
     }

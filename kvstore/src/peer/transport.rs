@@ -1,6 +1,9 @@
-//! Sending raft messages to peers. Each peer has a sender task and a bounded queue; the
-//! raft thread only ever `try_send`s into it. A full queue (the peer is slow or down)
-//! drops the message and tells raft the peer is unreachable, as raft tolerates loss.
+//! Sending raft messages to peers. Each peer has one long-lived stream, kept open (and
+//! reopened when it breaks) by a task of its own; the raft thread encodes the messages
+//! of each `Ready` for a peer as one batch and `try_send`s it straight into the stream's
+//! bounded queue, never waiting for an answer. A full queue or a broken stream (the peer
+//! is slow or down) drops the batch and tells raft the peer is unreachable, as raft
+//! tolerates loss.
 //! Snapshot messages go out of band: a task streams the state-machine data in chunks
 //! and reports the outcome back to raft.
 
@@ -18,18 +21,17 @@ use super::conn::{self, Dialer};
 use crate::node::Msg;
 use crate::proto::peerpb::{RaftBatch, SnapshotChunk};
 
-/// Messages queued per peer before new ones are dropped.
-const QUEUE: usize = 4096;
-/// Messages sent in one RPC at most.
-const BATCH: usize = 256;
-/// How long one batch may take before the peer counts as unreachable.
-const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Batches buffered towards one peer's stream before new ones are dropped.
+const STREAM_QUEUE: usize = 256;
 /// Size of one snapshot chunk.
 const CHUNK: usize = 1024 * 1024;
 
+/// The way into a peer's current stream (none while it is being reopened).
+type StreamSlot = Arc<Mutex<Option<mpsc::Sender<RaftBatch>>>>;
+
 struct Peer {
     url: String,
-    queue: mpsc::Sender<Message>,
+    stream: StreamSlot,
     task: tokio::task::JoinHandle<()>,
     /// A snapshot is being streamed to this peer.
     snapshot_busy: Arc<AtomicBool>,
@@ -79,20 +81,19 @@ impl Transport {
             if *id == self.me || peers.contains_key(id) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let stream = StreamSlot::default();
             let task = self.runtime.spawn(run_peer(
                 self.dialer.clone(),
                 *id,
                 url.clone(),
-                self.cluster_id,
-                rx,
+                stream.clone(),
                 self.raft.clone(),
             ));
             peers.insert(
                 *id,
                 Peer {
                     url: url.clone(),
-                    queue: tx,
+                    stream,
                     task,
                     snapshot_busy: Arc::new(AtomicBool::new(false)),
                 },
@@ -100,13 +101,14 @@ impl Transport {
         }
     }
 
-    /// Queues `msgs` for their peers; never blocks. Undeliverable messages are dropped
-    /// and reported to raft (unreachable peer, failed snapshot).
+    /// Queues `msgs` for their peers, one batch per peer; never blocks. Undeliverable
+    /// messages are dropped and reported to raft (unreachable peer, failed snapshot).
     pub fn send(&self, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
         }
         let peers = self.peers.lock();
+        let mut batches: Vec<(u64, Vec<bytes::Bytes>)> = Vec::new();
         for m in msgs {
             let to = m.to;
             let Some(p) = peers.get(&to) else {
@@ -128,11 +130,30 @@ impl Transport {
                 ));
                 continue;
             }
-            if let Err(e) = p.queue.try_send(m) {
-                let m = match e {
-                    mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-                };
-                self.report(&m);
+            let bytes = match m.write_to_bytes() {
+                Ok(b) => bytes::Bytes::from(b),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode raft message");
+                    continue;
+                }
+            };
+            match batches.iter_mut().find(|(id, _)| *id == to) {
+                Some((_, b)) => b.push(bytes),
+                None => batches.push((to, vec![bytes])),
+            }
+        }
+        for (to, messages) in batches {
+            let Some(p) = peers.get(&to) else { continue };
+            let batch = RaftBatch {
+                cluster_id: self.cluster_id,
+                messages,
+            };
+            let sent = match p.stream.lock().as_ref() {
+                Some(tx) => tx.try_send(batch).is_ok(),
+                None => false,
+            };
+            if !sent {
+                let _ = self.raft.send(Msg::Unreachable(to));
             }
         }
     }
@@ -158,16 +179,16 @@ impl Drop for Transport {
     }
 }
 
-/// Sends everything queued for one peer, in order, a batch per RPC.
+/// Keeps one stream to a peer open: makes it the peer's `slot`, and when it breaks,
+/// reports the peer unreachable and opens another.
 async fn run_peer(
     dialer: Dialer,
     to: u64,
     url: String,
-    cluster_id: u64,
-    mut rx: mpsc::Receiver<Message>,
+    slot: StreamSlot,
     raft: std::sync::mpsc::Sender<Msg>,
 ) {
-    let mut client = match dialer.client(&url) {
+    let client = match dialer.client(&url) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(peer = format!("{to:x}"), error = %e, "cannot reach peer");
@@ -175,48 +196,50 @@ async fn run_peer(
         }
     };
     let mut down = false;
-    while let Some(first) = rx.recv().await {
-        let mut msgs = Vec::with_capacity(16);
-        let mut push = |m: Message| match m.write_to_bytes() {
-            Ok(b) => msgs.push(bytes::Bytes::from(b)),
-            Err(e) => tracing::error!(error = %e, "cannot encode raft message"),
-        };
-        push(first);
-        for _ in 1..BATCH {
-            match rx.try_recv() {
-                Ok(m) => push(m),
-                Err(_) => break,
+    loop {
+        let (tx, batches) = mpsc::channel::<RaftBatch>(STREAM_QUEUE);
+        *slot.lock() = Some(tx);
+        let mut c = client.clone();
+        let mut call = Box::pin(async move {
+            c.raft(tokio_stream::wrappers::ReceiverStream::new(batches))
+                .await
+        });
+        let early = if down {
+            tokio::select! {
+                r = &mut call => Some(r),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => None,
             }
-        }
-        let batch = RaftBatch {
-            cluster_id,
-            messages: msgs,
+        } else {
+            None
         };
-        let sent = tokio::time::timeout(SEND_TIMEOUT, client.raft(batch)).await;
-        match sent {
-            Ok(Ok(_)) => {
+        let ended = match early {
+            Some(r) => r,
+            None => {
                 if down {
+                    // A stream that stayed open a while: the peer is back.
                     tracing::info!(peer = format!("{to:x}"), "peer reachable again");
                     down = false;
                 }
+                call.await
             }
-            Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
+        };
+        *slot.lock() = None;
+        match ended {
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
                 tracing::warn!(peer = format!("{to:x}"), "peer says: {}", s.message());
                 let _ = raft.send(Msg::Removed);
                 return;
             }
-            failed => {
+            res => {
                 if !down {
-                    let why = match failed {
-                        Ok(Err(s)) => conn::describe(&s),
-                        _ => "timed out".into(),
+                    let why = match res {
+                        Err(s) => conn::describe(&s),
+                        Ok(_) => "stream closed".into(),
                     };
                     tracing::warn!(peer = format!("{to:x}"), %url, error = %why, "peer unreachable");
                     down = true;
                 }
                 let _ = raft.send(Msg::Unreachable(to));
-                // What queued meanwhile is stale; raft resends what still matters.
-                while rx.try_recv().is_ok() {}
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
