@@ -25,6 +25,15 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Appends `other`'s writes after these.
+    pub fn extend(&mut self, other: WriteBatch) {
+        if self.ops.is_empty() {
+            self.ops = other.ops;
+        } else {
+            self.ops.extend(other.ops);
+        }
+    }
 }
 
 /// An ordered, durable key-value engine.

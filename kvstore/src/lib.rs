@@ -39,6 +39,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod wal;
+mod writer;
 
 pub use config::Config;
 pub use error::{Error, Result};

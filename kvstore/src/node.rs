@@ -30,6 +30,7 @@ use crate::proto::etcdserverpb::LeaseRevokeRequest;
 use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
 use crate::raft_log::RaftLog;
 use crate::wal::{RecordRef, Wal};
+use crate::writer::Writer;
 
 /// What callers send to the node loop.
 pub enum Msg {
@@ -142,55 +143,13 @@ pub(crate) struct NodeLoop {
     /// of its removal (the leader stops replicating to it once the change commits), the
     /// refusal proves the change committed, and these callers get the new member list.
     self_removals: Vec<u64>,
-    /// Log truncations and checkpoints waiting for the compactor thread.
-    compactor: std::sync::mpsc::Sender<Job>,
+    /// The thread that writes to the backend (in order, off this thread).
+    writer: Writer,
     /// The journal that makes each `Ready` durable before the backend has it.
     wal: Wal,
     /// State machine writes (and commit index) not yet handed to the backend: they go
     /// with the next log append, so each fsync covers one backend batch.
     unsynced: WriteBatch,
-}
-
-/// Background work on the backend, done in order by the compactor thread.
-enum Job {
-    /// Remove truncated log entries (after making everything written so far durable:
-    /// the state machine must be on disk before the entries that rebuild it go).
-    Truncate(WriteBatch),
-    /// Flush the backend, then delete the journal segments older than `before`: the
-    /// backend writes of everything they hold were issued before the job was sent.
-    Checkpoint {
-        dir: std::path::PathBuf,
-        before: u64,
-    },
-}
-
-fn spawn_compactor(backend: Arc<dyn Backend>) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    std::thread::Builder::new()
-        .name("raft-log-compactor".into())
-        .spawn(move || {
-            for job in rx {
-                match job {
-                    Job::Truncate(batch) => {
-                        let res = backend.sync().and_then(|()| backend.write(batch));
-                        if let Err(e) = res {
-                            // The entries stay on disk; the next start skips them.
-                            tracing::warn!(error = %e, "removing truncated raft log entries failed");
-                        }
-                    }
-                    Job::Checkpoint { dir, before } => {
-                        let res = backend
-                            .sync()
-                            .and_then(|()| crate::wal::remove_before(&dir, before));
-                        if let Err(e) = res {
-                            // The segments stay; the next start replays them again.
-                            tracing::warn!(error = %e, "journal checkpoint failed");
-                        }
-                    }
-                }
-            }
-        })?;
-    Ok(tx)
 }
 
 /// Generates request ids unique across members and restarts: the member id's low 16 bits,
@@ -230,7 +189,7 @@ impl NodeLoop {
         me: u64,
         wal: Wal,
     ) -> Result<NodeLoop> {
-        let compactor = spawn_compactor(backend.clone())?;
+        let writer = Writer::spawn(backend.clone())?;
         let source = shared.clone();
         log.set_snapshot_source(Box::new(move || {
             let sm = source.sm.read();
@@ -254,7 +213,7 @@ impl NodeLoop {
             read_seq: 0,
             stop_requested: false,
             self_removals: Vec::new(),
-            compactor,
+            writer,
             wal,
             unsynced: WriteBatch::default(),
         };
@@ -332,6 +291,7 @@ impl NodeLoop {
         }
         self.fail_all(|| Error::Stopped);
         self.write_unsynced()?;
+        self.writer.barrier()?;
         self.backend.sync()
     }
 
@@ -521,13 +481,8 @@ impl NodeLoop {
             }
             if let Some(before) = self.wal.append(&records)? {
                 // The older segments' backend writes were all issued in earlier rounds.
-                let job = Job::Checkpoint {
-                    dir: self.wal.dir().to_path_buf(),
-                    before,
-                };
-                if self.compactor.send(job).is_err() {
-                    return Err(Error::Stopped);
-                }
+                self.writer
+                    .checkpoint(self.wal.dir().to_path_buf(), before)?;
             }
             self.wal.sync()?;
         }
@@ -552,19 +507,16 @@ impl NodeLoop {
         Ok(())
     }
 
-    /// Hands the state machine's pending writes to the backend (not yet durable).
+    /// Hands the pending writes to the backend writer (the journal holds them).
     fn write_unsynced(&mut self) -> Result<()> {
-        let batch = std::mem::take(&mut self.unsynced);
-        if !batch.is_empty() {
-            self.backend.write(batch)?;
-        }
-        Ok(())
+        self.writer.write(std::mem::take(&mut self.unsynced))
     }
 
     /// Replaces the state machine with a snapshot received from the leader.
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         // Older state machine writes must not land after (and over) the snapshot's.
         self.write_unsynced()?;
+        self.writer.barrier()?;
         let meta = snap.get_metadata();
         // Journaled first: a replay then knows the records before it describe a log the
         // snapshot replaced (see `wal::recover`).
@@ -750,16 +702,14 @@ impl NodeLoop {
         let (first, _) = self.log.span();
         let keep = self.opts.catch_up_entries;
         if applied >= first + self.opts.snapshot_count + keep {
-            // The compactor syncs before it truncates: the applied state must be in the
+            // The writer flushes before it truncates: the applied state must be in the
             // backend by then.
             self.write_unsynced()?;
             // Raft stops seeing the entries now; their removal from disk (thousands of
             // deletes, after an fsync) happens off this thread.
             let mut batch = WriteBatch::default();
             self.log.truncate_prefix(applied - keep, &mut batch)?;
-            if self.compactor.send(Job::Truncate(batch)).is_err() {
-                return Err(Error::Stopped);
-            }
+            self.writer.truncate(batch)?;
             tracing::debug!(upto = applied - keep, "raft log truncated");
         }
         Ok(())

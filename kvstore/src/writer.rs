@@ -1,0 +1,205 @@
+//! The backend writer: a thread that hands the raft loop's writes to the backend in the
+//! order they were made, so the raft thread never waits on the backend. Writes queued
+//! meanwhile are merged into one backend batch; log truncations and journal checkpoints
+//! (which first flush the backend) take their turn in the same order.
+//!
+//! Nothing here needs to be durable when it is queued: the journal already holds it
+//! (see `wal`). A failed write stops the thread, and the raft loop's next call returns
+//! the error, so the member stops rather than serve state it could not store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+
+use parking_lot::Mutex;
+
+use crate::backend::{Backend, WriteBatch};
+use crate::error::{Error, Result};
+
+/// Jobs taken at once (and writes merged into one batch) at most.
+const MERGE: usize = 1024;
+
+enum Job {
+    /// Writes to apply (not flushed).
+    Write(WriteBatch),
+    /// Removes truncated log entries, after flushing everything written so far: the
+    /// state machine must be on disk before the entries that rebuild it go.
+    Truncate(WriteBatch),
+    /// Flushes the backend, then deletes the journal segments older than `before`.
+    Checkpoint { dir: PathBuf, before: u64 },
+    /// Answered once everything queued before it is written.
+    Barrier(SyncSender<()>),
+}
+
+/// The raft loop's handle on the writer thread.
+pub(crate) struct Writer {
+    tx: Option<Sender<Job>>,
+    failed: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn spawn(backend: Arc<dyn Backend>) -> std::io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let failed = Arc::new(Mutex::new(None));
+        let report = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("backend-writer".into())
+            .spawn(move || {
+                if let Err(e) = run(backend.as_ref(), rx) {
+                    tracing::error!(error = %e, "backend write failed; the member stops");
+                    *report.lock() = Some(e.to_string());
+                }
+            })?;
+        Ok(Writer {
+            tx: Some(tx),
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if sent {
+            return Ok(());
+        }
+        Err(self.error())
+    }
+
+    fn error(&self) -> Error {
+        match self.failed.lock().as_ref() {
+            Some(e) => Error::Io(std::io::Error::other(format!("backend write failed: {e}"))),
+            None => Error::Stopped,
+        }
+    }
+
+    /// Queues `batch` for the backend.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.send(Job::Write(batch))
+    }
+
+    /// Queues the removal of truncated log entries.
+    pub fn truncate(&self, batch: WriteBatch) -> Result<()> {
+        self.send(Job::Truncate(batch))
+    }
+
+    /// Queues a checkpoint: flush the backend, then delete the journal's segments in
+    /// `dir` older than `before`.
+    pub fn checkpoint(&self, dir: PathBuf, before: u64) -> Result<()> {
+        self.send(Job::Checkpoint { dir, before })
+    }
+
+    /// Waits until everything queued so far is written (not flushed).
+    pub fn barrier(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Job::Barrier(tx))?;
+        rx.recv().map_err(|_| self.error())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(backend: &dyn Backend, rx: Receiver<Job>) -> Result<()> {
+    let mut jobs = Vec::new();
+    while let Ok(first) = rx.recv() {
+        jobs.push(first);
+        while jobs.len() < MERGE {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut pending = WriteBatch::default();
+        for job in jobs.drain(..) {
+            if let Job::Write(b) = job {
+                pending.extend(b);
+                continue;
+            }
+            if !pending.is_empty() {
+                backend.write(std::mem::take(&mut pending))?;
+            }
+            match job {
+                Job::Write(_) => {}
+                Job::Truncate(batch) => {
+                    if let Err(e) = backend.sync().and_then(|()| backend.write(batch)) {
+                        // The entries stay on disk; the next start skips them.
+                        tracing::warn!(error = %e, "removing truncated raft log entries failed");
+                    }
+                }
+                Job::Checkpoint { dir, before } => {
+                    let res = backend
+                        .sync()
+                        .and_then(|()| crate::wal::remove_before(&dir, before));
+                    if let Err(e) = res {
+                        // The segments stay; the next start replays them again.
+                        tracing::warn!(error = %e, "journal checkpoint failed");
+                    }
+                }
+                Job::Barrier(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        if !pending.is_empty() {
+            backend.write(pending)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SledBackend;
+
+    #[test]
+    fn writes_land_in_order_and_merge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(dir.path()).expect("open");
+        let w = Writer::spawn(be.clone()).expect("spawn");
+        for i in 0..100u32 {
+            let mut b = WriteBatch::default();
+            b.put(b"k".to_vec(), i.to_be_bytes().to_vec());
+            b.put(i.to_be_bytes().to_vec(), b"v".to_vec());
+            w.write(b).expect("write");
+        }
+        let mut b = WriteBatch::default();
+        b.delete(0u32.to_be_bytes().to_vec());
+        w.write(b).expect("write");
+        w.barrier().expect("barrier");
+        assert_eq!(
+            be.get(b"k").expect("get"),
+            Some(99u32.to_be_bytes().to_vec()),
+            "the last write wins"
+        );
+        assert_eq!(be.get(&0u32.to_be_bytes()).expect("get"), None);
+        assert_eq!(
+            be.get(&1u32.to_be_bytes()).expect("get"),
+            Some(b"v".to_vec())
+        );
+    }
+
+    #[test]
+    fn checkpoint_deletes_older_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(&dir.path().join("db")).expect("open");
+        let wal_dir = dir.path().join("wal");
+        let mut wal = crate::wal::recover(&wal_dir, be.as_ref()).expect("wal");
+        let next = wal.rotate().expect("rotate");
+        let w = Writer::spawn(be.clone()).expect("spawn");
+        w.checkpoint(wal_dir.clone(), next).expect("checkpoint");
+        w.barrier().expect("barrier");
+        let left = std::fs::read_dir(&wal_dir).expect("dir").count();
+        assert_eq!(left, 1, "only the new segment is left");
+    }
+}
