@@ -82,9 +82,9 @@ impl Error {
             | Error::InvalidArgument(_)
             | Error::BadPeerUrls => Code::InvalidArgument,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-            Error::LeaseExists
-            | Error::MemberExists
-            | Error::PeerUrlExists => Code::FailedPrecondition,
+            Error::LeaseExists | Error::MemberExists | Error::PeerUrlExists => {
+                Code::FailedPrecondition
+            }
             // etcd 3.4 maps no code to this one: its clients see Unknown.
             Error::UnhealthyCluster => Code::Unknown,
             Error::NoLeader

@@ -64,7 +64,7 @@ fn walk(dir: &Path, out: &mut DirUse, in_wal: bool) {
 
 fn dir_use(dir: &Path) -> DirUse {
     let mut u = DirUse::default();
-    walk(dir, &mut u, false);
+    walk(dir, &mut u, dir.file_name().is_some_and(|n| n == "wal"));
     u
 }
 
@@ -111,10 +111,10 @@ fn spawn_overwriters(
 /// The requirement: disk use stays bounded under a steady write load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_stays_bounded_under_steady_writes() {
-    const TOTAL: u64 = 96 * 1024 * 1024;
-    const VALUE: usize = 4096;
+    const TOTAL: u64 = 192 * 1024 * 1024;
+    const VALUE: usize = 8192;
     const KEYS: usize = 500;
-    let mut c = Cluster::start(Kind::Kvstore, 3, &["--snapshot-count", "2000"]);
+    let mut c = Cluster::start(Kind::Kvstore, 3, &["--snapshot-count", "1000"]);
     let dirs: Vec<std::path::PathBuf> = c.members.iter().map(|m| m.data_dir()).collect();
     let eps = c.endpoints();
 
@@ -164,7 +164,7 @@ async fn disk_stays_bounded_under_steady_writes() {
     };
 
     let started = Instant::now();
-    let writers = spawn_overwriters(&eps, 8, KEYS, VALUE, written.clone(), TOTAL);
+    let writers = spawn_overwriters(&eps, 32, KEYS, VALUE, written.clone(), TOTAL);
     let mut puts = 0;
     for w in writers {
         puts += w.await.expect("writer");
@@ -192,21 +192,30 @@ async fn disk_stays_bounded_under_steady_writes() {
                 )
             })
             .collect();
-        println!("{:6.1} MiB written | {}", *w as f64 / MIB, cells.join(" | "));
+        println!(
+            "{:6.1} MiB written | {}",
+            *w as f64 / MIB,
+            cells.join(" | ")
+        );
     }
     assert!(
         compactions >= 3,
         "only {compactions} compactions during the load"
     );
 
-    let half = samples.len() / 2;
+    // The first half of the load, by bytes written.
+    let half = samples
+        .iter()
+        .position(|(w, _)| *w >= TOTAL / 2)
+        .unwrap_or(samples.len() / 2);
+    let second_written = TOTAL - samples[half].0.min(TOTAL);
     for m in 0..dirs.len() {
         let last = samples.last().map(|(_, s)| s[m]).unwrap_or_default();
         // The journal rotated (the load is several segments' worth) and old segments
         // were checkpointed away: never more than a few at once.
         assert!(
-            last.last_segment >= 3,
-            "m{}: the journal never rotated twice: {last:?}",
+            last.last_segment >= 4,
+            "m{}: the journal did not rotate as often as expected: {last:?}",
             m + 1
         );
         let max_segments = samples.iter().map(|(_, s)| s[m].segments).max();
@@ -215,21 +224,27 @@ async fn disk_stays_bounded_under_steady_writes() {
             "m{}: up to {max_segments:?} journal segments",
             m + 1
         );
-        // Disk use levels off: the peak over the second half of the load is not much
-        // above the peak over the first half (whose end already holds the whole key set
-        // and a full journal). An unchecked journal, a log never truncated or a history
-        // never compacted grows with the data written, ~50% more over the second half.
+        // Disk use levels off. The data dir grows while the first half is written (the
+        // key set, a full raft log, sled's segments filling) and sled reclaims space
+        // lazily, so it still creeps up afterwards (measured: by 29-40% of what the
+        // second half wrote; with the log never truncated, by 176%). A journal never
+        // checkpointed, a log never truncated or a history never compacted grows by at
+        // least what is written (the values are in all three): so the second half may
+        // add at most 80% of what it wrote.
         let peak = |s: &[(u64, Vec<DirUse>)]| s.iter().map(|(_, s)| s[m].bytes).max().unwrap_or(0);
         let (first, second) = (peak(&samples[..half]), peak(&samples[half..]));
+        let growth = second.saturating_sub(first);
         println!(
-            "m{}: peak {:.1} MiB over the first half, {:.1} MiB over the second",
+            "m{}: peak {:.1} MiB over the first half, {:.1} MiB over the second: +{:.1} MiB for {:.1} MiB written",
             m + 1,
             first as f64 / MIB,
-            second as f64 / MIB
+            second as f64 / MIB,
+            growth as f64 / MIB,
+            second_written as f64 / MIB
         );
         assert!(
-            (second as f64) <= first as f64 * 1.25,
-            "m{}: data dir still growing: peak {:.1} MiB, then {:.1} MiB",
+            (growth as f64) <= second_written as f64 * 0.8,
+            "m{}: data dir still growing: peak {:.1} MiB over the first half, {:.1} MiB over the second",
             m + 1,
             first as f64 / MIB,
             second as f64 / MIB
@@ -273,8 +288,11 @@ fn spawn_writers(
                     let key = format!("w{w}/{i:08}");
                     let mut value = format!("{i}:").into_bytes();
                     value.resize(value_len, b'v');
-                    match tokio::time::timeout(Duration::from_secs(2), c.put(key.clone(), value, None))
-                        .await
+                    match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        c.put(key.clone(), value, None),
+                    )
+                    .await
                     {
                         Ok(Ok(_)) => acked.push((key, i)),
                         _ => break,
@@ -331,18 +349,31 @@ async fn journal_rotation_checkpoint_and_crash() {
     );
 
     tokio::task::block_in_place(|| p.restart());
-    let mut c = Client::connect([p.endpoint()], None).await.expect("connect");
+    let mut c = Client::connect([p.endpoint()], None)
+        .await
+        .expect("connect");
     let mut stored: HashMap<String, Vec<u8>> = HashMap::new();
     for w in 0..8 {
-        let got = c
-            .get(
-                format!("w{w}/"),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .expect("get");
-        for kv in got.kvs() {
-            stored.insert(String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec());
+        // In pages: the whole range is over a client's 4 MiB message limit.
+        let (mut from, end) = (format!("w{w}/").into_bytes(), format!("w{w}0"));
+        loop {
+            let opts = etcd_client::GetOptions::new()
+                .with_range(end.as_str())
+                .with_limit(256);
+            let got = c.get(from.clone(), Some(opts)).await.expect("get");
+            for kv in got.kvs() {
+                stored.insert(
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                );
+            }
+            match got.kvs().last() {
+                Some(last) if got.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
     }
     let lost: Vec<&String> = acked

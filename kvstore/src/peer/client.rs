@@ -84,7 +84,9 @@ impl PeerClients {
     /// The leader's view of its peers' activity (see `reconfig`).
     pub async fn peer_activity(&self, url: &str) -> Result<PeerActivityResponse> {
         let mut c = self.get(url)?;
-        forwarded(tokio::time::timeout(FORWARD_TIMEOUT, c.peer_activity(PeerActivityRequest {})).await)
+        forwarded(
+            tokio::time::timeout(FORWARD_TIMEOUT, c.peer_activity(PeerActivityRequest {})).await,
+        )
     }
 }
 
