@@ -166,10 +166,17 @@ mod tests {
             check_started_add(&two),
             Err(Error::UnhealthyCluster)
         ));
+        // Two started of four: short of three.
         let three = [member(1, "a"), member(2, "b"), member(3, "")];
-        assert!(check_started_add(&three).is_ok());
-        let four = [member(1, "a"), member(2, "b"), member(3, ""), member(4, "")];
-        assert!(check_started_add(&four).is_err());
+        assert!(check_started_add(&three).is_err());
+        // Three started of five.
+        let four = [
+            member(1, "a"),
+            member(2, "b"),
+            member(3, "c"),
+            member(4, ""),
+        ];
+        assert!(check_started_add(&four).is_ok());
     }
 
     #[test]
