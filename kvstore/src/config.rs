@@ -99,6 +99,13 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
+    /// Refuse a membership change that would leave the cluster without a quorum of
+    /// started members, or of members the leader hears from (as etcd does).
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_reconfig_check: bool,
+
     /// Certificate (PEM) served on https:// client and metrics URLs.
     #[arg(long, env = "ETCD_CERT_FILE", help_heading = "Client TLS")]
     pub cert_file: Option<PathBuf>,
@@ -157,6 +164,7 @@ impl Default for Config {
             snapshot_count: 10_000,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            strict_reconfig_check: true,
             cert_file: None,
             key_file: None,
             trusted_ca_file: None,

@@ -42,8 +42,14 @@ pub enum Error {
     BadPeerUrls,
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
+    /// A membership change would leave fewer started members than a quorum
+    /// (`--strict-reconfig-check`).
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     UnhealthyCluster,
+    /// A membership change would break the quorum of members the leader hears from
+    /// (`--strict-reconfig-check`).
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -76,13 +82,16 @@ impl Error {
             | Error::InvalidArgument(_)
             | Error::BadPeerUrls => Code::InvalidArgument,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-            Error::LeaseExists
-            | Error::MemberExists
-            | Error::PeerUrlExists
-            | Error::UnhealthyCluster => Code::FailedPrecondition,
-            Error::NoLeader | Error::Timeout | Error::LeaderChanged | Error::Stopped => {
-                Code::Unavailable
+            Error::LeaseExists | Error::MemberExists | Error::PeerUrlExists => {
+                Code::FailedPrecondition
             }
+            // etcd 3.4 maps no code to this one: its clients see Unknown.
+            Error::UnhealthyCluster => Code::Unknown,
+            Error::NoLeader
+            | Error::Timeout
+            | Error::LeaderChanged
+            | Error::Stopped
+            | Error::Unhealthy => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Storage(_)
             | Error::Raft(_)

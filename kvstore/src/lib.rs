@@ -35,6 +35,7 @@ pub mod node;
 pub mod peer;
 pub mod proto;
 pub mod raft_log;
+pub mod reconfig;
 pub mod server;
 pub mod snapshot;
 pub mod tls;

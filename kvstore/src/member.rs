@@ -38,6 +38,9 @@ pub struct Member {
     /// How long a request waits for raft before etcd's "request timed out".
     pub(crate) request_timeout: Duration,
     pub(crate) peers: PeerClients,
+    /// Refuse membership changes that would break a quorum (etcd's
+    /// `--strict-reconfig-check`).
+    pub(crate) strict_reconfig_check: bool,
 }
 
 impl Member {
@@ -129,6 +132,55 @@ impl Member {
                 "conf change answered with {other:?}"
             ))),
         }
+    }
+
+    /// With `--strict-reconfig-check`, refuses adding (`node_id` unused) or removing member
+    /// `node_id` when that would leave too few started members (checked here, on the
+    /// replicated member list) or too few members the leader hears from (the leader's
+    /// view, asked over the peer service when this member is not the leader).
+    pub async fn may_change_membership(&self, change: ConfChangeType, node_id: u64) -> Result<()> {
+        if !self.strict_reconfig_check {
+            return Ok(());
+        }
+        let members = self.members();
+        match change {
+            ConfChangeType::RemoveNode => crate::reconfig::check_started_remove(&members, node_id)?,
+            _ => crate::reconfig::check_started_add(&members)?,
+        }
+        let activity = self
+            .until_leader(|| async {
+                match self.leader_url()? {
+                    None => self.peer_activity_here().await,
+                    Some(url) => {
+                        let r = self.peers.peer_activity(&url).await?;
+                        Ok(crate::reconfig::Activity {
+                            leader: r.leader,
+                            active_for: r
+                                .peers
+                                .into_iter()
+                                .map(|p| (p.id, Duration::from_millis(p.active_ms)))
+                                .collect(),
+                        })
+                    }
+                }
+            })
+            .await?;
+        let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+        match change {
+            ConfChangeType::RemoveNode => {
+                crate::reconfig::check_active_remove(&voters, node_id, &activity)
+            }
+            _ => crate::reconfig::check_active_add(&voters, &activity),
+        }
+    }
+
+    /// Which peers this member, the leader, hears from ("no leader" on a follower).
+    pub async fn peer_activity_here(&self) -> Result<crate::reconfig::Activity> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::PeerActivity { tx })
+            .map_err(|_| Error::Stopped)?;
+        self.wait(rx).await
     }
 
     /// Waits until this member has applied everything committed before the call.

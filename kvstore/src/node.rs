@@ -60,6 +60,11 @@ pub enum Msg {
     SnapshotStatus { to: u64, failed: bool },
     /// A peer refused this member's messages: it was removed from the cluster.
     Removed,
+    /// Answer on `tx` which peers this member, as the leader, hears from (not the leader:
+    /// "no leader").
+    PeerActivity {
+        tx: oneshot::Sender<Result<crate::reconfig::Activity>>,
+    },
     /// Stop the loop (pending callers get "server stopped").
     Stop,
 }
@@ -116,6 +121,8 @@ pub struct NodeOptions {
     /// How often an unanswered ReadIndex is asked again (raft drops them silently, e.g.
     /// while a new leader has not committed in its term yet).
     pub read_retry: Duration,
+    /// How long a peer may stay silent and still count as active (the election timeout).
+    pub peer_timeout: Duration,
 }
 
 pub(crate) struct NodeLoop {
@@ -150,6 +157,8 @@ pub(crate) struct NodeLoop {
     /// State machine writes (and commit index) not yet handed to the backend: they go
     /// with the next log append, so each fsync covers one backend batch.
     unsynced: WriteBatch,
+    /// When each peer was last heard from: which ones the leader counts as active.
+    activity: crate::reconfig::PeerActivity,
 }
 
 /// Generates request ids unique across members and restarts: the member id's low 16 bits,
@@ -190,6 +199,7 @@ impl NodeLoop {
         wal: Wal,
     ) -> Result<NodeLoop> {
         let writer = Writer::spawn(backend.clone())?;
+        let opts_peer_timeout = opts.peer_timeout;
         let source = shared.clone();
         log.set_snapshot_source(Box::new(move || {
             let sm = source.sm.read();
@@ -216,6 +226,7 @@ impl NodeLoop {
             writer,
             wal,
             unsynced: WriteBatch::default(),
+            activity: crate::reconfig::PeerActivity::new(opts_peer_timeout),
         };
         node.update_peers();
         Ok(node)
@@ -320,12 +331,21 @@ impl NodeLoop {
             }
             Msg::ReadIndex { tx } => self.pending_reads.push(tx),
             Msg::Raft(m) => {
+                self.activity.heard(m.from, Instant::now());
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message not stepped");
                 }
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
             Msg::Removed => self.stop_removed(),
+            Msg::PeerActivity { tx } => {
+                let res = if self.raw.raft.state == StateRole::Leader {
+                    Ok(self.activity.snapshot(self.me, Instant::now()))
+                } else {
+                    Err(Error::NoLeader)
+                };
+                let _ = tx.send(res);
+            }
             Msg::SnapshotStatus { to, failed } => {
                 let status = if failed {
                     SnapshotStatus::Failure

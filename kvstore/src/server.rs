@@ -124,6 +124,7 @@ impl Server {
                 catch_up_entries: cfg.snapshot_count.clamp(1, 5000),
                 read_timeout: request_timeout,
                 read_retry: (cfg.tick() * 3).max(Duration::from_millis(100)),
+                peer_timeout: Duration::from_millis(cfg.election_timeout.max(1)),
             },
             request_ids.clone(),
             transport,
@@ -153,6 +154,7 @@ impl Server {
             max_txn_ops: cfg.max_txn_ops,
             request_timeout,
             peers: peer::client::PeerClients::new(dialer),
+            strict_reconfig_check: cfg.strict_reconfig_check,
         });
 
         let mut client_addrs = Vec::new();

@@ -67,6 +67,9 @@ impl Cluster for ClusterService {
             }
             id
         };
+        self.member
+            .may_change_membership(ConfChangeType::AddNode, id)
+            .await?;
         let added = PbMember {
             id,
             name: String::new(),
@@ -97,6 +100,9 @@ impl Cluster for ClusterService {
                 return Err(Error::MemberNotFound.into());
             }
         }
+        self.member
+            .may_change_membership(ConfChangeType::RemoveNode, id)
+            .await?;
         let members = self
             .member
             .change_membership(ConfChangeType::RemoveNode, id, None)

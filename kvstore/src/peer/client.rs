@@ -1,5 +1,6 @@
 //! Calls one member makes to another over the peer service: fetching the member list
-//! when joining a running cluster, and forwarding lease requests to the leader.
+//! when joining a running cluster, forwarding lease requests to the leader, and asking
+//! it which peers it hears from.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +13,10 @@ use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::proto::peerpb::{MembersRequest, MembersResponse, peer_client::PeerClient};
+use crate::proto::peerpb::{
+    MembersRequest, MembersResponse, PeerActivityRequest, PeerActivityResponse,
+    peer_client::PeerClient,
+};
 
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,6 +77,16 @@ impl PeerClients {
     ) -> Result<LeaseTimeToLiveResponse> {
         let mut c = self.get(url)?;
         forwarded(tokio::time::timeout(FORWARD_TIMEOUT, c.lease_time_to_live(req)).await)
+    }
+}
+
+impl PeerClients {
+    /// The leader's view of its peers' activity (see `reconfig`).
+    pub async fn peer_activity(&self, url: &str) -> Result<PeerActivityResponse> {
+        let mut c = self.get(url)?;
+        forwarded(
+            tokio::time::timeout(FORWARD_TIMEOUT, c.peer_activity(PeerActivityRequest {})).await,
+        )
     }
 }
 

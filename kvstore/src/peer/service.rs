@@ -1,5 +1,6 @@
 //! The `peerpb.Peer` service: receives raft messages and snapshots and hands them to the
-//! raft thread; answers the member list; serves the lease requests followers forward.
+//! raft thread; answers the member list; serves the lease requests followers forward and,
+//! on the leader, which peers it hears from.
 //! Messages from another cluster (a different cluster id) are refused.
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::peerpb::{
-    Ack, MembersRequest, MembersResponse, RaftBatch, SnapshotChunk, peer_server::Peer,
+    Ack, MembersRequest, MembersResponse, PeerActive, PeerActivityRequest, PeerActivityResponse,
+    RaftBatch, SnapshotChunk, peer_server::Peer,
 };
 
 /// What a removed member hears when it still sends raft messages.
@@ -135,5 +137,23 @@ impl Peer for PeerService {
         Ok(Response::new(
             self.member.lease_time_to_live_here(&req.into_inner())?,
         ))
+    }
+
+    async fn peer_activity(
+        &self,
+        _req: Request<PeerActivityRequest>,
+    ) -> Result<Response<PeerActivityResponse>, Status> {
+        let a = self.member.peer_activity_here().await?;
+        Ok(Response::new(PeerActivityResponse {
+            leader: a.leader,
+            peers: a
+                .active_for
+                .into_iter()
+                .map(|(id, d)| PeerActive {
+                    id,
+                    active_ms: d.as_millis() as u64,
+                })
+                .collect(),
+        }))
     }
 }
