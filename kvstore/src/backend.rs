@@ -26,6 +26,11 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// Operations in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
     /// Appends `other`'s writes after these.
     pub fn extend(&mut self, other: WriteBatch) {
         if self.ops.is_empty() {

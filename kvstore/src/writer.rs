@@ -1,7 +1,10 @@
 //! The backend writer: a thread that hands the raft loop's writes to the backend in the
-//! order they were made, so the raft thread never waits on the backend. Writes queued
-//! meanwhile are merged into one backend batch; log truncations and journal checkpoints
-//! (which first flush the backend) take their turn in the same order.
+//! order they were made, so the raft thread never waits on the backend. Writes are
+//! gathered for up to `INTERVAL` (or `MAX_OPS` operations) into one backend batch, as
+//! etcd gathers its backend commits: each sled batch costs an I/O buffer written and
+//! synced by sled's threads, which would otherwise compete with the journal's fsync on
+//! every `Ready`. Log truncations, journal checkpoints (which first flush the backend)
+//! and barriers take their turn in the same order, after the writes before them.
 //!
 //! Nothing here needs to be durable when it is queued: the journal already holds it
 //! (see `wal`). A failed write stops the thread, and the raft loop's next call returns
@@ -9,15 +12,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::backend::{Backend, WriteBatch};
 use crate::error::{Error, Result};
 
-/// Jobs taken at once (and writes merged into one batch) at most.
-const MERGE: usize = 1024;
+/// How long writes are gathered before they go to the backend as one batch.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// Operations gathered into one batch at most.
+const MAX_OPS: usize = 10_000;
 
 enum Job {
     /// Writes to apply (not flushed).
@@ -110,49 +116,62 @@ impl Drop for Writer {
 }
 
 fn run(backend: &dyn Backend, rx: Receiver<Job>) -> Result<()> {
-    let mut jobs = Vec::new();
-    while let Ok(first) = rx.recv() {
-        jobs.push(first);
-        while jobs.len() < MERGE {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+    let mut pending = WriteBatch::default();
+    // When the oldest write in `pending` arrived.
+    let mut since: Option<Instant> = None;
+    loop {
+        let job = match since {
+            None => match rx.recv() {
+                Ok(j) => j,
                 Err(_) => break,
-            }
-        }
-        let mut pending = WriteBatch::default();
-        for job in jobs.drain(..) {
-            if let Job::Write(b) = job {
-                pending.extend(b);
-                continue;
-            }
-            if !pending.is_empty() {
+            },
+            Some(t) => match rx.recv_timeout(INTERVAL.saturating_sub(t.elapsed())) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => {
+                    backend.write(std::mem::take(&mut pending))?;
+                    since = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        if let Job::Write(b) = job {
+            pending.extend(b);
+            since.get_or_insert_with(Instant::now);
+            if pending.len() >= MAX_OPS {
                 backend.write(std::mem::take(&mut pending))?;
+                since = None;
             }
-            match job {
-                Job::Write(_) => {}
-                Job::Truncate(batch) => {
-                    if let Err(e) = backend.sync().and_then(|()| backend.write(batch)) {
-                        // The entries stay on disk; the next start skips them.
-                        tracing::warn!(error = %e, "removing truncated raft log entries failed");
-                    }
-                }
-                Job::Checkpoint { dir, before } => {
-                    let res = backend
-                        .sync()
-                        .and_then(|()| crate::wal::remove_before(&dir, before));
-                    if let Err(e) = res {
-                        // The segments stay; the next start replays them again.
-                        tracing::warn!(error = %e, "journal checkpoint failed");
-                    }
-                }
-                Job::Barrier(tx) => {
-                    let _ = tx.send(());
-                }
-            }
+            continue;
         }
         if !pending.is_empty() {
-            backend.write(pending)?;
+            backend.write(std::mem::take(&mut pending))?;
         }
+        since = None;
+        match job {
+            Job::Write(_) => {}
+            Job::Truncate(batch) => {
+                if let Err(e) = backend.sync().and_then(|()| backend.write(batch)) {
+                    // The entries stay on disk; the next start skips them.
+                    tracing::warn!(error = %e, "removing truncated raft log entries failed");
+                }
+            }
+            Job::Checkpoint { dir, before } => {
+                let res = backend
+                    .sync()
+                    .and_then(|()| crate::wal::remove_before(&dir, before));
+                if let Err(e) = res {
+                    // The segments stay; the next start replays them again.
+                    tracing::warn!(error = %e, "journal checkpoint failed");
+                }
+            }
+            Job::Barrier(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+    if !pending.is_empty() {
+        backend.write(pending)?;
     }
     Ok(())
 }
