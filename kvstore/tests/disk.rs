@@ -203,12 +203,6 @@ async fn disk_stays_bounded_under_steady_writes() {
         "only {compactions} compactions during the load"
     );
 
-    // The first half of the load, by bytes written.
-    let half = samples
-        .iter()
-        .position(|(w, _)| *w >= TOTAL / 2)
-        .unwrap_or(samples.len() / 2);
-    let second_written = TOTAL - samples[half].0.min(TOTAL);
     for m in 0..dirs.len() {
         let last = samples.last().map(|(_, s)| s[m]).unwrap_or_default();
         // The journal rotated (the load is several segments' worth) and old segments
@@ -224,30 +218,43 @@ async fn disk_stays_bounded_under_steady_writes() {
             "m{}: up to {max_segments:?} journal segments",
             m + 1
         );
-        // Disk use levels off. The data dir grows while the first half is written (the
-        // key set, a full raft log, sled's segments filling) and sled reclaims space
-        // lazily, so it still creeps up afterwards (measured: by 29-40% of what the
-        // second half wrote; with the log never truncated, by 176%). A journal never
+        // Disk use levels off. The backend grows until the key set and a full raft log
+        // are written (well before a quarter of the load), then sled reclaims space
+        // lazily and in bursts, so it still creeps up and swings by tens of MiB between
+        // samples. So compare levels, not peaks: the median of the backend's size over
+        // the last quarter of the load against the median over its second quarter
+        // (the journal is bounded by the segment count above). A journal never
         // checkpointed, a log never truncated or a history never compacted grows by at
-        // least what is written (the values are in all three): so the second half may
-        // add at most 80% of what it wrote.
-        let peak = |s: &[(u64, Vec<DirUse>)]| s.iter().map(|(_, s)| s[m].bytes).max().unwrap_or(0);
-        let (first, second) = (peak(&samples[..half]), peak(&samples[half..]));
-        let growth = second.saturating_sub(first);
+        // least what is written in between (the values are in all three; with the log
+        // never truncated it measured +136%, while the real thing measured +18% to
+        // +63%): allow at most as much as was written.
+        let level = |from: u64, to: u64| {
+            let mut v: Vec<u64> = samples
+                .iter()
+                .filter(|(w, _)| *w >= from && *w <= to)
+                .map(|(_, s)| s[m].bytes - s[m].wal_bytes)
+                .collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let (early, late) = (level(TOTAL / 4, TOTAL / 2), level(TOTAL * 3 / 4, TOTAL));
+        let between = TOTAL / 2;
+        let growth = late.saturating_sub(early);
         println!(
-            "m{}: peak {:.1} MiB over the first half, {:.1} MiB over the second: +{:.1} MiB for {:.1} MiB written",
+            "m{}: backend {:.1} MiB (median, second quarter) -> {:.1} MiB (median, last quarter): +{:.1} MiB for {:.1} MiB written",
             m + 1,
-            first as f64 / MIB,
-            second as f64 / MIB,
+            early as f64 / MIB,
+            late as f64 / MIB,
             growth as f64 / MIB,
-            second_written as f64 / MIB
+            between as f64 / MIB
         );
         assert!(
-            (growth as f64) <= second_written as f64 * 0.8,
-            "m{}: data dir still growing: peak {:.1} MiB over the first half, {:.1} MiB over the second",
+            growth <= between,
+            "m{}: data dir still growing: backend {:.1} MiB -> {:.1} MiB while {:.1} MiB were written",
             m + 1,
-            first as f64 / MIB,
-            second as f64 / MIB
+            early as f64 / MIB,
+            late as f64 / MIB,
+            between as f64 / MIB
         );
     }
 
