@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 
 /// How long writes are gathered before they go to the backend as one batch.
 const INTERVAL: Duration = Duration::from_millis(100);
-/// Operations gathered into one batch at most.
-const MAX_OPS: usize = 10_000;
+/// Operations gathered into one batch at most (bigger batches measured no faster and
+/// cost resident memory).
+const MAX_OPS: usize = 2_000;
 
 enum Job {
     /// Writes to apply (not flushed).
