@@ -2,8 +2,35 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    limit_malloc_arenas();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("kvstore: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// glibc gives threads that allocate at once arenas of their own (up to eight per core),
+/// and each keeps the memory freed into it; the raft, backend writer, sled and runtime
+/// threads then hold about 10 MB more after a write load than with two arenas, which
+/// measured no slower. `MALLOC_ARENA_MAX` in the environment still decides, as usual.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+async fn run() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
