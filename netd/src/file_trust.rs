@@ -24,13 +24,8 @@ fn untrusted(path: &Path, reason: String) -> Error {
     }
 }
 
-/// Checks a file netd is about to read; `Ok(false)` when it does not exist.
-pub fn check_file(path: &Path) -> Result<bool> {
-    let link = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::file(path, e)),
-    };
+/// A symlink at `path` must belong to root or netd's user.
+fn check_link(path: &Path, link: &std::fs::Metadata) -> Result<()> {
     if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
         return Err(untrusted(
             path,
@@ -40,6 +35,17 @@ pub fn check_file(path: &Path) -> Result<bool> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// Checks a file netd is about to read; `Ok(false)` when it does not exist.
+pub fn check_file(path: &Path) -> Result<bool> {
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::file(path, e)),
+    };
+    check_link(path, &link)?;
     let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
     if !meta.is_file() {
         return Err(untrusted(path, "is not a regular file".into()));
@@ -66,15 +72,7 @@ pub fn check_file(path: &Path) -> Result<bool> {
 /// Checks a directory netd reads from or writes into: nobody else may replace its entries.
 pub fn check_dir(dir: &Path) -> Result<()> {
     let link = std::fs::symlink_metadata(dir).map_err(|e| Error::file(dir, e))?;
-    if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
-        return Err(untrusted(
-            dir,
-            format!(
-                "is a symlink owned by uid {}; refusing to follow it",
-                link.uid()
-            ),
-        ));
-    }
+    check_link(dir, &link)?;
     let meta = std::fs::metadata(dir).map_err(|e| Error::file(dir, e))?;
     let mode = meta.permissions().mode();
     if mode & 0o002 != 0 && mode & 0o1000 == 0 {
