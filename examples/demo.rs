@@ -373,31 +373,12 @@ impl World {
         let ul = self.underlay();
         step(&format!("underlay {ul}: bridge br0 192.0.2.254/24"));
         self.add_ns(&ul)?;
-        run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ul,
-            "addr",
-            "add",
-            "192.0.2.254/24",
-            "dev",
-            "br0",
-        ])?;
-        run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        world::make_underlay_bridge(&ul)?;
         for i in 1..=hosts {
             let ns = self.host(i);
             step(&format!("host {ns}: eth0 192.0.2.{i}/24"));
             self.add_ns(&ns)?;
-            let port = format!("p{i}");
-            run(&[
-                "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ])?;
-            run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-            let addr = format!("192.0.2.{i}/24");
-            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            world::attach_host(&ul, &ns, i)?;
         }
         Ok(())
     }

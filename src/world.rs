@@ -116,18 +116,7 @@ impl World {
             kv_members: members,
         };
         let ul = w.add_ns("ul")?;
-        run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ul,
-            "addr",
-            "add",
-            "192.0.2.254/24",
-            "dev",
-            "br0",
-        ])?;
-        run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        make_underlay_bridge(&ul)?;
         for i in 1..=hosts {
             w.add_host(i)?;
         }
@@ -192,17 +181,7 @@ impl World {
     pub fn add_host(&mut self, i: usize) -> Result<()> {
         ensure!((1..=250).contains(&i), "host index {i} out of range");
         let ns = self.add_ns(&format!("h{i}"))?;
-        let ul = self.underlay();
-        let port = format!("p{i}");
-        run(&[
-            "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ])?;
-        run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-        let addr = format!("{}/24", Self::host_ip(i));
-        run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-        Ok(())
+        attach_host(&self.underlay(), &ns, i)
     }
 
     /// Starts netd on host `i` (host 1 with the embedded KV member, data kept across restarts).
@@ -518,6 +497,37 @@ pub fn kv_endpoints(members: usize) -> String {
         .map(|i| format!("http://{}:2379", World::host_ip(i)))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Makes `ns` the underlay: bridge br0 with 192.0.2.254/24, up.
+pub fn make_underlay_bridge(ns: &str) -> Result<()> {
+    run(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        "192.0.2.254/24",
+        "dev",
+        "br0",
+    ])?;
+    run(&["ip", "-n", ns, "link", "set", "br0", "up"])?;
+    Ok(())
+}
+
+/// Plugs host namespace `ns` (host `i`) into the underlay `ul`: eth0 with 192.0.2.`i`/24,
+/// its veth peer `p<i>` on br0.
+pub fn attach_host(ul: &str, ns: &str, i: usize) -> Result<()> {
+    let port = format!("p{i}");
+    run(&[
+        "ip", "-n", ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    run(&["ip", "-n", ul, "link", "set", &port, "master", "br0", "up"])?;
+    let addr = format!("{}/24", World::host_ip(i));
+    run(&["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+    run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+    Ok(())
 }
 
 /// netd's `--kv-*` flags for the embedded member of host `i`, one of `members` on hosts
