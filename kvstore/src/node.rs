@@ -154,8 +154,9 @@ pub(crate) struct NodeLoop {
     writer: Writer,
     /// The journal that makes each `Ready` durable before the backend has it.
     wal: Wal,
-    /// State machine writes (and commit index) not yet handed to the backend: they go
-    /// with the next log append, so each fsync covers one backend batch.
+    /// Backend writes not yet handed to the writer thread: a `Ready`'s log append and hard
+    /// state, and the state machine's writes (and commit index) since; they go after the
+    /// journal's fsync, as one batch.
     unsynced: WriteBatch,
     /// When each peer was last heard from: which ones the leader counts as active.
     activity: crate::reconfig::PeerActivity,
@@ -199,7 +200,7 @@ impl NodeLoop {
         wal: Wal,
     ) -> Result<NodeLoop> {
         let writer = Writer::spawn(backend.clone())?;
-        let opts_peer_timeout = opts.peer_timeout;
+        let activity = crate::reconfig::PeerActivity::new(opts.peer_timeout);
         let source = shared.clone();
         log.set_snapshot_source(Box::new(move || {
             let sm = source.sm.read();
@@ -226,7 +227,7 @@ impl NodeLoop {
             writer,
             wal,
             unsynced: WriteBatch::default(),
-            activity: crate::reconfig::PeerActivity::new(opts_peer_timeout),
+            activity,
         };
         node.update_peers();
         Ok(node)
@@ -484,7 +485,7 @@ impl NodeLoop {
         self.publish(answers);
         self.answer_reads();
         let mut batch = std::mem::take(&mut self.unsynced);
-        self.log.append(rd.entries(), &mut batch)?;
+        let segment = self.log.append(rd.entries(), &mut batch)?;
         if let Some(hs) = rd.hs() {
             self.log.set_hard_state(hs, &mut batch)?;
         }
@@ -493,8 +494,8 @@ impl NodeLoop {
         let synced = rd.must_sync();
         if synced {
             let mut records = Vec::with_capacity(2);
-            if !rd.entries().is_empty() {
-                records.push(RecordRef::Entries(rd.entries()));
+            if !segment.is_empty() {
+                records.push(RecordRef::Segment(&segment));
             }
             if let Some(hs) = rd.hs() {
                 records.push(RecordRef::HardState(hs));

@@ -196,9 +196,11 @@ impl RaftLog {
     }
 
     /// Appends entries (a conflicting suffix is replaced), in memory and into `batch`.
-    pub fn append(&self, ents: &[Entry], batch: &mut WriteBatch) -> Result<()> {
+    /// Returns them encoded as a log segment (empty when there are none), as the journal
+    /// records them too.
+    pub fn append(&self, ents: &[Entry], batch: &mut WriteBatch) -> Result<Vec<u8>> {
         let Some(first) = ents.first() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let mut core = self.core.write();
         if first.index <= core.snap_index {
@@ -238,9 +240,10 @@ impl RaftLog {
         core.entries.truncate(keep);
         core.entries.extend_from_slice(ents);
         let last_new = first.index + ents.len() as u64 - 1;
-        batch.put(keys::log(first.index), encode_segment(ents)?);
+        let segment = encode_segment(ents)?;
+        batch.put(keys::log(first.index), segment.clone());
         core.segments.insert(first.index, last_new);
-        Ok(())
+        Ok(segment)
     }
 
     /// Records the hard state, in memory and into `batch`.

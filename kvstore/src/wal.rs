@@ -51,6 +51,8 @@ pub enum Record {
 #[derive(Debug, Clone, Copy)]
 pub enum RecordRef<'a> {
     Entries(&'a [Entry]),
+    /// Entries already encoded as a log segment (what `RaftLog::append` returns).
+    Segment(&'a [u8]),
     HardState(&'a HardState),
     Snapshot(&'a SnapshotMetadata),
 }
@@ -81,10 +83,11 @@ impl Record {
 
 impl RecordRef<'_> {
     fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
-        let (kind, payload) = match self {
-            RecordRef::Entries(ents) => (KIND_ENTRIES, encode_segment(ents)?),
-            RecordRef::HardState(hs) => (KIND_HARD_STATE, hs.write_to_bytes()?),
-            RecordRef::Snapshot(meta) => (KIND_SNAPSHOT, meta.write_to_bytes()?),
+        let (kind, payload): (u8, std::borrow::Cow<'_, [u8]>) = match self {
+            RecordRef::Entries(ents) => (KIND_ENTRIES, encode_segment(ents)?.into()),
+            RecordRef::Segment(bytes) => (KIND_ENTRIES, (*bytes).into()),
+            RecordRef::HardState(hs) => (KIND_HARD_STATE, hs.write_to_bytes()?.into()),
+            RecordRef::Snapshot(meta) => (KIND_SNAPSHOT, meta.write_to_bytes()?.into()),
         };
         let len = u32::try_from(payload.len() + 1)
             .map_err(|_| Error::Corrupt("journal record over 4 GiB".into()))?;
@@ -283,14 +286,12 @@ pub fn recover(dir: &Path, backend: &dyn Backend) -> Result<Wal> {
         // A snapshot install journals its point first. If the backend has it, the
         // records before it describe a log the snapshot replaced; if not, the install
         // never finished and the record is dropped (nothing can follow it).
-        if let Some(pos) = records
-            .iter()
-            .rposition(|r| matches!(r, Record::Snapshot(_)))
-        {
-            let Record::Snapshot(meta) = &records[pos] else {
-                unreachable!("found by kind")
-            };
-            if snap_index >= meta.index {
+        let last_snapshot = records.iter().enumerate().rev().find_map(|(i, r)| match r {
+            Record::Snapshot(meta) => Some((i, meta.index)),
+            _ => None,
+        });
+        if let Some((pos, index)) = last_snapshot {
+            if snap_index >= index {
                 records.drain(..=pos);
             } else {
                 records.truncate(pos);

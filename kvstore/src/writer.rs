@@ -27,8 +27,13 @@ const INTERVAL: Duration = Duration::from_millis(100);
 const MAX_OPS: usize = 2_000;
 
 enum Job {
-    /// Writes to apply (not flushed).
+    /// Writes to apply (not flushed), gathered with the ones around them.
     Write(WriteBatch),
+    /// Done once every write queued before it is in the backend.
+    Then(Step),
+}
+
+enum Step {
     /// Removes truncated log entries, after flushing everything written so far: the
     /// state machine must be on disk before the entries that rebuild it go.
     Truncate(WriteBatch),
@@ -90,19 +95,19 @@ impl Writer {
 
     /// Queues the removal of truncated log entries.
     pub fn truncate(&self, batch: WriteBatch) -> Result<()> {
-        self.send(Job::Truncate(batch))
+        self.send(Job::Then(Step::Truncate(batch)))
     }
 
     /// Queues a checkpoint: flush the backend, then delete the journal's segments in
     /// `dir` older than `before`.
     pub fn checkpoint(&self, dir: PathBuf, before: u64) -> Result<()> {
-        self.send(Job::Checkpoint { dir, before })
+        self.send(Job::Then(Step::Checkpoint { dir, before }))
     }
 
     /// Waits until everything queued so far is written (not flushed).
     pub fn barrier(&self) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.send(Job::Barrier(tx))?;
+        self.send(Job::Then(Step::Barrier(tx)))?;
         rx.recv().map_err(|_| self.error())
     }
 }
@@ -136,28 +141,30 @@ fn run(backend: &dyn Backend, rx: Receiver<Job>) -> Result<()> {
                 Err(RecvTimeoutError::Disconnected) => break,
             },
         };
-        if let Job::Write(b) = job {
-            pending.extend(b);
-            since.get_or_insert_with(Instant::now);
-            if pending.len() >= MAX_OPS {
-                backend.write(std::mem::take(&mut pending))?;
-                since = None;
+        let step = match job {
+            Job::Write(b) => {
+                pending.extend(b);
+                since.get_or_insert_with(Instant::now);
+                if pending.len() >= MAX_OPS {
+                    backend.write(std::mem::take(&mut pending))?;
+                    since = None;
+                }
+                continue;
             }
-            continue;
-        }
+            Job::Then(step) => step,
+        };
         if !pending.is_empty() {
             backend.write(std::mem::take(&mut pending))?;
         }
         since = None;
-        match job {
-            Job::Write(_) => {}
-            Job::Truncate(batch) => {
+        match step {
+            Step::Truncate(batch) => {
                 if let Err(e) = backend.sync().and_then(|()| backend.write(batch)) {
                     // The entries stay on disk; the next start skips them.
                     tracing::warn!(error = %e, "removing truncated raft log entries failed");
                 }
             }
-            Job::Checkpoint { dir, before } => {
+            Step::Checkpoint { dir, before } => {
                 let res = backend
                     .sync()
                     .and_then(|()| crate::wal::remove_before(&dir, before));
@@ -166,7 +173,7 @@ fn run(backend: &dyn Backend, rx: Receiver<Job>) -> Result<()> {
                     tracing::warn!(error = %e, "journal checkpoint failed");
                 }
             }
-            Job::Barrier(tx) => {
+            Step::Barrier(tx) => {
                 let _ = tx.send(());
             }
         }
