@@ -98,6 +98,19 @@ fn five_members_etcd() {
     views_and_reads(Kind::Etcd, 5);
 }
 
+/// Stops the writers and gathers every write they had acknowledged.
+async fn stop_writers(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<(String, String)>>>,
+) -> Vec<(String, String)> {
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    acked
+}
+
 /// Writers that put `w<n>/<seq>` keys through every member until stopped; each returns
 /// the writes that were acknowledged.
 fn spawn_writers(
@@ -179,11 +192,7 @@ async fn failover(kind: Kind) {
         c.members[old].wait_ready();
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.extend(w.await.expect("writer"));
-    }
+    let acked = stop_writers(&stop, writers).await;
     assert!(
         acked.len() > 100,
         "{kind:?}: only {} writes acknowledged",
@@ -316,11 +325,7 @@ async fn full_restart(kind: Kind) {
     for m in &mut c.members {
         m.kill();
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.extend(w.await.expect("writer"));
-    }
+    let acked = stop_writers(&stop, writers).await;
     assert!(
         acked.len() > 100,
         "{kind:?}: only {} acknowledged",
