@@ -9,15 +9,16 @@ use prost::Message;
 
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
+use crate::history::History;
 use crate::lease::Lessor;
 use crate::membership::Members;
-use crate::mvcc::{KeyRange, Mvcc, Record, Rev, WriteTxn};
+use crate::mvcc::{KeyRange, Mvcc, WriteTxn};
 use crate::proto::etcdserverpb::{
     CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
     LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
 };
-use crate::proto::kvstorepb::{InternalRequest, StoredLease, StoredRevision, internal_request};
+use crate::proto::kvstorepb::{InternalRequest, StoredLease, internal_request};
 use crate::proto::mvccpb::KeyValue;
 
 /// The answer to one applied request (headers carry only the revision until served).
@@ -39,6 +40,9 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct StateMachine {
     pub mvcc: Mvcc,
+    /// The keyspace's records on disk; what `apply` writes joins its open chunk, which
+    /// the caller writes with `seal` once done with a run of entries.
+    pub history: History,
     pub lessor: Lessor,
     pub members: Members,
     pub applied: u64,
@@ -62,31 +66,7 @@ impl StateMachine {
             Some(v) => decode_i64(&v)? as u64,
             None => 0,
         };
-        let mut records = Vec::new();
-        for (k, v) in backend.scan_prefix(keys::REV_PREFIX)? {
-            let rest = &k[keys::REV_PREFIX.len()..];
-            if rest.len() != 16 {
-                return Err(Error::Corrupt(format!(
-                    "revision key of length {}",
-                    k.len()
-                )));
-            }
-            let rev = Rev {
-                main: decode_i64(&rest[..8])?,
-                sub: decode_i64(&rest[8..])?,
-            };
-            let stored = StoredRevision::decode(v.as_slice())?;
-            let kv = stored
-                .kv
-                .ok_or_else(|| Error::Corrupt(format!("revision {rev:?} without a record")))?;
-            records.push((
-                rev,
-                Record {
-                    kv,
-                    tombstone: stored.tombstone,
-                },
-            ));
-        }
+        let (history, records) = History::load(backend)?;
         let mvcc = Mvcc::restore(records, compacted);
         let mut lessor = Lessor::default();
         for (_, v) in backend.scan_prefix(keys::LEASE_PREFIX)? {
@@ -111,13 +91,20 @@ impl StateMachine {
         let members = Members::load(backend)?.unwrap_or_default();
         Ok(StateMachine {
             mvcc,
+            history,
             lessor,
             members,
             applied,
         })
     }
 
-    /// Applies one request, adding its disk writes to `batch`.
+    /// Adds the records applied since the last seal to `batch`, as one chunk.
+    pub fn seal(&mut self, batch: &mut WriteBatch) {
+        self.history.seal(batch);
+    }
+
+    /// Applies one request, adding its disk writes to `batch`, except the keyspace
+    /// records: those join the open chunk, which `seal` adds to a batch.
     pub fn apply(&mut self, req: &InternalRequest, batch: &mut WriteBatch) -> Result<Applied> {
         use internal_request::Request;
         let Some(r) = &req.request else {
@@ -129,7 +116,7 @@ impl StateMachine {
                 check_put(&txn, &self.lessor, p)?;
                 let resp = put(&mut txn, &mut self.lessor, p);
                 let rev = txn.read_rev();
-                persist(batch, txn.finish());
+                self.history.add(txn.finish(), batch);
                 Ok(Applied::Put(PutResponse {
                     header: header(rev),
                     ..resp
@@ -139,7 +126,7 @@ impl StateMachine {
                 let mut txn = self.mvcc.write();
                 let resp = delete(&mut txn, &mut self.lessor, d);
                 let rev = txn.read_rev();
-                persist(batch, txn.finish());
+                self.history.add(txn.finish(), batch);
                 Ok(Applied::DeleteRange(DeleteRangeResponse {
                     header: header(rev),
                     ..resp
@@ -149,7 +136,7 @@ impl StateMachine {
                 let mut txn = self.mvcc.write();
                 let resp = run_txn(&mut txn, &mut self.lessor, t)?;
                 let rev = txn.read_rev();
-                persist(batch, txn.finish());
+                self.history.add(txn.finish(), batch);
                 Ok(Applied::Txn(TxnResponse {
                     header: header(rev),
                     ..resp
@@ -157,9 +144,7 @@ impl StateMachine {
             }
             Request::Compaction(c) => {
                 let removed = self.mvcc.compact(c.revision)?;
-                for r in removed {
-                    batch.delete(keys::revision(r.main, r.sub));
-                }
+                self.history.compacted(&removed, &self.mvcc, batch);
                 batch.put(keys::COMPACTED, c.revision.to_be_bytes().to_vec());
                 Ok(Applied::Compact(CompactionResponse {
                     header: header(self.mvcc.current_revision()),
@@ -187,7 +172,7 @@ impl StateMachine {
                     txn.delete_range(&KeyRange::Single(key));
                 }
                 let rev = txn.read_rev();
-                persist(batch, txn.finish());
+                self.history.add(txn.finish(), batch);
                 Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
                     header: header(rev),
                 }))
@@ -206,16 +191,6 @@ fn decode_i64(b: &[u8]) -> Result<i64> {
         .try_into()
         .map_err(|_| Error::Corrupt(format!("integer of {} bytes", b.len())))?;
     Ok(i64::from_be_bytes(arr))
-}
-
-fn persist(batch: &mut WriteBatch, written: Vec<(Rev, Record)>) {
-    for (rev, rec) in written {
-        let stored = StoredRevision {
-            kv: Some(rec.kv),
-            tombstone: rec.tombstone,
-        };
-        batch.put(keys::revision(rev.main, rev.sub), stored.encode_to_vec());
-    }
 }
 
 /// Checks a put against the current state before anything is written.

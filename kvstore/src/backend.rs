@@ -123,12 +123,15 @@ pub mod keys {
     pub const CONF_STATE: &[u8] = b"r/c";
     pub const SNAPSHOT_META: &[u8] = b"r/s";
     pub const LOG_PREFIX: &[u8] = b"r/l/";
-    pub const REV_PREFIX: &[u8] = b"k/";
+    /// Runs of revision records, each under its first main revision (see `history`).
+    pub const CHUNK_PREFIX: &[u8] = b"c/";
+    /// One record per key, the layout before chunks: refused at load.
+    pub const LEGACY_REV_PREFIX: &[u8] = b"k/";
     pub const LEASE_PREFIX: &[u8] = b"e/";
     pub const APPLIED: &[u8] = b"m/applied";
     pub const COMPACTED: &[u8] = b"m/compact";
     pub const MEMBERS: &[u8] = b"m/members";
-    /// Everything under this prefix belongs to the state machine (with REV_ and LEASE_).
+    /// Everything under this prefix belongs to the state machine (with CHUNK_ and LEASE_).
     pub const META_PREFIX: &[u8] = b"m/";
     /// This member's id and its cluster's: identity, never replaced by a snapshot.
     pub const SELF_ID: &[u8] = b"i/self";
@@ -138,8 +141,8 @@ pub mod keys {
         [LOG_PREFIX, &index.to_be_bytes()].concat()
     }
 
-    pub fn revision(main: i64, sub: i64) -> Vec<u8> {
-        [REV_PREFIX, &main.to_be_bytes(), &sub.to_be_bytes()].concat()
+    pub fn chunk(first_main: i64) -> Vec<u8> {
+        [CHUNK_PREFIX, &first_main.to_be_bytes()].concat()
     }
 
     pub fn lease(id: i64) -> Vec<u8> {

@@ -26,6 +26,7 @@ pub mod certs;
 pub mod config;
 pub mod error;
 mod grpc;
+pub mod history;
 mod http;
 pub mod lease;
 pub mod member;

@@ -600,6 +600,7 @@ impl NodeLoop {
                 EntryType::EntryConfChange => {
                     // raft may call back into the state machine (to build a snapshot for a
                     // new member) while applying a conf change: release it meanwhile.
+                    guard.seal(batch);
                     drop(sm.take());
                     let answer = self.apply_conf_change(e, batch);
                     members_changed = true;
@@ -614,6 +615,9 @@ impl NodeLoop {
                 _ => {}
             }
             guard.applied = e.index;
+        }
+        if let Some(guard) = sm.as_mut() {
+            guard.seal(batch);
         }
         drop(sm);
         batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());

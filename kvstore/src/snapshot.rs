@@ -9,7 +9,8 @@ use raft::eraftpb::SnapshotMetadata;
 use crate::apply::StateMachine;
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
-use crate::proto::kvstorepb::{SnapshotRevision, StateSnapshot, StoredLease, StoredRevision};
+use crate::history::{self, History};
+use crate::proto::kvstorepb::{StateSnapshot, StoredLease};
 use crate::raft_log::RaftLog;
 
 /// Encodes the state machine as it is now (the caller holds it still: the raft thread).
@@ -17,14 +18,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
     let revisions = sm
         .mvcc
         .records()
-        .map(|(rev, rec)| SnapshotRevision {
-            main: rev.main,
-            sub: rev.sub,
-            record: Some(StoredRevision {
-                kv: Some(rec.kv.clone()),
-                tombstone: rec.tombstone,
-            }),
-        })
+        .map(|(rev, rec)| history::stored(rev, rec.clone()))
         .collect();
     let leases = sm
         .lessor
@@ -58,17 +52,19 @@ pub fn install(
         )));
     }
     let mut batch = WriteBatch::default();
-    for prefix in [keys::REV_PREFIX, keys::LEASE_PREFIX, keys::META_PREFIX] {
+    for prefix in [keys::CHUNK_PREFIX, keys::LEASE_PREFIX, keys::META_PREFIX] {
         for (k, _) in backend.scan_prefix(prefix)? {
             batch.delete(k);
         }
     }
+    let mut chunks = History::default();
     for r in snap.revisions {
-        let rec = r
-            .record
-            .ok_or_else(|| Error::Corrupt("snapshot revision without a record".into()))?;
-        batch.put(keys::revision(r.main, r.sub), rec.encode_to_vec());
+        if r.record.as_ref().and_then(|s| s.kv.as_ref()).is_none() {
+            return Err(Error::Corrupt("snapshot revision without a record".into()));
+        }
+        chunks.push(r, &mut batch);
     }
+    chunks.seal(&mut batch);
     for l in snap.leases {
         batch.put(keys::lease(l.id), l.encode_to_vec());
     }

@@ -89,7 +89,15 @@ impl Mvcc {
 
     /// Every record held (history since the compaction point), in revision order.
     pub fn records(&self) -> impl Iterator<Item = (Rev, &Record)> {
-        self.log.iter().flat_map(|(main, slots)| {
+        self.records_in(..)
+    }
+
+    /// The records held at main revisions inside `mains`, in revision order.
+    pub fn records_in(
+        &self,
+        mains: impl std::ops::RangeBounds<i64>,
+    ) -> impl Iterator<Item = (Rev, &Record)> {
+        self.log.range(mains).flat_map(|(main, slots)| {
             slots.iter().enumerate().filter_map(move |(sub, r)| {
                 r.as_ref().map(|r| {
                     (
