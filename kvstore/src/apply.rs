@@ -205,22 +205,25 @@ fn check_put(txn: &WriteTxn<'_>, lessor: &Lessor, p: &PutRequest) -> Result<()> 
 }
 
 fn put(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, p: &PutRequest) -> PutResponse {
-    let prev = txn.get(&p.key).cloned();
-    let value = match (&prev, p.ignore_value) {
-        (Some(prev), true) => prev.value.clone(),
-        _ => p.value.clone(),
-    };
-    let lease = match (&prev, p.ignore_lease) {
-        (Some(prev), true) => prev.lease,
-        _ => p.lease,
-    };
+    let (mut value, mut lease) = (p.value.clone(), p.lease);
+    if p.ignore_value || p.ignore_lease {
+        // check_put made sure the key exists.
+        if let Some(prev) = txn.get(&p.key) {
+            if p.ignore_value {
+                value = prev.value.clone();
+            }
+            if p.ignore_lease {
+                lease = prev.lease;
+            }
+        }
+    }
+    let prev = txn.put(p.key.clone(), value, lease);
     if let Some(prev) = &prev
         && prev.lease != lease
     {
         lessor.detach(prev.lease, &prev.key);
     }
     lessor.attach(lease, &p.key);
-    txn.put(p.key.clone(), value, lease);
     PutResponse {
         header: None,
         prev_kv: if p.prev_kv { prev } else { None },

@@ -44,11 +44,12 @@ impl Core {
 }
 
 pub(crate) fn encode_segment(ents: &[Entry]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    for e in ents {
-        let b = e.write_to_bytes()?;
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(&b);
+    let sizes: Vec<u32> = ents.iter().map(|e| e.compute_size()).collect();
+    let total: usize = sizes.iter().map(|&n| n as usize + 4).sum();
+    let mut out = Vec::with_capacity(total);
+    for (e, size) in ents.iter().zip(sizes) {
+        out.extend_from_slice(&size.to_be_bytes());
+        e.write_to_vec(&mut out)?;
     }
     Ok(out)
 }
@@ -218,11 +219,17 @@ impl RaftLog {
         }
         // Segments at or after the first new index are replaced; one that straddles it
         // is rewritten with only its older entries.
-        let stale: Vec<(u64, u64)> = core
+        // (Segments never overlap: only the last one starting before the new index can
+        // reach it.)
+        let straddling = core
             .segments
-            .range(..)
+            .range(..first.index)
+            .next_back()
             .filter(|(_, end)| **end >= first.index)
-            .map(|(s, e)| (*s, *e))
+            .map(|(s, e)| (*s, *e));
+        let stale: Vec<(u64, u64)> = straddling
+            .into_iter()
+            .chain(core.segments.range(first.index..).map(|(s, e)| (*s, *e)))
             .collect();
         for (start, _) in stale {
             core.segments.remove(&start);

@@ -128,17 +128,13 @@ impl Mvcc {
     }
 
     fn insert(&mut self, rev: Rev, rec: Record) {
-        // Exact reservations: a vector's first growth reserves room for four records, and
-        // most revisions hold one record and most keys see few writes; across 100k keys
-        // the spare room would outweigh the data.
         let hist = self.index.entry(rec.kv.key.clone()).or_default();
-        if hist.len() == hist.capacity() {
-            hist.reserve_exact(hist.len().max(1));
-        }
-        hist.push(IndexEntry {
-            rev,
-            tombstone: rec.tombstone,
-        });
+        push_history(hist, rev, rec.tombstone);
+        self.put_log(rev, rec);
+    }
+
+    /// Stores `rec` at `rev` in the log (its key's history is updated by the caller).
+    fn put_log(&mut self, rev: Rev, rec: Record) {
         let slots = self.log.entry(rev.main).or_default();
         let sub = rev.sub as usize;
         if slots.len() <= sub {
@@ -170,16 +166,7 @@ impl Mvcc {
     }
 
     fn visible<'a>(&'a self, hist: &[IndexEntry], rev: i64) -> Option<&'a KeyValue> {
-        let pos = hist.partition_point(|e| e.rev.main <= rev);
-        let e = hist.get(pos.checked_sub(1)?)?;
-        if e.tombstone {
-            return None;
-        }
-        self.record(e.rev).map(|r| &r.kv)
-    }
-
-    fn record(&self, rev: Rev) -> Option<&Record> {
-        self.log.get(&rev.main)?.get(rev.sub as usize)?.as_ref()
+        visible_in(&self.log, hist, rev)
     }
 
     /// Calls `f` with every key-value live at `rev` inside `range`, in key order, until
@@ -288,6 +275,32 @@ impl Mvcc {
     }
 }
 
+/// The key-value a key's history `hist` shows as of revision `rev`, read from `log`.
+fn visible_in<'a>(
+    log: &'a BTreeMap<i64, Vec<Option<Record>>>,
+    hist: &[IndexEntry],
+    rev: i64,
+) -> Option<&'a KeyValue> {
+    let pos = hist.partition_point(|e| e.rev.main <= rev);
+    let e = hist.get(pos.checked_sub(1)?)?;
+    if e.tombstone {
+        return None;
+    }
+    let rec = log.get(&e.rev.main)?.get(e.rev.sub as usize)?.as_ref()?;
+    Some(&rec.kv)
+}
+
+/// Adds a record's position to its key's history.
+fn push_history(hist: &mut Vec<IndexEntry>, rev: Rev, tombstone: bool) {
+    // Exact reservations: a vector's first growth reserves room for four records, and
+    // most revisions hold one record and most keys see few writes; across 100k keys the
+    // spare room would outweigh the data.
+    if hist.len() == hist.capacity() {
+        hist.reserve_exact(hist.len().max(1));
+    }
+    hist.push(IndexEntry { rev, tombstone });
+}
+
 /// A write in progress at one revision. Records are in the keyspace as soon as they are
 /// written (so later operations of the same transaction see them); the revision counter
 /// moves only if something was written.
@@ -317,25 +330,34 @@ impl WriteTxn<'_> {
         self.mvcc.get_at(key, self.rev)
     }
 
-    /// Writes `key`; returns the previous key-value.
+    /// Writes `key`; returns the previous key-value. The key's history is looked up
+    /// once, for both the previous value and the new record.
     pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
-        let prev = self.get(&key).cloned();
+        let rev = Rev {
+            main: self.rev,
+            sub: self.written.len() as i64,
+        };
+        let m = &mut *self.mvcc;
+        let hist = m.index.entry(key.clone()).or_default();
+        let prev = visible_in(&m.log, hist, rev.main).cloned();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
-            None => (self.rev, 1),
+            None => (rev.main, 1),
         };
-        let kv = KeyValue {
-            key,
-            create_revision,
-            mod_revision: self.rev,
-            version,
-            value,
-            lease,
-        };
-        self.push(Record {
-            kv,
+        let rec = Record {
+            kv: KeyValue {
+                key,
+                create_revision,
+                mod_revision: rev.main,
+                version,
+                value,
+                lease,
+            },
             tombstone: false,
-        });
+        };
+        push_history(hist, rev, false);
+        self.written.push((rev, rec.clone()));
+        m.put_log(rev, rec);
         prev
     }
 
