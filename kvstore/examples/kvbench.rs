@@ -9,12 +9,15 @@
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
 //! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
-//! dirs, runs the same workloads against each, and prints the ratios. `--cluster N` does
+//! dirs, runs the same workloads against each, and prints the ratios. Both run from the
+//! start; each workload runs `--rounds` times per server, alternating between them, and
+//! the median run is reported (the machine's slow spells then hit both alike). `--cluster N` does
 //! the same with an N-member cluster of each on loopback; clients are spread round-robin
 //! over the members (client i talks to member i mod N, as etcd's own benchmark tool
 //! spreads them), so followers forward writes and serve linearizable reads by ReadIndex;
-//! watchers are spread the same way and the writer talks to the first member; the memory
-//! reported is the largest resident set among the members.
+//! watchers are spread the same way and the writer talks to the first member. Memory is
+//! measured last, on a fresh server (cluster) of each kind loaded with `--memory-keys`
+//! puts: the largest resident set among its members.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -57,7 +60,13 @@ struct Args {
     /// Run only the workloads whose name contains this (e.g. "put").
     #[arg(long)]
     only: Option<String>,
-    /// Keys loaded before measuring resident memory (compare mode).
+    /// Runs of each workload per server, alternating between the servers (all started
+    /// up front); the median run is reported, so a slow spell of the machine does not
+    /// land on one server only.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Keys put into fresh servers before measuring their resident memory (compare and
+    /// cluster modes; 0 skips it).
     #[arg(long, default_value_t = 100_000)]
     memory_keys: usize,
     /// TLS towards an https:// --endpoint: DIR/ca.pem, plus DIR/client.pem and
@@ -262,57 +271,122 @@ struct Report {
     rss_mb: Option<f64>,
 }
 
-/// Runs every workload; with `pids` (the members' processes), also loads `memory_keys`
-/// more keys and reports the largest member's resident memory.
-async fn run_all(
-    name: &str,
-    endpoint: &[String],
-    a: &Args,
-    pids: &[u32],
-) -> anyhow::Result<Report> {
-    eprintln!("== {name}: {}", endpoint.join(","));
-    let mut rows = Vec::new();
-    let want = |w: &str| a.only.as_ref().is_none_or(|o| w.contains(o.as_str()));
-    let w = "put, 1 client".to_string();
-    if want(&w) {
-        rows.push((w, put_load(endpoint, 1, 2_000).await?));
+#[derive(Clone, Copy)]
+enum Workload {
+    Put { clients: usize, requests: usize },
+    Range { serializable: bool },
+    Watch,
+}
+
+/// The workloads selected by `--only`, with their names.
+fn workloads(a: &Args) -> Vec<(String, Workload)> {
+    let all = [
+        (
+            "put, 1 client".to_string(),
+            Workload::Put {
+                clients: 1,
+                requests: 2_000,
+            },
+        ),
+        (
+            format!("put, {} clients", a.clients),
+            Workload::Put {
+                clients: a.clients,
+                requests: a.requests,
+            },
+        ),
+        (
+            format!("range linearizable, {} clients", a.clients),
+            Workload::Range {
+                serializable: false,
+            },
+        ),
+        (
+            format!("range serializable, {} clients", a.clients),
+            Workload::Range { serializable: true },
+        ),
+        (
+            format!("watch fan-out, {} watchers (latency)", a.watchers),
+            Workload::Watch,
+        ),
+    ];
+    all.into_iter()
+        .filter(|(w, _)| a.only.as_ref().is_none_or(|o| w.contains(o.as_str())))
+        .collect()
+}
+
+async fn run(w: Workload, endpoints: &[String], a: &Args) -> anyhow::Result<Stats> {
+    match w {
+        Workload::Put { clients, requests } => put_load(endpoints, clients, requests).await,
+        Workload::Range { serializable } => {
+            range_load(endpoints, a.clients, a.requests * 2, serializable).await
+        }
+        Workload::Watch => watch_fanout(endpoints, a.watchers, 500).await,
     }
-    let w = format!("put, {} clients", a.clients);
-    if want(&w) {
-        rows.push((w, put_load(endpoint, a.clients, a.requests).await?));
+}
+
+/// The median of a workload's runs: by throughput, or by p99 latency for watch fan-out.
+fn median(w: Workload, mut runs: Vec<Stats>) -> Stats {
+    match w {
+        Workload::Watch => runs.sort_by(|x, y| x.p99_ms.total_cmp(&y.p99_ms)),
+        _ => runs.sort_by(|x, y| x.ops_per_sec.total_cmp(&y.ops_per_sec)),
     }
-    let w = format!("range linearizable, {} clients", a.clients);
-    if want(&w) {
-        rows.push((
-            w,
-            range_load(endpoint, a.clients, a.requests * 2, false).await?,
-        ));
+    runs.get(runs.len() / 2).cloned().unwrap_or_default()
+}
+
+/// One server under test: its name and its members' client endpoints.
+struct Target {
+    name: String,
+    endpoints: Vec<String>,
+}
+
+/// Runs every selected workload `--rounds` times on each target, alternating between the
+/// targets, and reports the median run.
+async fn run_all(targets: &[Target], a: &Args) -> anyhow::Result<Vec<Report>> {
+    let selected = workloads(a);
+    let mut reports: Vec<Report> = targets
+        .iter()
+        .map(|t| Report {
+            name: t.name.clone(),
+            rows: Vec::new(),
+            rss_mb: None,
+        })
+        .collect();
+    for (name, w) in &selected {
+        let mut runs = vec![Vec::new(); targets.len()];
+        for round in 0..a.rounds.max(1) {
+            for (t, runs) in targets.iter().zip(&mut runs) {
+                let s = run(*w, &t.endpoints, a).await?;
+                eprintln!("   {name}, round {}: {}: {s:?}", round + 1, t.name);
+                runs.push(s);
+            }
+        }
+        for (r, runs) in reports.iter_mut().zip(runs) {
+            r.rows.push((name.clone(), median(*w, runs)));
+        }
     }
-    let w = format!("range serializable, {} clients", a.clients);
-    if want(&w) {
-        rows.push((
-            w,
-            range_load(endpoint, a.clients, a.requests * 2, true).await?,
-        ));
+    Ok(reports)
+}
+
+/// Starts a fresh `members`-member cluster of `bin`, puts `keys` keys (256-byte values,
+/// `clients` at once) and returns the largest member's resident memory in MB.
+async fn memory_after(
+    bin: &PathBuf,
+    members: usize,
+    keys: usize,
+    clients: usize,
+) -> anyhow::Result<f64> {
+    let mut servers = start(bin, members)?;
+    for s in &mut servers {
+        wait_ready(s).await?;
     }
-    let w = format!("watch fan-out, {} watchers (latency)", a.watchers);
-    if want(&w) {
-        rows.push((w, watch_fanout(endpoint, a.watchers, 500).await?));
-    }
-    for (n, s) in &rows {
-        eprintln!("   {n}: {s:?}");
-    }
-    let rss_mb = if pids.is_empty() {
-        None
-    } else {
-        put_load(endpoint, a.clients, a.memory_keys).await?;
-        pids.iter().filter_map(|&p| rss(p)).reduce(f64::max)
-    };
-    Ok(Report {
-        name: name.to_string(),
-        rows,
-        rss_mb,
-    })
+    let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
+    put_load(&endpoints, clients, keys).await?;
+    servers
+        .iter()
+        .filter_map(|s| rss(s.child.id()))
+        .reduce(f64::max)
+        .ok_or_else(|| anyhow::anyhow!("cannot read the members' resident memory"))
 }
 
 fn rss(pid: u32) -> Option<f64> {
@@ -462,7 +536,7 @@ fn print(reports: &[Report], memory_keys: usize) {
     for r in reports {
         if let Some(m) = r.rss_mb {
             println!(
-                "\n{}: resident memory (largest member) after all workloads plus {memory_keys} more puts: {m:.1} MB",
+                "\n{}: resident memory (largest member) of a fresh server after {memory_keys} puts: {m:.1} MB",
                 r.name
             );
         }
@@ -481,8 +555,12 @@ async fn main() -> anyhow::Result<()> {
         (_, Some(n)) if n > 0 => n,
         (true, _) => 1,
         _ => {
-            let r = run_all("endpoint", std::slice::from_ref(&a.endpoint), &a, &[]).await?;
-            print(&[r], a.memory_keys);
+            let target = Target {
+                name: "endpoint".to_string(),
+                endpoints: vec![a.endpoint.clone()],
+            };
+            let reports = run_all(std::slice::from_ref(&target), &a).await?;
+            print(&reports, a.memory_keys);
             return Ok(());
         }
     };
@@ -492,25 +570,40 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|p| p.parent())
         .map(|p| p.join("kvstore"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the kvstore binary"))?;
-    let mut reports = Vec::new();
+    let mut bins = Vec::new();
     for name in &a.servers {
-        let bin = match name.as_str() {
+        bins.push(match name.as_str() {
             "kvstore" => kvstore_bin.clone(),
             "etcd" => PathBuf::from("/usr/bin/etcd"),
             other => anyhow::bail!("unknown server {other:?} (kvstore or etcd)"),
-        };
-        let mut servers = start(&bin, members)?;
-        let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
+        });
+    }
+    // Every server runs from the start (they idle while another is measured).
+    let mut running = Vec::new();
+    let mut targets = Vec::new();
+    for (name, bin) in a.servers.iter().zip(&bins) {
+        let mut servers = start(bin, members)?;
         for s in &mut servers {
             wait_ready(s).await?;
         }
-        let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
-        let name = if members > 1 {
-            format!("{name} x{members}")
-        } else {
-            name.to_string()
-        };
-        reports.push(run_all(&name, &endpoints, &a, &pids).await?);
+        targets.push(Target {
+            name: if members > 1 {
+                format!("{name} x{members}")
+            } else {
+                name.to_string()
+            },
+            endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
+        });
+        running.push(servers);
+    }
+    let mut reports = run_all(&targets, &a).await?;
+    drop(running);
+    // Memory after `memory_keys` keys, on fresh servers, one kind at a time: the
+    // workloads above leave different amounts of history behind with each `--rounds`.
+    if a.memory_keys > 0 {
+        for (r, bin) in reports.iter_mut().zip(&bins) {
+            r.rss_mb = Some(memory_after(bin, members, a.memory_keys, a.clients).await?);
+        }
     }
     print(&reports, a.memory_keys);
     Ok(())
