@@ -243,7 +243,19 @@ impl Server {
             }
         };
         let _ = self.member.tx.send(Msg::Stop);
-        let flushed = self.member.backend.sync();
+        // Bounded: after a storage failure (say the data dir was deleted under it) sled's
+        // flush can wait forever, and the process would never exit. The journal holds
+        // whatever the flush would have made durable.
+        let backend = self.member.backend.clone();
+        let flush = tokio::task::spawn_blocking(move || backend.sync());
+        let flushed = match tokio::time::timeout(FINAL_FLUSH, flush).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(Error::Config(format!("storage flush: {e}"))),
+            Err(_) => Err(Error::Config(format!(
+                "storage flush did not finish in {} s",
+                FINAL_FLUSH.as_secs()
+            ))),
+        };
         if let Some(node) = self.node.take() {
             tokio::task::spawn_blocking(move || node.join())
                 .await
@@ -271,6 +283,9 @@ impl Drop for Server {
         let _ = self.member.tx.send(Msg::Stop);
     }
 }
+
+/// How long a stopping member waits for its final storage flush.
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// Runs a member until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {

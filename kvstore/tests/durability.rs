@@ -127,3 +127,43 @@ async fn lease_expiry_after_restart_and_clean_sigterm() {
     let mut c = client(&p).await;
     assert_eq!(c.get("long", None).await.expect("get").kvs().len(), 1);
 }
+
+/// A member whose data dir disappears under it stops on the storage error, and the process
+/// exits non-zero instead of waiting forever on its final flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_data_dir_stops_the_member_and_exits() {
+    let mut p = Proc::start(Kind::Kvstore);
+    let c = client(&p).await;
+    std::fs::remove_dir_all(p.data_dir()).expect("delete the data dir");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let (mut c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if c.put(format!("k{w}-{i}"), vec![b'v'; 256], None)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                i += 1;
+            }
+        }));
+    }
+    // sled fails once it needs a file it cannot create; the writes make it need one.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while p.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let code = p.wait_exit(Duration::from_secs(20));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the member should have exited non-zero on its own, got {code:?}"
+    );
+}
