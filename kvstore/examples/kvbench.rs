@@ -11,8 +11,8 @@
 //! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
 //! dirs, runs the same workloads against each, and prints the ratios. Both run from the
 //! start; each workload runs `--rounds` times per server, alternating between them, and
-//! the median run is reported (the machine's slow spells then hit both alike). `--cluster N` does
-//! the same with an N-member cluster of each on loopback; clients are spread round-robin
+//! the median run is reported (the machine's slow spells then hit both alike).
+//! `--cluster N` does the same with an N-member cluster of each on loopback; clients are spread round-robin
 //! over the members (client i talks to member i mod N, as etcd's own benchmark tool
 //! spreads them), so followers forward writes and serve linearizable reads by ReadIndex;
 //! watchers are spread the same way and the writer talks to the first member. Memory is
@@ -376,10 +376,7 @@ async fn memory_after(
     keys: usize,
     clients: usize,
 ) -> anyhow::Result<f64> {
-    let mut servers = start(bin, members)?;
-    for s in &mut servers {
-        wait_ready(s).await?;
-    }
+    let servers = start_ready(bin, members).await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
     put_load(&endpoints, clients, keys).await?;
     servers
@@ -466,6 +463,15 @@ fn start(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
         });
     }
     Ok(members)
+}
+
+/// `start`, then waits until every member answers.
+async fn start_ready(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
+    let mut servers = start(bin, n)?;
+    for s in &mut servers {
+        wait_ready(s).await?;
+    }
+    Ok(servers)
 }
 
 /// Waits until the member answers a linearizable read; fails with its log if it exits.
@@ -582,10 +588,7 @@ async fn main() -> anyhow::Result<()> {
     let mut running = Vec::new();
     let mut targets = Vec::new();
     for (name, bin) in a.servers.iter().zip(&bins) {
-        let mut servers = start(bin, members)?;
-        for s in &mut servers {
-            wait_ready(s).await?;
-        }
+        let servers = start_ready(bin, members).await?;
         targets.push(Target {
             name: if members > 1 {
                 format!("{name} x{members}")

@@ -189,6 +189,17 @@ mod tests {
         history.add(txn.finish(), batch);
     }
 
+    /// An empty key-value stored at `main`.`sub`.
+    fn empty_at(main: i64, sub: i64) -> SnapshotRevision {
+        stored(
+            Rev { main, sub },
+            Record {
+                kv: Default::default(),
+                tombstone: false,
+            },
+        )
+    }
+
     fn reload(backend: &SledBackend) -> (History, Mvcc) {
         let (h, records) = History::load(backend).unwrap();
         (h, Mvcc::restore(records, 0))
@@ -223,22 +234,13 @@ mod tests {
     fn a_full_chunk_is_sealed_between_revisions_only() {
         let mut h = History::default();
         let mut batch = WriteBatch::default();
-        let rec = |main, sub| {
-            stored(
-                Rev { main, sub },
-                Record {
-                    kv: Default::default(),
-                    tombstone: false,
-                },
-            )
-        };
         for i in 0..CHUNK_RECORDS as i64 {
-            h.push(rec(2 + i, 0), &mut batch);
+            h.push(empty_at(2 + i, 0), &mut batch);
         }
         // The chunk is full: the last revision's second record still joins it.
-        h.push(rec(1 + CHUNK_RECORDS as i64, 1), &mut batch);
+        h.push(empty_at(1 + CHUNK_RECORDS as i64, 1), &mut batch);
         assert!(batch.is_empty());
-        h.push(rec(2 + CHUNK_RECORDS as i64, 0), &mut batch);
+        h.push(empty_at(2 + CHUNK_RECORDS as i64, 0), &mut batch);
         assert_eq!(batch.len(), 1);
         assert_eq!(h.chunks(), 1);
         assert_eq!(h.open.len(), 1);
@@ -303,13 +305,7 @@ mod tests {
         let mut batch = WriteBatch::default();
         // A record below its chunk's start.
         let chunk = StoredChunk {
-            revisions: vec![stored(
-                Rev { main: 3, sub: 0 },
-                Record {
-                    kv: Default::default(),
-                    tombstone: false,
-                },
-            )],
+            revisions: vec![empty_at(3, 0)],
         };
         batch.put(keys::chunk(5), chunk.encode_to_vec());
         backend.write(batch).unwrap();

@@ -147,17 +147,9 @@ fn assert_all_present(kind: Kind, acked: &[(String, String)], range: &[(String, 
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let lost: Vec<&(String, String)> = acked
-        .iter()
-        .filter(|(k, v)| map.get(k.as_str()) != Some(&v.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{kind:?}: {} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    common::assert_none_lost(&format!("{kind:?}: "), acked, |(k, v)| {
+        map.get(k.as_str()) == Some(&v.as_str())
+    });
 }
 
 async fn failover(kind: Kind) {

@@ -383,22 +383,11 @@ async fn journal_rotation_checkpoint_and_crash() {
             }
         }
     }
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|(k, i)| {
-            stored
-                .get(k)
-                .is_none_or(|v| v.len() != VALUE || !v.starts_with(format!("{i}:").as_bytes()))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    common::assert_none_lost("", &acked, |(k, i)| {
+        stored
+            .get(k)
+            .is_some_and(|v| v.len() == VALUE && v.starts_with(format!("{i}:").as_bytes()))
+    });
     // The restart replayed the journal onto the backend and started it afresh.
     let after = dir_use(&wal);
     assert_eq!(after.segments, 1, "{after:?}");

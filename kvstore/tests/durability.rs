@@ -74,17 +74,7 @@ async fn sigkill_loses_no_acknowledged_write() {
             )
         })
         .collect();
-    let lost: Vec<&(String, String)> = acked
-        .iter()
-        .filter(|(k, v)| stored.get(k) != Some(v))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        lost.first()
-    );
+    common::assert_none_lost("", &acked, |(k, v)| stored.get(k) == Some(v));
     // The revision continues from where it was: no write re-applied twice.
     let r = c.get("w0/00000000", None).await.expect("get");
     assert_eq!(r.kvs()[0].version(), 1);

@@ -32,6 +32,19 @@ fn require(path: &str) {
     );
 }
 
+/// Fails when any acknowledged write is not `kept` (read back intact), naming a few;
+/// `label` (e.g. the server kind) starts the message.
+pub fn assert_none_lost<T: std::fmt::Debug>(label: &str, acked: &[T], kept: impl Fn(&T) -> bool) {
+    let lost: Vec<&T> = acked.iter().filter(|w| !kept(w)).collect();
+    assert!(
+        lost.is_empty(),
+        "{label}{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
 /// A free TCP port on loopback, below the kernel's ephemeral range (32768 and up), so
 /// that no outgoing connection (members dial each other) can take it before the server
 /// binds it.
