@@ -243,26 +243,23 @@ impl Server {
             }
         };
         let _ = self.member.tx.send(Msg::Stop);
+        // The raft thread writes what it still holds and flushes the backend as it ends.
         // Bounded: after a storage failure (say the data dir was deleted under it) sled's
         // flush can wait forever, and the process would never exit. The journal holds
         // whatever the flush would have made durable.
-        let backend = self.member.backend.clone();
-        let flush = tokio::task::spawn_blocking(move || backend.sync());
-        let flushed = match tokio::time::timeout(FINAL_FLUSH, flush).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(Error::Config(format!("storage flush: {e}"))),
-            Err(_) => Err(Error::Config(format!(
-                "storage flush did not finish in {} s",
-                FINAL_FLUSH.as_secs()
-            ))),
-        };
         if let Some(node) = self.node.take() {
-            tokio::task::spawn_blocking(move || node.join())
+            let joined = tokio::task::spawn_blocking(move || node.join());
+            tokio::time::timeout(FINAL_FLUSH, joined)
                 .await
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "storage flush did not finish in {} s",
+                        FINAL_FLUSH.as_secs()
+                    ))
+                })?
                 .map_err(|e| Error::Config(format!("raft thread: {e}")))?
                 .map_err(|_| Error::Config("raft thread panicked".into()))??;
         }
-        flushed?;
         match served {
             Ok(r) => r,
             Err(e) => Err(Error::Config(format!("server task: {e}"))),
@@ -284,7 +281,7 @@ impl Drop for Server {
     }
 }
 
-/// How long a stopping member waits for its final storage flush.
+/// How long a stopping member waits for its raft thread's final writes and flush.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// Runs a member until `shutdown` resolves.
