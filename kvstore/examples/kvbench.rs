@@ -12,9 +12,9 @@
 //! dirs, runs the same workloads against each, and prints the ratios. Both run from the
 //! start; each workload runs `--rounds` times per server, alternating between them, and
 //! the median run is reported (the machine's slow spells then hit both alike).
-//! `--cluster N` does the same with an N-member cluster of each on loopback; clients are spread round-robin
-//! over the members (client i talks to member i mod N, as etcd's own benchmark tool
-//! spreads them), so followers forward writes and serve linearizable reads by ReadIndex;
+//! `--cluster N` does the same with an N-member cluster of each on loopback; clients are
+//! spread round-robin over the members (client i talks to member i mod N, as etcd's own
+//! benchmark tool spreads them), so followers forward writes and serve linearizable reads by ReadIndex;
 //! watchers are spread the same way and the writer talks to the first member. Memory is
 //! measured last, on a fresh server (cluster) of each kind loaded with `--memory-keys`
 //! puts: the largest resident set among its members.
@@ -581,30 +581,30 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|p| p.parent())
         .map(|p| p.join("kvstore"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the kvstore binary"))?;
+    // Each server's binary and its name in the report (a binary given by path: its file name).
     let mut bins = Vec::new();
     for name in &a.servers {
-        bins.push(match name.as_str() {
+        let bin = match name.as_str() {
             "kvstore" => kvstore_bin.clone(),
             "etcd" => PathBuf::from("/usr/bin/etcd"),
             path if path.contains('/') => PathBuf::from(path),
             other => anyhow::bail!("unknown server {other:?} (kvstore, etcd or a binary's path)"),
-        });
+        };
+        let label = bin
+            .file_name()
+            .map_or(name.clone(), |f| f.to_string_lossy().into_owned());
+        bins.push((label, bin));
     }
     // Every server runs from the start (they idle while another is measured).
     let mut running = Vec::new();
     let mut targets = Vec::new();
-    for (name, bin) in a.servers.iter().zip(&bins) {
-        // A binary given by path is shown by its file name.
-        let name = bin
-            .file_name()
-            .filter(|_| name.contains('/'))
-            .map_or(name.clone(), |f| f.to_string_lossy().into_owned());
+    for (label, bin) in &bins {
         let servers = start_ready(bin, members).await?;
         targets.push(Target {
             name: if members > 1 {
-                format!("{name} x{members}")
+                format!("{label} x{members}")
             } else {
-                name.to_string()
+                label.clone()
             },
             endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
         });
@@ -615,7 +615,7 @@ async fn main() -> anyhow::Result<()> {
     // Memory after `memory_keys` keys, on fresh servers, one kind at a time: the
     // workloads above leave different amounts of history behind with each `--rounds`.
     if a.memory_keys > 0 {
-        for (r, bin) in reports.iter_mut().zip(&bins) {
+        for (r, (_, bin)) in reports.iter_mut().zip(&bins) {
             r.rss_mb = Some(memory_after(bin, members, a.memory_keys, a.clients).await?);
         }
     }
