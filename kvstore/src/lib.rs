@@ -23,6 +23,7 @@ pub mod apply;
 pub mod backend;
 pub mod bootstrap;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod error;
 mod grpc;

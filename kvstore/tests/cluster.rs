@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Kind;
 use common::cluster::Cluster;
-use etcd_client::{Client, GetOptions, PutOptions};
+use kvstore::client::{Client, req};
 
 async fn client(endpoints: &str) -> Client {
     let eps: Vec<&str> = endpoints.split(',').collect();
@@ -123,12 +123,12 @@ fn spawn_writers(
             let endpoints = endpoints.to_string();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let mut c = client(&endpoints).await;
+                let c = client(&endpoints).await;
                 let mut acked = Vec::new();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("w{w}/{i:08}");
-                    let put = c.put(key.clone(), i.to_string(), None);
+                    let put = c.put_kv(&key, i.to_string());
                     match tokio::time::timeout(Duration::from_secs(5), put).await {
                         Ok(Ok(_)) => acked.push((key, i.to_string())),
                         _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -220,26 +220,23 @@ async fn snapshot_catch_up() {
     let lagging = (leader + 1) % 3;
     c.members[lagging].kill();
     let eps = c.endpoints();
-    let mut cl = client(&eps).await;
+    let cl = client(&eps).await;
     for i in 0..3000u32 {
-        cl.put(format!("snap/{i:05}"), format!("v{i}"), None)
+        cl.put_kv(format!("snap/{i:05}"), format!("v{i}"))
             .await
             .expect("put");
     }
     // Deletes and a compaction are part of the history too.
-    cl.delete(
-        "snap/00",
-        Some(etcd_client::DeleteOptions::new().with_prefix()),
-    )
-    .await
-    .expect("delete");
+    cl.delete_range(req::delete_prefix("snap/00"))
+        .await
+        .expect("delete");
     let rev = cl
-        .get("snap/", None)
+        .get("snap/")
         .await
         .expect("get")
-        .header()
-        .map(|h| h.revision());
-    cl.compact(rev.unwrap_or(0), None).await.expect("compact");
+        .header
+        .map(|h| h.revision);
+    cl.compact(rev.unwrap_or(0), false).await.expect("compact");
     tokio::task::block_in_place(|| {
         c.members[lagging].launch();
         c.members[lagging].wait_ready();
@@ -355,20 +352,19 @@ async fn lease_across_election(kind: Kind) {
     let mut c = Cluster::start(kind, 3, &[]);
     let leader = c.wait_leader(Duration::from_secs(10));
     let follower = (leader + 1) % 3;
-    let mut cl = client(&c.members[follower].endpoint()).await;
-    let lease = cl.lease_grant(10, None).await.expect("grant").id();
-    cl.put("leased", "v", Some(PutOptions::new().with_lease(lease)))
-        .await
-        .expect("put");
-    let (mut keeper, mut responses) = cl.lease_keep_alive(lease).await.expect("keep-alive");
+    let cl = client(&c.members[follower].endpoint()).await;
+    let lease = cl.lease_grant(10).await.expect("grant").id;
+    let mut put = req::put("leased", "v");
+    put.lease = lease;
+    cl.put(put).await.expect("put");
+    let mut keeper = cl.lease_keep_alive(lease);
     let keep = tokio::spawn(async move {
         let mut ttls = Vec::new();
         for _ in 0..10 {
-            if keeper.keep_alive().await.is_ok()
-                && let Ok(Ok(Some(r))) =
-                    tokio::time::timeout(Duration::from_secs(3), responses.message()).await
+            if let Ok(Ok(ttl)) =
+                tokio::time::timeout(Duration::from_secs(3), keeper.keep_alive()).await
             {
-                ttls.push(r.ttl());
+                ttls.push(ttl);
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -378,16 +374,10 @@ async fn lease_across_election(kind: Kind) {
     c.members[leader].kill();
     let ttls = keep.await.expect("keeper");
     // 20 s after the grant: the lease would be long gone without the keep-alives.
-    let ttl = cl.lease_time_to_live(lease, None).await.expect("ttl");
-    assert!(
-        ttl.ttl() > 0,
-        "{kind:?}: lease expired (ttls seen {ttls:?})"
-    );
-    let got = cl
-        .get("leased", Some(GetOptions::new()))
-        .await
-        .expect("get");
-    assert_eq!(got.kvs().len(), 1, "{kind:?}: leased key gone");
+    let ttl = cl.lease_time_to_live(lease, false).await.expect("ttl");
+    assert!(ttl.ttl > 0, "{kind:?}: lease expired (ttls seen {ttls:?})");
+    let got = cl.get("leased").await.expect("get");
+    assert_eq!(got.kvs.len(), 1, "{kind:?}: leased key gone");
     assert!(
         ttls.iter().filter(|t| **t == 10).count() >= 5,
         "{kind:?}: keep-alives answered {ttls:?}"

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::{Kind, Proc};
-use etcd_client::{Client, CompactionOptions};
+use kvstore::client::{Client, req};
 
 /// What one walk of a data dir found.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,14 +85,14 @@ fn spawn_overwriters(
             let eps: Vec<String> = endpoints.split(',').map(str::to_string).collect();
             let written = written.clone();
             tokio::spawn(async move {
-                let mut c = Client::connect(eps, None).await.expect("connect");
+                let c = Client::connect(eps, None).await.expect("connect");
                 let mut puts = 0u64;
                 let mut i = w;
                 while written.load(Ordering::Relaxed) < total {
                     let key = format!("disk/{:04}", i % keys);
                     let mut value = format!("{w}:{puts}:").into_bytes();
                     value.resize(value_len, b'x' + (puts % 3) as u8);
-                    if let Err(e) = c.put(key, value, None).await {
+                    if let Err(e) = c.put_kv(key, value).await {
                         // A leader change, say: try again.
                         eprintln!("put failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -141,21 +141,18 @@ async fn disk_stays_bounded_under_steady_writes() {
         let (done, eps) = (done.clone(), eps.clone());
         tokio::spawn(async move {
             let eps: Vec<String> = eps.split(',').map(str::to_string).collect();
-            let mut c = Client::connect(eps, None).await.expect("connect");
+            let c = Client::connect(eps, None).await.expect("connect");
             let mut compactions = 0u32;
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
                 let rev = c
-                    .get("disk/", None)
+                    .get("disk/")
                     .await
                     .expect("get")
-                    .header()
-                    .map_or(0, |h| h.revision());
+                    .header
+                    .map_or(0, |h| h.revision);
                 // Nothing written since the last one: "already compacted".
-                if c.compact(rev, Some(CompactionOptions::new().with_physical()))
-                    .await
-                    .is_ok()
-                {
+                if c.compact(rev, true).await.is_ok() {
                     compactions += 1;
                 }
             }
@@ -288,18 +285,14 @@ fn spawn_writers(
         .map(|w| {
             let (endpoint, stop) = (endpoint.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut c = Client::connect([endpoint], None).await.expect("connect");
+                let c = Client::connect([endpoint], None).await.expect("connect");
                 let mut acked = Vec::new();
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("w{w}/{i:08}");
                     let mut value = format!("{i}:").into_bytes();
                     value.resize(value_len, b'v');
-                    match tokio::time::timeout(
-                        Duration::from_secs(2),
-                        c.put(key.clone(), value, None),
-                    )
-                    .await
+                    match tokio::time::timeout(Duration::from_secs(2), c.put_kv(&key, value)).await
                     {
                         Ok(Ok(_)) => acked.push((key, i)),
                         _ => break,
@@ -356,7 +349,7 @@ async fn journal_rotation_checkpoint_and_crash() {
     );
 
     tokio::task::block_in_place(|| p.restart());
-    let mut c = Client::connect([p.endpoint()], None)
+    let c = Client::connect([p.endpoint()], None)
         .await
         .expect("connect");
     let mut stored: HashMap<String, Vec<u8>> = HashMap::new();
@@ -364,19 +357,19 @@ async fn journal_rotation_checkpoint_and_crash() {
         // In pages: the whole range is over a client's 4 MiB message limit.
         let (mut from, end) = (format!("w{w}/").into_bytes(), format!("w{w}0"));
         loop {
-            let opts = etcd_client::GetOptions::new()
-                .with_range(end.as_str())
-                .with_limit(256);
-            let got = c.get(from.clone(), Some(opts)).await.expect("get");
-            for kv in got.kvs() {
+            let mut page = req::get(&from);
+            page.range_end = end.clone().into();
+            page.limit = 256;
+            let got = c.range(page).await.expect("get");
+            for kv in &got.kvs {
                 stored.insert(
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    kv.value.to_vec(),
                 );
             }
-            match got.kvs().last() {
-                Some(last) if got.more() => {
-                    from = last.key().to_vec();
+            match got.kvs.last() {
+                Some(last) if got.more => {
+                    from = last.key.to_vec();
                     from.push(0);
                 }
                 _ => break,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Kind, Proc};
-use etcd_client::{Client, GetOptions, PutOptions};
+use kvstore::client::{Client, req};
 
 async fn client(p: &Proc) -> Client {
     Client::connect([p.endpoint()], None)
@@ -23,18 +23,15 @@ async fn sigkill_loses_no_acknowledged_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let mut c = client(&p).await;
+        let c = client(&p).await;
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("w{w}/{i:08}");
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    c.put(key.clone(), i.to_string(), None),
-                )
-                .await
+                match tokio::time::timeout(Duration::from_secs(2), c.put_kv(&key, i.to_string()))
+                    .await
                 {
                     Ok(Ok(_)) => acked.push((key, i.to_string())),
                     _ => break,
@@ -59,47 +56,43 @@ async fn sigkill_loses_no_acknowledged_write() {
     );
 
     p.restart();
-    let mut c = client(&p).await;
-    let got = c
-        .get("w", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let c = client(&p).await;
+    let got = c.get_prefix("w").await.expect("get");
     let stored: std::collections::HashMap<String, String> = got
-        .kvs()
+        .kvs
         .iter()
         .map(|kv| {
             (
-                kv.key_str().unwrap_or_default().to_string(),
-                kv.value_str().unwrap_or_default().to_string(),
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
             )
         })
         .collect();
     common::assert_none_lost("", &acked, |(k, v)| stored.get(k) == Some(v));
     // The revision continues from where it was: no write re-applied twice.
-    let r = c.get("w0/00000000", None).await.expect("get");
-    assert_eq!(r.kvs()[0].version(), 1);
-    assert!(r.header().map(|h| h.revision()).unwrap_or(0) > acked.len() as i64);
+    let r = c.get("w0/00000000").await.expect("get");
+    assert_eq!(r.kvs[0].version, 1);
+    assert!(r.header.map(|h| h.revision).unwrap_or(0) > acked.len() as i64);
 }
 
 #[tokio::test]
 async fn lease_expiry_after_restart_and_clean_sigterm() {
     let mut p = Proc::start(Kind::Kvstore);
-    let mut c = client(&p).await;
-    let short = c.lease_grant(3, None).await.expect("grant").id();
-    let long = c.lease_grant(3600, None).await.expect("grant").id();
-    c.put("short", "v", Some(PutOptions::new().with_lease(short)))
-        .await
-        .expect("put");
-    c.put("long", "v", Some(PutOptions::new().with_lease(long)))
-        .await
-        .expect("put");
+    let c = client(&p).await;
+    let short = c.lease_grant(3).await.expect("grant").id;
+    let long = c.lease_grant(3600).await.expect("grant").id;
+    for (key, lease) in [("short", short), ("long", long)] {
+        let mut put = req::put(key, "v");
+        put.lease = lease;
+        c.put(put).await.expect("put");
+    }
     p.kill();
     p.restart();
-    let mut c = client(&p).await;
+    let c = client(&p).await;
     let start = Instant::now();
     loop {
-        let r = c.get("short", None).await.expect("get");
-        if r.kvs().is_empty() {
+        let r = c.get("short").await.expect("get");
+        if r.kvs.is_empty() {
             break;
         }
         assert!(
@@ -108,14 +101,14 @@ async fn lease_expiry_after_restart_and_clean_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(c.get("long", None).await.expect("get").kvs().len(), 1);
-    let ttl = c.lease_time_to_live(long, None).await.expect("ttl");
-    assert_eq!(ttl.granted_ttl(), 3600);
+    assert_eq!(c.get("long").await.expect("get").kvs.len(), 1);
+    let ttl = c.lease_time_to_live(long, false).await.expect("ttl");
+    assert_eq!(ttl.granted_ttl, 3600);
 
     assert_eq!(p.terminate(), Some(0), "SIGTERM exits 0: {}", p.log());
     p.restart();
-    let mut c = client(&p).await;
-    assert_eq!(c.get("long", None).await.expect("get").kvs().len(), 1);
+    let c = client(&p).await;
+    assert_eq!(c.get("long").await.expect("get").kvs.len(), 1);
 }
 
 /// A member whose data dir disappears under it stops on the storage error, and the process
@@ -128,14 +121,11 @@ async fn deleted_data_dir_stops_the_member_and_exits() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..16 {
-        let (mut c, stop) = (c.clone(), stop.clone());
+        let (c, stop) = (c.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if c.put(format!("k{w}-{i}"), vec![b'v'; 256], None)
-                    .await
-                    .is_err()
-                {
+                if c.put_kv(format!("k{w}-{i}"), [b'v'; 256]).await.is_err() {
                     break;
                 }
                 i += 1;

@@ -22,10 +22,10 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The gRPC status of a failed call, failing the test if it succeeded.
 fn status<T: std::fmt::Debug>(
     kind: Kind,
-    r: Result<T, etcd_client::Error>,
+    r: Result<T, kvstore::client::Error>,
 ) -> (tonic::Code, String) {
     match r {
-        Err(etcd_client::Error::GRpcStatus(s)) => (s.code(), s.message().to_string()),
+        Err(kvstore::client::Error::Status(s)) => (s.code(), s.message().to_string()),
         other => panic!("{kind:?}: expected a gRPC error, got {other:?}"),
     }
 }
@@ -57,10 +57,10 @@ fn unhealthy_cluster_refuses(kind: Kind) {
         // Through a follower (kvstore asks the leader which peers it hears from) and
         // through the leader.
         for via in [healthy, leader] {
-            let mut cl = etcd_client::Client::connect([c.members[via].endpoint()], None)
+            let cl = kvstore::client::Client::connect([c.members[via].endpoint()], None)
                 .await
                 .expect("connect");
-            let (code, msg) = status(kind, cl.member_add([new_url.as_str()], None).await);
+            let (code, msg) = status(kind, cl.member_add(vec![new_url.clone()], false).await);
             assert_eq!(
                 (code, msg.as_str()),
                 (tonic::Code::Unavailable, "etcdserver: unhealthy cluster"),
@@ -69,7 +69,7 @@ fn unhealthy_cluster_refuses(kind: Kind) {
             );
         }
         // Removing a healthy member (or the leader) would leave one active member.
-        let mut cl = etcd_client::Client::connect([c.members[leader].endpoint()], None)
+        let cl = kvstore::client::Client::connect([c.members[leader].endpoint()], None)
             .await
             .expect("connect");
         for victim in [healthy_id, leader_id] {
@@ -123,10 +123,10 @@ fn not_enough_started(kind: Kind) {
     let third = format!("http://127.0.0.1:{}", free_port());
     let rt = runtime();
     let (code, msg) = rt.block_on(async {
-        let mut cl = etcd_client::Client::connect([c.members[0].endpoint()], None)
+        let cl = kvstore::client::Client::connect([c.members[0].endpoint()], None)
             .await
             .expect("connect");
-        status(kind, cl.member_add([third.as_str()], None).await)
+        status(kind, cl.member_add(vec![third.clone()], false).await)
     });
     // etcd 3.4 maps no gRPC code to this error: clients see Unknown.
     assert_eq!(

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{ETCDCTL, Kind, Proc};
 use kvstore::certs::{Ca, Role};
+use kvstore::client::{Client, ConnectOptions};
 
 /// Two unrelated CAs: `ours` signed the server's certificate and the good client's; `other`
 /// signed an intruder's client certificate and an impostor server's.
@@ -376,7 +377,7 @@ async fn https_metrics_url_serves_health_with_client_cert_auth(kind: Kind) {
     );
 }
 
-async fn etcd_client_crate_over_tls(kind: Kind) {
+async fn client_over_tls(kind: Kind) {
     let pki = Pki::new();
     let p = start(kind, &pki, true, &[]);
     let ca = pki.ours.path().join("ca.pem");
@@ -385,25 +386,25 @@ async fn etcd_client_crate_over_tls(kind: Kind) {
         pki.ours.path().join("client-key.pem"),
     );
     let tls = kvstore::tls::client_config(&ca, Some((&cert, &key))).expect("client TLS");
-    let opts = etcd_client::ConnectOptions::new()
+    let opts = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
-    let mut c = etcd_client::Client::connect([p.url()], Some(opts))
+    let c = Client::connect([p.url()], Some(opts))
         .await
         .expect("connect over TLS");
-    c.put("/tls/crate", "v", None).await.expect("put");
-    let got = c.get("/tls/crate", None).await.expect("get");
-    assert_eq!(got.kvs()[0].value(), b"v");
+    c.put_kv("/tls/crate", "v").await.expect("put");
+    let got = c.get("/tls/crate").await.expect("get");
+    assert_eq!(&got.kvs[0].value[..], b"v");
 
     // Without a client certificate the server refuses the session.
     let tls = kvstore::tls::client_config(&ca, None).expect("client TLS");
-    let opts = etcd_client::ConnectOptions::new()
+    let opts = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
-    let res = match etcd_client::Client::connect([p.url()], Some(opts)).await {
-        Ok(mut c) => c.put("/tls/crate-anon", "x", None).await.map(|_| ()),
+    let res = match Client::connect([p.url()], Some(opts)).await {
+        Ok(c) => c.put_kv("/tls/crate-anon", "x").await.map(|_| ()),
         Err(e) => Err(e),
     };
     assert!(res.is_err(), "{:?}: anonymous client was served", p.kind);
@@ -447,7 +448,7 @@ tls_against_both!(
 
 tls_against_both_async!(
     https_metrics_url_serves_health_with_client_cert_auth,
-    etcd_client_crate_over_tls,
+    client_over_tls,
 );
 
 /// kvstore's own start-up checks: each TLS mistake is one line naming the flag or file.

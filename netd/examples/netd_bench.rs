@@ -33,8 +33,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures::StreamExt;
+use kvstore::client::req;
+use kvstore::proto::etcdserverpb::compare::CompareResult;
 use rtnetlink::MulticastGroup;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -182,13 +183,15 @@ fn convergence(netd: &Path, samples: usize) -> Result<Vec<ConvergenceRow>> {
                 peer
             );
             peer += 1;
-            let (t0, put) = w.kv(move |mut c| async move {
+            let (t0, put) = w.kv(move |c| async move {
                 let t0 = Instant::now();
-                let txn = Txn::new()
-                    .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.as_str(), value, None)]);
+                let txn = req::txn(
+                    [req::version_is(&key, CompareResult::Equal, 0)],
+                    [req::op_put(req::put(&key, value))],
+                    [],
+                );
                 let r = c.txn(txn).await?;
-                ensure!(r.succeeded(), "{key} already exists");
+                ensure!(r.succeeded, "{key} already exists");
                 Ok((t0, t0.elapsed()))
             })?;
             let done = w.wait_routes(&all, &[subnet], Duration::from_secs(10))?;
@@ -238,12 +241,8 @@ fn scale(netd: &Path) -> Result<Vec<ScaleRow>> {
     let mut rows = Vec::new();
     for (round, peers) in PEER_COUNTS.into_iter().enumerate() {
         let h = round + 1;
-        w.kv(|mut c| async move {
-            c.delete(
-                SUBNETS,
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
-            .await?;
+        w.kv(|c| async move {
+            c.delete_range(req::delete_prefix(SUBNETS)).await?;
             Ok(())
         })?;
         w.start_netd(h)?;
@@ -266,14 +265,13 @@ fn scale(netd: &Path) -> Result<Vec<ScaleRow>> {
             .take(peers)
             .collect();
         let subnets: Vec<Ipv4Addr> = records.iter().map(|(s, _)| *s).collect();
-        let (t0, written) = w.kv(move |mut c| async move {
+        let (t0, written) = w.kv(move |c| async move {
             let t0 = Instant::now();
             for chunk in records.chunks(100) {
-                let ops: Vec<TxnOp> = chunk
+                let ops = chunk
                     .iter()
-                    .map(|(s, v)| TxnOp::put(format!("{SUBNETS}{s}-24"), v.as_str(), None))
-                    .collect();
-                c.txn(Txn::new().and_then(ops)).await?;
+                    .map(|(s, v)| req::op_put(req::put(format!("{SUBNETS}{s}-24"), v)));
+                c.txn(req::txn([], ops, [])).await?;
             }
             Ok((t0, t0.elapsed()))
         })?;
@@ -558,8 +556,8 @@ impl World {
         let start = Instant::now();
         loop {
             let config = config.clone();
-            let r = self.kv(|mut c| async move {
-                c.put(CONFIG_KEY, config, None).await?;
+            let r = self.kv(|c| async move {
+                c.put_kv(CONFIG_KEY, config).await?;
                 Ok(())
             });
             match r {
@@ -666,7 +664,7 @@ impl World {
     fn kv<T, F, Fut>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(etcd_client::Client) -> Fut + Send + 'static,
+        F: FnOnce(kvstore::client::Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>>,
     {
         let endpoint = self.endpoint.clone();
@@ -675,10 +673,10 @@ impl World {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let opts = etcd_client::ConnectOptions::new()
+                let opts = kvstore::client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(2))
                     .with_timeout(Duration::from_secs(10));
-                let c = etcd_client::Client::connect([endpoint], Some(opts)).await?;
+                let c = kvstore::client::Client::connect([endpoint], Some(opts)).await?;
                 f(c).await
             })
         })

@@ -40,7 +40,7 @@ pub enum Error {
 
     /// Talking to the KV store (etcd v3 API) failed.
     #[error("kv store: {0}")]
-    Kv(#[from] etcd_client::Error),
+    Kv(#[from] kvstore::client::Error),
 
     /// The embedded KV member stopped under a running netd.
     #[error("embedded KV member: {0}")]

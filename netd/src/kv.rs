@@ -1,15 +1,14 @@
-//! KV access through the etcd v3 API only (the `etcd-client` crate), so netd runs unchanged
-//! against the embedded kvstore or a real etcd cluster.
+//! KV access through the etcd v3 API only (kvstore's client, which speaks nothing else), so
+//! netd runs unchanged against the embedded kvstore or a real etcd cluster.
 //!
 //! Keys follow flannel: `<prefix>/config` and `<prefix>/subnets/<a.b.c.d>-<len>`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
-};
+use kvstore::client::{Client, ConnectOptions, WatchStream, req};
+use kvstore::proto::etcdserverpb::compare::CompareResult;
+use kvstore::proto::etcdserverpb::{PutRequest, TxnRequest};
 
 use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
@@ -50,7 +49,7 @@ impl ClientTls {
         self.options().map(|_| ())
     }
 
-    fn options(&self) -> Result<etcd_client::TlsOptions> {
+    fn options(&self) -> Result<kvstore::client::ClientTlsConfig> {
         let identity = self
             .identity
             .as_ref()
@@ -103,9 +102,7 @@ impl Kv {
             opts = opts.with_tls(t.options()?);
         }
         if let Some(c) = creds {
-            opts = opts
-                .with_user(c.username.clone(), c.password.clone())
-                .with_auto_token_refresh(true);
+            opts = opts.with_user(c.username.clone(), c.password.clone());
         }
         let client = Client::connect(endpoints, Some(opts)).await?;
         Ok(Kv {
@@ -131,10 +128,10 @@ impl Kv {
 
     /// The raw stored config text, if any.
     pub async fn get_config_text(&self) -> Result<Option<String>> {
-        let resp = self.client.clone().get(self.config_key(), None).await?;
-        match resp.kvs().first() {
+        let resp = self.client.get(self.config_key()).await?;
+        match resp.kvs.first() {
             None => Ok(None),
-            Some(kv) => Ok(Some(String::from_utf8_lossy(kv.value()).into_owned())),
+            Some(kv) => Ok(Some(String::from_utf8_lossy(&kv.value).into_owned())),
         }
     }
 
@@ -160,27 +157,23 @@ impl Kv {
             key: key.clone(),
             reason,
         })?;
-        self.client.clone().put(key, text, None).await?;
+        self.client.put_kv(key, text).await?;
         Ok(cfg)
     }
 
     /// Lists every subnet record, checked against `config`.
     pub async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
         let prefix = self.subnets_prefix();
-        let resp = self
-            .client
-            .clone()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let resp = self.client.get_prefix(&prefix).await?;
+        let revision = resp.header.map(|h| h.revision).unwrap_or(0);
         let mut listing = Listing {
             revision,
             ..Listing::default()
         };
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
+        for kv in &resp.kvs {
+            let key = String::from_utf8_lossy(&kv.key);
             let suffix = key.strip_prefix(&prefix).unwrap_or(&key);
-            match parse_record(config, suffix, kv.value(), kv.lease(), kv.mod_revision()) {
+            match parse_record(config, suffix, &kv.value, kv.lease, kv.mod_revision) {
                 Ok(r) => listing.records.push(r),
                 Err(e) => listing.rejected.push(e),
             }
@@ -191,18 +184,14 @@ impl Kv {
     /// Raw listing for the `leases` subcommand: key suffix, value, lease id.
     pub async fn list_raw(&self) -> Result<Vec<(String, Vec<u8>, i64)>> {
         let prefix = self.subnets_prefix();
-        let resp = self
-            .client
-            .clone()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let resp = self.client.get_prefix(&prefix).await?;
         Ok(resp
-            .kvs()
+            .kvs
             .iter()
             .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
+                let key = String::from_utf8_lossy(&kv.key);
                 let suffix = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-                (suffix, kv.value().to_vec(), kv.lease())
+                (suffix, kv.value.to_vec(), kv.lease)
             })
             .collect())
     }
@@ -217,10 +206,12 @@ impl Kv {
     ) -> Result<bool> {
         let key = self.subnet_key(subnet);
         let value = serde_json::to_vec(attrs)?;
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, Some(put_opts(lease)))]);
-        Ok(self.client.clone().txn(txn).await?.succeeded())
+        let txn = req::txn(
+            [req::version_is(&key, CompareResult::Equal, 0)],
+            [req::op_put(put_leased(&key, &value, lease))],
+            [],
+        );
+        self.succeeded(txn).await
     }
 
     /// Rewrites a record only if it was not changed since `mod_revision`. Returns false otherwise.
@@ -233,78 +224,70 @@ impl Kv {
     ) -> Result<bool> {
         let key = self.subnet_key(subnet);
         let value = serde_json::to_vec(attrs)?;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
+        let txn = req::txn(
+            [req::mod_revision_is(
+                &key,
+                CompareResult::Equal,
                 mod_revision,
-            )])
-            .and_then([TxnOp::put(key, value, Some(put_opts(lease)))]);
-        Ok(self.client.clone().txn(txn).await?.succeeded())
+            )],
+            [req::op_put(put_leased(&key, &value, lease))],
+            [],
+        );
+        self.succeeded(txn).await
     }
 
     /// Deletes a record if it was not changed since `mod_revision`.
     pub async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
         let key = self.subnet_key(subnet);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
+        let txn = req::txn(
+            [req::mod_revision_is(
+                &key,
+                CompareResult::Equal,
                 mod_revision,
-            )])
-            .and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
-        Ok(self.client.clone().txn(txn).await?.succeeded())
+            )],
+            [req::op_delete(req::delete(&key))],
+            [],
+        );
+        self.succeeded(txn).await
+    }
+
+    /// Runs a compare-and-swap; true when the comparison held and the write happened.
+    async fn succeeded(&self, txn: TxnRequest) -> Result<bool> {
+        Ok(self.client.txn(txn).await?.succeeded)
     }
 
     /// Grants a KV lease of `ttl` seconds.
     pub async fn grant(&self, ttl: i64) -> Result<i64> {
-        Ok(self.client.clone().lease_grant(ttl, None).await?.id())
+        Ok(self.client.lease_grant(ttl).await?.id)
     }
 
     /// Revokes a lease (best effort callers ignore the error).
     pub async fn revoke(&self, id: i64) -> Result<()> {
-        self.client.clone().lease_revoke(id).await?;
+        self.client.lease_revoke(id).await?;
         Ok(())
     }
 
     /// One keep-alive round trip; returns the remaining TTL (≤ 0: the lease is gone).
     pub async fn keep_alive_once(&self, id: i64) -> Result<i64> {
-        let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(id).await?;
-        keeper.keep_alive().await?;
-        match stream.message().await? {
-            Some(resp) => Ok(resp.ttl()),
-            None => Ok(0),
-        }
+        Ok(self.client.lease_keep_alive_once(id).await?)
     }
 
     /// Remaining TTL of a lease (−1 when it does not exist).
     pub async fn time_to_live(&self, id: i64) -> Result<i64> {
-        Ok(self
-            .client
-            .clone()
-            .lease_time_to_live(id, None)
-            .await?
-            .ttl())
+        Ok(self.client.lease_time_to_live(id, false).await?.ttl)
     }
 
     /// Opens a watch on `<prefix>/subnets/` from `start_revision`.
     pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start_revision)
-            .with_progress_notify();
-        Ok(self
-            .client
-            .clone()
-            .watch(self.subnets_prefix(), Some(opts))
-            .await?)
+        let mut create = req::watch_prefix(self.subnets_prefix(), start_revision);
+        create.progress_notify = true;
+        Ok(self.client.watch(create).await?)
     }
 }
 
-fn put_opts(lease: i64) -> PutOptions {
-    if lease == 0 {
-        PutOptions::new()
-    } else {
-        PutOptions::new().with_lease(lease)
-    }
+/// A put of `key = value` attached to `lease` (0: no lease, a reservation).
+fn put_leased(key: &str, value: &[u8], lease: i64) -> PutRequest {
+    let mut p = req::put(key, value);
+    p.lease = lease;
+    p
 }

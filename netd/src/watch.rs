@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::EventType;
+use kvstore::proto::mvccpb::event::EventType;
 use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
@@ -98,26 +98,26 @@ pub async fn run(
                     }
                 };
                 backoff = BACKOFF_MIN;
-                if resp.canceled() {
-                    if resp.compact_revision() > 0 {
+                if resp.canceled {
+                    if resp.compact_revision > 0 {
                         tracing::warn!(
-                            compacted = resp.compact_revision(),
+                            compacted = resp.compact_revision,
                             "watch revision compacted; re-listing"
                         );
                         metrics.watch_restarts.inc();
                         break 'watch;
                     }
                     tracing::warn!(
-                        reason = resp.cancel_reason(),
+                        reason = %resp.cancel_reason,
                         "watch canceled; reconnecting"
                     );
                     break;
                 }
-                for ev in resp.events() {
-                    let Some(kv_) = ev.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv_.key());
+                for ev in &resp.events {
+                    let Some(kv_) = &ev.kv else { continue };
+                    let key = String::from_utf8_lossy(&kv_.key);
                     let suffix = key.strip_prefix(&prefix).unwrap_or(&key);
-                    let out = match ev.event_type() {
+                    let out = match ev.r#type() {
                         EventType::Delete => match Subnet::from_key(suffix) {
                             Ok(s) => {
                                 metrics.watch_event("delete");
@@ -133,9 +133,9 @@ pub async fn run(
                             match parse_record(
                                 &config,
                                 suffix,
-                                kv_.value(),
-                                kv_.lease(),
-                                kv_.mod_revision(),
+                                &kv_.value,
+                                kv_.lease,
+                                kv_.mod_revision,
                             ) {
                                 Ok(r) => {
                                     metrics.watch_event("put");
@@ -156,8 +156,8 @@ pub async fn run(
                         return;
                     }
                 }
-                if let Some(h) = resp.header() {
-                    next = next.max(h.revision() + 1);
+                if let Some(h) = &resp.header {
+                    next = next.max(h.revision + 1);
                 }
             }
             metrics.watch_restarts.inc();

@@ -20,18 +20,23 @@ fn put_or_delete_peers(w: &World, delete: bool) {
             .expect("runtime");
         rt.block_on(async move {
             let kv = Kv::connect(&endpoints, netd::kv::DEFAULT_PREFIX).await.expect("connect");
-            let mut client = etcd_client::Client::connect(&endpoints, None).await.expect("client");
+            let client = kvstore::client::Client::connect(&endpoints, None)
+                .await
+                .expect("client");
             for i in 0..PEERS {
                 let (hi, lo) = ((i / 250) as u8, (i % 250) as u8);
                 let key = format!("{}10.244.{}.0-24", kv.subnets_prefix(), 10 + i);
                 if delete {
-                    client.delete(key, None).await.expect("delete");
+                    client
+                        .delete_range(kvstore::client::req::delete(key))
+                        .await
+                        .expect("delete");
                 } else {
                     let v = format!(
                         r#"{{"PublicIP":"198.51.{hi}.{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:{hi:02x}:{lo:02x}"}}}}"#,
                         lo + 1
                     );
-                    client.put(key, v, None).await.expect("put");
+                    client.put_kv(key, v).await.expect("put");
                 }
             }
         })
