@@ -7,7 +7,8 @@
 //! are its clients; with fewer hosts, every host is a member), and `--containers-per-host`
 //! container namespaces per host, attached by running `netd-cni` ADD inside the host namespace
 //! the way a container runtime does. It prints the hosts and their subnets as read through the
-//! KV API (`netd leases`), the containers and their addresses, and a ping matrix between all
+//! KV API (`netd leases`), the containers and their addresses, and a connectivity matrix (ICMP echo
+//! sent from Rust, no `ping` needed) between all
 //! containers. Exit code 0 only if every pair connected.
 //!
 //! Without `--keep` everything is removed at the end, on failure and on Ctrl-C / SIGTERM (CNI
@@ -82,17 +83,7 @@ fn run_demo(args: &Args) -> Result<bool> {
         cleanup(prefix)?;
         return Ok(true);
     }
-    for tool in ["ip", "ping"] {
-        ensure!(
-            Command::new(tool)
-                .arg("-V")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok(),
-            "`{tool}` is not installed"
-        );
-    }
+    install_tools()?;
     let (netd, cni) = build_binaries()?;
     on_signal_tear_down();
     live().cni = Some(cni.clone());
@@ -172,9 +163,39 @@ fn step(msg: &str) {
     println!("==> {msg}");
 }
 
+/// What the demo runs besides its own binaries: `ip` builds the namespaces, `nft` holds netd's
+/// and netd-cni's masquerade rules. When one is missing, the project's install script installs
+/// it (Debian 12, apt); it says what it installs, and fails with one line where it cannot.
+fn install_tools() -> Result<()> {
+    let missing: Vec<&str> = ["ip", "nft"]
+        .into_iter()
+        .filter(|t| !netd_project::cmd::on_path(t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+    step(&format!(
+        "{} not installed: installing iproute2 and nftables (the demo builds namespaces with ip; \
+         netd and netd-cni masquerade with nft) through {} demo",
+        missing.join(" and "),
+        script.display()
+    ));
+    let status = Command::new(&script)
+        .arg("demo")
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    ensure!(
+        status.success(),
+        "{} demo did not install what the demo needs ({status})",
+        script.display()
+    );
+    Ok(())
+}
+
 /// Builds `netd` and `netd-cni` in this program's profile and returns their paths.
 fn build_binaries() -> Result<(PathBuf, PathBuf)> {
-    step("building netd and netd-cni (cargo build -p netd -p netd-cni, this program's profile)");
+    step("building netd and netd-cni (the crates they share with the demo are built already)");
     let b = binaries::build(false)?;
     Ok((b.netd, b.cni))
 }
@@ -542,7 +563,7 @@ impl World {
 
 /// Every container pings every other one; prints the matrix, returns the number of failures.
 fn matrix(cs: &[Container]) -> usize {
-    println!("\nConnectivity matrix (ping RTT in ms, row = from, column = to):");
+    println!("\nConnectivity matrix (ICMP echo RTT in ms, row = from, column = to):");
     let short = |c: &Container| c.name.rsplit('-').next().unwrap_or(&c.name).to_string();
     print!("{:>8}", "");
     for c in cs {

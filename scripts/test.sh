@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-test-deps.sh
+scripts/install-deps.sh test
 cargo nextest run --workspace --no-fail-fast "$@"

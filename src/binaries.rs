@@ -72,11 +72,22 @@ fn build_now(quiet: bool) -> Result<Binaries> {
         .context("profile dir has no name")?;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let mut cmd = cargo_command();
-    cmd.args(["build", "-p", "netd", "-p", "netd-cni"])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir);
+    // `-p netd-project` (this package's library, already built) puts the same crates in the
+    // build as the running program's own, so every dependency resolves to the same features and
+    // only the two binaries are compiled.
+    cmd.args([
+        "build",
+        "-p",
+        "netd",
+        "-p",
+        "netd-cni",
+        "-p",
+        "netd-project",
+    ])
+    .arg("--manifest-path")
+    .arg(&manifest)
+    .arg("--target-dir")
+    .arg(target_dir);
     match profile {
         "debug" => {}
         "release" => {

@@ -7,7 +7,8 @@
 //!   on drop.
 //! - [`cni`]: invoking `netd-cni` exactly as a container runtime does.
 //! - [`traffic`]: verified TCP traffic between namespaces (echo, long-lived paced stream).
-//! - [`netns`]: creating, deleting and entering named network namespaces; ping.
+//! - [`netns`]: creating, deleting and entering named network namespaces; a probe from one.
+//! - [`probe`]: an ICMP echo written in Rust (no `ping` binary needed).
 //! - [`binaries`]: building and finding the `netd` and `netd-cni` binaries.
 //! - [`cmd`]: running external tools with their stderr in the error.
 pub use kvstore;
@@ -17,5 +18,6 @@ pub mod binaries;
 pub mod cmd;
 pub mod cni;
 pub mod netns;
+pub mod probe;
 pub mod traffic;
 pub mod world;

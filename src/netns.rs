@@ -1,5 +1,5 @@
 //! Named network namespaces (`/run/netns/<name>`): create, delete (retrying while a process is
-//! still leaving), run a closure on a thread inside one, and ping from one.
+//! still leaving), run a closure on a thread inside one, and probe another address from one.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 
 use crate::cmd::{output, run};
+use crate::probe;
 
 /// Creates namespace `name` and brings its loopback up.
 pub fn add(name: &str) -> Result<()> {
@@ -57,22 +58,10 @@ pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'stati
         .map_err(|_| anyhow!("the thread inside {ns} panicked"))?
 }
 
-/// One ping (`-W` 1 s, or `wait_s`) from namespace `ns` to `to`; the RTT in ms when answered.
+/// One ICMP echo from namespace `ns` to `to`, waiting up to `wait_s` seconds: the round trip
+/// in ms when answered ([`crate::probe`]; no `ping` binary involved).
 pub fn ping(ns: &str, to: Ipv4Addr, wait_s: u32) -> Option<f64> {
-    let to = to.to_string();
-    let wait = wait_s.to_string();
-    let out = output(&[
-        "ip", "netns", "exec", ns, "ping", "-c", "1", "-W", &wait, &to,
-    ])
-    .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("time=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let wait = Duration::from_secs(u64::from(wait_s));
+    let rtt = within(ns, move || probe::echo(to, wait)).ok()?.ok()??;
+    Some(rtt.as_secs_f64() * 1000.0)
 }

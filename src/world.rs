@@ -41,11 +41,11 @@ pub fn require_prerequisites() -> Result<()> {
         nix::unistd::geteuid().is_root(),
         "end-to-end worlds need root (network namespaces, netlink); run as root"
     );
-    for tool in ["ip", "ping", "etcdctl"] {
+    for tool in ["ip", "nft", "etcdctl"] {
         ensure!(
             on_path(tool),
-            "`{tool}` is missing: run scripts/install-test-deps.sh \
-             (iproute2, iputils-ping, etcd-client)"
+            "`{tool}` is missing: run scripts/install-deps.sh test \
+             (iproute2, nftables, etcd-client)"
         );
     }
     Ok(())

@@ -170,7 +170,7 @@ fn podman_containers_on_two_hosts_reach_each_other() {
     for tool in ["podman", "runc", "nsenter", "tar"] {
         assert!(
             on_path(tool),
-            "`{tool}` is missing: run scripts/install-test-deps.sh (podman, runc)"
+            "`{tool}` is missing: run scripts/install-deps.sh test (podman, runc)"
         );
     }
     assert!(

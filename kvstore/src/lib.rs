@@ -15,6 +15,8 @@
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
 //!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
+//! - [`client`]: an etcd v3 client (kvstore's or etcd's servers alike) that netd, the tools and
+//!   the tests use, from the same generated stubs as the server.
 //!
 //! Every write, even on a single member, goes through raft; with one voter nothing goes
 //! on the network.

@@ -28,7 +28,7 @@ pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 fn require(path: &str) {
     assert!(
         Path::new(path).exists(),
-        "{path} is missing: install Debian's etcd-server and etcd-client (scripts/install-test-deps.sh)"
+        "{path} is missing: install Debian's etcd-server and etcd-client (scripts/install-deps.sh test)"
     );
 }
 

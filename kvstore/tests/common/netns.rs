@@ -48,7 +48,7 @@ pub fn require_prerequisites(kind: Kind) {
     for t in tools {
         assert!(
             Path::new(t).exists(),
-            "{t} is missing: run scripts/install-test-deps.sh (etcd-server, etcd-client)"
+            "{t} is missing: run scripts/install-deps.sh test (etcd-server, etcd-client)"
         );
     }
     for tool in ["ip", "nft"] {
@@ -58,7 +58,7 @@ pub fn require_prerequisites(kind: Kind) {
             .is_ok_and(|o| o.status.success());
         assert!(
             found,
-            "`{tool}` is missing: run scripts/install-test-deps.sh (iproute2, nftables)"
+            "`{tool}` is missing: run scripts/install-deps.sh test (iproute2, nftables)"
         );
     }
 }

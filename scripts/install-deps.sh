@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages the project needs at run time, then checks that every tool it
+# relies on is really there. The build itself needs only Rust and a C linker.
+#
+#   scripts/install-deps.sh demo   what `cargo run --release --example demo` runs: iproute2
+#                                  (`ip netns`), nftables (netd's and netd-cni's masquerade rules)
+#   scripts/install-deps.sh test   the demo's, plus what the tests compare with or drive: the
+#                                  reference etcd 3.4 and etcdctl, iputils-ping, the reference CNI
+#                                  plugins, busybox-static and iperf3 (traffic inside namespaces),
+#                                  podman with runc (the container-runtime test)
+#
+# Needs root and apt. Installs only what is missing; prints one line naming what it installs.
+set -euo pipefail
+
+set_name=${1:-}
+demo_packages=(iproute2 nftables)
+demo_tools=(ip nft)
+test_packages=("${demo_packages[@]}" etcd-server etcd-client iputils-ping containernetworking-plugins busybox-static iperf3 podman runc)
+test_tools=("${demo_tools[@]}" etcd etcdctl ping iptables-save /usr/lib/cni/bridge /usr/lib/cni/host-local busybox iperf3 podman runc)
+case "$set_name" in
+  demo) packages=("${demo_packages[@]}"); tools=("${demo_tools[@]}") ;;
+  test) packages=("${test_packages[@]}"); tools=("${test_tools[@]}") ;;
+  *) echo "usage: scripts/install-deps.sh demo|test" >&2; exit 2 ;;
+esac
+
+fail() { echo "install-deps: $*" >&2; exit 1; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  fail "must run as root (apt and network namespaces need it); try: sudo $0 $set_name"
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null || ! grep -qs '^ID=debian' /etc/os-release; then
+    fail "this script installs with apt on Debian 12; on this system install the packages ${missing[*]} by hand, then run again"
+  fi
+  echo "install-deps: installing ${missing[*]} (apt, for the $set_name)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || fail "apt-get update failed (see above); the packages ${missing[*]} are still missing"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || fail "apt-get install ${missing[*]} failed (see above)"
+fi
+
+# Every tool the $set_name calls must be there now, whatever the package lists say.
+absent=()
+for t in "${tools[@]}"; do
+  case "$t" in
+    /*) [ -x "$t" ] || absent+=("$t") ;;
+    *) command -v "$t" >/dev/null || absent+=("$t") ;;
+  esac
+done
+if [ ${#absent[@]} -gt 0 ]; then
+  fail "after installing, still missing: ${absent[*]} (the $set_name needs them; is a package missing from this script's list?)"
+fi
+# On a host with systemd, etcd-server's package starts a system etcd on 2379. The tests never use
+# it (they start their own on free ports), so it is left alone.
