@@ -173,7 +173,14 @@ impl Kv {
         for kv in &resp.kvs {
             let key = String::from_utf8_lossy(&kv.key);
             let suffix = key.strip_prefix(&prefix).unwrap_or(&key);
-            match parse_record(config, suffix, &kv.value, kv.lease, kv.mod_revision) {
+            match parse_record(
+                config,
+                suffix,
+                &kv.value,
+                kv.lease,
+                kv.create_revision,
+                kv.mod_revision,
+            ) {
                 Ok(r) => listing.records.push(r),
                 Err(e) => listing.rejected.push(e),
             }

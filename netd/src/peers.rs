@@ -2,6 +2,15 @@
 //! event and reconcile paths that keep the kernel in line with them.
 //!
 //! Generic over [`Dataplane`], so the whole event logic is unit-tested in memory.
+//!
+//! One collision rule, on the event path and at reconcile alike: when two peers' entries claim
+//! the same kernel object with different values (a neighbour for one VTEP address, an FDB entry
+//! for one VtepMAC), the older record keeps it — the one with the lower KV create revision (then
+//! the lower subnet) — and the younger one is left out whole, so a record that copies a live
+//! host's VtepMAC can never take that host's traffic. A record that copies only a PublicIP claims
+//! nothing another peer holds and is routed like any other. Both paths rank peers with
+//! [`rank`], and the event path hands any collision to a full reconcile, which applies the rule
+//! to every peer at once.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -45,6 +54,11 @@ enum Claim {
     Neigh(Ipv4Addr),
     Fdb(crate::subnet::MacAddr),
     Route(ipnetwork::Ipv4Network),
+}
+
+/// The order in which peers claim kernel objects: oldest record first.
+fn rank(p: &PeerRecord) -> (i64, Subnet) {
+    (p.create_revision, p.subnet)
 }
 
 fn claim(e: &Entry) -> Claim {
@@ -151,12 +165,16 @@ impl<D: Dataplane> Peers<D> {
         peer_entries(&self.mode, p)
     }
 
-    /// Desired kernel state for all known peers. A peer whose entries collide with an earlier
-    /// peer's (e.g. a copied VtepMAC) is left out whole, so it cannot redirect another's traffic.
+    /// Desired kernel state for all known peers. Peers claim in [`rank`] order; one whose
+    /// entries collide with an older peer's (e.g. a copied VtepMAC) is left out whole, so it
+    /// cannot redirect another's traffic.
     fn desired(&self, log: bool) -> (KernelState, BTreeMap<Subnet, Vec<Entry>>) {
         let mut state = KernelState::default();
         let mut per_peer = BTreeMap::new();
-        for (subnet, p) in &self.records {
+        let mut ranked: Vec<&PeerRecord> = self.records.values().collect();
+        ranked.sort_by_key(|p| rank(p));
+        for p in ranked {
+            let subnet = &p.subnet;
             let entries = match self.entries_for(p) {
                 Ok(e) => e,
                 Err(reason) => {
@@ -247,6 +265,10 @@ impl<D: Dataplane> Peers<D> {
                 if let Some(old) = self.programmed.remove(&subnet) {
                     tracing::info!(%subnet, "peer removed");
                     self.tear_down(subnet, &old).await;
+                    // A peer left out for colliding with this one may now take its place.
+                    if self.records.len() > self.programmed.len() + 1 {
+                        self.reconcile(false).await;
+                    }
                 }
                 if subnet == self.own_subnet {
                     return OwnRecord::Lost(format!("record for {subnet} was deleted"));
@@ -290,8 +312,8 @@ impl<D: Dataplane> Peers<D> {
             }
         };
         if self.programmed.collides(&subnet, &new) {
-            tracing::warn!(%subnet, "peer's entries collide with another peer's; ignoring it");
-            self.tear_down(subnet, &old).await;
+            // Which of the two keeps the object is the reconcile's rule, applied to all peers.
+            self.reconcile(true).await;
             return;
         }
         let start = Instant::now();
@@ -333,6 +355,7 @@ mod tests {
                 }),
             },
             lease: 1,
+            create_revision: 1,
             mod_revision: 1,
         }
     }
@@ -405,5 +428,66 @@ mod tests {
             .await;
         assert_eq!(p.dp.snapshot().len(), 3);
         assert_eq!(p.reconcile(false).await, 0);
+    }
+
+    /// A record made after peer 2's, in a lower subnet, copying peer 2's VtepMAC (then one
+    /// copying its PublicIP): peer 2 keeps its neighbour, FDB entry and route, on the event and
+    /// across reconciles, whichever path sees the records first.
+    #[tokio::test]
+    async fn the_older_record_keeps_a_copied_vtep_mac() {
+        let live = |p: &Peers<MemoryDataplane>| {
+            let s = p.dp.snapshot();
+            s.fdb.get(&MacAddr([2, 0, 0, 0, 0, 2])).copied() == Some(Ipv4Addr::new(192, 0, 2, 2))
+                && s.routes.contains_key(&rec(2, 2, 2).subnet.0)
+        };
+        let mut copy = rec(0, 9, 2);
+        copy.create_revision = 50;
+        let mut older = rec(2, 2, 2);
+        older.create_revision = 10;
+
+        // Event path: the copy arrives after peer 2.
+        let mut p = peers();
+        p.handle(PeerEvent::Snapshot(vec![rec(1, 1, 1), older.clone()]))
+            .await;
+        assert!(live(&p));
+        p.handle(PeerEvent::Put(copy.clone())).await;
+        assert!(live(&p), "event: {:?}", p.dp.snapshot());
+        for _ in 0..3 {
+            assert_eq!(p.reconcile(true).await, 0);
+            assert!(live(&p), "reconcile: {:?}", p.dp.snapshot());
+        }
+        assert_eq!(p.programmed_count(), 1);
+
+        // Snapshot path, and the copy seen first: the same outcome.
+        let mut p = peers();
+        p.handle(PeerEvent::Snapshot(vec![rec(1, 1, 1), copy.clone()]))
+            .await;
+        p.handle(PeerEvent::Put(older.clone())).await;
+        assert!(
+            live(&p),
+            "older record arriving second: {:?}",
+            p.dp.snapshot()
+        );
+        p.reconcile(true).await;
+        assert!(live(&p));
+        assert_eq!(p.programmed_count(), 1);
+
+        // Peer 2 leaves: the copy, no longer colliding, is routed at once.
+        p.handle(PeerEvent::Delete(older.subnet)).await;
+        assert_eq!(p.programmed_count(), 1);
+        assert!(p.dp.snapshot().routes.contains_key(&copy.subnet.0));
+
+        // A record copying only peer 2's PublicIP claims nothing of peer 2's.
+        let mut p = peers();
+        p.handle(PeerEvent::Snapshot(vec![rec(1, 1, 1), older.clone()]))
+            .await;
+        let mut same_ip = rec(0, 2, 7);
+        same_ip.create_revision = 60;
+        p.handle(PeerEvent::Put(same_ip)).await;
+        for _ in 0..3 {
+            p.reconcile(true).await;
+            assert!(live(&p));
+        }
+        assert_eq!(p.programmed_count(), 2);
     }
 }

@@ -176,6 +176,9 @@ pub struct PeerRecord {
     pub attrs: LeaseAttrs,
     /// KV lease id; 0 marks a reservation (never expires, never taken by another host).
     pub lease: i64,
+    /// Revision at which the record was created (the KV `create_revision`; a renewal keeps it).
+    /// Of two records that claim the same kernel object, the older keeps it.
+    pub create_revision: i64,
     /// Revision of the last change, used for compare-and-swap updates.
     pub mod_revision: i64,
 }
@@ -197,6 +200,7 @@ pub fn parse_record(
     key_suffix: &str,
     value: &[u8],
     lease: i64,
+    create_revision: i64,
     mod_revision: i64,
 ) -> Result<PeerRecord> {
     let bad = |reason: String| Error::BadRecord {
@@ -228,6 +232,7 @@ pub fn parse_record(
         subnet,
         attrs,
         lease,
+        create_revision,
         mod_revision,
     })
 }
@@ -349,7 +354,7 @@ mod tests {
     fn record_checks() {
         let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
         let good = br#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
-        let r = parse_record(&c, "10.244.3.0-24", good, 7, 9).unwrap();
+        let r = parse_record(&c, "10.244.3.0-24", good, 7, 8, 9).unwrap();
         assert_eq!(r.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 3));
         assert!(!r.is_reservation());
         // Serialises back to flannel's field names.
@@ -371,7 +376,9 @@ mod tests {
             ),
         ];
         for (key, value, want) in cases {
-            let e = parse_record(&c, key, value, 1, 1).unwrap_err().to_string();
+            let e = parse_record(&c, key, value, 1, 1, 1)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{key}: {e} should mention {want}");
         }
     }

@@ -135,6 +135,7 @@ pub async fn run(
                                 suffix,
                                 &kv_.value,
                                 kv_.lease,
+                                kv_.create_revision,
                                 kv_.mod_revision,
                             ) {
                                 Ok(r) => {

@@ -230,3 +230,79 @@ fn bad_command_lines_fail_with_one_line() {
     let help = common::netd_cli(&["--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("NETD_IFACE"));
 }
+
+/// A record that copies a live host's VtepMAC, in a subnet below the host's and so ahead of it
+/// in any subnet order, and one that copies its PublicIP: the live host keeps its neighbour,
+/// FDB entry and route on every other host across several reconciles, and stays reachable.
+#[test]
+fn copied_vtep_mac_or_public_ip_never_cuts_off_a_live_host() {
+    let mut w = World::new(3);
+    w.start_etcd(common::DEFAULT_CONFIG);
+    let p = format!("{}/subnets/", w.prefix_key);
+    // h2's subnet is pinned high (a reservation), so the copy can sit below it.
+    w.etcdctl(&[
+        "put",
+        &format!("{p}10.244.200.0-24"),
+        r#"{"PublicIP":"192.0.2.2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}}"#,
+    ]);
+    for i in 1..=3 {
+        w.start_netd(i, &[]);
+        w.wait_ready(i);
+    }
+    assert_eq!(
+        w.subnet_of(2).map(|s| s.0.to_string()),
+        Some("10.244.200.0".into())
+    );
+    w.wait_converged(&[1, 2, 3]);
+    let c1 = w.add_container(1);
+    let c2 = w.add_container(2);
+    wait_until("c1 reaches c2", Duration::from_secs(10), || {
+        World::ping(&c1.0, c2.1)
+    });
+    let records = w.records();
+    let mac2 = records["10.244.200.0-24"]["BackendData"]["VtepMAC"]
+        .as_str()
+        .expect("h2's VtepMAC")
+        .to_string();
+
+    let vx = |ip: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    };
+    w.etcdctl(&[
+        "put",
+        &format!("{p}10.244.5.0-24"),
+        &vx("192.0.2.99", &mac2),
+    ]);
+    w.etcdctl(&[
+        "put",
+        &format!("{p}10.244.6.0-24"),
+        &vx("192.0.2.2", "02:00:00:00:00:66"),
+    ]);
+    // Several reconciles (the test world runs one every 2 s) after the events.
+    let holds = |h: usize| {
+        w.vxlan_fdb(h).get(&mac2).map(String::as_str) == Some("192.0.2.2")
+            && w.vxlan_neighbours(h).get("10.244.200.0") == Some(&mac2)
+            && w.cluster_routes(h).contains_key("10.244.200.0/24")
+            && !w.cluster_routes(h).contains_key("10.244.5.0/24")
+    };
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_secs(1));
+        for h in [1, 3] {
+            assert!(
+                holds(h),
+                "h{h} lost h2: fdb {:?} neigh {:?} routes {:?}",
+                w.vxlan_fdb(h),
+                w.vxlan_neighbours(h),
+                w.cluster_routes(h)
+            );
+        }
+    }
+    // The PublicIP copy claims nothing of h2's and is routed like any peer.
+    assert!(w.cluster_routes(1).contains_key("10.244.6.0/24"));
+    wait_until("c1 still reaches c2", Duration::from_secs(5), || {
+        World::ping(&c1.0, c2.1)
+    });
+    assert!(w.netd_log(1).contains("collide"), "the collision is logged");
+}

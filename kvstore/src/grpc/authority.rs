@@ -11,6 +11,16 @@
 //!
 //! It must see HTTP/2 in clear: on a TLS listener it sits above the TLS stream (see
 //! [`super::tls_incoming`]), never between the socket and the TLS handshake.
+//!
+//! Everything it reads comes from an untrusted peer, so it holds bounded state and never
+//! panics: a frame longer than the server's `SETTINGS_MAX_FRAME_SIZE`, a header block (HEADERS
+//! and its CONTINUATION frames) or a decoded header list longer than [`MAX_HEADER_LIST`] ends
+//! the connection. It ends it the HTTP/2 way, by handing the server a frame the protocol makes a
+//! connection error (HEADERS on stream 0): the server answers GOAWAY(PROTOCOL_ERROR) and closes,
+//! and nothing more is read. A first header block that does not decode is handed to the server
+//! as it came, to judge with its own decoder (it answers GOAWAY(COMPRESSION_ERROR)); once blocks
+//! are being rewritten, one that does not decode ends the connection as above. HPACK decoding is
+//! `loona-hpack`'s, which returns errors where the `hpack` crate panicked (RUSTSEC-2023-0085).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -27,8 +37,14 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// The largest frame payload a peer must accept (HTTP/2's default SETTINGS_MAX_FRAME_SIZE).
-const MAX_FRAME: usize = 16_384;
+/// The largest frame payload a peer must accept (HTTP/2's default SETTINGS_MAX_FRAME_SIZE); the
+/// server advertises exactly this (see `super::routes`), so a longer frame is a protocol error.
+pub(crate) const MAX_FRAME: usize = 16_384;
+/// The largest header list the server takes (its SETTINGS_MAX_HEADER_LIST_SIZE: names and values
+/// plus 32 bytes per field), and the largest header block gathered from HEADERS + CONTINUATION.
+pub(crate) const MAX_HEADER_LIST: usize = 64 * 1024;
+/// The HPACK dynamic table the server allows (HTTP/2's default SETTINGS_HEADER_TABLE_SIZE).
+const HEADER_TABLE: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -40,6 +56,9 @@ enum Mode {
     Rewrite,
     /// Bytes go through as read.
     Pass,
+    /// The connection broke a bound: the server has been handed a connection error and nothing
+    /// more is read from the peer.
+    Closed,
 }
 
 /// A header block being gathered (HEADERS then CONTINUATION frames).
@@ -59,36 +78,59 @@ pub struct AuthorityFix<S> {
     raw: BytesMut,
     out: BytesMut,
     block: Option<Block>,
-    decoder: hpack::Decoder<'static>,
-    encoder: hpack::Encoder<'static>,
+    decoder: loona_hpack::Decoder<'static>,
+    encoder: loona_hpack::Encoder<'static>,
 }
 
 impl<S> AuthorityFix<S> {
     /// Wraps the clear-text HTTP/2 connection `inner` (a socket, or a TLS stream).
     pub fn new(inner: S) -> AuthorityFix<S> {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE);
         AuthorityFix {
             inner,
             mode: Mode::Preface,
             raw: BytesMut::new(),
             out: BytesMut::new(),
             block: None,
-            decoder: hpack::Decoder::new(),
-            encoder: hpack::Encoder::new(),
+            decoder,
+            encoder: loona_hpack::Encoder::new(),
         }
     }
 
+    /// Ends the connection for breaking a bound: drops what is held, hands the server a HEADERS
+    /// frame on stream 0 (a connection error: it answers GOAWAY and closes) and reads no more.
+    fn refuse(&mut self, why: &str) {
+        tracing::debug!("closing a client connection: {why}");
+        self.block = None;
+        self.raw = BytesMut::new();
+        self.put_frame(HEADERS, END_HEADERS, 0, &[]);
+        self.mode = Mode::Closed;
+    }
+
+    /// Hands the server the first header block as it came, and every byte after it: the server's
+    /// own decoder judges it.
+    fn pass_raw(&mut self, raw: &[u8]) {
+        self.out.extend_from_slice(raw);
+        self.mode = Mode::Pass;
+    }
+
     /// Moves every complete unit of `raw` to `out`, fixing header blocks on the way.
-    fn process(&mut self) -> std::io::Result<()> {
+    fn process(&mut self) {
         loop {
             match self.mode {
                 Mode::Pass => {
                     let all = self.raw.split();
                     self.out.extend_from_slice(&all);
-                    return Ok(());
+                    return;
+                }
+                Mode::Closed => {
+                    self.raw.clear();
+                    return;
                 }
                 Mode::Preface => {
                     if self.raw.len() < PREFACE_LEN {
-                        return Ok(());
+                        return;
                     }
                     let p = self.raw.split_to(PREFACE_LEN);
                     self.out.extend_from_slice(&p);
@@ -96,22 +138,26 @@ impl<S> AuthorityFix<S> {
                 }
                 Mode::Sniff | Mode::Rewrite => {
                     if self.raw.len() < FRAME_HEADER {
-                        return Ok(());
+                        return;
                     }
                     let h = &self.raw[..FRAME_HEADER];
                     let len =
                         (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                    if len > MAX_FRAME {
+                        self.refuse(&format!("a {len}-byte frame (limit {MAX_FRAME})"));
+                        continue;
+                    }
                     if self.raw.len() < FRAME_HEADER + len {
-                        return Ok(());
+                        return;
                     }
                     let frame = self.raw.split_to(FRAME_HEADER + len);
-                    self.frame(&frame)?;
+                    self.frame(&frame);
                 }
             }
         }
     }
 
-    fn frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+    fn frame(&mut self, frame: &[u8]) {
         let (kind, flags) = (frame[3], frame[4]);
         let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
         let payload = &frame[FRAME_HEADER..];
@@ -120,22 +166,26 @@ impl<S> AuthorityFix<S> {
                 let mut p = payload;
                 let mut pad = 0;
                 if flags & PADDED != 0 {
-                    let (&n, rest) = p.split_first().ok_or_else(|| bad("empty padded frame"))?;
+                    let Some((&n, rest)) = p.split_first() else {
+                        self.refuse("an empty padded HEADERS frame");
+                        return;
+                    };
                     pad = usize::from(n);
                     p = rest;
                 }
                 let mut priority = Vec::new();
                 if flags & PRIORITY != 0 {
                     if p.len() < 5 {
-                        return Err(bad("short priority"));
+                        self.refuse("a HEADERS frame too short for its priority");
+                        return;
                     }
                     priority = p[..5].to_vec();
                     p = &p[5..];
                 }
-                let fragment = p
-                    .get(..p.len().saturating_sub(pad))
-                    .ok_or_else(|| bad("bad padding"))?
-                    .to_vec();
+                let Some(fragment) = p.len().checked_sub(pad).map(|end| p[..end].to_vec()) else {
+                    self.refuse("a HEADERS frame with more padding than payload");
+                    return;
+                };
                 self.block = Some(Block {
                     stream,
                     flags,
@@ -145,14 +195,21 @@ impl<S> AuthorityFix<S> {
                 });
             }
             (CONTINUATION, Some(b)) if b.stream == stream => {
+                if b.fragment.len() + payload.len() > MAX_HEADER_LIST {
+                    self.refuse(&format!("a header block over {MAX_HEADER_LIST} bytes"));
+                    return;
+                }
                 b.fragment.extend_from_slice(payload);
                 b.raw.extend_from_slice(frame);
                 b.flags |= flags & END_HEADERS;
             }
-            (_, Some(_)) => return Err(bad("frame inside a header block")),
+            (_, Some(_)) => {
+                self.refuse("another frame inside a header block");
+                return;
+            }
             (_, None) => {
                 self.out.extend_from_slice(frame);
-                return Ok(());
+                return;
             }
         }
         if self
@@ -161,24 +218,41 @@ impl<S> AuthorityFix<S> {
             .is_some_and(|b| b.flags & END_HEADERS != 0)
             && let Some(b) = self.block.take()
         {
-            self.finish_block(b)?;
+            self.finish_block(b);
         }
-        Ok(())
     }
 
-    fn finish_block(&mut self, b: Block) -> std::io::Result<()> {
-        let mut headers = self
-            .decoder
-            .decode(&b.fragment)
-            .map_err(|e| bad(&format!("header block: {e:?}")))?;
+    fn finish_block(&mut self, b: Block) {
+        let mut headers = Vec::new();
+        let mut list_size = 0usize;
+        let decoded = self.decoder.decode_with_cb(&b.fragment, |k, v| {
+            // RFC 7540 6.5.2: a field counts its name, its value and 32 bytes.
+            list_size = list_size.saturating_add(k.len() + v.len() + 32);
+            if list_size <= MAX_HEADER_LIST {
+                headers.push((k.into_owned(), v.into_owned()));
+            }
+        });
+        if let Err(e) = decoded {
+            if self.mode == Mode::Sniff {
+                self.pass_raw(&b.raw);
+            } else {
+                self.refuse(&format!("a header block that does not decode: {e}"));
+            }
+            return;
+        }
+        if list_size > MAX_HEADER_LIST {
+            self.refuse(&format!(
+                "a header list of {list_size} bytes (limit {MAX_HEADER_LIST})"
+            ));
+            return;
+        }
         if self.mode == Mode::Sniff {
             let needs_fix = headers
                 .iter()
                 .any(|(k, v)| k.as_slice() == b":authority" && fixed(v).is_some());
             if !needs_fix {
-                self.out.extend_from_slice(&b.raw);
-                self.mode = Mode::Pass;
-                return Ok(());
+                self.pass_raw(&b.raw);
+                return;
             }
             self.mode = Mode::Rewrite;
         }
@@ -193,7 +267,6 @@ impl<S> AuthorityFix<S> {
             .encoder
             .encode(headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
         self.emit(b.stream, b.flags & END_STREAM, &b.priority, &block);
-        Ok(())
     }
 
     /// Writes a header block as HEADERS (+ CONTINUATION) frames.
@@ -235,10 +308,6 @@ fn fixed(authority: &[u8]) -> Option<Vec<u8>> {
     Some(host.as_bytes().to_vec())
 }
 
-fn bad(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("HTTP/2: {what}"))
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -256,6 +325,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             if this.mode == Mode::Pass && this.raw.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
+            if this.mode == Mode::Closed {
+                // End of input for the server, which has its connection error to answer.
+                return Poll::Ready(Ok(()));
+            }
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
@@ -269,7 +342,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 continue;
             }
             this.raw.extend_from_slice(rb.filled());
-            this.process()?;
+            this.process();
         }
     }
 }

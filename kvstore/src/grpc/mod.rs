@@ -50,6 +50,9 @@ fn routes(member: &Arc<Member>) -> Router {
     let max = DECODE_LIMIT;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // The bounds the `:authority` adapter enforces are the ones the server advertises.
+        .max_frame_size(Some(authority::MAX_FRAME as u32))
+        .http2_max_header_list_size(Some(authority::MAX_HEADER_LIST as u32))
         .add_service(
             KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
         )

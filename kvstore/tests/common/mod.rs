@@ -254,6 +254,11 @@ impl Proc {
         }
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;

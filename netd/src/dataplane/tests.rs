@@ -23,6 +23,7 @@ fn peer(n: u8, public: Ipv4Addr, m: MacAddr) -> PeerRecord {
             }),
         },
         lease: 5,
+        create_revision: 1,
         mod_revision: 1,
     }
 }
