@@ -158,3 +158,16 @@ impl CniError {
 }
 
 pub type Result<T> = std::result::Result<T, CniError>;
+
+impl From<hostnet::file_trust::TrustError> for CniError {
+    fn from(e: hostnet::file_trust::TrustError) -> Self {
+        match e {
+            hostnet::file_trust::TrustError::Untrusted { path, reason } => {
+                CniError::Untrusted { path, reason }
+            }
+            hostnet::file_trust::TrustError::Io { path, source } => {
+                CniError::io(format!("stat {path}"), source)
+            }
+        }
+    }
+}

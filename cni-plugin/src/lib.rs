@@ -20,7 +20,8 @@ pub mod commands;
 pub mod config;
 pub mod env;
 pub mod error;
-pub mod file_trust;
+/// Trust checks for runtime files (shared with netd).
+pub use hostnet::file_trust;
 pub mod ipam;
 pub mod masq;
 pub mod naming;

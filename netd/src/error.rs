@@ -107,3 +107,14 @@ impl Error {
 
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<hostnet::file_trust::TrustError> for Error {
+    fn from(e: hostnet::file_trust::TrustError) -> Self {
+        match e {
+            hostnet::file_trust::TrustError::Untrusted { path, reason } => {
+                Error::Untrusted { path, reason }
+            }
+            hostnet::file_trust::TrustError::Io { path, source } => Error::File { path, source },
+        }
+    }
+}

@@ -23,7 +23,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod embedded;
 pub mod error;
-pub mod file_trust;
+/// Trust checks for runtime files (shared with netd-cni).
+pub use hostnet::file_trust;
 pub mod http;
 pub mod kv;
 pub mod lease;

@@ -49,7 +49,7 @@ fn check_dirs(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::file_trust::check_dir(parent)?;
     }
-    crate::file_trust::check_dir(dir)
+    Ok(crate::file_trust::check_dir(dir)?)
 }
 
 /// Held while the store's `lock` file is flocked; dropping it unlocks.
