@@ -1,14 +1,15 @@
-//! Proves the one-command demo (`examples/demo.rs`): runs it through `cargo run --release
-//! --example demo` with 2 hosts and 1 container per host, asserts exit code 0 and a full
-//! connectivity matrix, then asserts that nothing is left behind: no namespace with the demo's
-//! prefix, no process mentioning it, no temp dir. Needs root, `ip` and `ping`; fails (never
-//! skips) without them.
+//! Proves the one-command demo (`examples/demo.rs`): runs it through `cargo run --example demo`
+//! with 2 hosts and 1 container per host, asserts exit code 0 and a full connectivity matrix,
+//! then asserts that nothing is left behind: no namespace with the demo's prefix, no process
+//! mentioning it, no temp dir. It runs in the tests' own profile, whose build it reuses; CI runs
+//! the README's exact command (`--release`, default size) in a fresh root. Needs root, `ip` and
+//! `nft`; fails (never skips) without them.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Generous: the first run also builds netd and netd-cni in release mode.
+/// Generous: the first run may also build netd and netd-cni.
 const DEADLINE: Duration = Duration::from_secs(600);
 
 fn require_prereqs() {
@@ -16,7 +17,7 @@ fn require_prereqs() {
         nix::unistd::geteuid().is_root(),
         "tests/demo.rs needs root (it creates network namespaces); run the tests as root"
     );
-    for tool in ["ip", "ping"] {
+    for tool in ["ip", "nft"] {
         let ok = Command::new(tool)
             .arg("-V")
             .stdout(Stdio::null())
@@ -25,7 +26,7 @@ fn require_prereqs() {
             .is_ok();
         assert!(
             ok,
-            "tests/demo.rs needs `{tool}` installed (iproute2, iputils-ping)"
+            "tests/demo.rs needs `{tool}` installed (scripts/install-deps.sh test: iproute2, nftables)"
         );
     }
 }
@@ -36,15 +37,7 @@ fn demo_connects_every_pair_and_leaves_nothing_behind() {
     // A clean cargo environment: the test's own CARGO_* variables would rebuild the TLS stack.
     let mut child = netd_project::binaries::cargo_command()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "netd-project",
-            "--example",
-            "demo",
-            "--",
-        ])
+        .args(["run", "-p", "netd-project", "--example", "demo", "--"])
         .args(["--hosts", "2", "--containers-per-host", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
+    /// Most concurrent HTTP/2 streams (calls, watch streams) one client connection may have
+    /// open (etcd's default: no limit short of 2^32-1).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
     /// Refuse a membership change that would leave the cluster without a quorum of
     /// started members, or of members the leader hears from (as etcd does).
     #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK",
@@ -164,6 +169,7 @@ impl Default for Config {
             snapshot_count: 10_000,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            max_concurrent_streams: u32::MAX,
             strict_reconfig_check: true,
             cert_file: None,
             key_file: None,

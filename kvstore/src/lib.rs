@@ -24,6 +24,7 @@
 pub mod apply;
 pub mod backend;
 pub mod bootstrap;
+pub mod catch_up;
 pub mod certs;
 pub mod client;
 pub mod config;

@@ -35,12 +35,16 @@ pub struct Member {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_txn_ops: usize,
+    /// HTTP/2 streams one client connection may have open (`--max-concurrent-streams`).
+    pub(crate) max_concurrent_streams: u32,
     /// How long a request waits for raft before etcd's "request timed out".
     pub(crate) request_timeout: Duration,
     pub(crate) peers: PeerClients,
     /// Refuse membership changes that would break a quorum (etcd's
     /// `--strict-reconfig-check`).
     pub(crate) strict_reconfig_check: bool,
+    /// Where watchers far behind walk the history (see [`crate::catch_up`]).
+    pub(crate) catch_up: crate::catch_up::CatchUp,
 }
 
 impl Member {

@@ -158,6 +158,8 @@ impl Server {
             request_timeout,
             peers: peer::client::PeerClients::new(dialer),
             strict_reconfig_check: cfg.strict_reconfig_check,
+            catch_up: crate::catch_up::CatchUp::start()?,
+            max_concurrent_streams: cfg.max_concurrent_streams,
         });
 
         let mut client_addrs = Vec::new();

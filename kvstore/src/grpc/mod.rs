@@ -53,6 +53,7 @@ fn routes(member: &Arc<Member>) -> Router {
         // The bounds the `:authority` adapter enforces are the ones the server advertises.
         .max_frame_size(Some(authority::MAX_FRAME as u32))
         .http2_max_header_list_size(Some(authority::MAX_HEADER_LIST as u32))
+        .max_concurrent_streams(Some(member.max_concurrent_streams))
         .add_service(
             KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
         )

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::member::Member;
-use crate::mvcc::{EventLimit, KeyRange};
+use crate::mvcc::{EventLimit, Events, KeyRange};
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
     watch_request::RequestUnion, watch_server::Watch,
@@ -26,10 +26,21 @@ use crate::proto::mvccpb::event::EventType;
 
 /// What one response gathers at most (whole revisions are never split). The byte bound
 /// keeps responses under the 4 MiB that gRPC clients accept by default.
+/// The revision bound keeps each step of a far-back watcher's catch-up short: the keyspace lock
+/// is released (and the task yields) between steps, so applying writes never waits long.
 const RESPONSE_LIMIT: EventLimit = EventLimit {
     events: 1000,
     bytes: 1024 * 1024,
+    revisions: 1024,
 };
+/// Responses a watch stream holds for a client that is not reading. Watchers read from the
+/// history, not from a queue: when a client stops reading, its watchers stop where they are
+/// and catch up from the history once it reads again (or are cancelled if that history is
+/// compacted meanwhile), so this small queue and HTTP/2 flow control are all a slow client costs.
+const STREAM_QUEUE: usize = 4;
+/// How far behind the newest revision a watcher must be for its next step to go to the catch-up
+/// worker; a live watcher a few revisions behind steps on its own task.
+const CATCH_UP_DISTANCE: i64 = 256;
 /// Interval of progress notifications for idle watchers that asked for them (etcd: 10 min).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -56,7 +67,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(128);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(serve_stream(self.member.clone(), inbound, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -201,25 +212,43 @@ struct Spec {
     progress_notify: bool,
 }
 
+/// One bounded step of a watcher's walk from `from`: the events found, the newest revision,
+/// and the compaction point if `from` fell behind it.
+fn step(member: &Member, from: i64, range: &KeyRange, prev_kv: bool) -> (Events, i64, Option<i64>) {
+    let sm = member.state().read();
+    let current = sm.mvcc.current_revision();
+    let compacted = sm.mvcc.compact_revision();
+    if from < compacted {
+        (Events::default(), current, Some(compacted))
+    } else if from <= current {
+        let found = sm
+            .mvcc
+            .events(from, current, range, prev_kv, RESPONSE_LIMIT);
+        (found, current, None)
+    } else {
+        (Events::default(), current, None)
+    }
+}
+
 async fn run_watcher(member: Arc<Member>, tx: Tx, spec: Spec, next: Arc<AtomicI64>) {
     let mut revisions = member.revisions();
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let from = next.load(Ordering::Acquire);
-        let (batches, current, compacted) = {
-            let sm = member.state().read();
-            let current = sm.mvcc.current_revision();
-            let compacted = sm.mvcc.compact_revision();
-            if from < compacted {
-                (Vec::new(), current, Some(compacted))
-            } else if from <= current {
-                let b = sm
-                    .mvcc
-                    .events(from, current, &spec.range, spec.prev_kv, RESPONSE_LIMIT);
-                (b, current, None)
-            } else {
-                (Vec::new(), current, None)
+        // A watcher far behind walks on the catch-up worker, in turn with the others; a live
+        // one, a few revisions behind, right here.
+        let (found, current, compacted) = if member.current_revision() - from >= CATCH_UP_DISTANCE {
+            let (m, range, prev_kv) = (member.clone(), spec.range.clone(), spec.prev_kv);
+            match member
+                .catch_up
+                .run(move || step(&m, from, &range, prev_kv))
+                .await
+            {
+                Some(r) => r,
+                None => return,
             }
+        } else {
+            step(&member, from, &spec.range, spec.prev_kv)
         };
         if let Some(compacted) = compacted {
             let resp = WatchResponse {
@@ -233,14 +262,10 @@ async fn run_watcher(member: Arc<Member>, tx: Tx, spec: Spec, next: Arc<AtomicI6
             return;
         }
         if from <= current {
-            // When the batch was cut short, resume after its last revision (a batch that
-            // reached `current` ends there anyway).
-            let upto = if batches.is_empty() {
-                current
-            } else {
-                batches.last().map_or(current, |(r, _)| *r)
-            };
-            let events: Vec<_> = batches
+            // When the walk was cut short, resume after the last revision it examined.
+            let upto = found.upto;
+            let events: Vec<_> = found
+                .batches
                 .into_iter()
                 .flat_map(|(_, e)| e)
                 .filter(|e| {

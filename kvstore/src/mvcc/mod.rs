@@ -32,6 +32,18 @@ pub struct Record {
 pub struct EventLimit {
     pub events: usize,
     pub bytes: usize,
+    /// Revisions examined per call, whether or not they hold a matching event: bounds how long
+    /// one call holds the keyspace, however far back a watcher starts.
+    pub revisions: usize,
+}
+
+/// What [`Mvcc::events`] gathered, and how far it looked.
+#[derive(Debug, Default)]
+pub struct Events {
+    /// Matching events, grouped by revision.
+    pub batches: Vec<(i64, Vec<Event>)>,
+    /// The last revision examined: the next call starts after it.
+    pub upto: i64,
 }
 
 /// Where a record sits in the history.
@@ -194,7 +206,8 @@ impl Mvcc {
 
     /// The events of revisions `from..=to` whose keys fall in `range`, grouped by revision.
     /// `prev_kv` fills each event's previous key-value (as of the revision before it).
-    /// Gathering stops between revisions once `limit` is reached.
+    /// It stops between revisions once `limit` is reached (events, bytes, or revisions
+    /// examined) and says in [`Events::upto`] how far it got.
     pub fn events(
         &self,
         from: i64,
@@ -202,11 +215,14 @@ impl Mvcc {
         range: &KeyRange,
         prev_kv: bool,
         limit: EventLimit,
-    ) -> Vec<(i64, Vec<Event>)> {
-        let mut out = Vec::new();
+    ) -> Events {
+        let mut out = Events {
+            batches: Vec::new(),
+            upto: to,
+        };
         let mut total = 0;
         let mut bytes = 0;
-        for (&rev, slots) in self.log.range(from..=to) {
+        for (examined, (&rev, slots)) in self.log.range(from..=to).enumerate() {
             let mut evs = Vec::new();
             for rec in slots.iter().flatten() {
                 if !range.contains(&rec.kv.key) {
@@ -230,10 +246,11 @@ impl Mvcc {
             if !evs.is_empty() {
                 total += evs.len();
                 bytes += evs.iter().map(prost::Message::encoded_len).sum::<usize>();
-                out.push((rev, evs));
+                out.batches.push((rev, evs));
             }
-            // Never split a revision; stop between revisions once enough is gathered.
-            if total >= limit.events || bytes >= limit.bytes {
+            // Never split a revision; stop between revisions once enough is gathered or seen.
+            if total >= limit.events || bytes >= limit.bytes || examined + 1 >= limit.revisions {
+                out.upto = rev;
                 break;
             }
         }
@@ -488,12 +505,49 @@ mod tests {
         let lim = EventLimit {
             events: 100,
             bytes: 1 << 20,
+            revisions: 100,
         };
-        assert_eq!(r.events(2, 3, &k, true, lim).len(), 2);
+        let all = r.events(2, 3, &k, true, lim);
+        assert_eq!((all.batches.len(), all.upto), (2, 3));
         let one = EventLimit {
             events: 100,
             bytes: 1,
+            revisions: 100,
         };
-        assert_eq!(r.events(2, 3, &k, true, one).len(), 1);
+        let first = r.events(2, 3, &k, true, one);
+        assert_eq!((first.batches.len(), first.upto), (1, 2));
+    }
+
+    /// A far-back watcher on an idle key walks the history in bounded steps: each call examines
+    /// at most `revisions` revisions, and `upto` moves on even when none of them matched.
+    #[test]
+    fn events_walk_in_bounded_steps() {
+        let mut m = Mvcc::default();
+        for _ in 0..10 {
+            let mut t = m.write();
+            t.put(b("busy"), b("v"), 0);
+            t.finish();
+        }
+        let mut t = m.write();
+        t.put(b("idle"), b("v"), 0);
+        t.finish();
+        let to = m.current_revision();
+        let idle = KeyRange::new(&b("idle"), &Bytes::new());
+        let step = EventLimit {
+            events: 100,
+            bytes: 1 << 20,
+            revisions: 4,
+        };
+        let (mut from, mut calls, mut found) = (1, 0, Vec::new());
+        while from <= to {
+            let e = m.events(from, to, &idle, false, step);
+            assert!(e.upto >= from && e.upto <= to);
+            found.extend(e.batches);
+            from = e.upto + 1;
+            calls += 1;
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, to);
+        assert_eq!(calls, 3, "11 revisions in steps of 4");
     }
 }
