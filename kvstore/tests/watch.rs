@@ -223,3 +223,42 @@ async fn slow_watcher_blocks_nobody() {
         }
     }
 }
+
+/// `--max-concurrent-streams 2`: a connection's third watch stream waits until one of the two
+/// open ones ends. The same on etcd and on kvstore.
+async fn stream_limit_per_connection(kind: common::Kind) {
+    let p = Proc::start_with(kind, &["--max-concurrent-streams", "2"]);
+    let ch = channel(&p).await;
+    let open = |ch: Channel| async move {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(create("m/", "", |_| {})).await.expect("queue create");
+        let mut rx = WatchClient::new(ch)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = rx.message().await.expect("created").expect("a response");
+        assert!(first.created);
+        (tx, rx)
+    };
+    let a = open(ch.clone()).await;
+    let _b = open(ch.clone()).await;
+    let third = tokio::spawn(open(ch.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!third.is_finished(), "a third stream opened past the limit");
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third stream opens once one ends")
+        .expect("task");
+}
+
+#[tokio::test]
+async fn stream_limit_per_connection_kvstore() {
+    stream_limit_per_connection(common::Kind::Kvstore).await;
+}
+
+#[tokio::test]
+async fn stream_limit_per_connection_etcd() {
+    stream_limit_per_connection(common::Kind::Etcd).await;
+}
