@@ -22,6 +22,8 @@ pub mod env;
 pub mod error;
 /// Trust checks for runtime files (shared with netd).
 pub use hostnet::file_trust;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ipam;
 pub mod masq;
 pub mod naming;

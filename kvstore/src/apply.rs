@@ -67,7 +67,7 @@ impl StateMachine {
             None => 0,
         };
         let (history, records) = History::load(backend)?;
-        let mvcc = Mvcc::restore(records, compacted);
+        let mvcc = Mvcc::restore(records, compacted)?;
         let mut lessor = Lessor::default();
         for (_, v) in backend.scan_prefix(keys::LEASE_PREFIX)? {
             let l = StoredLease::decode(v.as_slice())?;

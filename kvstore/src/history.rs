@@ -202,7 +202,7 @@ mod tests {
 
     fn reload(backend: &SledBackend) -> (History, Mvcc) {
         let (h, records) = History::load(backend).unwrap();
-        (h, Mvcc::restore(records, 0))
+        (h, Mvcc::restore(records, 0).unwrap())
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod grpc;
 pub mod history;
 mod http;

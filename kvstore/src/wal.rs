@@ -103,7 +103,7 @@ impl RecordRef<'_> {
 }
 
 /// The valid records at the start of `buf` (stopping at a torn tail).
-fn parse_records(buf: &[u8]) -> Result<Vec<Record>> {
+pub(crate) fn parse_records(buf: &[u8]) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while buf.len() - at >= HEADER {

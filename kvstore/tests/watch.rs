@@ -231,7 +231,9 @@ async fn stream_limit_per_connection(kind: common::Kind) {
     let ch = channel(&p).await;
     let open = |ch: Channel| async move {
         let (tx, rx) = mpsc::channel(4);
-        tx.send(create("m/", "", |_| {})).await.expect("queue create");
+        tx.send(create("m/", "", |_| {}))
+            .await
+            .expect("queue create");
         let mut rx = WatchClient::new(ch)
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await

@@ -25,6 +25,8 @@ pub mod embedded;
 pub mod error;
 /// Trust checks for runtime files (shared with netd-cni).
 pub use hostnet::file_trust;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod kv;
 pub mod lease;

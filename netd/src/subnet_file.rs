@@ -63,7 +63,7 @@ pub fn read_previous_subnet(path: &Path) -> Result<Option<Subnet>> {
     Ok(parse_subnet(&text))
 }
 
-fn parse_subnet(text: &str) -> Option<Subnet> {
+pub(crate) fn parse_subnet(text: &str) -> Option<Subnet> {
     let value = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("FLANNEL_SUBNET="))?;

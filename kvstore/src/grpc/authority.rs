@@ -98,6 +98,26 @@ impl<S> AuthorityFix<S> {
         }
     }
 
+    /// Feeds `bytes` as if just read from the peer and returns what the server would read:
+    /// the read path without a socket, for the fuzz target. Checks the adapter's own bounds.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        if self.mode != Mode::Closed {
+            self.raw.extend_from_slice(bytes);
+        }
+        self.process();
+        assert!(
+            self.raw.len() < FRAME_HEADER + MAX_FRAME + bytes.len().max(1),
+            "unbounded frame buffer"
+        );
+        assert!(
+            self.block
+                .as_ref()
+                .is_none_or(|b| b.fragment.len() <= MAX_HEADER_LIST),
+            "unbounded header block"
+        );
+        self.out.split().to_vec()
+    }
+
     /// Ends the connection for breaking a bound: drops what is held, hands the server a HEADERS
     /// frame on stream 0 (a connection error: it answers GOAWAY and closes) and reads no more.
     fn refuse(&mut self, why: &str) {

@@ -1,12 +1,12 @@
 //! gRPC adapters: thin translations between the etcd v3 services and the `Member`
 //! facade. Errors become gRPC statuses only through `From<Error> for Status`.
 
-mod authority;
+pub(crate) mod authority;
 mod cluster;
 mod kv;
 mod lease;
 mod tls_incoming;
-mod validate;
+pub(crate) mod validate;
 mod watch;
 
 use std::sync::Arc;

@@ -59,11 +59,15 @@ struct IndexEntry {
     tombstone: bool,
 }
 
+/// The records of one main revision, by sub-revision, ascending. Sparse: a sub-revision
+/// compacted away leaves no slot, and a stored position costs one entry however large it is.
+type Slots = Vec<(i64, Record)>;
+
 /// The keyspace.
 #[derive(Debug)]
 pub struct Mvcc {
     index: BTreeMap<Bytes, Vec<IndexEntry>>,
-    log: BTreeMap<i64, Vec<Option<Record>>>,
+    log: BTreeMap<i64, Slots>,
     current: i64,
     compacted: i64,
 }
@@ -110,33 +114,39 @@ impl Mvcc {
         mains: impl std::ops::RangeBounds<i64>,
     ) -> impl Iterator<Item = (Rev, &Record)> {
         self.log.range(mains).flat_map(|(main, slots)| {
-            slots.iter().enumerate().filter_map(move |(sub, r)| {
-                r.as_ref().map(|r| {
-                    (
-                        Rev {
-                            main: *main,
-                            sub: sub as i64,
-                        },
-                        r,
-                    )
-                })
+            slots.iter().map(move |(sub, r)| {
+                (
+                    Rev {
+                        main: *main,
+                        sub: *sub,
+                    },
+                    r,
+                )
             })
         })
     }
 
-    /// Rebuilds the keyspace from stored records (any order) and the compaction point.
-    pub fn restore(records: Vec<(Rev, Record)>, compacted: i64) -> Mvcc {
+    /// Rebuilds the keyspace from stored records (any order) and the compaction point. The
+    /// records come from disk or from another member's snapshot: a position no history can
+    /// hold (a revision below 1, a record index below 0) is refused as corruption.
+    pub fn restore(records: Vec<(Rev, Record)>, compacted: i64) -> Result<Mvcc> {
         let mut m = Mvcc {
             compacted,
             current: compacted.max(1),
             ..Mvcc::default()
         };
         let mut records = records;
+        if let Some((rev, _)) = records.iter().find(|(rev, _)| rev.main < 1 || rev.sub < 0) {
+            return Err(Error::Corrupt(format!(
+                "stored record at revision {}.{}",
+                rev.main, rev.sub
+            )));
+        }
         records.sort_by_key(|(rev, _)| *rev);
         for (rev, rec) in records {
             m.insert(rev, rec);
         }
-        m
+        Ok(m)
     }
 
     fn insert(&mut self, rev: Rev, rec: Record) {
@@ -148,14 +158,15 @@ impl Mvcc {
     /// Stores `rec` at `rev` in the log (its key's history is updated by the caller).
     fn put_log(&mut self, rev: Rev, rec: Record) {
         let slots = self.log.entry(rev.main).or_default();
-        let sub = rev.sub as usize;
-        if slots.len() <= sub {
-            if slots.capacity() == 0 {
-                slots.reserve_exact(sub + 1);
+        match slots.binary_search_by_key(&rev.sub, |(sub, _)| *sub) {
+            Ok(at) => slots[at].1 = rec,
+            Err(at) => {
+                if slots.capacity() == 0 {
+                    slots.reserve_exact(1);
+                }
+                slots.insert(at, (rev.sub, rec));
             }
-            slots.resize(sub + 1, None);
         }
-        slots[sub] = Some(rec);
         self.current = self.current.max(rev.main);
     }
 
@@ -224,7 +235,7 @@ impl Mvcc {
         let mut bytes = 0;
         for (examined, (&rev, slots)) in self.log.range(from..=to).enumerate() {
             let mut evs = Vec::new();
-            for rec in slots.iter().flatten() {
+            for (_, rec) in slots {
                 if !range.contains(&rec.kv.key) {
                     continue;
                 }
@@ -279,10 +290,10 @@ impl Mvcc {
         });
         for r in &removed {
             if let Some(slots) = self.log.get_mut(&r.main) {
-                if let Some(slot) = slots.get_mut(r.sub as usize) {
-                    *slot = None;
+                if let Ok(at) = slots.binary_search_by_key(&r.sub, |(sub, _)| *sub) {
+                    slots.remove(at);
                 }
-                if slots.iter().all(Option::is_none) {
+                if slots.is_empty() {
                     self.log.remove(&r.main);
                 }
             }
@@ -294,7 +305,7 @@ impl Mvcc {
 
 /// The key-value a key's history `hist` shows as of revision `rev`, read from `log`.
 fn visible_in<'a>(
-    log: &'a BTreeMap<i64, Vec<Option<Record>>>,
+    log: &'a BTreeMap<i64, Slots>,
     hist: &[IndexEntry],
     rev: i64,
 ) -> Option<&'a KeyValue> {
@@ -303,8 +314,11 @@ fn visible_in<'a>(
     if e.tombstone {
         return None;
     }
-    let rec = log.get(&e.rev.main)?.get(e.rev.sub as usize)?.as_ref()?;
-    Some(&rec.kv)
+    let slots = log.get(&e.rev.main)?;
+    let at = slots
+        .binary_search_by_key(&e.rev.sub, |(sub, _)| *sub)
+        .ok()?;
+    Some(&slots[at].1.kv)
 }
 
 /// Adds a record's position to its key's history.
@@ -498,7 +512,7 @@ mod tests {
             t.put(b("j"), b(v), 0);
             all.extend(t.finish());
         }
-        let r = Mvcc::restore(all, 0);
+        let r = Mvcc::restore(all, 0).expect("restore");
         assert_eq!(r.current_revision(), 3);
         assert_eq!(r.get_at(b"j", 3).map(|k| k.version), Some(2));
         let k = KeyRange::new(&b("k"), &Bytes::new());
@@ -549,5 +563,31 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, to);
         assert_eq!(calls, 3, "11 revisions in steps of 4");
+    }
+
+    /// Found by the snapshot fuzz target: a stored record index of 2^40 made restore allocate
+    /// a slot vector that size and abort the process. Slots are sparse now; impossible
+    /// positions are refused.
+    #[test]
+    fn restore_refuses_impossible_positions() {
+        let rec = |main, sub| {
+            (
+                Rev { main, sub },
+                Record {
+                    kv: KeyValue {
+                        key: b("k"),
+                        ..Default::default()
+                    },
+                    tombstone: false,
+                },
+            )
+        };
+        // A large record index (a revision that deleted many keys, the rest compacted) is fine.
+        let m = Mvcc::restore(vec![rec(2, 0), rec(3, 1 << 40)], 0).expect("sparse");
+        assert_eq!(m.records_in(..).count(), 2);
+        for bad in [rec(2, -1), rec(0, 0), rec(-5, 3)] {
+            let e = Mvcc::restore(vec![rec(2, 0), bad], 0).expect_err("impossible position");
+            assert!(e.to_string().contains("stored record"), "{e}");
+        }
     }
 }
