@@ -45,9 +45,7 @@ pub fn h2_connection(data: &[u8]) {
 pub fn client_requests(data: &[u8]) {
     let mut sm = StateMachine::default();
     let mut batch = WriteBatch::default();
-    let mut id = 0;
-    for (kind, piece) in pieces(data) {
-        id += 1;
+    for (id, (kind, piece)) in (1..).zip(pieces(data)) {
         let request = match kind % 8 {
             0 => PutRequest::decode(piece)
                 .ok()
