@@ -88,16 +88,11 @@ pub fn result_ip(result: &str) -> Result<Ipv4Addr> {
         .with_context(|| format!("no IPv4 address in the ADD result: {result}"))
 }
 
-/// `FLANNEL_SUBNET=10.244.5.1/24` in a subnet file → (10.244.5.0, 24).
+/// The node subnet of a subnet file (`FLANNEL_SUBNET=10.244.5.1/24` → (10.244.5.0, 24)), read
+/// through the contract netd and netd-cni share ([`hostnet::subnet_env`]).
 pub fn parse_subnet(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-    let (ip, len) = v.trim().split_once('/')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok().filter(|l| (1..=32).contains(l))?;
-    let net = u32::from(ip) & (u32::MAX << (32 - u32::from(len)));
-    Some((Ipv4Addr::from(net), len))
+    let env = hostnet::subnet_env::SubnetEnv::parse(text).ok()?;
+    Some((env.subnet.network(), env.subnet.prefix()))
 }
 
 #[cfg(test)]

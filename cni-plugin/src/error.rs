@@ -159,15 +159,11 @@ impl CniError {
 
 pub type Result<T> = std::result::Result<T, CniError>;
 
-impl From<hostnet::file_trust::TrustError> for CniError {
-    fn from(e: hostnet::file_trust::TrustError) -> Self {
+impl From<hostnet::Error> for CniError {
+    fn from(e: hostnet::Error) -> Self {
         match e {
-            hostnet::file_trust::TrustError::Untrusted { path, reason } => {
-                CniError::Untrusted { path, reason }
-            }
-            hostnet::file_trust::TrustError::Io { path, source } => {
-                CniError::io(format!("stat {path}"), source)
-            }
+            hostnet::Error::Untrusted { path, reason } => CniError::Untrusted { path, reason },
+            hostnet::Error::Io { op, path, source } => CniError::io(format!("{op} {path}"), source),
         }
     }
 }

@@ -9,41 +9,25 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-/// Why a path is not trusted, or could not be examined.
-#[derive(Debug, thiserror::Error)]
-pub enum TrustError {
-    /// The path exists and others could have written it.
-    #[error("refusing {path}: it {reason}")]
-    Untrusted { path: String, reason: String },
-    /// The path could not be examined.
-    #[error("stat {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+use crate::error::{Error, Result};
 
 fn trusted_owner(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
-fn untrusted(path: &Path, reason: String) -> TrustError {
-    TrustError::Untrusted {
+fn untrusted(path: &Path, reason: String) -> Error {
+    Error::Untrusted {
         path: path.display().to_string(),
         reason,
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> TrustError {
-    TrustError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::io("stat", path, source)
 }
 
 /// A symlink at `path` must belong to root or this process's user.
-fn check_link(path: &Path, link: &std::fs::Metadata) -> Result<(), TrustError> {
+fn check_link(path: &Path, link: &std::fs::Metadata) -> Result<()> {
     if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
         return Err(untrusted(
             path,
@@ -58,7 +42,7 @@ fn check_link(path: &Path, link: &std::fs::Metadata) -> Result<(), TrustError> {
 
 /// Checks a file before reading it, and the directory holding it; `Ok(false)` when it does not
 /// exist.
-pub fn check_file(path: &Path) -> Result<bool, TrustError> {
+pub fn check_file(path: &Path) -> Result<bool> {
     let link = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -92,7 +76,7 @@ pub fn check_file(path: &Path) -> Result<bool, TrustError> {
 }
 
 /// Checks a directory read from or written into: nobody else may replace its entries.
-pub fn check_dir(dir: &Path) -> Result<(), TrustError> {
+pub fn check_dir(dir: &Path) -> Result<()> {
     let link = std::fs::symlink_metadata(dir).map_err(|e| io(dir, e))?;
     check_link(dir, &link)?;
     let meta = std::fs::metadata(dir).map_err(|e| io(dir, e))?;
@@ -130,9 +114,9 @@ mod tests {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
-    fn refusal(r: Result<bool, TrustError>) -> String {
+    fn refusal(r: Result<bool>) -> String {
         match r {
-            Err(e @ TrustError::Untrusted { .. }) => e.to_string(),
+            Err(e @ Error::Untrusted { .. }) => e.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -183,7 +167,7 @@ mod tests {
         let f = dir.join("file");
         std::fs::write(&f, "x").expect("write");
         chmod(&f, 0o644);
-        assert!(matches!(check_dir(&f), Err(TrustError::Untrusted { .. })));
+        assert!(matches!(check_dir(&f), Err(Error::Untrusted { .. })));
         let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644))
             .expect("mkfifo");

@@ -2,6 +2,12 @@
 //! synchronous and pulls in no async runtime: netd-cni starts once per container and must stay
 //! small and quick to start.
 //!
+//! - [`subnet_env`]: `subnet.env`, the contract between netd and netd-cni.
 //! - [`file_trust`]: which runtime files and directories a root process may trust.
+//! - [`error`]: the one error type.
 
+pub mod error;
 pub mod file_trust;
+pub mod subnet_env;
+
+pub use error::{Error, Result};

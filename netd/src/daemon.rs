@@ -178,13 +178,13 @@ fn write_subnet_file(
     backend: &Backend,
     own: &OwnLease,
 ) -> Result<()> {
-    let env = SubnetEnv {
-        network: net.network,
-        subnet: own.subnet,
-        mtu: backend.mtu,
-        ip_masq: config.daemon.ip_masq,
-    };
-    subnet_file::write(&config.daemon.subnet_file, &env)?;
+    let env = SubnetEnv::new(
+        net.network,
+        own.subnet.0,
+        backend.mtu,
+        config.daemon.ip_masq,
+    );
+    env.write(&config.daemon.subnet_file)?;
     tracing::info!(path = %config.daemon.subnet_file.display(), subnet = %own.subnet, "subnet file written");
     Ok(())
 }

@@ -108,13 +108,11 @@ impl Error {
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<hostnet::file_trust::TrustError> for Error {
-    fn from(e: hostnet::file_trust::TrustError) -> Self {
+impl From<hostnet::Error> for Error {
+    fn from(e: hostnet::Error) -> Self {
         match e {
-            hostnet::file_trust::TrustError::Untrusted { path, reason } => {
-                Error::Untrusted { path, reason }
-            }
-            hostnet::file_trust::TrustError::Io { path, source } => Error::File { path, source },
+            hostnet::Error::Untrusted { path, reason } => Error::Untrusted { path, reason },
+            hostnet::Error::Io { path, source, .. } => Error::File { path, source },
         }
     }
 }

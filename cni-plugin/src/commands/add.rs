@@ -37,7 +37,7 @@ struct Attach<'a> {
 }
 
 pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<Value> {
-    let env = SubnetEnv::load(&conf.subnet_file)?;
+    let env = crate::subnet_env::load(&conf.subnet_file)?;
     let netns_path = inv.netns.as_deref().unwrap_or_default();
     let netns = Netns::open_required(netns_path)?;
     let prev = match &conf.prev_result {

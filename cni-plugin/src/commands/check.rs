@@ -14,7 +14,7 @@ use crate::result::{CniResult, IpConfig};
 use crate::subnet_env::SubnetEnv;
 
 pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
-    let env = SubnetEnv::load(&conf.subnet_file)?;
+    let env = crate::subnet_env::load(&conf.subnet_file)?;
     let netns = Netns::open_required(inv.netns.as_deref().unwrap_or_default())?;
     let mtu = conf.mtu.unwrap_or(env.mtu);
     let prev = match &conf.prev_result {

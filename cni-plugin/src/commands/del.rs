@@ -15,11 +15,10 @@ use crate::masq;
 use crate::naming;
 use crate::net::{links, netns::Netns, retire};
 use crate::result::CniResult;
-use crate::subnet_env::SubnetEnv;
 
 pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     // DEL must work even when netd is down and the subnet file is missing.
-    let env = SubnetEnv::load(&conf.subnet_file).ok();
+    let env = crate::subnet_env::load(&conf.subnet_file).ok();
     let mut errors = Vec::new();
     let mut hints: Vec<Ipv4Addr> = Vec::new();
     if let Some(prev) = &conf.prev_result

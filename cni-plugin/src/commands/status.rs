@@ -5,9 +5,8 @@ use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
 use crate::ipam::Ipam;
-use crate::subnet_env::SubnetEnv;
 
 pub fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
-    SubnetEnv::load(&conf.subnet_file).map_err(|e| CniError::Unavailable(e.to_string()))?;
+    crate::subnet_env::load(&conf.subnet_file).map_err(|e| CniError::Unavailable(e.to_string()))?;
     Ipam::for_conf(conf).status(inv)
 }

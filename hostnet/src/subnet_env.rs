@@ -1,0 +1,234 @@
+//! `subnet.env`, the one contract between netd and netd-cni (flannel's format): netd renders
+//! and writes it, atomically, into a directory only root (or netd's user) can change; the
+//! plugin (and netd, at start-up) parse it back.
+//!
+//! ```text
+//! FLANNEL_NETWORK=10.244.0.0/16
+//! FLANNEL_SUBNET=10.244.3.1/24
+//! FLANNEL_MTU=1450
+//! FLANNEL_IPMASQ=false
+//! ```
+//! `FLANNEL_SUBNET` holds the gateway address with the subnet's prefix.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnetwork::Ipv4Network;
+
+use crate::error::{Error, Result};
+
+/// What the node's subnet file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// The whole cluster network (`FLANNEL_NETWORK`).
+    pub network: Ipv4Network,
+    /// The node subnet, network address form (`10.244.3.0/24`).
+    pub subnet: Ipv4Network,
+    /// Gateway address on the bridge (`10.244.3.1`).
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    /// True when netd masquerades itself, so the plugin must not.
+    pub ipmasq: bool,
+}
+
+impl SubnetEnv {
+    /// The file for `subnet` (any address inside it) of `network`: the gateway is the
+    /// subnet's first host address.
+    pub fn new(network: Ipv4Network, subnet: Ipv4Network, mtu: u32, ipmasq: bool) -> SubnetEnv {
+        let base = subnet.network();
+        SubnetEnv {
+            network,
+            subnet: Ipv4Network::new(base, subnet.prefix()).unwrap_or(subnet),
+            gateway: Ipv4Addr::from(u32::from(base).wrapping_add(1)),
+            mtu,
+            ipmasq,
+        }
+    }
+
+    /// The file's text.
+    pub fn render(&self) -> String {
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            self.gateway,
+            self.subnet.prefix(),
+            self.mtu,
+            self.ipmasq
+        )
+    }
+
+    /// Parses the file's text; the error is a human-readable reason.
+    pub fn parse(text: &str) -> std::result::Result<SubnetEnv, String> {
+        let (mut network, mut subnet, mut mtu, mut ipmasq) = (None, None, None, None);
+        for (no, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {}: expected KEY=VALUE, got {line:?}", no + 1))?;
+            let value = value.trim().trim_matches('"');
+            let bad = |what: &str| format!("line {}: {key} is not {what}: {value:?}", no + 1);
+            match key.trim() {
+                "FLANNEL_NETWORK" => {
+                    network = Some(
+                        value
+                            .parse::<Ipv4Network>()
+                            .map_err(|_| bad("an IPv4 CIDR"))?,
+                    );
+                }
+                "FLANNEL_SUBNET" => {
+                    subnet = Some(
+                        value
+                            .parse::<Ipv4Network>()
+                            .map_err(|_| bad("an IPv4 CIDR"))?,
+                    );
+                }
+                "FLANNEL_MTU" => {
+                    mtu = Some(
+                        value
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|m| (576..=65535).contains(m))
+                            .ok_or_else(|| bad("an MTU between 576 and 65535"))?,
+                    );
+                }
+                "FLANNEL_IPMASQ" => {
+                    ipmasq = Some(value.parse::<bool>().map_err(|_| bad("true or false"))?);
+                }
+                // IPv6 keys and anything newer are not used yet.
+                _ => {}
+            }
+        }
+        let network = network.ok_or("FLANNEL_NETWORK missing")?;
+        let with_gw = subnet.ok_or("FLANNEL_SUBNET missing")?;
+        let mtu = mtu.ok_or("FLANNEL_MTU missing")?;
+        if with_gw.prefix() > 30 {
+            return Err(format!("FLANNEL_SUBNET {with_gw} is too small (max /30)"));
+        }
+        let subnet = Ipv4Network::new(with_gw.network(), with_gw.prefix())
+            .map_err(|e| format!("FLANNEL_SUBNET {with_gw}: {e}"))?;
+        let gateway = with_gw.ip();
+        if gateway == subnet.network() || gateway == subnet.broadcast() {
+            return Err(format!(
+                "FLANNEL_SUBNET {with_gw} must name a host address (the gateway)"
+            ));
+        }
+        if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
+            return Err(format!(
+                "FLANNEL_SUBNET {with_gw} is outside FLANNEL_NETWORK {network}"
+            ));
+        }
+        Ok(SubnetEnv {
+            network,
+            subnet,
+            gateway,
+            mtu,
+            ipmasq: ipmasq.unwrap_or(false),
+        })
+    }
+
+    /// Writes the file atomically: a temporary file in the same directory, fsync, rename. The
+    /// directory is created if missing and must be one nobody else can change.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        crate::file_trust::check_dir(dir)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "subnet.env".into());
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(self.render().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+    #[test]
+    fn render_and_parse_agree() {
+        let env = SubnetEnv::new(
+            "10.244.0.0/16".parse().expect("literal"),
+            "10.244.3.0/24".parse().expect("literal"),
+            1450,
+            true,
+        );
+        assert_eq!(env.gateway, Ipv4Addr::new(10, 244, 3, 1));
+        assert_eq!(env.render(), FILE);
+        assert_eq!(SubnetEnv::parse(FILE), Ok(env));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for text in [
+            "",
+            "garbage",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=banana\nFLANNEL_MTU=1450",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=-3",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.3.1/24\nFLANNEL_MTU=1450",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.0/24\nFLANNEL_MTU=1450",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24",
+        ] {
+            assert!(SubnetEnv::parse(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_files_say_why() {
+        for (text, why) in [
+            (
+                "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n",
+                "FLANNEL_NETWORK missing",
+            ),
+            (
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.0/24\nFLANNEL_MTU=1450\n",
+                "gateway",
+            ),
+            (
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.3.1/24\nFLANNEL_MTU=1450\n",
+                "outside",
+            ),
+            (
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=9\n",
+                "MTU",
+            ),
+            ("garbage\n", "KEY=VALUE"),
+        ] {
+            let e = SubnetEnv::parse(text).expect_err(text);
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn written_atomically_into_a_trusted_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let path = tmp.path().join("run/flannel/subnet.env");
+        let env = SubnetEnv::parse(FILE).expect("parses");
+        env.write(&path).expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), FILE);
+        let dir = path.parent().expect("dir");
+        assert_eq!(
+            std::fs::read_dir(dir).expect("list").count(),
+            1,
+            "no temp file left"
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(matches!(env.write(&path), Err(Error::Untrusted { .. })));
+    }
+}
