@@ -8,8 +8,6 @@
 //! multicast, which are never masqueraded.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
@@ -18,51 +16,13 @@ use crate::error::{CniError, Result};
 
 const TABLE: &str = "ip netd_cni";
 
-/// The `nft` binary; runtimes may run plugins with a minimal `PATH`.
-fn nft_binary() -> &'static str {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("nft")
-}
-
 /// True when nftables tooling is installed.
 pub fn available() -> bool {
-    nft_binary() != "nft" || which_in_path("nft")
-}
-
-fn which_in_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    hostnet::nft::available()
 }
 
 fn nft(args: &[&str], script: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new(nft_binary());
-    cmd.args(args)
-        .stdin(if script.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| CniError::Firewall(format!("cannot run nft: {e}")))?;
-    if let (Some(text), Some(mut pipe)) = (script, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| CniError::Firewall(format!("write to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::Firewall(format!("wait for nft: {e}")))?;
-    if !out.status.success() {
-        return Err(CniError::Firewall(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    hostnet::nft::run(args, script).map_err(CniError::Firewall)
 }
 
 /// Masquerade traffic from `ip` leaving the cluster network.

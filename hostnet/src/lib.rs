@@ -4,10 +4,12 @@
 //!
 //! - [`subnet_env`]: `subnet.env`, the contract between netd and netd-cni.
 //! - [`file_trust`]: which runtime files and directories a root process may trust.
+//! - [`nft`]: running the nftables tool.
 //! - [`error`]: the one error type.
 
 pub mod error;
 pub mod file_trust;
+pub mod nft;
 pub mod subnet_env;
 
 pub use error::{Error, Result};

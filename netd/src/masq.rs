@@ -5,9 +5,6 @@
 //! traffic from the cluster network to the outside (except multicast) is masqueraded; traffic from
 //! outside to another host's subnet is masqueraded; kube-proxy's mark is respected.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnetwork::Ipv4Network;
 
 use crate::error::{Error, Result};
@@ -43,39 +40,12 @@ pub fn ruleset(network: Ipv4Network, subnet: Subnet) -> String {
 }
 
 fn nft(script: &str) -> Result<()> {
-    let cmd = "nft -f -";
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Command {
-            cmd: cmd.into(),
-            reason: format!("cannot run nft: {e}"),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| Error::Command {
-                cmd: cmd.into(),
-                reason: e.to_string(),
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|e| Error::Command {
-        cmd: cmd.into(),
-        reason: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Command {
-            cmd: cmd.into(),
-            reason: String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .replace('\n', "; "),
+    hostnet::nft::run(&["-f", "-"], Some(script))
+        .map(drop)
+        .map_err(|reason| Error::Command {
+            cmd: "nft -f -".into(),
+            reason,
         })
-    }
 }
 
 /// Installs (or replaces) the masquerade rules.
@@ -85,12 +55,7 @@ pub fn install(network: Ipv4Network, subnet: Subnet) -> Result<()> {
 
 /// Re-installs the rules when netd's table is missing (e.g. someone flushed the ruleset).
 pub fn ensure(network: Ipv4Network, subnet: Subnet) -> Result<()> {
-    let present = Command::new("nft")
-        .args(["list", "table", "ip", TABLE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let present = hostnet::nft::run(&["list", "table", "ip", TABLE], None).is_ok();
     if present {
         return Ok(());
     }
