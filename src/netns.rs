@@ -2,11 +2,10 @@
 //! still leaving), run a closure on a thread inside one, and probe another address from one.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 
 use crate::cmd::{output, run};
 use crate::probe;
@@ -36,26 +35,18 @@ pub fn del(name: &str) -> bool {
     false
 }
 
-/// Runs `f` on a new thread that has joined namespace `ns`; the calling thread never changes
-/// namespace. Sockets `f` opens belong to `ns`.
+/// Runs `f` on a new thread that has joined namespace `ns` ([`hostnet::netns`]); the calling
+/// thread never changes namespace. Sockets `f` opens belong to `ns`.
 pub fn spawn_in<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<std::thread::JoinHandle<Result<T>>> {
-    let path = Path::new("/run/netns").join(ns);
-    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    Ok(std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .context("setns into the network namespace")?;
-        Ok(f())
-    }))
+) -> Result<std::thread::JoinHandle<hostnet::Result<T>>> {
+    Ok(hostnet::netns::Netns::named(ns)?.spawn(f)?)
 }
 
 /// Runs `f` inside namespace `ns` (on its own thread) and waits for it.
 pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    spawn_in(ns, f)?
-        .join()
-        .map_err(|_| anyhow!("the thread inside {ns} panicked"))?
+    Ok(hostnet::netns::Netns::named(ns)?.run(f)?)
 }
 
 /// One ICMP echo from namespace `ns` to `to`, waiting up to `wait_s` seconds: the round trip

@@ -32,7 +32,7 @@ fn listen_in<T: Send + 'static>(
     ns: &str,
     ip: Ipv4Addr,
     serve: impl FnOnce(TcpListener) -> Result<T> + Send + 'static,
-) -> Result<(SocketAddr, JoinHandle<Result<Result<T>>>)> {
+) -> Result<(SocketAddr, JoinHandle<hostnet::Result<Result<T>>>)> {
     let (tx, rx) = mpsc::channel();
     let handle = netns::spawn_in(ns, move || {
         let l = match TcpListener::bind((ip, 0)).and_then(|l| l.local_addr().map(|a| (l, a))) {
@@ -72,7 +72,7 @@ fn accept_within(l: &TcpListener, timeout: Duration) -> Result<TcpStream> {
     }
 }
 
-fn join<T>(h: JoinHandle<Result<Result<T>>>, what: &str) -> Result<T> {
+fn join<T>(h: JoinHandle<hostnet::Result<Result<T>>>, what: &str) -> Result<T> {
     h.join().map_err(|_| anyhow!("{what} thread panicked"))??
 }
 
@@ -156,8 +156,8 @@ pub struct StreamReport {
 pub struct Stream {
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<StreamStats>>,
-    client: Option<JoinHandle<Result<Result<u64>>>>,
-    server: Option<JoinHandle<Result<Result<()>>>>,
+    client: Option<JoinHandle<hostnet::Result<Result<u64>>>>,
+    server: Option<JoinHandle<hostnet::Result<Result<()>>>>,
     started: Instant,
 }
 

@@ -13,14 +13,11 @@
 //! other containers are attached (is the cost per container flat?). Plugins are exec'd the way
 //! a runtime does it: environment + config on stdin, from a thread inside the host netns.
 
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use serde_json::{Value, json};
 
 const REF_DIR: &str = "/usr/lib/cni";
@@ -196,8 +193,9 @@ impl Subject {
     }
 
     fn enter(&self) -> Result<(), String> {
-        let f = File::open(format!("/run/netns/{}", self.host_ns)).map_err(|e| e.to_string())?;
-        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+        hostnet::netns::Netns::named(&self.host_ns)
+            .and_then(|n| n.enter_this_thread())
+            .map_err(|e| e.to_string())
     }
 
     /// Run `work(i)` for `items` on `parallel` threads, each inside the host netns.

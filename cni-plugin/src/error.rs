@@ -164,6 +164,10 @@ impl From<hostnet::Error> for CniError {
         match e {
             hostnet::Error::Untrusted { path, reason } => CniError::Untrusted { path, reason },
             hostnet::Error::Io { op, path, source } => CniError::io(format!("{op} {path}"), source),
+            hostnet::Error::Enter { path, source } => {
+                CniError::kernel(format!("enter netns {path}"), source)
+            }
+            hostnet::Error::ThreadPanicked { .. } => CniError::kernel("netns thread", "panicked"),
         }
     }
 }

@@ -7,6 +7,16 @@ pub enum Error {
     /// The path exists and others could have written it ([`crate::file_trust`]).
     #[error("refusing {path}: it {reason}")]
     Untrusted { path: String, reason: String },
+    /// Joining a network namespace failed.
+    #[error("enter netns {path}: {source}")]
+    Enter {
+        path: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// Work run inside a network namespace panicked.
+    #[error("the thread inside netns {path} panicked")]
+    ThreadPanicked { path: String },
     /// A file operation failed: `op` names it ("stat", "write"...).
     #[error("{op} {path}: {source}")]
     Io {

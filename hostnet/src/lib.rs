@@ -5,10 +5,12 @@
 //! - [`subnet_env`]: `subnet.env`, the contract between netd and netd-cni.
 //! - [`file_trust`]: which runtime files and directories a root process may trust.
 //! - [`nft`]: running the nftables tool.
+//! - [`netns`]: network namespaces, and the one place that enters one.
 //! - [`error`]: the one error type.
 
 pub mod error;
 pub mod file_trust;
+pub mod netns;
 pub mod nft;
 pub mod subnet_env;
 

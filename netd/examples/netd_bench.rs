@@ -23,7 +23,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -424,9 +423,10 @@ fn in_netns<T: Send + 'static>(
 }
 
 fn enter_netns(path: &str) -> Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("setns {path}"))
+    hostnet::netns::Netns::open(path)?
+        .with_context(|| format!("no namespace at {path}"))?
+        .enter_this_thread()?;
+    Ok(())
 }
 
 /// A route appearing in (or leaving) a host's main table.

@@ -113,6 +113,9 @@ impl From<hostnet::Error> for Error {
         match e {
             hostnet::Error::Untrusted { path, reason } => Error::Untrusted { path, reason },
             hostnet::Error::Io { path, source, .. } => Error::File { path, source },
+            e @ (hostnet::Error::Enter { .. } | hostnet::Error::ThreadPanicked { .. }) => {
+                Error::Kernel(e.to_string())
+            }
         }
     }
 }

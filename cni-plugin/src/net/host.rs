@@ -75,7 +75,7 @@ pub async fn create_veth(
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(ifname.to_string())
         .mtu(mtu)
-        .append_extra_attribute(LinkAttribute::NetNsFd(netns.file.as_raw_fd()))
+        .append_extra_attribute(LinkAttribute::NetNsFd(netns.fd().as_raw_fd()))
         .build();
     let msg = LinkVeth::new(host_name, ifname)
         .mtu(mtu)

@@ -9,9 +9,8 @@
 //! panics. Nothing is ever added to the machine's root namespace.
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -139,10 +138,9 @@ fn remove_orphans() {
 
 /// Moves the calling thread into namespace `ns`.
 fn enter_netns(ns: &str) {
-    let file =
-        File::open(format!("/run/netns/{ns}")).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+    hostnet::netns::Netns::named(ns)
+        .and_then(|n| n.enter_this_thread())
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// One member: its namespace, data and (while running) process.

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -70,14 +69,10 @@ pub fn try_run(args: &[&str]) -> Output {
 /// Runs `f` on a thread that has joined namespace `ns` (the calling thread never changes
 /// namespace); `f` may build its own runtime.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
+    hostnet::netns::Netns::named(ns)
+        .expect("open netns")
+        .run(f)
+        .expect("netns thread")
 }
 
 /// Runs the netd binary in the current namespace with `args`, for invocations that must exit on
@@ -758,12 +753,10 @@ impl World {
 
     /// HTTP GET inside host `i`'s namespace (from a thread that joins the namespace).
     pub fn http_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        let ns_path = format!("/run/netns/{}", self.host(i));
+        let ns = hostnet::netns::Netns::named(&self.host(i)).ok()?;
         let port = self.healthz_port;
         let path = path.to_string();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&ns_path).ok()?;
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        ns.run(move || {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
             write!(
@@ -780,7 +773,6 @@ impl World {
                 .unwrap_or_default();
             Some((status, body))
         })
-        .join()
         .ok()
         .flatten()
     }
