@@ -6,10 +6,13 @@
 //! - [`file_trust`]: which runtime files and directories a root process may trust.
 //! - [`nft`]: running the nftables tool.
 //! - [`netns`]: network namespaces, and the one place that enters one.
+//! - `netlink` (feature `netlink`): errno kinds, link lookup, addresses, the main table.
 //! - [`error`]: the one error type.
 
 pub mod error;
 pub mod file_trust;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod subnet_env;

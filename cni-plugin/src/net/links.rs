@@ -3,7 +3,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     BridgePortState, InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -11,10 +10,6 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::error::{CniError, Result};
-
-/// errno values netlink reports that callers treat as "already so".
-const EEXIST: i32 = 17;
-const ENODEV: i32 = 19;
 
 /// The facts about a link the plugin uses.
 #[derive(Debug, Clone)]
@@ -69,32 +64,14 @@ fn format_mac(bytes: &[u8]) -> String {
         .join(":")
 }
 
-/// The errno of a netlink error (positive), if it is one.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-/// The link is gone (ENODEV).
-pub fn is_gone(e: &rtnetlink::Error) -> bool {
-    errno(e) == Some(ENODEV)
-}
-
-pub fn is_exists(e: &rtnetlink::Error) -> bool {
-    errno(e) == Some(EEXIST)
-}
+pub use hostnet::netlink::{is_exists, is_gone};
 
 /// The link named `name`, or `None` when there is none.
 pub async fn get_by_name(h: &Handle, name: &str) -> Result<Option<Link>> {
-    let mut stream = h.link().get().match_name(name.to_string()).execute();
-    match stream.try_next().await {
-        Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-        Ok(None) => Ok(None),
-        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-        Err(e) => Err(CniError::kernel(format!("look up link {name}"), e)),
-    }
+    hostnet::netlink::link_by_name(h, name)
+        .await
+        .map(|m| m.as_ref().map(Link::from_message))
+        .map_err(|e| CniError::kernel(format!("look up link {name}"), e))
 }
 
 /// Delete the link named `name`; absent is success. Returns whether it existed.
@@ -104,31 +81,17 @@ pub async fn delete_by_name(h: &Handle, name: &str) -> Result<bool> {
     };
     match h.link().del(link.index).execute().await {
         Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
+        Err(e) if is_gone(&e) => Ok(false),
         Err(e) => Err(CniError::kernel(format!("delete link {name}"), e)),
     }
 }
 
 /// IPv4 addresses (with prefix) on the link `index`.
 pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
+    let nets = hostnet::netlink::ipv4_addresses(h, index)
         .await
         .map_err(|e| CniError::kernel("list addresses", e))?;
-    Ok(msgs
-        .iter()
-        .filter(|m| m.header.index == index)
-        .flat_map(|m| {
-            m.attributes.iter().filter_map(move |a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
-                _ => None,
-            })
-        })
-        .collect())
+    Ok(nets.iter().map(|n| (n.ip(), n.prefix())).collect())
 }
 
 /// Add `ip/prefix` to link `index`; already present is success.
@@ -164,7 +127,7 @@ pub async fn routes(h: &Handle) -> Result<Vec<Route4>> {
         .map_err(|e| CniError::kernel("list routes", e))?;
     Ok(msgs
         .iter()
-        .filter(|m| m.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN)
+        .filter(|m| m.header.table == hostnet::netlink::MAIN_TABLE)
         .map(|m| {
             let mut r = Route4 {
                 dst: Ipv4Addr::UNSPECIFIED,

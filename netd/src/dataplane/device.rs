@@ -7,8 +7,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
@@ -17,9 +15,6 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::error::{Error, Result};
 use crate::subnet::MacAddr;
-
-const ENODEV: i32 = 19;
-const EEXIST: i32 = 17;
 
 /// The interface peers are reached through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,24 +53,11 @@ pub struct VxlanDevice {
     pub mac: MacAddr,
 }
 
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
-}
-
 /// Looks a link up by name; `None` when it does not exist.
 pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
+    hostnet::netlink::link_by_name(h, name)
         .await
-    {
-        Ok(m) => Ok(m),
-        Err(e) if is_errno(&e, ENODEV) => Ok(None),
-        Err(e) => Err(Error::netlink(format!("get link {name}"), e)),
-    }
+        .map_err(|e| Error::netlink(format!("get link {name}"), e))
 }
 
 async fn link_by_index(h: &Handle, index: u32) -> Result<LinkMessage> {
@@ -122,32 +104,9 @@ fn link_mac(m: &LinkMessage) -> Option<MacAddr> {
 
 /// IPv4 addresses (with prefix) configured on a link.
 pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
+    hostnet::netlink::ipv4_addresses(h, index)
         .await
-        .map_err(|e| Error::netlink("list addresses", e))?;
-    let mut out = Vec::new();
-    for m in msgs {
-        if m.header.index != index || m.header.family != AddressFamily::Inet {
-            continue;
-        }
-        let addr = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) => {
-                Some(*v)
-            }
-            _ => None,
-        });
-        if let Some(a) = addr
-            && let Ok(n) = Ipv4Network::new(a, m.header.prefix_len)
-        {
-            out.push(n);
-        }
-    }
-    Ok(out)
+        .map_err(|e| Error::netlink("list addresses", e))
 }
 
 /// Finds the underlay: `iface` may be an interface name or one of its IPv4 addresses; without it,
@@ -218,7 +177,10 @@ async fn default_route_oif(h: &Handle) -> Result<Option<u32>> {
         .map_err(|e| Error::netlink("list routes", e))?;
     Ok(routes
         .iter()
-        .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+        .filter(|r| {
+            r.header.destination_prefix_length == 0
+                && r.header.table == hostnet::netlink::MAIN_TABLE
+        })
         .find_map(|r| {
             r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Oif(i) => Some(*i),
@@ -290,7 +252,7 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
     match h.link().add(msg).execute().await {
         Ok(()) => {}
         // Lost a race with another creator: fall through and read what is there.
-        Err(e) if is_errno(&e, EEXIST) => {}
+        Err(e) if hostnet::netlink::is_exists(&e) => {}
         Err(e) => return Err(Error::netlink(format!("create {name}"), e)),
     }
     let link = link_by_name(h, &name)

@@ -23,9 +23,6 @@ use super::{Dataplane, Entry, KernelState, NextHop, Via};
 use crate::error::{Error, Result};
 use crate::subnet::MacAddr;
 
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
-
 /// Kernel access through one rtnetlink handle (bound to the namespace it was created in).
 #[derive(Clone)]
 pub struct NetlinkDataplane {
@@ -65,7 +62,9 @@ impl NetlinkDataplane {
             .await
             .map_err(|e| Error::netlink("list routes", e))?;
         for r in routes {
-            if r.header.table != 254 || r.header.address_family != AddressFamily::Inet {
+            if r.header.table != hostnet::netlink::MAIN_TABLE
+                || r.header.address_family != AddressFamily::Inet
+            {
                 continue;
             }
             let Some(dst) = route_dst(&r) else { continue };
@@ -161,11 +160,6 @@ fn neigh_mac(n: &NeighbourMessage) -> Option<MacAddr> {
     })
 }
 
-fn not_found(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m)
-        if m.raw_code() == -ENOENT || m.raw_code() == -ESRCH)
-}
-
 impl Dataplane for NetlinkDataplane {
     async fn observe(&self) -> Result<KernelState> {
         let mut state = KernelState::default();
@@ -255,7 +249,7 @@ impl Dataplane for NetlinkDataplane {
         };
         match res {
             Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
+            Err(e) if hostnet::netlink::is_not_found(&e) => Ok(()),
             Err(e) => Err(Error::netlink(format!("delete {entry:?}"), e)),
         }
     }

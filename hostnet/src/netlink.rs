@@ -1,0 +1,148 @@
+//! Netlink pieces netd and netd-cni both use (through `rtnetlink`): what an error's errno
+//! means, looking a link up by name, a link's IPv4 addresses, and the main routing table.
+//! Errors stay `rtnetlink::Error`: each program says in its own words what it was doing.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkMessage;
+use nix::errno::Errno;
+use rtnetlink::Handle;
+
+/// The main routing table (`RT_TABLE_MAIN`), where both programs' routes live.
+pub const MAIN_TABLE: u8 = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+
+/// The errno of a netlink error, if the kernel answered with one.
+pub fn errno(e: &rtnetlink::Error) -> Option<Errno> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| Errno::from_raw(-c.get())),
+        _ => None,
+    }
+}
+
+/// The link is gone (ENODEV).
+pub fn is_gone(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(Errno::ENODEV)
+}
+
+/// The object already exists (EEXIST).
+pub fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(Errno::EEXIST)
+}
+
+/// The object to delete is not there (ENOENT, or ESRCH for routes).
+pub fn is_not_found(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(Errno::ENOENT | Errno::ESRCH))
+}
+
+/// The link named `name`; `None` when there is none.
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The IPv4 addresses (with their prefixes) on link `index`.
+pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>, rtnetlink::Error> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.index != index || m.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let addr = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) => {
+                Some(*v)
+            }
+            _ => None,
+        });
+        if let Some(a) = addr
+            && let Ok(n) = Ipv4Network::new(a, m.header.prefix_len)
+        {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_error(errno: i32) -> rtnetlink::Error {
+        let mut m = netlink_packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn errno_kinds() {
+        assert!(is_gone(&kernel_error(Errno::ENODEV as i32)));
+        assert!(is_exists(&kernel_error(Errno::EEXIST as i32)));
+        assert!(is_not_found(&kernel_error(Errno::ENOENT as i32)));
+        assert!(is_not_found(&kernel_error(Errno::ESRCH as i32)));
+        assert!(!is_gone(&kernel_error(Errno::EEXIST as i32)));
+        assert_eq!(errno(&rtnetlink::Error::RequestFailed), None);
+        assert_eq!(MAIN_TABLE, 254);
+    }
+
+    /// Loopback of a namespace of its own: 127.0.0.1/8, found by name.
+    #[test]
+    fn loopback_lookup_in_a_fresh_namespace() {
+        let out = std::thread::spawn(|| {
+            // A namespace that ends with this thread (needs root).
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (root?)");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+                tokio::spawn(conn);
+                let lo = link_by_name(&h, "lo")
+                    .await
+                    .expect("lookup")
+                    .expect("lo exists");
+                let none = link_by_name(&h, "no-such-link").await.expect("lookup");
+                h.link()
+                    .set(
+                        rtnetlink::LinkUnspec::new_with_index(lo.header.index)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .expect("lo up");
+                let addrs = ipv4_addresses(&h, lo.header.index)
+                    .await
+                    .expect("addresses");
+                (none.is_none(), addrs)
+            })
+        })
+        .join()
+        .expect("thread");
+        assert!(out.0);
+        assert_eq!(
+            out.1,
+            vec!["127.0.0.1/8".parse::<Ipv4Network>().expect("literal")]
+        );
+    }
+}
