@@ -88,15 +88,6 @@ fn url_authority_block(port: u16) -> Vec<u8> {
     loona_hpack::Encoder::new().encode(headers)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Sends CONTINUATION frames of 16 KiB after an open HEADERS until the server stops taking
 /// them; the bytes it took.
 fn continuation_flood(port: u16) -> (usize, Option<u32>) {
@@ -115,7 +106,7 @@ fn continuation_flood(port: u16) -> (usize, Option<u32>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_http2_closes_the_connection_and_nothing_else() {
     let mut p = Proc::start(Kind::Kvstore);
-    let (pid, port) = (p.pid().expect("running"), p.client_port);
+    let port = p.client_port;
     // A client connected before the attacks, and used during and after them.
     let client = Client::connect([p.endpoint()], None).await.expect("client");
     client
@@ -158,7 +149,7 @@ async fn hostile_http2_closes_the_connection_and_nothing_else() {
     );
 
     // 4. CONTINUATION floods, 50 at once: each is cut off early, memory stays bounded.
-    let before = rss_kib(pid);
+    let before = p.rss_kib();
     let floods: Vec<_> = (0..50)
         .map(|_| std::thread::spawn(move || continuation_flood(port)))
         .collect();
@@ -178,7 +169,7 @@ async fn hostile_http2_closes_the_connection_and_nothing_else() {
         );
         assert!(matches!(code, Some(c) if c != 0), "flood: GOAWAY {code:?}");
     }
-    let after = rss_kib(pid);
+    let after = p.rss_kib();
     eprintln!("resident: {before} KiB before the floods, {after} KiB after");
     assert!(
         after < before + 16 * 1024,

@@ -133,22 +133,12 @@ async fn far_back_watchers_leave_put_latency_alone() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_stalled_watch_streams_cost_little() {
     const STALLED: usize = 2000;
     const PUTS: usize = 1000;
     let mut p = Proc::start(Kind::Kvstore);
-    let pid = p.pid().expect("running");
-    let before = rss_kib(pid);
+    let before = p.rss_kib();
 
     // One client opens 2,000 watch streams on one connection, each watching the prefix the
     // other client writes, and never reads a response.
@@ -196,7 +186,7 @@ async fn thousands_of_stalled_watch_streams_cost_little() {
         seen += resp.events.len();
     }
     assert_eq!(seen, PUTS);
-    let after = rss_kib(pid);
+    let after = p.rss_kib();
     eprintln!(
         "{STALLED} stalled streams: {PUTS} puts in {:.2} s; resident {before} KiB before, {after} KiB after",
         puts_took.as_secs_f64()
