@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
-use crate::kv::Kv;
+use crate::store::SubnetStore;
 use crate::subnet::{LeaseAttrs, Subnet, in_allocatable_range, pick_free};
 
 /// How many compare-and-swap races to lose before giving up for this round.
@@ -47,8 +47,8 @@ impl LeaseTiming {
 }
 
 /// Acquires (or re-confirms) this host's subnet.
-pub async fn acquire(
-    kv: &Kv,
+pub async fn acquire<S: SubnetStore>(
+    kv: &S,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
     previous: Option<Subnet>,
@@ -137,14 +137,14 @@ pub async fn acquire(
     })
 }
 
-async fn revoke_quietly(kv: &Kv, lease: i64) {
+async fn revoke_quietly<S: SubnetStore>(kv: &S, lease: i64) {
     if let Err(e) = kv.revoke(lease).await {
         tracing::debug!(lease, error = %e, "revoking unused lease failed; it will expire");
     }
 }
 
 /// Renews the KV lease once. `Err(LeaseLost)` when the store says the lease is gone.
-pub async fn renew(kv: &Kv, own: &OwnLease) -> Result<()> {
+pub async fn renew<S: SubnetStore>(kv: &S, own: &OwnLease) -> Result<()> {
     if own.lease == 0 {
         return Ok(());
     }
@@ -175,5 +175,143 @@ mod tests {
             renew_margin: Duration::from_secs(3600),
         };
         assert_eq!(short.renew_interval(), Duration::from_secs(3));
+    }
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::kv::Listing;
+    use crate::store::MemoryStore;
+    use crate::subnet::{MacAddr, VxlanData};
+
+    const TIMING: LeaseTiming = LeaseTiming {
+        ttl: Duration::from_secs(60),
+        renew_margin: Duration::from_secs(10),
+    };
+
+    fn config() -> NetworkConfig {
+        NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .expect("config")
+    }
+
+    fn host(n: u8) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::new(192, 0, 2, n),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, n]),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn reuse_after_restart_keeps_subnet_and_lease() {
+        let kv = MemoryStore::default();
+        let first = acquire(&kv, &config(), &host(1), None, TIMING)
+            .await
+            .expect("acquire");
+        assert_ne!(first.lease, 0);
+        // netd restarts (no previous subnet file): its own live record is reused as it is.
+        let again = acquire(&kv, &config(), &host(1), None, TIMING)
+            .await
+            .expect("again");
+        assert_eq!(again, first);
+        assert_eq!(kv.keys().len(), 1);
+        assert_eq!(kv.live_leases(), vec![first.lease]);
+        // Another host never gets the same subnet.
+        let other = acquire(&kv, &config(), &host(2), Some(first.subnet), TIMING)
+            .await
+            .expect("other host");
+        assert_ne!(other.subnet, first.subnet);
+    }
+
+    #[tokio::test]
+    async fn reservation_is_honoured_for_its_host_only() {
+        let kv = MemoryStore::default();
+        let attrs = serde_json::to_string(&host(1)).expect("json");
+        kv.put_raw("10.244.7.0-24", &attrs, 0);
+        let mine = acquire(&kv, &config(), &host(1), None, TIMING)
+            .await
+            .expect("acquire");
+        assert_eq!(mine.subnet.key(), "10.244.7.0-24");
+        assert_eq!(mine.lease, 0, "a reservation gets no lease");
+        // Another host asking for that subnet gets another one.
+        let other = acquire(&kv, &config(), &host(2), Some(mine.subnet), TIMING)
+            .await
+            .expect("other");
+        assert_ne!(other.subnet, mine.subnet);
+        renew(&kv, &mine)
+            .await
+            .expect("nothing to renew on a reservation");
+    }
+
+    #[tokio::test]
+    async fn lost_lease_is_reported_then_reacquired_with_the_same_subnet() {
+        let kv = MemoryStore::default();
+        let own = acquire(&kv, &config(), &host(1), None, TIMING)
+            .await
+            .expect("acquire");
+        renew(&kv, &own).await.expect("renew while alive");
+        kv.expire(own.lease);
+        assert!(kv.keys().is_empty(), "the record went with its lease");
+        let lost = renew(&kv, &own).await.expect_err("lease gone");
+        assert!(matches!(lost, Error::LeaseLost(_)), "{lost}");
+        let back = acquire(&kv, &config(), &host(1), Some(own.subnet), TIMING)
+            .await
+            .expect("re-acquire");
+        assert_eq!(back.subnet, own.subnet, "the previous subnet, free again");
+        assert_ne!(back.lease, own.lease);
+    }
+
+    /// A store where another host creates the same subnet just before this one does, once.
+    struct Racing {
+        inner: MemoryStore,
+        raced: AtomicBool,
+    }
+
+    impl SubnetStore for Racing {
+        async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
+            self.inner.list_subnets(config).await
+        }
+        async fn create_subnet(&self, s: &Subnet, attrs: &LeaseAttrs, lease: i64) -> Result<bool> {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                let theirs = serde_json::to_string(&host(9)).expect("json");
+                self.inner.put_raw(&s.key(), &theirs, 0);
+            }
+            self.inner.create_subnet(s, attrs, lease).await
+        }
+        async fn update_subnet(&self, s: &Subnet, a: &LeaseAttrs, l: i64, m: i64) -> Result<bool> {
+            self.inner.update_subnet(s, a, l, m).await
+        }
+        async fn delete_subnet_if(&self, s: &Subnet, m: i64) -> Result<bool> {
+            self.inner.delete_subnet_if(s, m).await
+        }
+        async fn grant(&self, ttl: i64) -> Result<i64> {
+            self.inner.grant(ttl).await
+        }
+        async fn revoke(&self, id: i64) -> Result<()> {
+            self.inner.revoke(id).await
+        }
+        async fn keep_alive_once(&self, id: i64) -> Result<i64> {
+            self.inner.keep_alive_once(id).await
+        }
+    }
+
+    #[tokio::test]
+    async fn conflict_on_create_retries_with_another_subnet() {
+        let kv = Racing {
+            inner: MemoryStore::default(),
+            raced: AtomicBool::new(false),
+        };
+        let wanted = Subnet::from_key("10.244.42.0-24").expect("subnet");
+        let own = acquire(&kv, &config(), &host(1), Some(wanted), TIMING)
+            .await
+            .expect("acquire after losing a race");
+        assert_ne!(own.subnet, wanted, "the other host kept it");
+        let keys = kv.inner.keys();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        // The lease granted for the lost attempt was revoked, not leaked.
+        assert_eq!(kv.inner.live_leases(), vec![own.lease]);
     }
 }

@@ -5,7 +5,8 @@
 //! * [`config`] — the network config JSON at `<prefix>/config`: defaults and validation.
 //! * [`subnet`] — subnet keys, record values, record checks, free-subnet choice (pure).
 //! * [`kv`] — all KV access, etcd v3 API only; [`embedded`] — the in-process KV member seam.
-//! * [`lease`] — acquiring and renewing this host's subnet lease.
+//! * [`lease`] — acquiring and renewing this host's subnet lease, through the [`store`] seam
+//!   (the etcd API, or its in-memory twin in tests).
 //! * [`watch`] — list + watch of peer records with re-list and reconnect.
 //! * [`peers`] — the peer table: events and reconcile applied to a [`dataplane::Dataplane`].
 //! * [`dataplane`] — kernel entries, diffing, and the rtnetlink implementation (VXLAN, routes).
@@ -33,6 +34,7 @@ pub mod lease;
 pub mod masq;
 pub mod metrics;
 pub mod peers;
+pub mod store;
 pub mod subnet;
 pub mod subnet_file;
 pub mod watch;
