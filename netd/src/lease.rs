@@ -296,6 +296,10 @@ mod tests {
         async fn keep_alive_once(&self, id: i64) -> Result<i64> {
             self.inner.keep_alive_once(id).await
         }
+        type Watch = crate::store::MemoryWatch;
+        async fn watch_subnets(&self, start: i64) -> Result<Self::Watch> {
+            self.inner.watch_subnets(start).await
+        }
     }
 
     #[tokio::test]
