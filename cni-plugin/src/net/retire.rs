@@ -9,12 +9,10 @@
 //! peer with it. GC also reaps any retired link left behind if a reaper was killed.
 //! `"asyncTeardown": false` makes DEL delete synchronously instead.
 
-use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
 
 use futures::TryStreamExt;
-use nix::libc;
-use nix::unistd::{ForkResult, fork};
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::links::{self, Link};
@@ -53,45 +51,25 @@ pub async fn retire(h: &Handle, link: &Link) -> Result<Option<String>> {
     }
 }
 
-/// Start a detached reaper that deletes the retired host links `names`.
-///
-/// A plain fork + exec rather than `std::process::Command`: `Command` waits until the child
-/// has exec'd, which on a loaded node can add milliseconds to DEL for nothing. The reaper's
-/// stdio is /dev/null (the runtime reads our stdout to EOF and must not wait for the reaper)
-/// and it runs in its own session, out of reach of signals meant for the runtime's plugin.
+/// Start a detached reaper that deletes the retired host links `names`: this binary again,
+/// with stdio on /dev/null (the runtime reads our stdout to EOF and must not wait for the
+/// reaper), in a process group of its own (out of reach of signals meant for the runtime's
+/// plugin), never waited for.
 pub fn spawn_reaper(names: &[String]) -> Result<()> {
     if names.is_empty() {
         return Ok(());
     }
-    let bad = |e: std::ffi::NulError| CniError::kernel("reaper arguments", e);
-    // Everything the child needs is prepared before fork: after it, only async-signal-safe
-    // calls are made.
-    let path = CString::new("/proc/self/exe").map_err(bad)?;
-    let arg0 = CString::new("netd-cni-reaper").map_err(bad)?;
-    let env = CString::new(format!("{REAP_ENV}={}", names.join(","))).map_err(bad)?;
-    let argv = [arg0.as_ptr(), std::ptr::null()];
-    let envp = [env.as_ptr(), std::ptr::null()];
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| CniError::io("open /dev/null", e))?;
-    let null_fd = devnull.as_raw_fd();
-    // SAFETY: the plugin is single-threaded here (the current-thread runtime spawns no worker
-    // threads, and the netns helper threads have been joined), and the child only calls
-    // async-signal-safe functions (setsid, dup2, execve, _exit) on data prepared above.
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => Ok(()),
-        Ok(ForkResult::Child) => unsafe {
-            libc::setsid();
-            libc::dup2(null_fd, 0);
-            libc::dup2(null_fd, 1);
-            libc::dup2(null_fd, 2);
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127)
-        },
-        Err(e) => Err(CniError::kernel("fork reaper", e)),
-    }
+    std::process::Command::new("/proc/self/exe")
+        .arg0("netd-cni-reaper")
+        .env_clear()
+        .env(REAP_ENV, names.join(","))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(drop)
+        .map_err(|e| CniError::io("start the reaper", e))
 }
 
 /// Delete retired links by name; names without the retired prefix are refused.
