@@ -6,8 +6,7 @@
 //! ICMP packet of its namespace, so a reply counts only when its source, identifier and sequence
 //! number are the request's.
 
-use std::io::{self, ErrorKind};
-use std::mem::MaybeUninit;
+use std::io::{self, ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -34,13 +33,13 @@ pub fn echo(to: Ipv4Addr, wait: Duration) -> io::Result<Option<Duration>> {
         Err(e) if unreachable(&e) => return Ok(None),
         Err(e) => return Err(e),
     }
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+    let mut buf = [0u8; 1500];
     loop {
         let Some(left) = wait.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
             return Ok(None);
         };
         sock.set_read_timeout(Some(left))?;
-        let (n, from) = match sock.recv_from(&mut buf) {
+        let n = match (&sock).read(&mut buf) {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return Ok(None);
@@ -49,13 +48,8 @@ pub fn echo(to: Ipv4Addr, wait: Duration) -> io::Result<Option<Duration>> {
             Err(e) if unreachable(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        // SAFETY: recv_from initialised the first n bytes.
-        let packet: Vec<u8> = buf[..n]
-            .iter()
-            .map(|b| unsafe { b.assume_init() })
-            .collect();
-        let from_ip = from.as_socket_ipv4().map(|a| *a.ip());
-        if from_ip == Some(to) && is_reply(&packet, id, seq) {
+        let packet = &buf[..n];
+        if source(packet) == Some(to) && is_reply(packet, id, seq) {
             return Ok(Some(started.elapsed()));
         }
     }
@@ -77,6 +71,12 @@ fn request(id: u16, seq: u16) -> Vec<u8> {
     let sum = checksum(&p);
     p[2..4].copy_from_slice(&sum.to_be_bytes());
     p
+}
+
+/// The source address of an IPv4 packet.
+fn source(packet: &[u8]) -> Option<Ipv4Addr> {
+    let b: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
 }
 
 /// True when `packet` (an IPv4 packet, as a raw socket hands it over) is the echo reply to

@@ -17,6 +17,7 @@ pub struct CatchUp {
 
 impl CatchUp {
     /// Starts the worker thread.
+    #[allow(unsafe_code)] // sched_setscheduler(2): std has no call for it
     pub fn start() -> std::io::Result<CatchUp> {
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()

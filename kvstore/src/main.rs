@@ -20,6 +20,7 @@ fn main() {
 /// and each keeps the memory freed into it; the raft, backend writer, sled and runtime
 /// threads then hold about 10 MB more after a write load than with two arenas, which
 /// measured no slower. `MALLOC_ARENA_MAX` in the environment still decides, as usual.
+#[allow(unsafe_code)] // mallopt(3): std has no call for it
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

@@ -167,6 +167,7 @@ pub fn remove_before(dir: &Path, seq: u64) -> Result<()> {
 
 /// Reserves `len` bytes for `file` so that appends need no block allocation; where the
 /// filesystem cannot, the file just grows as it is written.
+#[allow(unsafe_code)] // fallocate(2): std has no call for it
 fn preallocate(file: &File, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on an open descriptor we own; it touches no memory of ours.
