@@ -62,6 +62,12 @@ pub enum Error {
     Corrupt(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// Serving clients or peers failed (a listener's task, the gRPC server).
+    #[error("serving: {0}")]
+    Serve(String),
+    /// Stopping failed (the raft thread's final writes, a task that would not end).
+    #[error("shutdown: {0}")]
+    Shutdown(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -97,6 +103,8 @@ impl Error {
             | Error::Raft(_)
             | Error::Corrupt(_)
             | Error::Config(_)
+            | Error::Serve(_)
+            | Error::Shutdown(_)
             | Error::Io(_) => Code::Internal,
         }
     }

@@ -39,184 +39,57 @@ pub struct Server {
 
 impl Server {
     /// Opens the data dir, restores state, starts raft and binds the peer and client
-    /// listeners.
+    /// listeners, in that order of steps: [`Listeners::bind`] (a port in use fails the start
+    /// before anything is written), storage and identity ([`crate::bootstrap`]),
+    /// [`raft_node`], [`start_raft_thread`], then [`serve`].
     pub async fn start(cfg: Config) -> Result<Server> {
         cfg.validate()?;
         let tls = crate::tls::MemberTls::load(&cfg)?;
         let dir = cfg.data_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
-        // Bind first: a port in use must fail the start before anything is written.
-        let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
-        let mut client_listeners = Vec::new();
-        for (l, url) in bind_all(&cfg.listen_client_urls)
-            .await?
-            .into_iter()
-            .zip(&cfg.listen_client_urls)
-        {
-            client_listeners.push((l, tls.grpc_for(url)?));
-        }
-        // The peer side: TLS on https:// peer listeners, and how to dial other members.
-        let mut peer_servers = Vec::new();
-        for u in &cfg.listen_peer_urls {
-            let server_tls = match &tls.peer {
-                Some(t) if config::is_https(u) => Some(t.grpc_server()),
-                _ => None,
-            };
-            peer_servers.push(peer::conn::server(server_tls)?);
-        }
-        let dialer = match &tls.peer {
-            Some(t) if t.has_ca() => peer::conn::Dialer::new(Some(t.grpc_client()?)),
-            _ => peer::conn::Dialer::default(),
-        };
+        let listeners = Listeners::bind(&cfg, &tls).await?;
         let backend: Arc<dyn Backend> = SledBackend::open(&dir.join("db"))?;
         let wal = crate::wal::recover(&dir.join("wal"), backend.as_ref())?;
-        let start = crate::bootstrap::start(&cfg, backend.as_ref(), &dialer).await?;
-        let me = start.me;
-        let cluster_id = start.cluster_id;
-        let voters = raft::Storage::initial_state(&start.log)?.conf_state.voters;
-        let raft_cfg = raft::Config {
-            id: me,
-            election_tick: cfg.election_ticks(),
-            heartbeat_tick: 1,
-            applied: start.sm.applied,
-            max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 256,
-            pre_vote: true,
-            check_quorum: true,
-            // Appends raft queues for a peer within one Ready go out as one message
-            // (fewer, larger messages; measured +15% puts with 64 clients on 3 members).
-            batch_append: true,
-            ..Default::default()
-        };
-        raft_cfg.validate()?;
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let mut raw = RawNode::new(&raft_cfg, start.log.clone(), &logger)?;
-        if voters == [me] {
-            // A lone voter need not wait out an election timeout.
-            raw.campaign()?;
-        }
-
-        let (rev_tx, _) = tokio::sync::watch::channel(start.sm.mvcc.current_revision());
-        let (stopping, _) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(Shared {
-            sm: RwLock::new(start.sm),
-            status: RaftStatus::default(),
-            revision: rev_tx,
-            stopping,
-            removed: Default::default(),
-        });
-        let request_ids = Arc::new(RequestIds::new(me));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let transport = Arc::new(peer::Transport::new(
-            me,
-            cluster_id,
-            tx.clone(),
-            tokio::runtime::Handle::current(),
-            dialer.clone(),
-        ));
+        let start = crate::bootstrap::start(&cfg, backend.as_ref(), &listeners.dialer).await?;
+        let (me, cluster_id) = (start.me, start.cluster_id);
+        let raw = raft_node(&cfg, &start)?;
         let request_timeout = cfg.request_timeout();
-        let node_loop = NodeLoop::new(
-            raw,
-            start.log,
-            backend.clone(),
-            shared.clone(),
-            NodeOptions {
-                tick: cfg.tick(),
-                snapshot_count: cfg.snapshot_count.max(1),
-                catch_up_entries: cfg.snapshot_count.clamp(1, 5000),
-                read_timeout: request_timeout,
-                read_retry: (cfg.tick() * 3).max(Duration::from_millis(100)),
-                peer_timeout: Duration::from_millis(cfg.election_timeout.max(1)),
-            },
-            request_ids.clone(),
-            transport,
-            me,
-            wal,
-        )?;
-        let node_shared = shared.clone();
-        let node = std::thread::Builder::new()
-            .name("raft".into())
-            .spawn(move || {
-                let res = node_loop.run(rx);
-                if let Err(e) = &res {
-                    tracing::error!(error = %e, "raft node stopped on a storage error");
-                }
-                node_shared.stopping.send_replace(true);
-                res
-            })?;
-
+        let raft = start_raft_thread(&cfg, raw, start, backend.clone(), &listeners.dialer, wal)?;
         let member = Arc::new(Member {
-            shared,
-            tx,
-            ids: request_ids,
+            shared: raft.shared,
+            tx: raft.tx,
+            ids: raft.ids,
             member_id: me,
             cluster_id,
             backend,
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
             request_timeout,
-            peers: peer::client::PeerClients::new(dialer),
+            peers: peer::client::PeerClients::new(listeners.dialer.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,
             catch_up: crate::catch_up::CatchUp::start()?,
             max_concurrent_streams: cfg.max_concurrent_streams,
         });
-
-        let mut client_addrs = Vec::new();
-        for (l, _) in &client_listeners {
-            client_addrs.push(l.local_addr()?);
-        }
-        let mut peer_addrs = Vec::new();
-        for l in &peer_listeners {
-            peer_addrs.push(l.local_addr()?);
-        }
-        let mut metrics_addrs = Vec::new();
-        let mut tasks = Vec::new();
-        for (url, l) in cfg
-            .listen_metrics_urls
-            .iter()
-            .zip(bind_all(&cfg.listen_metrics_urls).await?)
-        {
-            metrics_addrs.push(l.local_addr()?);
-            let l_tls = tls.http_for(url)?;
-            tasks.push(tokio::spawn(crate::http::serve(member.clone(), l, l_tls)));
-        }
-        for (l, server) in peer_listeners.into_iter().zip(peer_servers) {
-            tasks.push(tokio::spawn(serve_peers(member.clone(), l, server)));
-        }
-        let attrs = MemberAttributes {
-            id: me,
-            name: cfg.name.clone(),
-            client_urls: cfg.advertise_client_urls(),
-        };
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        // As etcd, clients are served once the member list shows this member's client URLs
-        // (so `endpoint status --cluster` finds every serving member).
-        let serving = tokio::spawn({
-            let member = member.clone();
-            async move {
-                publish(&member, attrs).await;
-                grpc::serve(member, client_listeners, shutdown_rx).await
-            }
-        });
+        let served = serve(&cfg, &tls, &member, listeners).await?;
         tracing::info!(
             name = %cfg.name,
             member_id = format!("{me:x}"),
             cluster_id = format!("{cluster_id:x}"),
             data_dir = %dir.display(),
-            clients = ?client_addrs,
-            peers = ?peer_addrs,
+            clients = ?served.client_addrs,
+            peers = ?served.peer_addrs,
             "kvstore member serving"
         );
         Ok(Server {
-            client_addrs,
-            peer_addrs,
-            metrics_addrs,
-            tasks,
+            client_addrs: served.client_addrs,
+            peer_addrs: served.peer_addrs,
+            metrics_addrs: served.metrics_addrs,
+            tasks: served.tasks,
             member,
-            shutdown: Some(shutdown_tx),
-            serving,
-            node: Some(node),
+            shutdown: Some(served.shutdown),
+            serving: served.serving,
+            node: Some(raft.thread),
         })
     }
 
@@ -254,17 +127,17 @@ impl Server {
             tokio::time::timeout(FINAL_FLUSH, joined)
                 .await
                 .map_err(|_| {
-                    Error::Config(format!(
+                    Error::Shutdown(format!(
                         "storage flush did not finish in {} s",
                         FINAL_FLUSH.as_secs()
                     ))
                 })?
-                .map_err(|e| Error::Config(format!("raft thread: {e}")))?
-                .map_err(|_| Error::Config("raft thread panicked".into()))??;
+                .map_err(|e| Error::Shutdown(format!("waiting for the raft thread: {e}")))?
+                .map_err(|_| Error::Shutdown("the raft thread panicked".into()))??;
         }
         match served {
             Ok(r) => r,
-            Err(e) => Err(Error::Config(format!("server task: {e}"))),
+            Err(e) => Err(Error::Shutdown(format!("the client serving task: {e}"))),
         }
     }
 }
@@ -281,6 +154,219 @@ impl Drop for Server {
         }
         let _ = self.member.tx.send(Msg::Stop);
     }
+}
+
+/// The listeners, bound before anything is written, and how to dial other members.
+struct Listeners {
+    peer: Vec<(TcpListener, tonic::transport::Server)>,
+    client: Vec<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
+    dialer: peer::conn::Dialer,
+}
+
+impl Listeners {
+    /// Binds the peer and client URLs, with TLS where the URL is https.
+    async fn bind(cfg: &Config, tls: &crate::tls::MemberTls) -> Result<Listeners> {
+        let mut peer = Vec::new();
+        for (l, u) in bind_all(&cfg.listen_peer_urls)
+            .await?
+            .into_iter()
+            .zip(&cfg.listen_peer_urls)
+        {
+            let server_tls = match &tls.peer {
+                Some(t) if config::is_https(u) => Some(t.grpc_server()),
+                _ => None,
+            };
+            peer.push((l, peer::conn::server(server_tls)?));
+        }
+        let mut client = Vec::new();
+        for (l, url) in bind_all(&cfg.listen_client_urls)
+            .await?
+            .into_iter()
+            .zip(&cfg.listen_client_urls)
+        {
+            client.push((l, tls.grpc_for(url)?));
+        }
+        let dialer = match &tls.peer {
+            Some(t) if t.has_ca() => peer::conn::Dialer::new(Some(t.grpc_client()?)),
+            _ => peer::conn::Dialer::default(),
+        };
+        Ok(Listeners {
+            peer,
+            client,
+            dialer,
+        })
+    }
+}
+
+/// The raft node this member runs, from its stored log and state.
+fn raft_node(
+    cfg: &Config,
+    start: &crate::bootstrap::Start,
+) -> Result<RawNode<crate::raft_log::RaftLog>> {
+    let me = start.me;
+    let voters = raft::Storage::initial_state(&start.log)?.conf_state.voters;
+    let raft_cfg = raft::Config {
+        id: me,
+        election_tick: cfg.election_ticks(),
+        heartbeat_tick: 1,
+        applied: start.sm.applied,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        pre_vote: true,
+        check_quorum: true,
+        // Appends raft queues for a peer within one Ready go out as one message
+        // (fewer, larger messages; measured +15% puts with 64 clients on 3 members).
+        batch_append: true,
+        ..Default::default()
+    };
+    raft_cfg.validate()?;
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut raw = RawNode::new(&raft_cfg, start.log.clone(), &logger)?;
+    if voters == [me] {
+        // A lone voter need not wait out an election timeout.
+        raw.campaign()?;
+    }
+    Ok(raw)
+}
+
+/// The running raft thread and what the member shares with it.
+struct RaftThread {
+    shared: Arc<Shared>,
+    tx: std::sync::mpsc::Sender<Msg>,
+    ids: Arc<RequestIds>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+/// Starts the raft loop on a thread of its own; when it ends (on a storage error, or when
+/// told to stop), the member is marked stopping.
+fn start_raft_thread(
+    cfg: &Config,
+    raw: RawNode<crate::raft_log::RaftLog>,
+    start: crate::bootstrap::Start,
+    backend: Arc<dyn Backend>,
+    dialer: &peer::conn::Dialer,
+    wal: crate::wal::Wal,
+) -> Result<RaftThread> {
+    let me = start.me;
+    let (rev_tx, _) = tokio::sync::watch::channel(start.sm.mvcc.current_revision());
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        sm: RwLock::new(start.sm),
+        status: RaftStatus::default(),
+        revision: rev_tx,
+        stopping,
+        removed: Default::default(),
+    });
+    let ids = Arc::new(RequestIds::new(me));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let transport = Arc::new(peer::Transport::new(
+        me,
+        start.cluster_id,
+        tx.clone(),
+        tokio::runtime::Handle::current(),
+        dialer.clone(),
+    ));
+    let node_loop = NodeLoop::new(
+        raw,
+        start.log,
+        backend,
+        shared.clone(),
+        NodeOptions {
+            tick: cfg.tick(),
+            snapshot_count: cfg.snapshot_count.max(1),
+            catch_up_entries: cfg.snapshot_count.clamp(1, 5000),
+            read_timeout: cfg.request_timeout(),
+            read_retry: (cfg.tick() * 3).max(Duration::from_millis(100)),
+            peer_timeout: Duration::from_millis(cfg.election_timeout.max(1)),
+        },
+        ids.clone(),
+        transport,
+        me,
+        wal,
+    )?;
+    let node_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let res = node_loop.run(rx);
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "raft node stopped on a storage error");
+            }
+            node_shared.stopping.send_replace(true);
+            res
+        })?;
+    Ok(RaftThread {
+        shared,
+        tx,
+        ids,
+        thread,
+    })
+}
+
+/// What [`serve`] started.
+struct Serving {
+    client_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    metrics_addrs: Vec<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Serves `/health` and `/metrics`, the peer service, and (once this member is published in
+/// the member list) the client API.
+async fn serve(
+    cfg: &Config,
+    tls: &crate::tls::MemberTls,
+    member: &Arc<Member>,
+    listeners: Listeners,
+) -> Result<Serving> {
+    let mut client_addrs = Vec::new();
+    for (l, _) in &listeners.client {
+        client_addrs.push(l.local_addr()?);
+    }
+    let mut peer_addrs = Vec::new();
+    for (l, _) in &listeners.peer {
+        peer_addrs.push(l.local_addr()?);
+    }
+    let mut metrics_addrs = Vec::new();
+    let mut tasks = Vec::new();
+    for (url, l) in cfg
+        .listen_metrics_urls
+        .iter()
+        .zip(bind_all(&cfg.listen_metrics_urls).await?)
+    {
+        metrics_addrs.push(l.local_addr()?);
+        let l_tls = tls.http_for(url)?;
+        tasks.push(tokio::spawn(crate::http::serve(member.clone(), l, l_tls)));
+    }
+    for (l, server) in listeners.peer {
+        tasks.push(tokio::spawn(serve_peers(member.clone(), l, server)));
+    }
+    let attrs = MemberAttributes {
+        id: member.member_id,
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls(),
+    };
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    // As etcd, clients are served once the member list shows this member's client URLs
+    // (so `endpoint status --cluster` finds every serving member).
+    let serving = tokio::spawn({
+        let member = member.clone();
+        let client = listeners.client;
+        async move {
+            publish(&member, attrs).await;
+            grpc::serve(member, client, shutdown_rx).await
+        }
+    });
+    Ok(Serving {
+        client_addrs,
+        peer_addrs,
+        metrics_addrs,
+        tasks,
+        shutdown,
+        serving,
+    })
 }
 
 /// How long a stopping member waits for its raft thread's final writes and flush.

@@ -110,8 +110,8 @@ pub(crate) async fn serve(
     let _ = stop_tx.send(());
     for t in tasks {
         t.await
-            .map_err(|e| Error::Config(format!("listener task: {e}")))?
-            .map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
+            .map_err(|e| Error::Serve(format!("client listener task: {e}")))?
+            .map_err(|e| Error::Serve(format!("gRPC server: {e}")))?;
     }
     Ok(())
 }
