@@ -16,19 +16,19 @@ use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
 use crate::cli::Config;
-use crate::config::{BackendConfig, NetworkConfig};
-use crate::dataplane::RoutingMode;
-use crate::dataplane::device::{self, Underlay, VxlanDevice, VxlanSpec};
+use crate::config::NetworkConfig;
+use crate::dataplane::device::{self, Underlay};
 use crate::dataplane::netlink::NetlinkDataplane;
 use crate::error::{Error, Result};
 use crate::http::{self, Health};
 use crate::kv::Kv;
 use crate::lease::{self, LeaseTiming, OwnLease};
 use crate::metrics::Metrics;
+use crate::overlay::Overlay;
 use crate::peers::{OwnRecord, Peers};
-use crate::subnet::{LeaseAttrs, VxlanData};
+use crate::subnet::VxlanData;
 use crate::subnet_file::{self, SubnetEnv};
-use crate::{embedded, masq, watch};
+use crate::{embedded, masq, overlay, watch};
 
 /// How long to wait before retrying a start-up step that failed for a reason outside netd
 /// (store unreachable, config missing, no free subnet).
@@ -84,80 +84,12 @@ where
     }
 }
 
-/// The backend as set up on this host.
-struct Backend {
-    mode: RoutingMode,
-    attrs: LeaseAttrs,
-    mtu: u32,
-    /// The VXLAN device spec and device; `None` for host-gw.
-    vxlan: Option<(VxlanSpec, VxlanDevice)>,
-}
-
-async fn setup_backend(
-    h: &Handle,
-    net: &NetworkConfig,
-    underlay: &Underlay,
-    public_ip: std::net::Ipv4Addr,
-) -> Result<Backend> {
-    match &net.backend {
-        BackendConfig::Vxlan(v) => {
-            let spec = VxlanSpec {
-                vni: v.vni,
-                port: v.port,
-                learning: v.learning,
-                local: underlay.addr,
-                underlay_index: underlay.index,
-                mtu: underlay.mtu.saturating_sub(50),
-            };
-            let dev = device::ensure_vxlan(h, &spec).await?;
-            tracing::info!(device = %spec.name(), mac = %dev.mac, mtu = spec.mtu, "VXLAN device ready");
-            Ok(Backend {
-                mode: RoutingMode::Vxlan {
-                    vni: v.vni,
-                    direct: v.direct_routing,
-                    segment: underlay.segment,
-                },
-                attrs: LeaseAttrs {
-                    public_ip,
-                    public_ipv6: None,
-                    backend_type: "vxlan".into(),
-                    backend_data: Some(VxlanData {
-                        vni: v.vni,
-                        vtep_mac: dev.mac,
-                    }),
-                },
-                mtu: spec.mtu,
-                vxlan: Some((spec, dev)),
-            })
-        }
-        BackendConfig::HostGw => {
-            if public_ip != underlay.addr {
-                return Err(Error::PublicIpNotLocal {
-                    ip: public_ip,
-                    iface: underlay.name.clone(),
-                });
-            }
-            Ok(Backend {
-                mode: RoutingMode::HostGw,
-                attrs: LeaseAttrs {
-                    public_ip,
-                    public_ipv6: None,
-                    backend_type: "host-gw".into(),
-                    backend_data: None,
-                },
-                mtu: underlay.mtu,
-                vxlan: None,
-            })
-        }
-    }
-}
-
 /// Everything that depends on which subnet we hold: vtep address, masquerade, subnet file.
 async fn apply_own_subnet(
     h: &Handle,
     config: &Config,
     net: &NetworkConfig,
-    backend: &Backend,
+    backend: &Overlay,
     own: &OwnLease,
 ) -> Result<()> {
     if let Some((_, dev)) = &backend.vxlan {
@@ -175,7 +107,7 @@ async fn apply_own_subnet(
 fn write_subnet_file(
     config: &Config,
     net: &NetworkConfig,
-    backend: &Backend,
+    backend: &Overlay,
     own: &OwnLease,
 ) -> Result<()> {
     let env = SubnetEnv::new(
@@ -219,7 +151,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let underlay = device::find_underlay(&h, config.daemon.iface.as_deref()).await?;
     let public_ip = config.daemon.public_ip.unwrap_or(underlay.addr);
     tracing::info!(iface = %underlay.name, local = %underlay.addr, %public_ip, "underlay");
-    let backend = setup_backend(&h, &net, &underlay, public_ip).await?;
+    let backend = overlay::set_up(&h, &net, &underlay, public_ip).await?;
 
     let timing = LeaseTiming {
         ttl: Duration::from_secs(config.daemon.subnet_lease_ttl),
@@ -300,7 +232,7 @@ struct Running<'a> {
     h: Handle,
     net: NetworkConfig,
     underlay: Underlay,
-    backend: Backend,
+    backend: Overlay,
     timing: LeaseTiming,
     own: OwnLease,
     peers: Peers<NetlinkDataplane>,

@@ -13,6 +13,7 @@
 //! * [`subnet_file`], [`masq`] — subnet.env and the nftables masquerade table; [`file_trust`] —
 //!   refusing runtime files and directories other users could write.
 //! * [`http`], [`metrics`] — `/healthz`, `/readyz`, `/metrics`.
+//! * [`overlay`] — the VXLAN device or host-gw set-up, and the record it makes.
 //! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands;
 //!   [`certs`] — `netd certs`, a small CA for TLS test clusters.
 
@@ -33,6 +34,7 @@ pub mod kv;
 pub mod lease;
 pub mod masq;
 pub mod metrics;
+pub mod overlay;
 pub mod peers;
 pub mod store;
 pub mod subnet;
