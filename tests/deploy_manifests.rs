@@ -75,7 +75,7 @@ fn kubernetes_manifest_is_valid_and_matches_the_shipped_configs() {
 
     let cm = kind(&docs, "ConfigMap");
     let net_conf = cm["data"]["net-conf.json"].as_str().expect("net-conf.json");
-    netd::config::NetworkConfig::parse(net_conf).expect("netd accepts net-conf.json");
+    netd::netconf::NetworkConfig::parse(net_conf).expect("netd accepts net-conf.json");
     let cni_conf: serde_json::Value =
         serde_json::from_str(cm["data"]["cni-conf.json"].as_str().expect("cni-conf.json"))
             .expect("cni-conf.json is JSON");

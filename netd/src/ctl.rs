@@ -54,7 +54,7 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
                 None => json.clone(),
             };
             let cfg = kv.put_config(&text).await?;
-            for f in crate::config::unknown_fields(&text) {
+            for f in crate::netconf::unknown_fields(&text) {
                 eprintln!(
                     "netd: warning: field {f:?} is not a netd/flannel config field; it is ignored"
                 );

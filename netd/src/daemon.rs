@@ -16,7 +16,6 @@ use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
 use crate::cli::Config;
-use crate::config::NetworkConfig;
 use crate::dataplane::device::{self, Underlay};
 use crate::dataplane::netlink::NetlinkDataplane;
 use crate::error::{Error, Result};
@@ -24,6 +23,7 @@ use crate::http::{self, Health};
 use crate::kv::Kv;
 use crate::lease::{self, LeaseTiming, OwnLease};
 use crate::metrics::Metrics;
+use crate::netconf::NetworkConfig;
 use crate::overlay::Overlay;
 use crate::peers::{OwnRecord, Peers};
 use crate::subnet::VxlanData;

@@ -2,7 +2,7 @@
 //! one parser that input from the KV store, the disk or a user reaches, and must return
 //! without panicking. Not an API: hidden from the documentation.
 
-use crate::config::{NetworkConfig, unknown_fields};
+use crate::netconf::{NetworkConfig, unknown_fields};
 use crate::subnet::parse_record;
 
 /// The network config an operator writes (`<prefix>/config`, or `--net-config @FILE`), then

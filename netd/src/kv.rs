@@ -10,8 +10,8 @@ use kvstore::client::{Client, ConnectOptions, WatchStream, req};
 use kvstore::proto::etcdserverpb::compare::CompareResult;
 use kvstore::proto::etcdserverpb::{PutRequest, TxnRequest};
 
-use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
+use crate::netconf::NetworkConfig;
 use crate::subnet::{LeaseAttrs, PeerRecord, Subnet, parse_record};
 
 /// Default key prefix (flannel's).
@@ -144,7 +144,7 @@ impl Kv {
             .ok_or_else(|| Error::ConfigMissing { key: key.clone() })?;
         let cfg =
             NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })?;
-        for f in crate::config::unknown_fields(&text) {
+        for f in crate::netconf::unknown_fields(&text) {
             tracing::warn!(field = %f, "network config has a field netd does not know; ignoring it");
         }
         Ok(cfg)

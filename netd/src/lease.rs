@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
+use crate::netconf::NetworkConfig;
 use crate::store::SubnetStore;
 use crate::subnet::{LeaseAttrs, Subnet, in_allocatable_range, pick_free};
 

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! * [`cli`] — flags (flannel's names, `NETD_*` env vars) and subcommands; [`run`] is the daemon.
-//! * [`config`] — the network config JSON at `<prefix>/config`: defaults and validation.
+//! * [`netconf`] — the network config JSON at `<prefix>/config`: defaults and validation
+//!   (the daemon's own flags are [`cli::Config`]).
 //! * [`subnet`] — subnet keys, record values, record checks, free-subnet choice (pure).
 //! * [`kv`] — all KV access, etcd v3 API only; [`embedded`] — the in-process KV member seam.
 //! * [`lease`] — acquiring and renewing this host's subnet lease, through the [`store`] seam
@@ -19,7 +20,6 @@
 
 pub mod certs;
 pub mod cli;
-pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
@@ -34,6 +34,7 @@ pub mod kv;
 pub mod lease;
 pub mod masq;
 pub mod metrics;
+pub mod netconf;
 pub mod overlay;
 pub mod peers;
 pub mod store;

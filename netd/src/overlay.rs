@@ -4,10 +4,10 @@
 
 use rtnetlink::Handle;
 
-use crate::config::{BackendConfig, NetworkConfig};
 use crate::dataplane::RoutingMode;
 use crate::dataplane::device::{self, Underlay, VxlanDevice, VxlanSpec};
 use crate::error::{Error, Result};
+use crate::netconf::{BackendConfig, NetworkConfig};
 use crate::subnet::{LeaseAttrs, VxlanData};
 
 /// The overlay as set up on this host: how peers are routed, what this host's record says,

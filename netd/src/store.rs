@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use kvstore::proto::mvccpb::event::EventType;
 use tokio::sync::Notify;
 
-use crate::config::NetworkConfig;
 use crate::error::Result;
 use crate::kv::{Kv, Listing};
+use crate::netconf::NetworkConfig;
 use crate::subnet::{LeaseAttrs, Subnet, parse_record};
 
 /// One change to a subnet record, as a watch reports it.

@@ -12,8 +12,8 @@ use ipnetwork::Ipv4Network;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{NetworkConfig, subnet_size};
 use crate::error::{Error, Result};
+use crate::netconf::{NetworkConfig, subnet_size};
 
 /// One host's subnet, e.g. `10.244.3.0/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::NetworkConfig;
 use crate::metrics::Metrics;
+use crate::netconf::NetworkConfig;
 use crate::store::{RecordEvent, SubnetStore, SubnetWatch, WatchBatch};
 use crate::subnet::{PeerRecord, Subnet, parse_record};
 
