@@ -2,15 +2,16 @@
 //! means, looking a link up by name, a link's IPv4 addresses, and the main routing table.
 //! Errors stay `rtnetlink::Error`: each program says in its own words what it was doing.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use nix::errno::Errno;
-use rtnetlink::Handle;
+use rtnetlink::{Handle, RouteMessageBuilder};
 
 /// The main routing table (`RT_TABLE_MAIN`), where both programs' routes live.
 pub const MAIN_TABLE: u8 = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
@@ -52,6 +53,46 @@ pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>,
         Err(e) if is_gone(&e) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// An IPv4 route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route4 {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gw: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+/// The IPv4 routes of the main table.
+pub async fn main_routes_v4(h: &Handle) -> Result<Vec<Route4>, rtnetlink::Error> {
+    let msgs: Vec<_> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.table == MAIN_TABLE && m.header.address_family == AddressFamily::Inet)
+        .map(|m| {
+            let mut r = Route4 {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: m.header.destination_prefix_length,
+                gw: None,
+                oif: None,
+            };
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gw = Some(*g),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            r
+        })
+        .collect())
 }
 
 /// The IPv4 addresses (with their prefixes) on link `index`.

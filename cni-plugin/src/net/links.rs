@@ -2,11 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
 use netlink_packet_route::link::{
     BridgePortState, InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::error::{CniError, Result};
@@ -107,45 +105,13 @@ pub async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Re
     }
 }
 
-/// An IPv4 route as seen in the main table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route4 {
-    pub dst: Ipv4Addr,
-    pub prefix: u8,
-    pub gw: Option<Ipv4Addr>,
-    pub oif: Option<u32>,
-}
+pub use hostnet::netlink::Route4;
 
 /// IPv4 routes of the main table.
 pub async fn routes(h: &Handle) -> Result<Vec<Route4>> {
-    let msgs: Vec<_> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
+    hostnet::netlink::main_routes_v4(h)
         .await
-        .map_err(|e| CniError::kernel("list routes", e))?;
-    Ok(msgs
-        .iter()
-        .filter(|m| m.header.table == hostnet::netlink::MAIN_TABLE)
-        .map(|m| {
-            let mut r = Route4 {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix: m.header.destination_prefix_length,
-                gw: None,
-                oif: None,
-            };
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gw = Some(*g),
-                    RouteAttribute::Oif(i) => r.oif = Some(*i),
-                    _ => {}
-                }
-            }
-            r
-        })
-        .collect())
+        .map_err(|e| CniError::kernel("list routes", e))
 }
 
 /// Add a route `dst/prefix via gw dev oif`; already present is success.

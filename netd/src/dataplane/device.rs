@@ -10,8 +10,7 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::error::{Error, Result};
 use crate::subnet::MacAddr;
@@ -168,25 +167,10 @@ async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<LinkMessage> {
 }
 
 async fn default_route_oif(h: &Handle) -> Result<Option<u32>> {
-    let routes: Vec<_> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
+    let routes = hostnet::netlink::main_routes_v4(h)
         .await
         .map_err(|e| Error::netlink("list routes", e))?;
-    Ok(routes
-        .iter()
-        .filter(|r| {
-            r.header.destination_prefix_length == 0
-                && r.header.table == hostnet::netlink::MAIN_TABLE
-        })
-        .find_map(|r| {
-            r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            })
-        }))
+    Ok(routes.iter().find(|r| r.prefix == 0).and_then(|r| r.oif))
 }
 
 /// True when an existing link matches the spec closely enough to be reused.
@@ -317,13 +301,4 @@ pub async fn ensure_vtep_address(
             .map_err(|e| Error::netlink(format!("add address {addr}/32"), e))?;
     }
     Ok(())
-}
-
-/// Destination of a route message, if it has one.
-pub(crate) fn route_dst(r: &rtnetlink::packet_route::route::RouteMessage) -> Option<Ipv4Network> {
-    let dst = r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(*v),
-        _ => None,
-    })?;
-    Ipv4Network::new(dst, r.header.destination_prefix_length).ok()
 }

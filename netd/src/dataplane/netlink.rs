@@ -13,12 +13,9 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteProtocol, RouteScope, RouteType,
-};
+use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::device::route_dst;
 use super::{Dataplane, Entry, KernelState, NextHop, Via};
 use crate::error::{Error, Result};
 use crate::subnet::MacAddr;
@@ -53,39 +50,22 @@ impl NetlinkDataplane {
     }
 
     async fn observe_routes(&self, state: &mut KernelState) -> Result<()> {
-        let routes: Vec<_> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
+        let routes = hostnet::netlink::main_routes_v4(&self.handle)
             .await
             .map_err(|e| Error::netlink("list routes", e))?;
         for r in routes {
-            if r.header.table != hostnet::netlink::MAIN_TABLE
-                || r.header.address_family != AddressFamily::Inet
-            {
+            let Ok(dst) = Ipv4Network::new(r.dst, r.prefix) else {
                 continue;
-            }
-            let Some(dst) = route_dst(&r) else { continue };
+            };
             if !self.owns_dst(&dst) {
                 continue;
             }
-            let mut oif = None;
-            let mut gateway = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
-                    _ => {}
-                }
-            }
-            let via = match (oif, gateway) {
+            let via = match (r.oif, r.gw) {
                 (Some(i), _) if Some(i) == self.overlay => Via::Overlay,
                 (Some(i), Some(_)) if i == self.underlay => Via::Underlay,
                 _ => continue,
             };
-            let gateway = gateway.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let gateway = r.gw.unwrap_or(Ipv4Addr::UNSPECIFIED);
             state.routes.insert(dst, NextHop { gateway, via });
         }
         Ok(())
