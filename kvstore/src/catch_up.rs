@@ -1,8 +1,8 @@
 //! The catch-up worker: one thread, at the idle scheduling priority, that runs the history
 //! walks of watchers far behind the newest revision, one step at a time and in arrival order
 //! (as etcd syncs its unsynced watchers from one loop). However many watchers start far back,
-//! they cost one core at most, yield it to the threads that serve and apply writes, and each
-//! step holds the keyspace only briefly.
+//! they cost half a core at most (the worker rests as long as it works), yield it to the threads
+//! that serve and apply writes, and each step holds the keyspace only briefly.
 
 use std::sync::mpsc;
 
@@ -33,7 +33,10 @@ impl CatchUp {
                     tracing::debug!("watch catch-up thread runs at normal priority");
                 }
                 for job in rx {
+                    let started = std::time::Instant::now();
                     job();
+                    // Half a core at most, busy or not: it rests as long as it worked.
+                    std::thread::sleep(started.elapsed());
                 }
             })?;
         Ok(CatchUp { jobs })
