@@ -141,3 +141,70 @@ async fn watched_puts(
     done.store(true, Ordering::Release);
     (prober.await.expect("prober"), took)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_stalled_watch_streams_cost_little() {
+    const STALLED: usize = 2000;
+    const PUTS: usize = 1000;
+    let mut p = Proc::start(Kind::Kvstore);
+    let before = p.rss_kib();
+
+    // One client opens 2,000 watch streams on one connection, each watching the prefix the
+    // other client writes, and never reads a response.
+    let stalled_conn = tonic::transport::Channel::from_shared(p.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut held = Vec::new();
+    for _ in 0..STALLED {
+        let (tx, rx) = mpsc::channel::<WatchRequest>(1);
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(req::watch_prefix("/load/", 0))),
+        };
+        tx.send(create).await.expect("queue create");
+        let resp = WatchClient::new(stalled_conn.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open a watch stream");
+        held.push((tx, resp.into_inner()));
+    }
+
+    // The other client: a watch that reads, and 1,000 puts of 1 KiB.
+    let client = Client::connect([p.endpoint()], None).await.expect("client");
+    let mut live = client
+        .watch(req::watch_prefix("/load/", 0))
+        .await
+        .expect("live watch");
+    let started = Instant::now();
+    let value = vec![b'v'; 1024];
+    for i in 0..PUTS {
+        client
+            .put(req::put(format!("/load/{i:05}"), &value))
+            .await
+            .expect("put while streams stall");
+    }
+    let puts_took = started.elapsed();
+    let mut seen = 0;
+    while seen < PUTS {
+        let resp = tokio::time::timeout(Duration::from_secs(30), live.message())
+            .await
+            .expect("the live watcher is served")
+            .expect("watch")
+            .expect("stream open");
+        seen += resp.events.len();
+    }
+    assert_eq!(seen, PUTS);
+    let after = p.rss_kib();
+    eprintln!(
+        "{STALLED} stalled streams: {PUTS} puts in {:.2} s; resident {before} KiB before, {after} KiB after",
+        puts_took.as_secs_f64()
+    );
+    // Unbounded queues would hold every event for every stream: 2 GB here.
+    assert!(
+        after < before + 128 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+    assert!(p.is_running(), "the member exited");
+    drop(held);
+}
