@@ -128,7 +128,9 @@ impl Mvcc {
 
     /// Rebuilds the keyspace from stored records (any order) and the compaction point. The
     /// records come from disk or from another member's snapshot: a position no history can
-    /// hold (a revision below 1, a record index below 0) is refused as corruption.
+    /// hold (a revision below 1 or at the very top of the range, where the next revision would
+    /// overflow; a record index below 0; a compaction point outside the range) is refused as
+    /// corruption.
     pub fn restore(records: Vec<(Rev, Record)>, compacted: i64) -> Result<Mvcc> {
         let mut m = Mvcc {
             compacted,
@@ -136,7 +138,13 @@ impl Mvcc {
             ..Mvcc::default()
         };
         let mut records = records;
-        if let Some((rev, _)) = records.iter().find(|(rev, _)| rev.main < 1 || rev.sub < 0) {
+        if !(0..i64::MAX).contains(&compacted) {
+            return Err(Error::Corrupt(format!("compaction point {compacted}")));
+        }
+        if let Some((rev, _)) = records
+            .iter()
+            .find(|(rev, _)| rev.main < 1 || rev.main == i64::MAX || rev.sub < 0)
+        {
             return Err(Error::Corrupt(format!(
                 "stored record at revision {}.{}",
                 rev.main, rev.sub
@@ -585,9 +593,11 @@ mod tests {
         // A large record index (a revision that deleted many keys, the rest compacted) is fine.
         let m = Mvcc::restore(vec![rec(2, 0), rec(3, 1 << 40)], 0).expect("sparse");
         assert_eq!(m.records_in(..).count(), 2);
-        for bad in [rec(2, -1), rec(0, 0), rec(-5, 3)] {
+        for bad in [rec(2, -1), rec(0, 0), rec(-5, 3), rec(i64::MAX, 0)] {
             let e = Mvcc::restore(vec![rec(2, 0), bad], 0).expect_err("impossible position");
             assert!(e.to_string().contains("stored record"), "{e}");
         }
+        assert!(Mvcc::restore(vec![rec(2, 0)], i64::MAX).is_err());
+        assert!(Mvcc::restore(vec![rec(2, 0)], -1).is_err());
     }
 }
