@@ -12,6 +12,7 @@ use kvstore::proto::etcdserverpb::{PutRequest, TxnRequest};
 
 use crate::error::{Error, Result};
 use crate::netconf::NetworkConfig;
+use crate::store::{KvWatch, SubnetStore};
 use crate::subnet::{LeaseAttrs, PeerRecord, Subnet, parse_record};
 
 /// Default key prefix (flannel's).
@@ -161,8 +162,50 @@ impl Kv {
         Ok(cfg)
     }
 
+    /// Raw listing for the `leases` subcommand: key suffix, value, lease id.
+    pub async fn list_raw(&self) -> Result<Vec<(String, Vec<u8>, i64)>> {
+        let prefix = self.subnets_prefix();
+        let resp = self.client.get_prefix(&prefix).await?;
+        Ok(resp
+            .kvs
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key);
+                let suffix = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                (suffix, kv.value.to_vec(), kv.lease)
+            })
+            .collect())
+    }
+
+    /// Runs a compare-and-swap; true when the comparison held and the write happened.
+    async fn succeeded(&self, txn: TxnRequest) -> Result<bool> {
+        Ok(self.client.txn(txn).await?.succeeded)
+    }
+
+    /// Remaining TTL of a lease (−1 when it does not exist).
+    pub async fn time_to_live(&self, id: i64) -> Result<i64> {
+        Ok(self.client.lease_time_to_live(id, false).await?.ttl)
+    }
+
+    /// Opens a watch on `<prefix>/subnets/` from `start_revision`.
+    pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
+        let mut create = req::watch_prefix(self.subnets_prefix(), start_revision);
+        create.progress_notify = true;
+        Ok(self.client.watch(create).await?)
+    }
+}
+
+/// A put of `key = value` attached to `lease` (0: no lease, a reservation).
+fn put_leased(key: &str, value: &[u8], lease: i64) -> PutRequest {
+    let mut p = req::put(key, value);
+    p.lease = lease;
+    p
+}
+
+/// The store seam over the etcd v3 API (see [`crate::store`]).
+impl SubnetStore for Kv {
     /// Lists every subnet record, checked against `config`.
-    pub async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
+    async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
         let prefix = self.subnets_prefix();
         let resp = self.client.get_prefix(&prefix).await?;
         let revision = resp.header.map(|h| h.revision).unwrap_or(0);
@@ -188,29 +231,9 @@ impl Kv {
         Ok(listing)
     }
 
-    /// Raw listing for the `leases` subcommand: key suffix, value, lease id.
-    pub async fn list_raw(&self) -> Result<Vec<(String, Vec<u8>, i64)>> {
-        let prefix = self.subnets_prefix();
-        let resp = self.client.get_prefix(&prefix).await?;
-        Ok(resp
-            .kvs
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(&kv.key);
-                let suffix = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-                (suffix, kv.value.to_vec(), kv.lease)
-            })
-            .collect())
-    }
-
     /// Creates a record only if the key does not exist (version == 0). Returns false when
     /// another host got there first.
-    pub async fn create_subnet(
-        &self,
-        subnet: &Subnet,
-        attrs: &LeaseAttrs,
-        lease: i64,
-    ) -> Result<bool> {
+    async fn create_subnet(&self, subnet: &Subnet, attrs: &LeaseAttrs, lease: i64) -> Result<bool> {
         let key = self.subnet_key(subnet);
         let value = serde_json::to_vec(attrs)?;
         let txn = req::txn(
@@ -222,7 +245,7 @@ impl Kv {
     }
 
     /// Rewrites a record only if it was not changed since `mod_revision`. Returns false otherwise.
-    pub async fn update_subnet(
+    async fn update_subnet(
         &self,
         subnet: &Subnet,
         attrs: &LeaseAttrs,
@@ -244,7 +267,7 @@ impl Kv {
     }
 
     /// Deletes a record if it was not changed since `mod_revision`.
-    pub async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
+    async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
         let key = self.subnet_key(subnet);
         let txn = req::txn(
             [req::mod_revision_is(
@@ -258,43 +281,28 @@ impl Kv {
         self.succeeded(txn).await
     }
 
-    /// Runs a compare-and-swap; true when the comparison held and the write happened.
-    async fn succeeded(&self, txn: TxnRequest) -> Result<bool> {
-        Ok(self.client.txn(txn).await?.succeeded)
-    }
-
     /// Grants a KV lease of `ttl` seconds.
-    pub async fn grant(&self, ttl: i64) -> Result<i64> {
+    async fn grant(&self, ttl: i64) -> Result<i64> {
         Ok(self.client.lease_grant(ttl).await?.id)
     }
 
     /// Revokes a lease (best effort callers ignore the error).
-    pub async fn revoke(&self, id: i64) -> Result<()> {
+    async fn revoke(&self, id: i64) -> Result<()> {
         self.client.lease_revoke(id).await?;
         Ok(())
     }
 
     /// One keep-alive round trip; returns the remaining TTL (≤ 0: the lease is gone).
-    pub async fn keep_alive_once(&self, id: i64) -> Result<i64> {
+    async fn keep_alive_once(&self, id: i64) -> Result<i64> {
         Ok(self.client.lease_keep_alive_once(id).await?)
     }
 
-    /// Remaining TTL of a lease (−1 when it does not exist).
-    pub async fn time_to_live(&self, id: i64) -> Result<i64> {
-        Ok(self.client.lease_time_to_live(id, false).await?.ttl)
-    }
+    type Watch = KvWatch;
 
-    /// Opens a watch on `<prefix>/subnets/` from `start_revision`.
-    pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
-        let mut create = req::watch_prefix(self.subnets_prefix(), start_revision);
-        create.progress_notify = true;
-        Ok(self.client.watch(create).await?)
+    async fn watch_subnets(&self, start_revision: i64) -> Result<KvWatch> {
+        Ok(KvWatch {
+            stream: Kv::watch_subnets(self, start_revision).await?,
+            prefix: self.subnets_prefix(),
+        })
     }
-}
-
-/// A put of `key = value` attached to `lease` (0: no lease, a reservation).
-fn put_leased(key: &str, value: &[u8], lease: i64) -> PutRequest {
-    let mut p = req::put(key, value);
-    p.lease = lease;
-    p
 }

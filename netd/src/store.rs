@@ -1,6 +1,6 @@
 //! The store seam: what netd needs from the KV store (subnet records, compare-and-swap, KV
 //! leases, a watch of the records), as a trait. [`crate::kv::Kv`] implements it over the etcd
-//! v3 API; [`MemoryStore`] is its in-memory twin (records with create and mod revisions,
+//! v3 API (in `kv.rs`); [`MemoryStore`] is its in-memory twin (records with create and mod revisions,
 //! compare-and-swap, KV leases that expire when told to, a history that can be compacted), so
 //! lease acquisition and the peer watcher are unit-tested without a store running.
 
@@ -12,7 +12,7 @@ use kvstore::proto::mvccpb::event::EventType;
 use tokio::sync::Notify;
 
 use crate::error::Result;
-use crate::kv::{Kv, Listing};
+use crate::kv::Listing;
 use crate::netconf::NetworkConfig;
 use crate::subnet::{LeaseAttrs, Subnet, parse_record};
 
@@ -91,8 +91,8 @@ pub trait SubnetStore: Send + Sync {
 
 /// [`Kv`]'s watch: the etcd watch stream, its responses turned into [`WatchBatch`]es.
 pub struct KvWatch {
-    stream: kvstore::client::WatchStream,
-    prefix: String,
+    pub(crate) stream: kvstore::client::WatchStream,
+    pub(crate) prefix: String,
 }
 
 impl SubnetWatch for KvWatch {
@@ -127,43 +127,6 @@ impl SubnetWatch for KvWatch {
             revision: resp.header.map_or(0, |h| h.revision),
             events,
         }))
-    }
-}
-
-impl SubnetStore for Kv {
-    async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
-        Kv::list_subnets(self, config).await
-    }
-    async fn create_subnet(&self, subnet: &Subnet, attrs: &LeaseAttrs, lease: i64) -> Result<bool> {
-        Kv::create_subnet(self, subnet, attrs, lease).await
-    }
-    async fn update_subnet(
-        &self,
-        subnet: &Subnet,
-        attrs: &LeaseAttrs,
-        lease: i64,
-        mod_revision: i64,
-    ) -> Result<bool> {
-        Kv::update_subnet(self, subnet, attrs, lease, mod_revision).await
-    }
-    async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
-        Kv::delete_subnet_if(self, subnet, mod_revision).await
-    }
-    async fn grant(&self, ttl: i64) -> Result<i64> {
-        Kv::grant(self, ttl).await
-    }
-    async fn revoke(&self, id: i64) -> Result<()> {
-        Kv::revoke(self, id).await
-    }
-    async fn keep_alive_once(&self, id: i64) -> Result<i64> {
-        Kv::keep_alive_once(self, id).await
-    }
-    type Watch = KvWatch;
-    async fn watch_subnets(&self, start_revision: i64) -> Result<KvWatch> {
-        Ok(KvWatch {
-            stream: Kv::watch_subnets(self, start_revision).await?,
-            prefix: self.subnets_prefix(),
-        })
     }
 }
 
