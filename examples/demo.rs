@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 
-use netd_project::binaries;
-use netd_project::cmd::run;
-use netd_project::cni::{self, Attachment};
-use netd_project::netns;
-use netd_project::world;
+use testbed::binaries;
+use testbed::cmd::run;
+use testbed::cni::{self, Attachment};
+use testbed::lab::{self, Lab};
+use testbed::netns;
+use testbed::world;
 
 /// Hosts 1..=KV_MEMBERS (at most) run an embedded KV member; together they form the store.
 const KV_MEMBERS: usize = 3;
@@ -88,7 +89,17 @@ fn run_demo(args: &Args) -> Result<bool> {
     on_signal_tear_down();
     live().cni = Some(cni.clone());
 
-    let prefix = format!("nd{:05x}", std::process::id() & 0xfffff);
+    // A kept world outlives this process: its prefix is one the leftover sweep never takes.
+    let lab = if args.keep {
+        Lab::new_kept()
+    } else {
+        Lab::new()
+    };
+    let prefix = lab.prefix().to_string();
+    register(|l| {
+        l.lab = Some(lab);
+        Ok(())
+    })?;
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     live().dir = Some(dir.clone());
@@ -169,7 +180,7 @@ fn step(msg: &str) {
 fn install_tools() -> Result<()> {
     let missing: Vec<&str> = ["ip", "nft"]
         .into_iter()
-        .filter(|t| !netd_project::cmd::on_path(t))
+        .filter(|t| !testbed::cmd::on_path(t))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -208,7 +219,8 @@ struct Live {
     /// netd processes, in start order (the KV members first).
     netd: Vec<Child>,
     attachments: Vec<Attachment>,
-    namespaces: Vec<String>,
+    /// The world's namespaces (deleted when dropped, unless kept).
+    lab: Option<Lab>,
     dir: Option<PathBuf>,
     cni: Option<PathBuf>,
 }
@@ -216,7 +228,7 @@ struct Live {
 static LIVE: Mutex<Live> = Mutex::new(Live {
     netd: Vec::new(),
     attachments: Vec::new(),
-    namespaces: Vec::new(),
+    lab: None,
     dir: None,
     cni: None,
 });
@@ -242,7 +254,7 @@ fn tear_down() {
     let mut guard = live();
     STOPPING.store(true, Ordering::SeqCst);
     let l = std::mem::take(&mut *guard);
-    if l.netd.is_empty() && l.namespaces.is_empty() && l.dir.is_none() {
+    if l.netd.is_empty() && l.lab.is_none() && l.dir.is_none() {
         return;
     }
     println!("==> tearing down");
@@ -256,11 +268,7 @@ fn tear_down() {
     for mut c in l.netd.into_iter().rev() {
         stop(&mut c);
     }
-    for ns in l.namespaces.iter().rev() {
-        if !netns::del(ns) {
-            eprintln!("could not delete netns {ns}");
-        }
-    }
+    drop(l.lab);
     if let Some(d) = l.dir {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -309,40 +317,7 @@ fn on_signal_tear_down() {
 
 /// `--cleanup PREFIX`: kill what runs in the world's namespaces, delete them and the temp dir.
 fn cleanup(prefix: &str) -> Result<()> {
-    ensure!(
-        prefix.len() >= 3 && prefix.chars().all(|c| c.is_ascii_alphanumeric()),
-        "PREFIX is the demo's prefix, e.g. nd1a2b3"
-    );
-    let list = run(&["ip", "netns", "list"])?;
-    let mut names: Vec<String> = list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&format!("{prefix}-")))
-        .map(str::to_string)
-        .collect();
-    // Containers first, then hosts, the underlay last.
-    names.sort_by_key(|n| {
-        let tag = &n[prefix.len()..];
-        (!tag.contains('c'), tag == "-ul", n.clone())
-    });
-    for ns in &names {
-        let pids = run(&["ip", "netns", "pids", ns]).unwrap_or_default();
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    for ns in &names {
-        if !netns::del(ns) {
-            eprintln!("could not delete netns {ns}");
-        }
-    }
+    let names = lab::remove(prefix)?;
     let dir = std::env::temp_dir().join(prefix);
     let _ = std::fs::remove_dir_all(&dir);
     println!("removed {} namespaces and {}", names.len(), dir.display());
@@ -379,27 +354,18 @@ impl World {
         self.dir.join(format!("h{i}/subnet.env"))
     }
 
-    fn add_ns(&self, ns: &str) -> Result<()> {
-        register(|l| {
-            run(&["ip", "netns", "add", ns])?;
-            l.namespaces.push(ns.to_string());
-            Ok(())
-        })?;
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        Ok(())
+    /// Runs `f` on the world's namespaces ([`Lab`]), recorded for teardown under the lock.
+    fn lab<T>(&self, f: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        register(|l| f(l.lab.as_mut().context("the world is gone")?))
     }
 
     /// Underlay namespace with bridge br0 (192.0.2.254/24); hosts on it through veth pairs.
     fn build_network(&self, hosts: usize) -> Result<()> {
-        let ul = self.underlay();
+        let ul = self.lab(Lab::add_underlay)?;
         step(&format!("underlay {ul}: bridge br0 192.0.2.254/24"));
-        self.add_ns(&ul)?;
-        world::make_underlay_bridge(&ul)?;
         for i in 1..=hosts {
-            let ns = self.host(i);
+            let ns = self.lab(|lab| lab.add_host(i))?;
             step(&format!("host {ns}: eth0 192.0.2.{i}/24"));
-            self.add_ns(&ns)?;
-            world::attach_host(&ul, &ns, i)?;
         }
         Ok(())
     }
@@ -540,8 +506,7 @@ impl World {
     /// A container namespace on host `i`, attached by `netd-cni` ADD run inside the host.
     fn add_container(&self, i: usize, j: usize) -> Result<Container> {
         let host = self.host(i);
-        let name = format!("{}-h{i}c{j}", self.prefix);
-        self.add_ns(&name)?;
+        let name = self.lab(|lab| lab.add_ns(&format!("h{i}c{j}")))?;
         let a = Attachment {
             host_ns: host.clone(),
             container_id: name.clone(),

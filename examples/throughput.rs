@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example throughput -- [--seconds 3] [--rounds 5]` (as root).
 //!
-//! It builds two worlds of two hosts each (one VXLAN, one host-gw; see `netd_project::world`),
+//! It builds two worlds of two hosts each (one VXLAN, one host-gw; see `testbed::world`),
 //! attaches a container per host through netd-cni, and runs the three transfers round-robin,
 //! `--rounds` times, so all three see the same machine load. It prints the median, min and max
 //! per path and the ratio to the underlay, checks the container MTU (VXLAN: underlay − 50;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 
-use netd_project::world::{HOST_GW, VXLAN, World};
+use testbed::world::{HOST_GW, VXLAN, World};
 
 #[derive(Debug, Parser)]
 #[command(name = "throughput")]
@@ -64,7 +64,7 @@ fn main() {
 
 fn run(args: &Args) -> Result<bool> {
     ensure!(
-        netd_project::cmd::on_path("iperf3"),
+        testbed::cmd::on_path("iperf3"),
         "iperf3 is missing: apt-get install iperf3"
     );
     println!("building netd and netd-cni, then two worlds (VXLAN, host-gw) of two hosts each");

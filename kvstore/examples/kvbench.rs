@@ -20,8 +20,8 @@
 //! puts: the largest resident set among its members.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -376,7 +376,7 @@ async fn run_all(targets: &[Target], a: &Args) -> anyhow::Result<Vec<Report>> {
 /// Starts a fresh `members`-member cluster of `bin`, puts `keys` keys (256-byte values,
 /// `clients` at once) and returns the largest member's resident memory in MB.
 async fn memory_after(
-    bin: &PathBuf,
+    bin: &Path,
     members: usize,
     keys: usize,
     clients: usize,
@@ -418,7 +418,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Starts an `n`-member cluster of `bin` on free loopback ports, each member with its own
 /// temporary data dir.
-fn start(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
+fn start(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
     anyhow::ensure!(
         bin.exists(),
         "{} not found (build it first: cargo build --release -p kvstore)",
@@ -440,24 +440,16 @@ fn start(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
     let mut members = Vec::new();
     for (i, (client, peer)) in urls.into_iter().enumerate() {
         let dir = tempfile::tempdir()?;
-        let child = Command::new(bin)
-            .args(["--name", &format!("bench{i}"), "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &token])
+        let mut member = testbed::etcd::Member::new(
+            &format!("bench{i}"),
+            &dir.path().join("data"),
+            &client,
+            &peer,
+        );
+        member.initial_cluster = Some(initial.join(","));
+        member.token = Some(token.clone());
+        let child = member
+            .command(bin, None)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("log"))?)
             .spawn()?;
@@ -471,7 +463,7 @@ fn start(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
 }
 
 /// `start`, then waits until every member answers.
-async fn start_ready(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Server>> {
+async fn start_ready(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
     let mut servers = start(bin, n)?;
     for s in &mut servers {
         wait_ready(s).await?;

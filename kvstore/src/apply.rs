@@ -9,7 +9,7 @@ use prost::Message;
 
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
-use crate::history::History;
+use crate::history_chunks::HistoryChunks;
 use crate::lease::Lessor;
 use crate::membership::Members;
 use crate::mvcc::{KeyRange, Mvcc, WriteTxn};
@@ -42,7 +42,7 @@ pub struct StateMachine {
     pub mvcc: Mvcc,
     /// The keyspace's records on disk; what `apply` writes joins its open chunk, which
     /// the caller writes with `seal` once done with a run of entries.
-    pub history: History,
+    pub history: HistoryChunks,
     pub lessor: Lessor,
     pub members: Members,
     pub applied: u64,
@@ -66,7 +66,7 @@ impl StateMachine {
             Some(v) => decode_i64(&v)? as u64,
             None => 0,
         };
-        let (history, records) = History::load(backend)?;
+        let (history, records) = HistoryChunks::load(backend)?;
         let mvcc = Mvcc::restore(records, compacted)?;
         let mut lessor = Lessor::default();
         for (_, v) in backend.scan_prefix(keys::LEASE_PREFIX)? {

@@ -16,7 +16,7 @@ use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::membership::Members;
 use crate::peer::{self, conn::Dialer};
-use crate::proto::etcdserverpb::Member as PbMember;
+use crate::proto::etcdserverpb::Member;
 use crate::raft_log::RaftLog;
 
 /// What a member starts from.
@@ -47,12 +47,12 @@ fn save_identity(batch: &mut WriteBatch, me: u64, cluster_id: u64) {
 
 /// The initial cluster as members (client URLs are published by each member once it
 /// runs), and the cluster id every initial member derives from it.
-fn initial_cluster(cfg: &Config) -> Result<(Vec<PbMember>, u64)> {
+fn initial_cluster(cfg: &Config) -> Result<(Vec<Member>, u64)> {
     let token = &cfg.initial_cluster_token;
-    let members: Vec<PbMember> = cfg
+    let members: Vec<Member> = cfg
         .initial_members()?
         .into_iter()
-        .map(|m| PbMember {
+        .map(|m| Member {
             id: config::member_id(&m.peer_urls, token),
             name: m.name,
             peer_ur_ls: m.peer_urls,
@@ -68,7 +68,7 @@ fn initial_cluster(cfg: &Config) -> Result<(Vec<PbMember>, u64)> {
 }
 
 /// This member's id in `members`, found by its name.
-fn own_id(cfg: &Config, members: &[PbMember]) -> Result<u64> {
+fn own_id(cfg: &Config, members: &[Member]) -> Result<u64> {
     members
         .iter()
         .find(|m| m.name == cfg.name)

@@ -10,6 +10,24 @@ use clap::Parser;
 use crate::error::{Error, Result};
 use crate::tls::TlsFiles;
 
+/// The member defaults (etcd's), stated once: the `kvstore` flags, [`Config::default`] and
+/// netd's `--kv-*` flags for its embedded member all take them from here.
+pub mod defaults {
+    pub const NAME: &str = "default";
+    pub const LISTEN_CLIENT_URLS: &str = "http://127.0.0.1:2379";
+    pub const LISTEN_PEER_URLS: &str = "http://127.0.0.1:2380";
+    pub const INITIAL_CLUSTER_STATE: &str = "new";
+    pub const INITIAL_CLUSTER_TOKEN: &str = "etcd-cluster";
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+    pub const ELECTION_TIMEOUT_MS: u64 = 1000;
+    pub const SNAPSHOT_COUNT: u64 = 10_000;
+    pub const MAX_REQUEST_BYTES: usize = 1_572_864;
+    pub const MAX_TXN_OPS: usize = 128;
+    /// etcd's: no limit short of 2^32-1.
+    pub const MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
+    pub const STRICT_RECONFIG_CHECK: bool = true;
+}
+
 /// A kvstore member.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -24,7 +42,7 @@ Every flag can also be set through the environment variable etcd uses \
 )]
 pub struct Config {
     /// Human-readable name of this member.
-    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    #[arg(long, env = "ETCD_NAME", default_value = defaults::NAME)]
     pub name: String,
 
     /// Directory of the member's data (default: <name>.etcd).
@@ -35,7 +53,7 @@ pub struct Config {
     #[arg(
         long,
         env = "ETCD_LISTEN_CLIENT_URLS",
-        default_value = "http://127.0.0.1:2379",
+        default_value = defaults::LISTEN_CLIENT_URLS,
         value_delimiter = ','
     )]
     pub listen_client_urls: Vec<String>,
@@ -49,7 +67,7 @@ pub struct Config {
     #[arg(
         long,
         env = "ETCD_LISTEN_PEER_URLS",
-        default_value = "http://127.0.0.1:2380",
+        default_value = defaults::LISTEN_PEER_URLS,
         value_delimiter = ','
     )]
     pub listen_peer_urls: Vec<String>,
@@ -64,14 +82,18 @@ pub struct Config {
     pub initial_cluster: Option<String>,
 
     /// `new` to bootstrap a cluster, `existing` to join a running one.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_STATE",
+        default_value = defaults::INITIAL_CLUSTER_STATE
+    )]
     pub initial_cluster_state: String,
 
     /// Token that makes this cluster's member and cluster ids unique.
     #[arg(
         long,
         env = "ETCD_INITIAL_CLUSTER_TOKEN",
-        default_value = "etcd-cluster"
+        default_value = defaults::INITIAL_CLUSTER_TOKEN
     )]
     pub initial_cluster_token: String,
 
@@ -80,35 +102,35 @@ pub struct Config {
     pub listen_metrics_urls: Vec<String>,
 
     /// Time between raft heartbeats, in milliseconds.
-    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = defaults::HEARTBEAT_INTERVAL_MS)]
     pub heartbeat_interval: u64,
 
     /// Time without a leader before an election, in milliseconds.
-    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = defaults::ELECTION_TIMEOUT_MS)]
     pub election_timeout: u64,
 
     /// Applied entries after which the raft log is truncated.
-    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = defaults::SNAPSHOT_COUNT)]
     pub snapshot_count: u64,
 
     /// Largest request accepted, in bytes.
-    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = defaults::MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
 
     /// Most operations in one transaction.
-    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = defaults::MAX_TXN_OPS)]
     pub max_txn_ops: usize,
 
     /// Most concurrent HTTP/2 streams (calls, watch streams) one client connection may have
     /// open (etcd's default: no limit short of 2^32-1).
-    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = defaults::MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
 
     /// Refuse a membership change that would leave the cluster without a quorum of
     /// started members, or of members the leader hears from (as etcd does).
     #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK",
           num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value_t = true, action = clap::ArgAction::Set)]
+          default_value_t = defaults::STRICT_RECONFIG_CHECK, action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
     /// Certificate (PEM) served on https:// client and metrics URLs.
@@ -154,23 +176,23 @@ impl Default for Config {
     /// The flag defaults, without reading the environment (for embedders).
     fn default() -> Self {
         Config {
-            name: "default".into(),
+            name: defaults::NAME.into(),
             data_dir: None,
-            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_client_urls: vec![defaults::LISTEN_CLIENT_URLS.into()],
             advertise_client_urls: Vec::new(),
-            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            listen_peer_urls: vec![defaults::LISTEN_PEER_URLS.into()],
             initial_advertise_peer_urls: Vec::new(),
             initial_cluster: None,
-            initial_cluster_state: "new".into(),
-            initial_cluster_token: "etcd-cluster".into(),
+            initial_cluster_state: defaults::INITIAL_CLUSTER_STATE.into(),
+            initial_cluster_token: defaults::INITIAL_CLUSTER_TOKEN.into(),
             listen_metrics_urls: Vec::new(),
-            heartbeat_interval: 100,
-            election_timeout: 1000,
-            snapshot_count: 10_000,
-            max_request_bytes: 1_572_864,
-            max_txn_ops: 128,
-            max_concurrent_streams: u32::MAX,
-            strict_reconfig_check: true,
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL_MS,
+            election_timeout: defaults::ELECTION_TIMEOUT_MS,
+            snapshot_count: defaults::SNAPSHOT_COUNT,
+            max_request_bytes: defaults::MAX_REQUEST_BYTES,
+            max_txn_ops: defaults::MAX_TXN_OPS,
+            max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+            strict_reconfig_check: defaults::STRICT_RECONFIG_CHECK,
             cert_file: None,
             key_file: None,
             trusted_ca_file: None,

@@ -184,7 +184,7 @@ pub fn snapshot_and_history(data: &[u8]) {
     };
     let mut records = Vec::new();
     for r in revisions {
-        match crate::history::record(r) {
+        match crate::history_chunks::record(r) {
             Ok(rec) => records.push(rec),
             Err(_) => return,
         }

@@ -17,9 +17,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::member::Member;
+use crate::replica::Replica;
 
-async fn health(member: &Member) -> (StatusCode, String) {
+async fn health(member: &Replica) -> (StatusCode, String) {
     let has_leader = member.status().leader.load(Ordering::Relaxed) != 0;
     let read = tokio::time::timeout(Duration::from_secs(1), member.read_barrier()).await;
     if has_leader && matches!(read, Ok(Ok(()))) {
@@ -32,7 +32,7 @@ async fn health(member: &Member) -> (StatusCode, String) {
     }
 }
 
-fn metrics(member: &Member) -> String {
+fn metrics(member: &Replica) -> String {
     let s = member.status();
     let (revision, compacted, keys, leases) = {
         let sm = member.state().read();
@@ -102,7 +102,7 @@ fn metrics(member: &Member) -> String {
     out
 }
 
-async fn respond(member: &Member, path: &str) -> Response<Full<Bytes>> {
+async fn respond(member: &Replica, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
         "/health" => {
             let (status, body) = health(member).await;
@@ -128,7 +128,7 @@ async fn respond(member: &Member, path: &str) -> Response<Full<Bytes>> {
 /// `tls` is given (an https:// metrics URL, which etcd serves with the client certificate
 /// and client-cert-auth).
 pub(crate) async fn serve(
-    member: Arc<Member>,
+    member: Arc<Replica>,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
@@ -163,7 +163,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn serve_connection<IO>(member: Arc<Member>, io: IO)
+async fn serve_connection<IO>(member: Arc<Replica>, io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -6,13 +6,15 @@
 //!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health` and
 //!   `/metrics` on `--listen-metrics-urls`.
 //! - [`server`]: a running member; [`bootstrap`]: who it is and what it starts from;
-//!   [`member`]: the facade the adapters call (propose and wait, read barrier, leases).
+//!   [`replica`]: this member's replica of the store, the facade the adapters call (propose and
+//!   wait, read barrier, leases).
 //! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
 //! - [`peer`]: the peer service and transport (raft messages, snapshots, forwarding).
 //! - [`apply`]: the deterministic state machine applying committed requests.
 //! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table; [`membership`]:
 //!   the replicated member list; [`snapshot`]: the state machine as one transferable blob.
-//! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace.
+//! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace;
+//!   [`history_chunks`]: how the keyspace's history sits in it.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
 //!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
 //! - [`client`]: an etcd v3 client (kvstore's or etcd's servers alike) that netd, the tools and
@@ -32,10 +34,9 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 mod grpc;
-pub mod history;
+pub mod history_chunks;
 mod http;
 pub mod lease;
-pub mod member;
 pub mod membership;
 pub mod mvcc;
 pub mod node;
@@ -43,6 +44,7 @@ pub mod peer;
 pub mod proto;
 pub mod raft_log;
 pub mod reconfig;
+pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod tls;

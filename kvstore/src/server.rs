@@ -16,10 +16,10 @@ use crate::backend::{Backend, SledBackend};
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::grpc;
-use crate::member::Member;
 use crate::node::{Msg, NodeLoop, NodeOptions, RaftStatus, RequestIds, Shared};
 use crate::peer;
 use crate::proto::kvstorepb::{MemberAttributes, internal_request};
+use crate::replica::Replica;
 
 /// A started member: its client addresses and the handle to stop it.
 pub struct Server {
@@ -31,7 +31,7 @@ pub struct Server {
     pub metrics_addrs: Vec<SocketAddr>,
     /// Metrics and peer listeners, publishing: aborted when the member stops.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    member: Arc<Member>,
+    member: Arc<Replica>,
     shutdown: Option<oneshot::Sender<()>>,
     serving: tokio::task::JoinHandle<Result<()>>,
     node: Option<std::thread::JoinHandle<Result<()>>>,
@@ -56,7 +56,7 @@ impl Server {
         let raw = raft_node(&cfg, &start)?;
         let request_timeout = cfg.request_timeout();
         let raft = start_raft_thread(&cfg, raw, start, backend.clone(), &listeners.dialer, wal)?;
-        let member = Arc::new(Member {
+        let member = Arc::new(Replica {
             shared: raft.shared,
             tx: raft.tx,
             ids: raft.ids,
@@ -94,7 +94,7 @@ impl Server {
     }
 
     /// The member facade (for embedders that want in-process access).
-    pub fn member(&self) -> &Arc<Member> {
+    pub fn member(&self) -> &Arc<Replica> {
         &self.member
     }
 
@@ -318,7 +318,7 @@ struct Serving {
 async fn serve(
     cfg: &Config,
     tls: &crate::tls::MemberTls,
-    member: &Arc<Member>,
+    member: &Arc<Replica>,
     listeners: Listeners,
 ) -> Result<Serving> {
     let mut client_addrs = Vec::new();
@@ -403,7 +403,7 @@ async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>> {
 
 /// Serves the peer service on `listener` with `server` (TLS or not) until the member stops.
 async fn serve_peers(
-    member: Arc<Member>,
+    member: Arc<Replica>,
     listener: TcpListener,
     mut server: tonic::transport::Server,
 ) {
@@ -427,7 +427,7 @@ async fn serve_peers(
 
 /// Records this member's name and client URLs in the replicated member list (etcd's
 /// publish), once a leader exists, unless the list already says so.
-async fn publish(member: &Member, attrs: MemberAttributes) {
+async fn publish(member: &Replica, attrs: MemberAttributes) {
     let stopping = member.shared.stopping.subscribe();
     while !*stopping.borrow() {
         let current = member

@@ -9,7 +9,7 @@ use raft::eraftpb::SnapshotMetadata;
 use crate::apply::StateMachine;
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
-use crate::history::{self, History};
+use crate::history_chunks::{self, HistoryChunks};
 use crate::proto::kvstorepb::{StateSnapshot, StoredLease};
 use crate::raft_log::RaftLog;
 
@@ -18,7 +18,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
     let revisions = sm
         .mvcc
         .records()
-        .map(|(rev, rec)| history::stored(rev, rec.clone()))
+        .map(|(rev, rec)| history_chunks::stored(rev, rec.clone()))
         .collect();
     let leases = sm
         .lessor
@@ -57,7 +57,7 @@ pub fn install(
             batch.delete(k);
         }
     }
-    let mut chunks = History::default();
+    let mut chunks = HistoryChunks::default();
     for r in snap.revisions {
         if r.record.as_ref().and_then(|s| s.kv.as_ref()).is_none() {
             return Err(Error::Corrupt("snapshot revision without a record".into()));

@@ -1,7 +1,7 @@
 //! netd performance benchmark (issue 4). Not a test: it prints figures.
 //!
 //! It builds its own world of network namespaces (an underlay namespace with a bridge and a real
-//! etcd, host namespaces `h1..hN` on 192.0.2.0/24, all names carrying a prefix unique to the run),
+//! etcd, host namespaces `h1..hN` on 192.0.2.0/24, named and swept by `testbed::lab`),
 //! runs the release `netd` binary found next to this program's directory (`../netd`) on the
 //! hosts, and watches every host's kernel through an rtnetlink route monitor (multicast group
 //! `RTNLGRP_IPV4_ROUTE`, one socket inside each host namespace). It measures:
@@ -39,8 +39,11 @@ use rtnetlink::MulticastGroup;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use testbed::cmd::run;
+use testbed::etcd;
+use testbed::lab::{Lab, UNDERLAY_GW};
+use testbed::netns;
 
-const UNDERLAY_GW: &str = "192.0.2.254";
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 const CONFIG_KEY: &str = "/coreos.com/network/config";
 const CONVERGENCE_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -318,13 +321,14 @@ fn metric(text: &str, name: &str) -> f64 {
 /// Everything that must be removed, also from the signal handler.
 struct Live {
     children: Vec<Child>,
-    namespaces: Vec<String>,
+    /// The world's namespaces (testbed's naming scheme), deleted when dropped.
+    lab: Option<Lab>,
     dirs: Vec<PathBuf>,
 }
 
 static LIVE: Mutex<Live> = Mutex::new(Live {
     children: Vec::new(),
-    namespaces: Vec::new(),
+    lab: None,
     dirs: Vec::new(),
 });
 
@@ -336,13 +340,13 @@ fn live() -> std::sync::MutexGuard<'static, Live> {
 fn tear_down() {
     let Live {
         children,
-        namespaces,
+        lab,
         dirs,
     } = std::mem::replace(
         &mut *live(),
         Live {
             children: Vec::new(),
-            namespaces: Vec::new(),
+            lab: None,
             dirs: Vec::new(),
         },
     );
@@ -350,18 +354,7 @@ fn tear_down() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    for ns in namespaces.iter().rev() {
-        for _ in 0..20 {
-            let ok = Command::new("ip")
-                .args(["netns", "del", ns])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok || !Path::new(&format!("/run/netns/{ns}")).exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    drop(lab);
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -393,35 +386,15 @@ fn on_signal_tear_down() {
     });
 }
 
-/// Runs a command; an error carries its stderr.
-fn run(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("cannot run {}", args[0]))?;
-    ensure!(
-        out.status.success(),
-        "`{}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Runs `f` on a thread that has joined namespace `ns`.
 fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter_netns(&path)?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+    netns::within(ns, f)?
 }
 
+/// Moves the calling thread into the namespace at `path`, for good.
 fn enter_netns(path: &str) -> Result<()> {
     hostnet::netns::Netns::open(path)?
         .with_context(|| format!("no namespace at {path}"))?
@@ -464,8 +437,11 @@ impl World {
             Err(_) => tempfile::tempdir()?,
         };
         live().dirs.push(dir.path().to_path_buf());
+        let lab = Lab::new();
+        let prefix = lab.prefix().to_string();
+        live().lab = Some(lab);
         let mut w = World {
-            prefix: format!("nb{:05x}", rand::random::<u32>() & 0xfffff),
+            prefix,
             dir,
             netd: netd.to_path_buf(),
             endpoint: format!("http://{UNDERLAY_GW}:2379"),
@@ -475,22 +451,9 @@ impl World {
             stop: Arc::new(AtomicBool::new(false)),
             monitors: Vec::new(),
         };
-        let ul = w.add_ns("ul")?;
-        run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
-        let gw = format!("{UNDERLAY_GW}/24");
-        run(&["ip", "-n", &ul, "addr", "add", &gw, "dev", "br0"])?;
-        run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        w.with_lab(Lab::add_underlay)?;
         for i in 1..=hosts {
-            let ns = w.add_ns(&format!("h{i}"))?;
-            let port = format!("p{i}");
-            run(&[
-                "ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ])?;
-            run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-            let addr = format!("192.0.2.{i}/24");
-            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            let ns = w.with_lab(|lab| lab.add_host(i))?;
             w.monitors
                 .push(spawn_monitor(&ns, i, tx.clone(), w.stop.clone())?);
         }
@@ -498,12 +461,9 @@ impl World {
         Ok(w)
     }
 
-    fn add_ns(&mut self, name: &str) -> Result<String> {
-        let ns = format!("{}-{name}", self.prefix);
-        run(&["ip", "netns", "add", &ns])?;
-        live().namespaces.push(ns.clone());
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        Ok(ns)
+    /// Runs `f` on the world's namespaces, kept in [`Live`] for the signal handler.
+    fn with_lab<T>(&self, f: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        f(live().lab.as_mut().context("the world is gone")?)
     }
 
     fn host(&self, i: usize) -> String {
@@ -529,29 +489,15 @@ impl World {
     fn start_etcd(&mut self, config: &str) -> Result<()> {
         let ul = format!("{}-ul", self.prefix);
         let data = self.dir.path().join("etcd");
-        let data = data.to_string_lossy();
         let url = self.endpoint.clone();
-        self.spawn(
-            &ul,
-            Path::new("/usr/bin/etcd"),
-            &[
-                "--name",
-                "e1",
-                "--data-dir",
-                &data,
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "e1=http://127.0.0.1:2380",
-            ],
-            "etcd.log",
-        )?;
+        let member = etcd::Member::new("e1", &data, &url, "http://127.0.0.1:2380");
+        let args: Vec<String> = member
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(&ul, Path::new(etcd::ETCD), &args, "etcd.log")?;
         let config = config.to_string();
         let start = Instant::now();
         loop {

@@ -178,7 +178,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
 
     let (tx, mut rx) = mpsc::channel(1024);
     let watcher = tokio::spawn(watch::run(kv.clone(), net.clone(), tx, metrics.clone()));
-    let _abort_watcher = AbortOnDrop(watcher);
+    let mut watcher = AbortOnDrop(watcher);
 
     let mut reconcile = tokio::time::interval(config.reconcile_interval());
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,7 +203,9 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     loop {
         tokio::select! {
             ev = rx.recv() => {
-                let ev = ev.ok_or_else(|| Error::Kernel("peer watcher stopped".into()))?;
+                let Some(ev) = ev else {
+                    return Err(Error::Watcher(watcher.why_stopped().await));
+                };
                 d.on_event(ev).await;
             }
             _ = reconcile.tick() => d.on_reconcile_tick().await,
@@ -280,12 +282,12 @@ impl Running<'_> {
                         vni: spec.vni,
                         vtep_mac: now.mac,
                     });
-                    self.peers.dp = NetlinkDataplane::new(
+                    self.peers.replace_dataplane(NetlinkDataplane::new(
                         self.h.clone(),
                         Some(now.index),
                         self.underlay.index,
                         self.net.network,
-                    );
+                    ));
                     // Publish the new VtepMAC: re-acquisition rewrites our record.
                     self.lease_ok = false;
                     self.renew_at = tokio::time::Instant::now();
@@ -353,7 +355,7 @@ impl Running<'_> {
         self.own = new;
         if changed {
             tracing::warn!(subnet = %self.own.subnet, "subnet changed; containers of the old subnet lose connectivity");
-            self.peers.own_subnet = self.own.subnet;
+            self.peers.set_own_subnet(self.own.subnet);
             apply_own_subnet(&self.h, self.config, &self.net, &self.backend, &self.own).await?;
             if self.written {
                 write_subnet_file(self.config, &self.net, &self.backend, &self.own)?;
@@ -379,6 +381,25 @@ impl Running<'_> {
 
 /// Aborts a background task when dropped (also when `run` is cancelled by shutdown).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Why the task ended: it retries every KV error, so only a panic (a bug) ends it.
+    async fn why_stopped(&mut self) -> String {
+        match (&mut self.0).await {
+            Ok(()) => "it returned".into(),
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown payload".into());
+                format!("it panicked: {msg}")
+            }
+            Err(e) => format!("it was cancelled: {e}"),
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -7,14 +7,18 @@
 
 use std::path::PathBuf;
 
+use kvstore::config::defaults;
+
 use crate::error::{Error, Result};
 use crate::kv::ClientTls;
 
-/// The `--kv-*` flags, named after etcd's member flags.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+/// The `--kv-*` flags, named after etcd's member flags; their defaults are kvstore's
+/// ([`kvstore::config::defaults`]), and every member setting without a flag here is kvstore's
+/// default too ([`EmbeddedKvArgs::kv_config`]).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct EmbeddedKvArgs {
     /// Member name of the embedded KV store (etcd's --name).
-    #[arg(long = "kv-name", env = "NETD_KV_NAME", default_value = "default")]
+    #[arg(long = "kv-name", env = "NETD_KV_NAME", default_value = defaults::NAME)]
     pub name: String,
     /// Initial cluster of the embedded store: name=peer-url,... (etcd's --initial-cluster).
     #[arg(long = "kv-initial-cluster", env = "NETD_KV_INITIAL_CLUSTER")]
@@ -22,14 +26,14 @@ pub struct EmbeddedKvArgs {
     /// `new` to bootstrap the cluster of --kv-initial-cluster, `existing` to join a running one
     /// after `etcdctl member add` (etcd's --initial-cluster-state).
     #[arg(long = "kv-initial-cluster-state", env = "NETD_KV_INITIAL_CLUSTER_STATE",
-          default_value = "new", value_parser = ["new", "existing"])]
+          default_value = defaults::INITIAL_CLUSTER_STATE, value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Token that keeps this cluster's ids apart from another cluster started from the same
     /// --kv-initial-cluster (etcd's --initial-cluster-token).
     #[arg(
         long = "kv-initial-cluster-token",
         env = "NETD_KV_INITIAL_CLUSTER_TOKEN",
-        default_value = "etcd-cluster"
+        default_value = defaults::INITIAL_CLUSTER_TOKEN
     )]
     pub initial_cluster_token: String,
     /// Peer URLs the other members reach this one at; default: --kv-listen-peer-urls (etcd's
@@ -50,14 +54,14 @@ pub struct EmbeddedKvArgs {
     #[arg(
         long = "kv-listen-peer-urls",
         env = "NETD_KV_LISTEN_PEER_URLS",
-        default_value = "http://127.0.0.1:2380"
+        default_value = defaults::LISTEN_PEER_URLS
     )]
     pub listen_peer_urls: String,
     /// Client URLs the embedded member serves the etcd v3 API on (etcd's --listen-client-urls).
     #[arg(
         long = "kv-listen-client-urls",
         env = "NETD_KV_LISTEN_CLIENT_URLS",
-        default_value = "http://127.0.0.1:2379"
+        default_value = defaults::LISTEN_CLIENT_URLS
     )]
     pub listen_client_urls: String,
     /// Data directory of the embedded member (etcd's --data-dir).
@@ -314,6 +318,19 @@ mod tests {
         assert_eq!(d.initial_cluster_state, "new");
         assert_eq!(d.initial_cluster_token, "etcd-cluster");
         assert_eq!(d.advertise_peer_urls(), d.listen_peer_urls);
+    }
+
+    #[test]
+    fn no_flags_is_the_kvstore_default_member_with_netd_data_dir() {
+        let netd = Flags::try_parse_from(["netd"])
+            .expect("parse")
+            .kv
+            .kv_config();
+        let kvstore = kvstore::Config {
+            data_dir: Some("/var/lib/netd/kv".into()),
+            ..kvstore::Config::default()
+        };
+        assert_eq!(format!("{netd:?}"), format!("{kvstore:?}"));
     }
 
     #[tokio::test]

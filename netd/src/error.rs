@@ -54,6 +54,10 @@ pub enum Error {
         source: rtnetlink::Error,
     },
 
+    /// The task watching the other hosts' subnet records ended (only a bug ends it).
+    #[error("watching the subnet records stopped: {0}")]
+    Watcher(String),
+
     /// A kernel object netd needs is missing or looks wrong.
     #[error("kernel state: {0}")]
     Kernel(String),

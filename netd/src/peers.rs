@@ -38,11 +38,11 @@ pub enum OwnRecord {
 
 /// Peer state of one host.
 pub struct Peers<D> {
-    pub dp: D,
-    pub mode: RoutingMode,
+    dp: D,
+    mode: RoutingMode,
     /// This host's subnet and public IP: never programmed as a peer.
-    pub own_subnet: Subnet,
-    pub own_ip: Ipv4Addr,
+    own_subnet: Subnet,
+    own_ip: Ipv4Addr,
     records: BTreeMap<Subnet, PeerRecord>,
     programmed: Programmed,
     metrics: Arc<Metrics>,
@@ -142,6 +142,17 @@ impl<D: Dataplane> Peers<D> {
     }
 
     /// Number of peers with kernel entries.
+    /// Programs through `dp` from now on (the VXLAN device was recreated); the next
+    /// reconcile brings the new device up to date.
+    pub fn replace_dataplane(&mut self, dp: D) {
+        self.dp = dp;
+    }
+
+    /// This host's subnet changed (the lease was re-acquired elsewhere): never a peer's.
+    pub fn set_own_subnet(&mut self, subnet: Subnet) {
+        self.own_subnet = subnet;
+    }
+
     pub fn programmed_count(&self) -> usize {
         self.programmed.len()
     }

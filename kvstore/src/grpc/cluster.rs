@@ -9,23 +9,22 @@ use tonic::{Request, Response, Status};
 
 use crate::config;
 use crate::error::Error;
-use crate::member::Member;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, Member as PbMember, MemberAddRequest, MemberAddResponse,
-    MemberListRequest, MemberListResponse, MemberRemoveRequest, MemberRemoveResponse,
-    StatusRequest, StatusResponse, alarm_request::AlarmAction, cluster_server::Cluster,
-    maintenance_server::Maintenance,
+    AlarmRequest, AlarmResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
 };
+use crate::replica::Replica;
 
 /// The version reported in Status: the etcd API level this member speaks.
 pub const API_VERSION: &str = "3.4.0";
 
 pub struct ClusterService {
-    member: Arc<Member>,
+    member: Arc<Replica>,
 }
 
 impl ClusterService {
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Replica>) -> Self {
         ClusterService { member }
     }
 }
@@ -70,7 +69,7 @@ impl Cluster for ClusterService {
         self.member
             .may_change_membership(ConfChangeType::AddNode, id)
             .await?;
-        let added = PbMember {
+        let added = Member {
             id,
             name: String::new(),
             peer_ur_ls: req.peer_ur_ls,
@@ -125,11 +124,11 @@ impl Cluster for ClusterService {
 }
 
 pub struct MaintenanceService {
-    member: Arc<Member>,
+    member: Arc<Replica>,
 }
 
 impl MaintenanceService {
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Replica>) -> Self {
         MaintenanceService { member }
     }
 }

@@ -7,19 +7,19 @@ use tonic::{Request, Response, Status};
 use super::validate;
 use crate::apply::Applied;
 use crate::error::Error;
-use crate::member::Member;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
 };
 use crate::proto::kvstorepb::internal_request::Request as Internal;
+use crate::replica::Replica;
 
 pub struct KvService {
-    member: Arc<Member>,
+    member: Arc<Replica>,
 }
 
 impl KvService {
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Replica>) -> Self {
         KvService { member }
     }
 }

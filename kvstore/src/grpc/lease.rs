@@ -13,20 +13,20 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::apply::Applied;
 use crate::error::Error;
 use crate::lease::MAX_TTL;
-use crate::member::Member;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
 };
 use crate::proto::kvstorepb::internal_request::Request as Internal;
+use crate::replica::Replica;
 
 pub struct LeaseService {
-    member: Arc<Member>,
+    member: Arc<Replica>,
 }
 
 impl LeaseService {
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Replica>) -> Self {
         LeaseService { member }
     }
 }

@@ -18,11 +18,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
 
 use crate::error::{Error, Result};
-use crate::member::Member;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::replica::Replica;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -32,7 +32,7 @@ const DECODE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Refuses a message over the gRPC receive limit as etcd (grpc-go) does.
 pub(crate) fn check_size(
-    member: &Member,
+    member: &Replica,
     msg: &impl prost::Message,
 ) -> std::result::Result<(), tonic::Status> {
     let len = msg.encoded_len();
@@ -46,7 +46,7 @@ pub(crate) fn check_size(
 }
 
 /// The etcd v3 services of `member`, on a fresh server builder.
-fn routes(member: &Arc<Member>) -> Router {
+fn routes(member: &Arc<Replica>) -> Router {
     let max = DECODE_LIMIT;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -77,7 +77,7 @@ fn routes(member: &Arc<Member>) -> Router {
 /// until `shutdown` fires. TLS is terminated here, below the `:authority` fix, rather
 /// than by tonic, which would put the handshake above it.
 pub(crate) async fn serve(
-    member: Arc<Member>,
+    member: Arc<Replica>,
     listeners: Vec<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<()> {

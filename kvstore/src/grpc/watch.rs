@@ -16,13 +16,13 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::member::Member;
 use crate::mvcc::{EventLimit, Events, KeyRange};
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
     watch_request::RequestUnion, watch_server::Watch,
 };
 use crate::proto::mvccpb::event::EventType;
+use crate::replica::Replica;
 
 /// What one response gathers at most (whole revisions are never split). The byte bound
 /// keeps responses under the 4 MiB that gRPC clients accept by default.
@@ -47,11 +47,11 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 type Tx = mpsc::Sender<Result<WatchResponse, Status>>;
 
 pub struct WatchService {
-    member: Arc<Member>,
+    member: Arc<Replica>,
 }
 
 impl WatchService {
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Replica>) -> Self {
         WatchService { member }
     }
 }
@@ -81,7 +81,7 @@ struct Watcher {
     next: Arc<AtomicI64>,
 }
 
-async fn serve_stream(member: Arc<Member>, mut inbound: Streaming<WatchRequest>, tx: Tx) {
+async fn serve_stream(member: Arc<Replica>, mut inbound: Streaming<WatchRequest>, tx: Tx) {
     let mut watchers: HashMap<i64, Watcher> = HashMap::new();
     let mut next_id: i64 = 0;
     let mut stopping = member.shared.stopping.subscribe();
@@ -134,7 +134,7 @@ async fn serve_stream(member: Arc<Member>, mut inbound: Streaming<WatchRequest>,
 }
 
 async fn create(
-    member: &Arc<Member>,
+    member: &Arc<Replica>,
     tx: &Tx,
     watchers: &mut HashMap<i64, Watcher>,
     next_id: &mut i64,
@@ -214,7 +214,12 @@ struct Spec {
 
 /// One bounded step of a watcher's walk from `from`: the events found, the newest revision,
 /// and the compaction point if `from` fell behind it.
-fn step(member: &Member, from: i64, range: &KeyRange, prev_kv: bool) -> (Events, i64, Option<i64>) {
+fn step(
+    member: &Replica,
+    from: i64,
+    range: &KeyRange,
+    prev_kv: bool,
+) -> (Events, i64, Option<i64>) {
     let sm = member.state().read();
     let current = sm.mvcc.current_revision();
     let compacted = sm.mvcc.compact_revision();
@@ -230,7 +235,7 @@ fn step(member: &Member, from: i64, range: &KeyRange, prev_kv: bool) -> (Events,
     }
 }
 
-async fn run_watcher(member: Arc<Member>, tx: Tx, spec: Spec, next: Arc<AtomicI64>) {
+async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI64>) {
     let mut revisions = member.revisions();
     let mut last_sent = tokio::time::Instant::now();
     loop {

@@ -11,7 +11,6 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
-use crate::member::Member;
 use crate::node::Msg;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -20,16 +19,17 @@ use crate::proto::peerpb::{
     Ack, MembersRequest, MembersResponse, PeerActive, PeerActivityRequest, PeerActivityResponse,
     RaftBatch, SnapshotChunk, peer_server::Peer,
 };
+use crate::replica::Replica;
 
 /// What a removed member hears when it still sends raft messages.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 pub struct PeerService {
-    member: Arc<Member>,
+    member: Arc<Replica>,
 }
 
 impl PeerService {
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Replica>) -> Self {
         PeerService { member }
     }
 

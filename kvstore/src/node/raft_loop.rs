@@ -1,0 +1,658 @@
+//! The raft node loop: one OS thread owns the raft `RawNode`. It batches every queued
+//! proposal and read into one `Ready`, so concurrent writers share one fsync (group
+//! commit); it sends raft messages through the peer transport (the leader's before its
+//! fsync, a follower's acks and votes after, its forwarded proposals and reads at once),
+//! applies entries raft reports committed (durable here and on a quorum) before fsyncing
+//! the newer ones, installs snapshots, applies conf changes and answers each waiting
+//! caller by request id, never by log index. A proposal lost to a leader change
+//! is answered with an error as soon as that is certain, never left hanging.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use prost::Message;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::oneshot;
+
+use super::{Msg, NodeOptions, RequestIds, Shared};
+use crate::apply::Applied;
+use crate::backend::{Backend, WriteBatch, keys};
+use crate::error::{Error, Result};
+use crate::peer::Transport;
+use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
+use crate::raft_log::RaftLog;
+use crate::wal::{RecordRef, Wal};
+use crate::writer::Writer;
+/// A caller waiting for its proposal, and the raft term it was proposed in.
+struct Waiter {
+    term: u64,
+    tx: oneshot::Sender<Result<Applied>>,
+}
+
+/// A batch of reads sent to raft as one ReadIndex request.
+struct ReadBatch {
+    started: Instant,
+    last_try: Instant,
+    waiters: Vec<ReadWaiter>,
+}
+
+type ReadWaiter = oneshot::Sender<Result<()>>;
+/// A request id and the result of applying it.
+type Answer = (u64, Result<Applied>);
+
+pub(crate) struct NodeLoop {
+    pub raw: RawNode<RaftLog>,
+    pub log: RaftLog,
+    pub backend: Arc<dyn Backend>,
+    pub shared: Arc<Shared>,
+    pub opts: NodeOptions,
+    pub ids: Arc<RequestIds>,
+    transport: Arc<Transport>,
+    me: u64,
+    waiters: HashMap<u64, Waiter>,
+    /// The term of the last applied entry: once an entry of a newer term is applied, no
+    /// entry proposed in an older term can commit any more.
+    applied_term: u64,
+    pending_reads: Vec<ReadWaiter>,
+    /// Read batches sent to raft, by request context.
+    inflight_reads: HashMap<Vec<u8>, ReadBatch>,
+    /// Read batches whose read index is known, waiting for apply to reach it.
+    reads_after_apply: Vec<(u64, Vec<ReadWaiter>)>,
+    revoking: HashSet<i64>,
+    read_seq: u64,
+    stop_requested: bool,
+    /// Requests removing this very member: if a peer's refusal is how this member learns
+    /// of its removal (the leader stops replicating to it once the change commits), the
+    /// refusal proves the change committed, and these callers get the new member list.
+    self_removals: Vec<u64>,
+    /// The thread that writes to the backend (in order, off this thread).
+    writer: Writer,
+    /// The journal that makes each `Ready` durable before the backend has it.
+    wal: Wal,
+    /// Backend writes not yet handed to the writer thread: a `Ready`'s log append and hard
+    /// state, and the state machine's writes (and commit index) since; they go after the
+    /// journal's fsync, as one batch.
+    unsynced: WriteBatch,
+    /// When each peer was last heard from: which ones the leader counts as active.
+    activity: crate::reconfig::PeerActivity,
+}
+
+impl NodeLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        raw: RawNode<RaftLog>,
+        log: RaftLog,
+        backend: Arc<dyn Backend>,
+        shared: Arc<Shared>,
+        opts: NodeOptions,
+        ids: Arc<RequestIds>,
+        transport: Arc<Transport>,
+        me: u64,
+        wal: Wal,
+    ) -> Result<NodeLoop> {
+        let writer = Writer::spawn(backend.clone())?;
+        let activity = crate::reconfig::PeerActivity::new(opts.peer_timeout);
+        let source = shared.clone();
+        log.set_snapshot_source(Box::new(move || {
+            let sm = source.sm.read();
+            (sm.applied, crate::snapshot::encode(&sm))
+        }));
+        let node = NodeLoop {
+            raw,
+            log,
+            backend,
+            shared,
+            opts,
+            ids,
+            transport,
+            me,
+            applied_term: 0,
+            waiters: HashMap::new(),
+            pending_reads: Vec::new(),
+            inflight_reads: HashMap::new(),
+            reads_after_apply: Vec::new(),
+            revoking: HashSet::new(),
+            read_seq: 0,
+            stop_requested: false,
+            self_removals: Vec::new(),
+            writer,
+            wal,
+            unsynced: WriteBatch::default(),
+            activity,
+        };
+        node.update_peers();
+        Ok(node)
+    }
+
+    /// This member was removed from the cluster: it stops serving.
+    fn stop_removed(&mut self) {
+        tracing::warn!("this member was removed from the cluster; stopping");
+        self.shared.removed.store(true, Ordering::Release);
+        self.stop_requested = true;
+        if self.self_removals.is_empty() {
+            return;
+        }
+        let members: Vec<_> = {
+            let sm = self.shared.sm.read();
+            sm.members
+                .list()
+                .into_iter()
+                .filter(|m| m.id != self.me)
+                .collect()
+        };
+        for id in std::mem::take(&mut self.self_removals) {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.tx.send(Ok(Applied::Members(members.clone())));
+            }
+        }
+    }
+
+    /// Points the transport at the members of the current member list.
+    fn update_peers(&self) {
+        let peers: Vec<(u64, String)> = {
+            let sm = self.shared.sm.read();
+            sm.members
+                .ids()
+                .into_iter()
+                .filter_map(|id| sm.members.peer_url(id).map(|u| (id, u.to_string())))
+                .collect()
+        };
+        self.transport.set_peers(&peers);
+    }
+
+    /// Runs until every sender of `rx` is gone. An error is a storage failure: the member
+    /// must stop rather than serve from state it could not persist.
+    pub fn run(mut self, rx: Receiver<Msg>) -> Result<()> {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = self.opts.tick.saturating_sub(last_tick.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Stop) => break,
+                Ok(m) => self.handle(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Group commit: take everything queued meanwhile into the same Ready.
+            if self.stop_requested {
+                break;
+            }
+            for _ in 0..8192 {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            if !self.pending_reads.is_empty() {
+                self.start_read();
+            }
+            if last_tick.elapsed() >= self.opts.tick {
+                last_tick = Instant::now();
+                self.raw.tick();
+                self.on_tick();
+            }
+            self.on_ready()?;
+        }
+        self.fail_all(|| Error::Stopped);
+        self.write_unsynced()?;
+        self.writer.barrier()?;
+        self.backend.sync()
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Propose { id, data, tx } => {
+                if let Err(e) = self.raw.propose(vec![], data) {
+                    tracing::debug!(error = %e, "proposal dropped");
+                    let _ = tx.send(Err(Error::NoLeader));
+                    return;
+                }
+                let term = self.raw.raft.term;
+                self.waiters.insert(id, Waiter { term, tx });
+            }
+            Msg::ConfChange { id, cc, tx } => {
+                if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.me {
+                    self.self_removals.push(id);
+                }
+                if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
+                    tracing::debug!(error = %e, "conf change dropped");
+                    let _ = tx.send(Err(Error::NoLeader));
+                    return;
+                }
+                let term = self.raw.raft.term;
+                self.waiters.insert(id, Waiter { term, tx });
+            }
+            Msg::ReadIndex { tx } => self.pending_reads.push(tx),
+            Msg::Raft(m) => {
+                self.activity.heard(m.from, Instant::now());
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "raft message not stepped");
+                }
+            }
+            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::Removed => self.stop_removed(),
+            Msg::PeerActivity { tx } => {
+                let res = if self.raw.raft.state == StateRole::Leader {
+                    Ok(self.activity.snapshot(self.me, Instant::now()))
+                } else {
+                    Err(Error::NoLeader)
+                };
+                let _ = tx.send(res);
+            }
+            Msg::SnapshotStatus { to, failed } => {
+                let status = if failed {
+                    SnapshotStatus::Failure
+                } else {
+                    SnapshotStatus::Finish
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            // Seen while draining: finish this round; the next receive sees the channel.
+            Msg::Stop => self.stop_requested = true,
+        }
+    }
+
+    fn start_read(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            for tx in self.pending_reads.drain(..) {
+                let _ = tx.send(Err(Error::NoLeader));
+            }
+            return;
+        }
+        // raft drops a ReadIndex silently until the leader has committed an entry in its
+        // term; keep the reads queued until then instead of letting them time out.
+        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        self.read_seq += 1;
+        let ctx = self.read_seq.to_be_bytes().to_vec();
+        self.raw.read_index(ctx.clone());
+        let now = Instant::now();
+        let batch = ReadBatch {
+            started: now,
+            last_try: now,
+            waiters: std::mem::take(&mut self.pending_reads),
+        };
+        self.inflight_reads.insert(ctx, batch);
+    }
+
+    /// ReadIndex requests can be dropped silently by raft (during an election, or by a
+    /// leader that has not committed in its term yet): ask again, and give up in time.
+    fn retry_reads(&mut self) {
+        let now = Instant::now();
+        let timeout = self.opts.read_timeout;
+        let expired: Vec<Vec<u8>> = self
+            .inflight_reads
+            .iter()
+            .filter(|(_, b)| now.duration_since(b.started) > timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(b) = self.inflight_reads.remove(&k) {
+                for tx in b.waiters {
+                    let _ = tx.send(Err(Error::Timeout));
+                }
+            }
+        }
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        for (ctx, b) in self.inflight_reads.iter_mut() {
+            if now.duration_since(b.last_try) >= self.opts.read_retry {
+                b.last_try = now;
+                self.raw.read_index(ctx.clone());
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.retry_reads();
+        self.sync_leadership();
+        // Only the leader expires leases, by proposing their revocation.
+        if self.raw.raft.state == StateRole::Leader {
+            let expired = self.shared.sm.read().lessor.expired();
+            for id in expired {
+                if self.revoking.insert(id) {
+                    tracing::info!(lease = format!("{id:016x}"), "lease expired; revoking");
+                    let req = InternalRequest {
+                        id: self.ids.next(),
+                        request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
+                            id,
+                        })),
+                    };
+                    if self.raw.propose(vec![], req.encode_to_vec()).is_err() {
+                        self.revoking.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_leadership(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        let mut sm = self.shared.sm.write();
+        if leader && !sm.lessor.is_primary() {
+            sm.lessor.promote();
+        } else if !leader && sm.lessor.is_primary() {
+            sm.lessor.demote();
+            self.revoking.clear();
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        // A leader's messages may go before its own fsync (raft's thesis, 10.2.1).
+        self.transport.send(rd.take_messages());
+        // A follower's forwarded proposals and read requests promise nothing about its own
+        // log, so they need not wait for its fsync either; everything else a follower says
+        // (append acks, votes) does.
+        let mut after_sync = rd.take_persisted_messages();
+        if !after_sync.is_empty() {
+            let (now, later): (Vec<_>, Vec<_>) = after_sync.into_iter().partition(|m| {
+                matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgPropose | MessageType::MsgReadIndex
+                )
+            });
+            self.transport.send(now);
+            after_sync = later;
+        }
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot())?;
+        }
+        for rs in rd.take_read_states() {
+            if let Some(b) = self.inflight_reads.remove(&rs.request_ctx) {
+                self.reads_after_apply.push((rs.index, b.waiters));
+            }
+        }
+        // Entries raft hands over as committed are already durable here and on a quorum:
+        // apply them and answer their callers now, without waiting for the fsync of the
+        // new entries below. The state machine's own writes need no fsync of their own;
+        // they reach the backend in one batch with the next log append (a crash before
+        // that re-applies them from the log).
+        let answers = self.apply(rd.take_committed_entries())?;
+        self.publish(answers);
+        self.answer_reads();
+        let mut batch = std::mem::take(&mut self.unsynced);
+        let segment = self.log.append(rd.entries(), &mut batch)?;
+        if let Some(hs) = rd.hs() {
+            self.log.set_hard_state(hs, &mut batch)?;
+        }
+        // Durable first in the journal (one write, one fdatasync); the backend gets the
+        // same writes afterwards, so it never holds raft state the journal lacks.
+        let synced = rd.must_sync();
+        if synced {
+            let mut records = Vec::with_capacity(2);
+            if !segment.is_empty() {
+                records.push(RecordRef::Segment(&segment));
+            }
+            if let Some(hs) = rd.hs() {
+                records.push(RecordRef::HardState(hs));
+            }
+            if let Some(before) = self.wal.append(&records)? {
+                // The older segments' backend writes were all issued in earlier rounds.
+                self.writer
+                    .checkpoint(self.wal.dir().to_path_buf(), before)?;
+            }
+            self.wal.sync()?;
+        }
+        self.unsynced = batch;
+        // A follower's answers (append acks, votes) only once what they promise is durable.
+        self.transport.send(after_sync);
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit, &mut self.unsynced)?;
+        }
+        self.transport.send(light.take_messages());
+        let answers = self.apply(light.take_committed_entries())?;
+        self.publish(answers);
+        self.raw.advance_apply();
+        self.publish_status();
+        self.answer_reads();
+        // Callers are answered; now the backend's copy (not flushed: the journal holds it).
+        if synced {
+            self.write_unsynced()?;
+        }
+        self.maybe_truncate_log()?;
+        Ok(())
+    }
+
+    /// Hands the pending writes to the backend writer (the journal holds them).
+    fn write_unsynced(&mut self) -> Result<()> {
+        self.writer.write(std::mem::take(&mut self.unsynced))
+    }
+
+    /// Replaces the state machine with a snapshot received from the leader.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        // Older state machine writes must not land after (and over) the snapshot's.
+        self.write_unsynced()?;
+        self.writer.barrier()?;
+        let meta = snap.get_metadata();
+        // Journaled first: a replay then knows the records before it describe a log the
+        // snapshot replaced (see `wal::recover`).
+        self.wal.append(&[RecordRef::Snapshot(meta)])?;
+        self.wal.sync()?;
+        let sm = crate::snapshot::install(self.backend.as_ref(), &self.log, meta, snap.get_data())?;
+        // The backend is flushed with the snapshot: nothing older needs replaying.
+        self.wal.reset()?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            revision = sm.mvcc.current_revision(),
+            "snapshot installed"
+        );
+        self.applied_term = self.applied_term.max(meta.term);
+        *self.shared.sm.write() = sm;
+        self.update_peers();
+        Ok(())
+    }
+
+    /// Applies committed entries to the state machine, adding its disk writes to the
+    /// pending batch; returns each request's answer by request id.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<Answer>> {
+        let mut answers = Vec::new();
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(answers);
+        };
+        let mut pending = std::mem::take(&mut self.unsynced);
+        let batch = &mut pending;
+        let mut members_changed = false;
+        let shared = self.shared.clone();
+        let mut sm = Some(shared.sm.write());
+        for e in &entries {
+            let Some(guard) = sm.as_mut() else { break };
+            if e.index <= guard.applied {
+                continue;
+            }
+            self.applied_term = self.applied_term.max(e.term);
+            match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => {
+                    match InternalRequest::decode(e.data.as_ref()) {
+                        Ok(req) => {
+                            let res = guard.apply(&req, batch);
+                            match &req.request {
+                                Some(internal_request::Request::LeaseRevoke(r)) => {
+                                    self.revoking.remove(&r.id);
+                                }
+                                Some(internal_request::Request::Publish(_)) => {
+                                    members_changed = true;
+                                }
+                                _ => {}
+                            }
+                            answers.push((req.id, res));
+                        }
+                        Err(err) => {
+                            tracing::error!(index = e.index, %err, "undecodable raft entry skipped")
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    // raft may call back into the state machine (to build a snapshot for a
+                    // new member) while applying a conf change: release it meanwhile.
+                    guard.seal(batch);
+                    drop(sm.take());
+                    let answer = self.apply_conf_change(e, batch);
+                    members_changed = true;
+                    let mut guard = shared.sm.write();
+                    if let Some((id, res)) = answer {
+                        answers.push((id, res));
+                    }
+                    guard.applied = e.index;
+                    sm = Some(guard);
+                    continue;
+                }
+                _ => {}
+            }
+            guard.applied = e.index;
+        }
+        if let Some(guard) = sm.as_mut() {
+            guard.seal(batch);
+        }
+        drop(sm);
+        batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());
+        self.unsynced = pending;
+        if members_changed {
+            self.update_peers();
+        }
+        Ok(answers)
+    }
+
+    /// Applies one conf change entry: raft's configuration, then the member list.
+    fn apply_conf_change(&mut self, e: &Entry, batch: &mut WriteBatch) -> Option<Answer> {
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!(index = e.index, %err, "undecodable conf change skipped");
+                return None;
+            }
+        };
+        let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+        let mut removed_me = false;
+        let res = (|| {
+            let cs = self.raw.apply_conf_change(&cc)?;
+            self.log.set_conf_state(&cs, batch)?;
+            let mut sm = self.shared.sm.write();
+            match cc.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(m) = ctx.member.clone() {
+                        tracing::info!(member = format!("{:x}", m.id), urls = ?m.peer_ur_ls, "member added");
+                        sm.members.add(m);
+                    }
+                }
+                ConfChangeType::RemoveNode => {
+                    tracing::info!(member = format!("{:x}", cc.node_id), "member removed");
+                    sm.members.remove(cc.node_id);
+                    removed_me = cc.node_id == self.me;
+                }
+            }
+            sm.members.persist(batch);
+            Ok(Applied::Members(sm.members.list()))
+        })();
+        if removed_me {
+            self.stop_removed();
+        }
+        Some((ctx.request_id, res))
+    }
+
+    /// Publishes the new revision to watchers and answers the waiting callers.
+    fn publish(&mut self, answers: Vec<Answer>) {
+        let revision = self.shared.sm.read().mvcc.current_revision();
+        self.shared.revision.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+        for (id, res) in answers {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.tx.send(res);
+            }
+        }
+        // Entries of older terms can only sit before the first entry of the newest term
+        // applied; anything proposed in an older term and still unanswered is lost.
+        let term = self.applied_term;
+        let lost: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.term < term)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.tx.send(Err(Error::LeaderChanged));
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let s = &self.shared.status;
+        let r = &self.raw.raft;
+        s.term.store(r.term, Ordering::Relaxed);
+        s.leader.store(r.leader_id, Ordering::Relaxed);
+        s.last_index
+            .store(r.raft_log.last_index(), Ordering::Relaxed);
+        s.commit.store(r.raft_log.committed, Ordering::Relaxed);
+        s.applied.store(r.raft_log.applied, Ordering::Relaxed);
+    }
+
+    fn answer_reads(&mut self) {
+        if self.reads_after_apply.is_empty() {
+            return;
+        }
+        let applied = self.shared.sm.read().applied;
+        self.reads_after_apply.retain_mut(|(index, txs)| {
+            if *index <= applied {
+                for tx in txs.drain(..) {
+                    let _ = tx.send(Ok(()));
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn maybe_truncate_log(&mut self) -> Result<()> {
+        let applied = self.shared.sm.read().applied;
+        let (first, _) = self.log.span();
+        let keep = self.opts.catch_up_entries;
+        if applied >= first + self.opts.snapshot_count + keep {
+            // The writer flushes before it truncates: the applied state must be in the
+            // backend by then.
+            self.write_unsynced()?;
+            // Raft stops seeing the entries now; their removal from disk (thousands of
+            // deletes, after an fsync) happens off this thread.
+            let mut batch = WriteBatch::default();
+            self.log.truncate_prefix(applied - keep, &mut batch)?;
+            self.writer.truncate(batch)?;
+            tracing::debug!(upto = applied - keep, "raft log truncated");
+        }
+        Ok(())
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> Error) {
+        for (_, w) in self.waiters.drain() {
+            let _ = w.tx.send(Err(err()));
+        }
+        for tx in self.pending_reads.drain(..) {
+            let _ = tx.send(Err(err()));
+        }
+        for (_, b) in self.inflight_reads.drain() {
+            for tx in b.waiters {
+                let _ = tx.send(Err(err()));
+            }
+        }
+        for (_, txs) in self.reads_after_apply.drain(..) {
+            for tx in txs {
+                let _ = tx.send(Err(err()));
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! `Replica`: this member's replica of the store, the facade the gRPC adapters call. Propose a request (or a membership
+//! change) and wait for its result, wait for a linearizable read barrier, build response
+//! headers, and serve lease requests only the leader can answer: locally on the leader,
+//! forwarded over the peer service from any other member.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use raft::eraftpb::{ConfChange, ConfChangeType};
+use tokio::sync::oneshot;
+
+use crate::apply::{Applied, StateMachine};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::node::{Msg, RaftStatus, RequestIds, Shared};
+use crate::peer::client::PeerClients;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, ResponseHeader,
+};
+use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
+
+/// Pause between attempts of a request waiting for a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The member as the gRPC layer sees it.
+pub struct Replica {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: std::sync::mpsc::Sender<Msg>,
+    pub(crate) ids: Arc<RequestIds>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) max_txn_ops: usize,
+    /// HTTP/2 streams one client connection may have open (`--max-concurrent-streams`).
+    pub(crate) max_concurrent_streams: u32,
+    /// How long a request waits for raft before etcd's "request timed out".
+    pub(crate) request_timeout: Duration,
+    pub(crate) peers: PeerClients,
+    /// Refuse membership changes that would break a quorum (etcd's
+    /// `--strict-reconfig-check`).
+    pub(crate) strict_reconfig_check: bool,
+    /// Where watchers far behind walk the history (see [`crate::catch_up`]).
+    pub(crate) catch_up: crate::catch_up::CatchUp,
+}
+
+impl Replica {
+    /// A full response header at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.shared.status.term.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Completes a header that apply filled with a revision only.
+    pub fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h
+            .as_ref()
+            .map_or_else(|| self.current_revision(), |h| h.revision);
+        *h = self.header(rev);
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        *self.shared.revision.borrow()
+    }
+
+    /// The replicated member list.
+    pub fn members(&self) -> Vec<Member> {
+        self.shared.sm.read().members.list()
+    }
+
+    /// The raft leader's id (0 when none is known).
+    pub fn leader(&self) -> u64 {
+        self.shared.status.leader.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn raft_tx(&self) -> &std::sync::mpsc::Sender<Msg> {
+        &self.tx
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Replicates `request` through raft and waits until it is applied.
+    pub async fn propose(&self, request: internal_request::Request) -> Result<Applied> {
+        let id = self.ids.next();
+        let data = prost::Message::encode_to_vec(&InternalRequest {
+            id,
+            request: Some(request),
+        });
+        if data.len() > self.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Propose { id, data, tx })
+            .map_err(|_| Error::Stopped)?;
+        self.wait(rx).await
+    }
+
+    /// Adds (`member` given) or removes member `node_id` through a raft conf change;
+    /// returns the member list once the change is applied.
+    pub async fn change_membership(
+        &self,
+        change: ConfChangeType,
+        node_id: u64,
+        member: Option<Member>,
+    ) -> Result<Vec<Member>> {
+        let id = self.ids.next();
+        let ctx = ConfChangeContext {
+            request_id: id,
+            member,
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = node_id;
+        cc.context = prost::Message::encode_to_vec(&ctx).into();
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::ConfChange { id, cc, tx })
+            .map_err(|_| Error::Stopped)?;
+        match self.wait(rx).await? {
+            Applied::Members(list) => Ok(list),
+            other => Err(Error::Corrupt(format!(
+                "conf change answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// With `--strict-reconfig-check`, refuses adding (`node_id` unused) or removing member
+    /// `node_id` when that would leave too few started members (checked here, on the
+    /// replicated member list) or too few members the leader hears from (the leader's
+    /// view, asked over the peer service when this member is not the leader).
+    pub async fn may_change_membership(&self, change: ConfChangeType, node_id: u64) -> Result<()> {
+        if !self.strict_reconfig_check {
+            return Ok(());
+        }
+        let members = self.members();
+        match change {
+            ConfChangeType::RemoveNode => crate::reconfig::check_started_remove(&members, node_id)?,
+            _ => crate::reconfig::check_started_add(&members)?,
+        }
+        let activity = self
+            .until_leader(|| async {
+                match self.leader_url()? {
+                    None => self.peer_activity_here().await,
+                    Some(url) => {
+                        let r = self.peers.peer_activity(&url).await?;
+                        Ok(crate::reconfig::Activity {
+                            leader: r.leader,
+                            active_for: r
+                                .peers
+                                .into_iter()
+                                .map(|p| (p.id, Duration::from_millis(p.active_ms)))
+                                .collect(),
+                        })
+                    }
+                }
+            })
+            .await?;
+        let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+        match change {
+            ConfChangeType::RemoveNode => {
+                crate::reconfig::check_active_remove(&voters, node_id, &activity)
+            }
+            _ => crate::reconfig::check_active_add(&voters, &activity),
+        }
+    }
+
+    /// Which peers this member, the leader, hears from ("no leader" on a follower).
+    pub async fn peer_activity_here(&self) -> Result<crate::reconfig::Activity> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::PeerActivity { tx })
+            .map_err(|_| Error::Stopped)?;
+        self.wait(rx).await
+    }
+
+    /// Waits until this member has applied everything committed before the call.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::ReadIndex { tx })
+            .map_err(|_| Error::Stopped)?;
+        self.wait(rx).await
+    }
+
+    pub fn status(&self) -> &RaftStatus {
+        &self.shared.status
+    }
+
+    pub fn state(&self) -> &RwLock<StateMachine> {
+        &self.shared.sm
+    }
+
+    /// A receiver that changes whenever the current revision does.
+    pub fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.revision.subscribe()
+    }
+
+    /// The peer URL of the leader, or `None` when this member is the leader.
+    fn leader_url(&self) -> Result<Option<String>> {
+        let leader = self.leader();
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        if leader == self.member_id {
+            return Ok(None);
+        }
+        let sm = self.shared.sm.read();
+        match sm.members.peer_url(leader) {
+            Some(u) => Ok(Some(u.to_string())),
+            None => Err(Error::NoLeader),
+        }
+    }
+
+    /// Refreshes a lease's countdown on the leader, wherever the request arrived;
+    /// returns its TTL (0 for an unknown lease, as etcd answers).
+    /// Like etcd, a request that finds no leader (an election is on) is retried until
+    /// the request timeout.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        self.until_leader(|| async {
+            match self.leader_url()? {
+                None => self.renew_lease_here(id),
+                Some(url) => Ok(self
+                    .peers
+                    .lease_keep_alive(&url, LeaseKeepAliveRequest { id })
+                    .await?
+                    .ttl),
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` until it succeeds or fails with something else than the lack of a
+    /// (reachable) leader, for at most the request timeout.
+    async fn until_leader<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            match f().await {
+                Err(Error::NoLeader | Error::Timeout)
+                    if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Refreshes a lease on this member, which must be the leader.
+    pub fn renew_lease_here(&self, id: i64) -> Result<i64> {
+        if self.leader() != self.member_id {
+            return Err(Error::NoLeader);
+        }
+        Ok(self.shared.sm.write().lessor.renew(id).unwrap_or(0))
+    }
+
+    /// A lease's remaining time, as the leader (which alone counts down) sees it.
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        self.until_leader(|| async {
+            match self.leader_url()? {
+                None => self.lease_time_to_live_here(&req),
+                Some(url) => {
+                    let mut r = self.peers.lease_time_to_live(&url, req).await?;
+                    r.header = self.header(self.current_revision());
+                    Ok(r)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers TimeToLive on this member, which must be the leader.
+    pub fn lease_time_to_live_here(
+        &self,
+        req: &LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        if self.leader() != self.member_id {
+            return Err(Error::NoLeader);
+        }
+        let info = self.shared.sm.read().lessor.time_to_live(req.id);
+        let header = self.header(self.current_revision());
+        Ok(match info {
+            Some((granted, remaining, keys)) => LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: remaining,
+                granted_ttl: granted,
+                keys: if req.keys { keys } else { Vec::new() },
+            },
+            // An unknown lease answers TTL -1 with no error, as etcd does.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        })
+    }
+}

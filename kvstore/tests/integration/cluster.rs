@@ -1,0 +1,395 @@
+//! Multi-member clusters on loopback, each scenario run against kvstore and, where it
+//! applies, against a real etcd 3.4 cluster (whose behaviour is the expectation):
+//! membership views, one leader, health, reads through every member, failover under
+//! load, catch-up by snapshot, member add/remove with etcdctl, full restarts, leases
+//! across an election.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Kind;
+use common::cluster::Cluster;
+use kvstore::client::{Client, req};
+
+async fn client(endpoints: &str) -> Client {
+    let eps: Vec<&str> = endpoints.split(',').collect();
+    Client::connect(eps, None).await.expect("connect")
+}
+
+/// The `member list` table as (name, started, client URL present) rows.
+fn member_rows(c: &mut Cluster) -> Vec<(String, String, bool)> {
+    let out = c.ok(&["member", "list"]);
+    let mut rows: Vec<(String, String, bool)> = out
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            (
+                f[2].to_string(),
+                f[1].to_string(),
+                f[4].starts_with("http://"),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn views_and_reads(kind: Kind, n: usize) {
+    let mut c = Cluster::start(kind, n, &[]);
+    let rows = member_rows(&mut c);
+    let want: Vec<(String, String, bool)> = (1..=n)
+        .map(|i| (format!("m{i}"), "started".to_string(), true))
+        .collect();
+    assert_eq!(rows, want, "{kind:?}");
+
+    // `endpoint status --cluster`: every member, exactly one of them the leader.
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["endpoint", "status", "--cluster", "-w", "json"]))
+            .expect("status json");
+    let all = status.as_array().expect("array");
+    assert_eq!(all.len(), n, "{kind:?}: {status}");
+    let leaders = all
+        .iter()
+        .filter(|s| s["Status"]["leader"] == s["Status"]["header"]["member_id"])
+        .count();
+    assert_eq!(leaders, 1, "{kind:?}: {status}");
+    let health = c.etcdctl(&["endpoint", "health", "--cluster"]);
+    assert!(health.status.success(), "{kind:?}: {health:?}");
+    let text = String::from_utf8_lossy(&health.stderr).into_owned()
+        + &String::from_utf8_lossy(&health.stdout);
+    assert_eq!(text.matches("is healthy").count(), n, "{kind:?}: {text}");
+
+    // A write through any member is read (linearizably) through every other.
+    for w in 0..n {
+        let key = format!("k{w}");
+        c.members[w].ok(&["put", &key, &format!("from m{}", w + 1)]);
+        for r in 0..n {
+            let got = c.members[r].ok(&["get", &key, "--print-value-only"]);
+            assert_eq!(
+                got.trim(),
+                format!("from m{}", w + 1),
+                "{kind:?} read via m{}",
+                r + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn three_members_kvstore() {
+    views_and_reads(Kind::Kvstore, 3);
+}
+
+#[test]
+fn three_members_etcd() {
+    views_and_reads(Kind::Etcd, 3);
+}
+
+#[test]
+fn five_members_kvstore() {
+    views_and_reads(Kind::Kvstore, 5);
+}
+
+#[test]
+fn five_members_etcd() {
+    views_and_reads(Kind::Etcd, 5);
+}
+
+/// Stops the writers and gathers every write they had acknowledged.
+async fn stop_writers(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<(String, String)>>>,
+) -> Vec<(String, String)> {
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    acked
+}
+
+/// Writers that put `w<n>/<seq>` keys through every member until stopped; each returns
+/// the writes that were acknowledged.
+fn spawn_writers(
+    endpoints: &str,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(String, String)>>> {
+    (0..n)
+        .map(|w| {
+            let endpoints = endpoints.to_string();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = client(&endpoints).await;
+                let mut acked = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}/{i:08}");
+                    let put = c.put_kv(&key, i.to_string());
+                    match tokio::time::timeout(Duration::from_secs(5), put).await {
+                        Ok(Ok(_)) => acked.push((key, i.to_string())),
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged write is in `range` with its value.
+fn assert_all_present(kind: Kind, acked: &[(String, String)], range: &[(String, String)]) {
+    let map: std::collections::HashMap<&str, &str> = range
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    common::assert_none_lost(&format!("{kind:?}: "), acked, |(k, v)| {
+        map.get(k.as_str()) == Some(&v.as_str())
+    });
+}
+
+async fn failover(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &[]);
+    let old = c.wait_leader(Duration::from_secs(10));
+    let old_id = c.id(old);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&c.endpoints(), 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    c.members[old].kill();
+    let killed = Instant::now();
+    let new = tokio::task::block_in_place(|| c.wait_leader(Duration::from_secs(10)));
+    let elected = killed.elapsed();
+    println!(
+        "{kind:?}: new leader m{} elected {elected:?} after SIGKILL of the leader",
+        new + 1
+    );
+    assert_ne!(c.id(new), old_id);
+    // The 3 s bound is kvstore's target (the issue's); etcd, the reference for the
+    // semantics, is only reported (on a loaded 2-core machine it has taken over 5 s).
+    if kind == Kind::Kvstore {
+        assert!(
+            elected < Duration::from_secs(3),
+            "{kind:?}: election took {elected:?}"
+        );
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| {
+        c.members[old].launch();
+        c.members[old].wait_ready();
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 100,
+        "{kind:?}: only {} writes acknowledged",
+        acked.len()
+    );
+    tokio::task::block_in_place(|| {
+        c.wait_converged(Duration::from_secs(20));
+        let reference = c.full_range(new);
+        assert_all_present(kind, &acked, &reference);
+        for i in 0..3 {
+            assert_eq!(c.full_range(i), reference, "{kind:?}: m{} differs", i + 1);
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_kvstore() {
+    failover(Kind::Kvstore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_etcd() {
+    failover(Kind::Etcd).await;
+}
+
+/// A member down while the log is truncated many times over comes back through a
+/// snapshot and serves the same data (kvstore only: etcd keeps 5,000 entries for slow
+/// followers whatever `--snapshot-count` says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_catch_up() {
+    let mut c = Cluster::start(Kind::Kvstore, 3, &["--snapshot-count", "100"]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let lagging = (leader + 1) % 3;
+    c.members[lagging].kill();
+    let eps = c.endpoints();
+    let cl = client(&eps).await;
+    for i in 0..3000u32 {
+        cl.put_kv(format!("snap/{i:05}"), format!("v{i}"))
+            .await
+            .expect("put");
+    }
+    // Deletes and a compaction are part of the history too.
+    cl.delete_range(req::delete_prefix("snap/00"))
+        .await
+        .expect("delete");
+    let rev = cl
+        .get("snap/")
+        .await
+        .expect("get")
+        .header
+        .map(|h| h.revision);
+    cl.compact(rev.unwrap_or(0), false).await.expect("compact");
+    tokio::task::block_in_place(|| {
+        c.members[lagging].launch();
+        c.members[lagging].wait_ready();
+        c.wait_converged(Duration::from_secs(30));
+        let got = c.full_range(lagging);
+        // 3,000 keys, less the 1,000 under snap/00.
+        assert_eq!(got.len(), 2000);
+        assert_eq!(got, c.full_range(leader));
+        let log = c.members[lagging].log();
+        assert!(log.contains("snapshot installed"), "no snapshot in: {log}");
+    });
+}
+
+fn membership(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &[]);
+    c.ok(&["put", "before", "add"]);
+    let added = c.add_member();
+    assert_eq!(
+        c.members[added]
+            .ok(&["get", "before", "--print-value-only"])
+            .trim(),
+        "add"
+    );
+    let rows = member_rows(&mut c);
+    assert_eq!(rows.len(), 4, "{kind:?}: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r.1 == "started" && r.2),
+        "{kind:?}: {rows:?}"
+    );
+    assert!(
+        c.full_range(added)
+            .contains(&("before".into(), "add".into()))
+    );
+
+    // Remove a member that is not the leader, through the leader (etcd answers "server
+    // stopped" when the member being removed serves the request itself and stops first);
+    // the removed member stops serving.
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let victim = (0..3).find(|&i| i != leader).expect("a follower");
+    let id = format!("{:x}", c.id(victim));
+    c.reconfigure_through(leader, &["member", "remove", &id]);
+    let exit = c.members[victim].wait_exit(Duration::from_secs(15));
+    assert!(exit.is_some(), "{kind:?}: removed member still runs");
+    assert_eq!(member_rows(&mut c).len(), 3);
+    c.ok(&["put", "after", "remove"]);
+    for i in 0..c.members.len() {
+        if i != victim {
+            assert_eq!(
+                c.members[i]
+                    .ok(&["get", "after", "--print-value-only"])
+                    .trim(),
+                "remove"
+            );
+        }
+    }
+    let err = String::from_utf8_lossy(&c.etcdctl(&["member", "remove", &id]).stderr).into_owned();
+    assert!(err.contains("member not found"), "{kind:?}: {err}");
+}
+
+#[test]
+fn member_add_remove_kvstore() {
+    membership(Kind::Kvstore);
+}
+
+#[test]
+fn member_add_remove_etcd() {
+    membership(Kind::Etcd);
+}
+
+async fn full_restart(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &["--snapshot-count", "300"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&c.endpoints(), 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for m in &mut c.members {
+        m.kill();
+    }
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 100,
+        "{kind:?}: only {} acknowledged",
+        acked.len()
+    );
+    tokio::task::block_in_place(|| {
+        for m in &mut c.members {
+            m.launch();
+        }
+        for m in &mut c.members {
+            m.wait_ready();
+        }
+        c.wait_converged(Duration::from_secs(20));
+        let reference = c.full_range(0);
+        assert_all_present(kind, &acked, &reference);
+        for i in 1..3 {
+            assert_eq!(c.full_range(i), reference);
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_kvstore() {
+    full_restart(Kind::Kvstore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_etcd() {
+    full_restart(Kind::Etcd).await;
+}
+
+/// A lease kept alive through a follower outlives the leader's death: the new leader
+/// restarts its countdown, and keep-alives reach it.
+async fn lease_across_election(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    let cl = client(&c.members[follower].endpoint()).await;
+    let lease = cl.lease_grant(10).await.expect("grant").id;
+    let mut put = req::put("leased", "v");
+    put.lease = lease;
+    cl.put(put).await.expect("put");
+    let mut keeper = cl.lease_keep_alive(lease);
+    let keep = tokio::spawn(async move {
+        let mut ttls = Vec::new();
+        for _ in 0..10 {
+            if let Ok(Ok(ttl)) =
+                tokio::time::timeout(Duration::from_secs(3), keeper.keep_alive()).await
+            {
+                ttls.push(ttl);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        ttls
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.members[leader].kill();
+    let ttls = keep.await.expect("keeper");
+    // 20 s after the grant: the lease would be long gone without the keep-alives.
+    let ttl = cl.lease_time_to_live(lease, false).await.expect("ttl");
+    assert!(ttl.ttl > 0, "{kind:?}: lease expired (ttls seen {ttls:?})");
+    let got = cl.get("leased").await.expect("get");
+    assert_eq!(got.kvs.len(), 1, "{kind:?}: leased key gone");
+    assert!(
+        ttls.iter().filter(|t| **t == 10).count() >= 5,
+        "{kind:?}: keep-alives answered {ttls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_survives_election_kvstore() {
+    lease_across_election(Kind::Kvstore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_survives_election_etcd() {
+    lease_across_election(Kind::Etcd).await;
+}

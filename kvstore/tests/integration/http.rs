@@ -1,0 +1,67 @@
+//! `/health` and `/metrics` on `--listen-metrics-urls`: health as etcd answers it (checked
+//! against etcd 3.4 too), and the member's state as Prometheus gauges.
+
+use crate::common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{Kind, Proc, free_port};
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+fn start(kind: Kind) -> (Proc, u16) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    (
+        Proc::start_with(kind, &["--listen-metrics-urls", &url]),
+        port,
+    )
+}
+
+#[test]
+fn health_on_kvstore_and_etcd() {
+    for kind in [Kind::Kvstore, Kind::Etcd] {
+        let (_p, port) = start(kind);
+        let (code, body) = get(port, "/health");
+        assert_eq!(code, 200, "{kind:?}: {body}");
+        assert!(body.contains("{\"health\":\"true\""), "{kind:?}: {body}");
+    }
+}
+
+#[test]
+fn metrics_report_the_member() {
+    let (p, port) = start(Kind::Kvstore);
+    p.ok(&["put", "a", "1"]);
+    p.ok(&["put", "b", "2"]);
+    let (code, body) = get(port, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    for line in [
+        "kvstore_server_has_leader 1",
+        "kvstore_server_is_leader 1",
+        "kvstore_mvcc_current_revision 3",
+        "kvstore_mvcc_keys 2",
+        "# TYPE kvstore_raft_applied_index gauge",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in {body}"
+        );
+    }
+    assert_eq!(get(port, "/nope").0, 404);
+}

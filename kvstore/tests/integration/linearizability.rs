@@ -1,0 +1,610 @@
+//! Linearizability under faults: several clients, spread over the members of a 3-member
+//! cluster in network namespaces, run puts, linearizable gets and compare-and-swaps (Txn
+//! comparing the value or the mod_revision) on a few keys while members are SIGKILLed and
+//! restarted and leaders are partitioned away; the recorded history is then checked per key
+//! with stateright's linearizability tester (see `common::history`). Zero violations
+//! allowed. The same code runs against etcd 3.4 and kvstore; the checker itself is shown
+//! to reject non-linearizable histories by hand-made ones.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::Kind;
+use common::history::{Op, Outcome, Recorder, Ret, Value, Verdict};
+use common::netns::NetCluster;
+use kvstore::proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, kv_client::KvClient,
+    request_op, response_op,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+const KEYS: usize = 10;
+const CLIENTS: usize = 6;
+const WORKLOAD: Duration = Duration::from_secs(24);
+
+fn key(k: usize) -> String {
+    format!("lin/{k}")
+}
+
+/// Whether the request surely never left the client: the connection was refused.
+fn never_sent(e: &tonic::Status) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// How a failed write ended: without effect only if it was never sent.
+fn write_failure(rec: &Recorder, e: &tonic::Status) -> Outcome {
+    let outcome = if never_sent(e) {
+        Outcome::Failed
+    } else {
+        Outcome::Unknown
+    };
+    rec.note_error(format!("write {outcome:?}: {:?} {}", e.code(), e.message()));
+    outcome
+}
+
+fn text(b: &[u8]) -> Value {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One client process: a connection to one member and what it last saw of each key
+/// (value and mod_revision), from which it builds its compare-and-swaps.
+struct Client {
+    id: usize,
+    kv: KvClient<Channel>,
+    rec: Arc<Recorder>,
+    seen: HashMap<String, (Option<Value>, i64)>,
+    writes: u64,
+}
+
+impl Client {
+    fn fresh_value(&mut self) -> Value {
+        self.writes += 1;
+        format!("c{}-{}", self.id, self.writes)
+    }
+
+    /// Runs one operation; returns whether it ended in an error.
+    async fn get(&mut self, k: &str) -> bool {
+        let id = self.rec.invoke(self.id, k, Op::Get);
+        let r = self
+            .kv
+            .range(RangeRequest {
+                key: Bytes::from(k.to_string()),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let kv = r.into_inner().kvs.into_iter().next();
+                let v = kv.as_ref().map(|kv| text(&kv.value));
+                self.rec.complete(id, Outcome::Ok(Ret::GetOk(v.clone())));
+                self.seen
+                    .insert(k.to_string(), (v, kv.map_or(0, |kv| kv.mod_revision)));
+                false
+            }
+            Err(e) => {
+                self.rec
+                    .note_error(format!("read: {:?} {}", e.code(), e.message()));
+                // A read has no effect: it is dropped from the history.
+                self.rec.complete(id, Outcome::Failed);
+                true
+            }
+        }
+    }
+
+    async fn put(&mut self, k: &str) -> bool {
+        let v = self.fresh_value();
+        let id = self.rec.invoke(self.id, k, Op::Put(v.clone()));
+        let r = self
+            .kv
+            .put(PutRequest {
+                key: Bytes::from(k.to_string()),
+                value: Bytes::from(v.clone()),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                self.rec.complete(id, Outcome::Ok(Ret::PutOk));
+                let rev = r.into_inner().header.map_or(0, |h| h.revision);
+                self.seen.insert(k.to_string(), (Some(v), rev));
+                false
+            }
+            Err(e) => {
+                self.rec.complete(id, write_failure(&self.rec, &e));
+                true
+            }
+        }
+    }
+
+    /// Compare-and-swap from the last value (or, with `by_revision`, the last
+    /// mod_revision) this client saw; on failure the transaction reads the current value.
+    async fn cas(&mut self, k: &str, by_revision: bool) -> bool {
+        let (expect, rev) = self.seen.get(k).cloned().unwrap_or((None, 0));
+        let new = self.fresh_value();
+        let (target, union) = if by_revision {
+            // mod_revision 0 compares equal for an absent key; every write writes a distinct
+            // value, so the revision a value was seen at names that value.
+            (
+                compare::CompareTarget::Mod,
+                compare::TargetUnion::ModRevision(rev),
+            )
+        } else {
+            match &expect {
+                Some(v) => (
+                    compare::CompareTarget::Value,
+                    compare::TargetUnion::Value(Bytes::from(v.clone())),
+                ),
+                None => (
+                    compare::CompareTarget::Version,
+                    compare::TargetUnion::Version(0),
+                ),
+            }
+        };
+        let kb = Bytes::from(k.to_string());
+        let req = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: target as i32,
+                key: kb.clone(),
+                target_union: Some(union),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: kb.clone(),
+                    value: Bytes::from(new.clone()),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: kb,
+                    ..Default::default()
+                })),
+            }],
+        };
+        let op = Op::Cas {
+            expect,
+            new: new.clone(),
+        };
+        let id = self.rec.invoke(self.id, k, op);
+        match self.kv.txn(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                if r.succeeded {
+                    self.rec.complete(id, Outcome::Ok(Ret::CasOk));
+                    self.seen.insert(k.to_string(), (Some(new), rev));
+                } else {
+                    let kv = r.responses.into_iter().find_map(|op| match op.response {
+                        Some(response_op::Response::ResponseRange(rr)) => {
+                            Some(rr.kvs.into_iter().next())
+                        }
+                        _ => None,
+                    });
+                    let Some(kv) = kv else {
+                        // An answer without the failure branch's read: record it as
+                        // impossible for the model rather than guess.
+                        self.rec.complete(
+                            id,
+                            Outcome::Ok(Ret::CasFailed(Some("<no range response>".into()))),
+                        );
+                        return false;
+                    };
+                    let v = kv.as_ref().map(|kv| text(&kv.value));
+                    self.rec
+                        .complete(id, Outcome::Ok(Ret::CasFailed(v.clone())));
+                    self.seen
+                        .insert(k.to_string(), (v, kv.map_or(0, |kv| kv.mod_revision)));
+                }
+                false
+            }
+            Err(e) => {
+                self.rec.complete(id, write_failure(&self.rec, &e));
+                true
+            }
+        }
+    }
+}
+
+/// A client's loop until `stop`: random operations on random keys; after an error it backs
+/// off a little (so a dead member does not flood the history with unknown writes) and, if
+/// the error left a write's fate unknown, continues as a new process (`Recorder` sees the
+/// same client id; the checker splits it).
+async fn client_loop(mut c: Client, seed: u64, stop: Arc<AtomicBool>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let k = key(rng.random_range(0..KEYS));
+        let failed = match rng.random_range(0..10) {
+            0..=3 => c.get(&k).await,
+            4..=6 => c.put(&k).await,
+            7..=8 => c.cas(&k, false).await,
+            _ => c.cas(&k, true).await,
+        };
+        let pause = if failed {
+            rng.random_range(50..150)
+        } else {
+            rng.random_range(5..30)
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// The faults, on a fixed schedule: kill the leader and restart it; isolate the leader and
+/// heal; kill one member while another is isolated (no quorum at all) and recover;
+/// isolate the leader once more and heal.
+async fn nemesis(c: &NetCluster, rng: &mut StdRng) {
+    let start = Instant::now();
+    let at = |s: f64| async move {
+        let t = Duration::from_secs_f64(s);
+        tokio::time::sleep(t.saturating_sub(start.elapsed())).await;
+    };
+    let leader_or_any = |rng: &mut StdRng, l: Option<usize>| l.unwrap_or(rng.random_range(0..3));
+
+    at(2.5).await;
+    let l = leader_or_any(rng, c.leader().await);
+    eprintln!("nemesis {:?}: kill leader {l}", start.elapsed());
+    c.kill(l);
+    at(5.5).await;
+    eprintln!("nemesis {:?}: restart {l}", start.elapsed());
+    c.restart(l);
+
+    at(8.5).await;
+    let l = leader_or_any(rng, c.leader().await);
+    eprintln!("nemesis {:?}: isolate leader {l}", start.elapsed());
+    c.isolate(l);
+    at(12.5).await;
+    eprintln!("nemesis {:?}: heal", start.elapsed());
+    c.heal();
+
+    at(14.5).await;
+    let dead = rng.random_range(0..3);
+    let cut = (dead + rng.random_range(1..3)) % 3;
+    eprintln!("nemesis {:?}: kill {dead}, isolate {cut}", start.elapsed());
+    c.kill(dead);
+    c.isolate(cut);
+    at(17.5).await;
+    eprintln!("nemesis {:?}: heal, restart {dead}", start.elapsed());
+    c.heal();
+    c.restart(dead);
+
+    at(20.0).await;
+    let l = leader_or_any(rng, c.leader().await);
+    eprintln!("nemesis {:?}: isolate leader {l}", start.elapsed());
+    c.isolate(l);
+    at(22.5).await;
+    eprintln!("nemesis {:?}: heal", start.elapsed());
+    c.heal();
+}
+
+fn linearizable_under_faults(kind: Kind) {
+    let c = NetCluster::start(kind, 3);
+    let seed: u64 = rand::random();
+    eprintln!("{kind:?}: seed {seed}");
+    let rec = Arc::new(Recorder::default());
+    c.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for id in 0..CLIENTS {
+            let client = Client {
+                id,
+                kv: KvClient::new(c.channel(id % 3, Duration::from_millis(1500))),
+                rec: rec.clone(),
+                seen: HashMap::new(),
+                writes: 0,
+            };
+            tasks.push(tokio::spawn(client_loop(
+                client,
+                seed.wrapping_add(id as u64),
+                stop.clone(),
+            )));
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let started = Instant::now();
+        nemesis(&c, &mut rng).await;
+        tokio::time::sleep(WORKLOAD.saturating_sub(started.elapsed())).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+    });
+
+    // Recovery: every member back and healthy, then a final linearizable read of every key
+    // at every member, recorded like any other read: it pins down the unknown writes.
+    c.heal();
+    for i in 0..3 {
+        if !c.is_running(i) {
+            c.restart(i);
+        }
+    }
+    for i in 0..3 {
+        c.wait_healthy(i, Duration::from_secs(30));
+    }
+    c.block_on(async {
+        for m in 0..3 {
+            let mut client = Client {
+                id: CLIENTS + m,
+                kv: KvClient::new(c.channel(m, Duration::from_secs(5))),
+                rec: rec.clone(),
+                seen: HashMap::new(),
+                writes: 0,
+            };
+            for k in 0..KEYS {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while client.get(&key(k)).await {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{kind:?}: member {m} never served a linearizable read after recovery"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+
+    let counts = rec.counts();
+    eprintln!("{kind:?}: {counts:?}");
+    for (e, n) in rec.errors() {
+        eprintln!("{kind:?}: {n:>5} x {e}");
+    }
+    let reports = rec.check(Duration::from_secs(20));
+    let mut bad = Vec::new();
+    for r in &reports {
+        eprintln!(
+            "{kind:?}: {} {:?} ({} unobserved unknown writes pruned): {:?} in {:?}",
+            r.key, r.counts, r.pruned, r.verdict, r.elapsed
+        );
+        if r.verdict != Verdict::Linearizable {
+            bad.push(format!("{} {:?}:\n{}", r.key, r.verdict, r.history));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{kind:?}: {} key(s) not shown linearizable (seed {seed}):\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    // The history must be worth checking: many completed operations, swaps that won and
+    // swaps that lost.
+    assert!(
+        counts.ok >= 300 && counts.cas_ok >= 10 && counts.cas_failed >= 10,
+        "{kind:?}: too little happened to check: {counts:?}"
+    );
+}
+
+mod on_etcd {
+    #[test]
+    fn linearizable_under_faults() {
+        super::linearizable_under_faults(super::Kind::Etcd);
+    }
+}
+
+mod on_kvstore {
+    #[test]
+    fn linearizable_under_faults() {
+        super::linearizable_under_faults(super::Kind::Kvstore);
+    }
+}
+
+/// The checker on hand-made histories: it must accept linearizable ones and reject the
+/// anomalies a faulty store would produce.
+mod checker {
+    use super::common::history::{Op, Outcome, Recorder, Ret, Verdict};
+    use std::time::Duration;
+
+    fn v(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    /// Replays `(client, op, outcome)` steps: an invocation if `outcome` is `None`, else the
+    /// return of that client's pending operation.
+    fn verdict(steps: &[(usize, Option<Op>, Option<Outcome>)]) -> bool {
+        let rec = Recorder::default();
+        let mut pending = std::collections::HashMap::new();
+        for (client, op, outcome) in steps {
+            match (op, outcome) {
+                (Some(op), None) => {
+                    pending.insert(*client, rec.invoke(*client, "k", op.clone()));
+                }
+                (None, Some(o)) => rec.complete(pending[client], o.clone()),
+                _ => panic!("a step is an invocation or a return"),
+            }
+        }
+        let reports = rec.check(Duration::from_secs(10));
+        assert!(reports.iter().all(|r| r.verdict != Verdict::Inconclusive));
+        reports.iter().all(|r| r.verdict == Verdict::Linearizable)
+    }
+
+    fn inv(c: usize, op: Op) -> (usize, Option<Op>, Option<Outcome>) {
+        (c, Some(op), None)
+    }
+
+    fn ret(c: usize, r: Ret) -> (usize, Option<Op>, Option<Outcome>) {
+        (c, None, Some(Outcome::Ok(r)))
+    }
+
+    fn unknown(c: usize) -> (usize, Option<Op>, Option<Outcome>) {
+        (c, None, Some(Outcome::Unknown))
+    }
+
+    #[test]
+    fn rejects_a_stale_read() {
+        // A write completes, then a later read returns the value from before it.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            ret(0, Ret::PutOk),
+            inv(0, Op::Put("b".into())),
+            ret(0, Ret::PutOk),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+        ];
+        assert!(!verdict(&h), "a stale read must be a violation");
+        // The same read overlapping the second write is fine.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            ret(0, Ret::PutOk),
+            inv(0, Op::Put("b".into())),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+            ret(0, Ret::PutOk),
+        ];
+        assert!(verdict(&h));
+    }
+
+    #[test]
+    fn rejects_reads_going_back_in_time() {
+        // Two concurrent writes, both finished; then a reader sees b and, strictly later, a.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            inv(1, Op::Put("b".into())),
+            ret(0, Ret::PutOk),
+            ret(1, Ret::PutOk),
+            inv(2, Op::Get),
+            ret(2, Ret::GetOk(v("b"))),
+            inv(2, Op::Get),
+            ret(2, Ret::GetOk(v("a"))),
+        ];
+        assert!(!verdict(&h));
+        // While the writes are still running, the same reads are fine (b, then a lands).
+        let h = [
+            inv(0, Op::Put("a".into())),
+            inv(1, Op::Put("b".into())),
+            inv(2, Op::Get),
+            ret(2, Ret::GetOk(v("b"))),
+            inv(2, Op::Get),
+            ret(2, Ret::GetOk(v("a"))),
+            ret(0, Ret::PutOk),
+            ret(1, Ret::PutOk),
+        ];
+        assert!(verdict(&h));
+    }
+
+    #[test]
+    fn rejects_a_lost_compare_and_swap() {
+        // A CAS reported as failed although the key held the expected value.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            ret(0, Ret::PutOk),
+            inv(
+                1,
+                Op::Cas {
+                    expect: v("a"),
+                    new: "b".into(),
+                },
+            ),
+            ret(1, Ret::CasFailed(v("a"))),
+        ];
+        assert!(!verdict(&h));
+        // Two CAS from the same value cannot both succeed.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            ret(0, Ret::PutOk),
+            inv(
+                1,
+                Op::Cas {
+                    expect: v("a"),
+                    new: "b".into(),
+                },
+            ),
+            inv(
+                2,
+                Op::Cas {
+                    expect: v("a"),
+                    new: "c".into(),
+                },
+            ),
+            ret(1, Ret::CasOk),
+            ret(2, Ret::CasOk),
+        ];
+        assert!(!verdict(&h));
+    }
+
+    #[test]
+    fn unknown_writes_may_or_may_not_take_effect() {
+        // A write of unknown fate later observed: it took effect.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            unknown(0),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+        ];
+        assert!(verdict(&h));
+        // Never observed: it did not.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            unknown(0),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(None)),
+        ];
+        assert!(verdict(&h));
+        // But once seen, it cannot disappear again.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            unknown(0),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(None)),
+        ];
+        assert!(!verdict(&h));
+        // And a read of a value nobody wrote is always a violation.
+        let h = [inv(1, Op::Get), ret(1, Ret::GetOk(v("z")))];
+        assert!(!verdict(&h));
+    }
+
+    #[test]
+    fn a_client_continues_after_an_unknown_write() {
+        // Client 0's first write is unknown; its next operations are checked as a new
+        // process, and its read of its own second write is fine.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            unknown(0),
+            inv(0, Op::Put("b".into())),
+            ret(0, Ret::PutOk),
+            inv(0, Op::Get),
+            ret(0, Ret::GetOk(v("b"))),
+        ];
+        assert!(verdict(&h));
+        // The unknown write may land after the second one, but not after a later read
+        // that saw the second one and then an even later read that saw it back.
+        let h = [
+            inv(0, Op::Put("a".into())),
+            unknown(0),
+            inv(0, Op::Put("b".into())),
+            ret(0, Ret::PutOk),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+        ];
+        assert!(
+            verdict(&h),
+            "a delayed unknown write can overwrite a later one"
+        );
+        let h = [
+            inv(0, Op::Put("a".into())),
+            unknown(0),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+            inv(0, Op::Put("b".into())),
+            ret(0, Ret::PutOk),
+            inv(1, Op::Get),
+            ret(1, Ret::GetOk(v("a"))),
+        ];
+        assert!(!verdict(&h), "an unknown write takes effect once at most");
+    }
+}

@@ -1,0 +1,21 @@
+//! kvstore's integration tests, one binary (one link for all of them). Each module is one area,
+//! most run the same test code against kvstore and the reference etcd 3.4 (`common`: server
+//! processes, clusters, namespaces through `testbed`).
+
+mod common;
+
+mod client;
+mod cluster;
+mod disk;
+mod durability;
+mod errors;
+mod etcdctl;
+mod hostile_http2;
+mod http;
+mod linearizability;
+mod partition;
+mod peer_tls;
+mod reconfig;
+mod tls;
+mod watch;
+mod watch_load;

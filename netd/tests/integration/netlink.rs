@@ -1,0 +1,144 @@
+//! The real rtnetlink dataplane, driven directly inside a test namespace: device creation and
+//! reuse, idempotent upserts and removals, observation and the ownership rule.
+
+use crate::common;
+
+use std::net::Ipv4Addr;
+
+use netd::dataplane::device::{self, VxlanSpec};
+use netd::dataplane::netlink::NetlinkDataplane;
+use netd::dataplane::{Dataplane, Entry, NextHop, Via};
+use netd::subnet::MacAddr;
+
+use common::{World, in_netns, run};
+
+#[test]
+fn vxlan_device_and_entries_in_a_namespace() {
+    let w = World::new(1);
+    let ns = w.host(1);
+    // A route inside the network that netd does not own (no gateway, other device).
+    run(&["ip", "-n", &ns, "link", "add", "cni0", "type", "bridge"]);
+    run(&["ip", "-n", &ns, "link", "set", "cni0", "up"]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "dev",
+        "cni0",
+    ]);
+
+    in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+            tokio::spawn(conn);
+            let under = device::find_underlay(&h, Some("eth0"))
+                .await
+                .expect("underlay");
+            assert_eq!(under.addr, Ipv4Addr::new(192, 0, 2, 1));
+            assert_eq!(under.segment.to_string(), "192.0.2.0/24");
+            let by_ip = device::find_underlay(&h, Some("192.0.2.1"))
+                .await
+                .expect("by address");
+            assert_eq!(by_ip.index, under.index);
+            assert!(device::find_underlay(&h, Some("nope0")).await.is_err());
+
+            let spec = VxlanSpec {
+                vni: 1,
+                port: 8472,
+                learning: false,
+                local: under.addr,
+                underlay_index: under.index,
+                mtu: under.mtu - 50,
+            };
+            let dev = device::ensure_vxlan(&h, &spec).await.expect("create");
+            let again = device::ensure_vxlan(&h, &spec).await.expect("reuse");
+            assert_eq!(dev, again, "a compatible device is reused with its MAC");
+            let other = VxlanSpec {
+                port: 4789,
+                ..spec.clone()
+            };
+            let replaced = device::ensure_vxlan(&h, &other).await.expect("recreate");
+            assert_ne!(replaced.mac, dev.mac, "an incompatible device is replaced");
+            let dev = device::ensure_vxlan(&h, &spec).await.expect("back to 8472");
+            let net = "10.244.0.0/16".parse().expect("net");
+            device::ensure_vtep_address(&h, dev.index, Ipv4Addr::new(10, 244, 1, 0), net)
+                .await
+                .expect("vtep address");
+            // Moving to another subnet replaces the old vtep address.
+            device::ensure_vtep_address(&h, dev.index, Ipv4Addr::new(10, 244, 5, 0), net)
+                .await
+                .expect("vtep address");
+            let addrs = device::ipv4_addresses(&h, dev.index)
+                .await
+                .expect("addresses");
+            assert_eq!(addrs.len(), 1, "{addrs:?}");
+
+            let dp = NetlinkDataplane::new(h.clone(), Some(dev.index), under.index, net);
+            let mac = MacAddr([2, 0, 0, 0, 0, 7]);
+            let entries = [
+                Entry::Neigh {
+                    ip: Ipv4Addr::new(10, 244, 7, 0),
+                    mac,
+                },
+                Entry::Fdb {
+                    mac,
+                    dst: Ipv4Addr::new(192, 0, 2, 7),
+                },
+                Entry::Route {
+                    dst: "10.244.7.0/24".parse().expect("dst"),
+                    hop: NextHop {
+                        gateway: Ipv4Addr::new(10, 244, 7, 0),
+                        via: Via::Overlay,
+                    },
+                },
+                Entry::Route {
+                    dst: "10.244.8.0/24".parse().expect("dst"),
+                    hop: NextHop {
+                        gateway: Ipv4Addr::new(192, 0, 2, 8),
+                        via: Via::Underlay,
+                    },
+                },
+            ];
+            for _ in 0..2 {
+                for e in &entries {
+                    dp.upsert(e).await.expect("upsert is idempotent");
+                }
+            }
+            let seen = dp.observe().await.expect("observe");
+            assert_eq!(
+                seen.entries(),
+                entries.to_vec(),
+                "exactly netd's objects: {seen:?}"
+            );
+
+            // Replace semantics: a new MAC for the same neighbour.
+            let mac2 = MacAddr([2, 0, 0, 0, 0, 8]);
+            dp.upsert(&Entry::Neigh {
+                ip: Ipv4Addr::new(10, 244, 7, 0),
+                mac: mac2,
+            })
+            .await
+            .expect("replace");
+            let seen = dp.observe().await.expect("observe");
+            assert_eq!(seen.neighs.get(&Ipv4Addr::new(10, 244, 7, 0)), Some(&mac2));
+
+            for _ in 0..2 {
+                for e in entries.iter().rev() {
+                    dp.remove(e).await.expect("remove is idempotent");
+                }
+            }
+            let seen = dp.observe().await.expect("observe");
+            assert!(seen.is_empty(), "{seen:?}");
+        });
+    });
+    // The foreign route survived everything.
+    let out = run(&["ip", "-n", &ns, "route", "show", "10.244.9.0/24"]);
+    assert!(out.contains("cni0"), "{out}");
+}

@@ -1,0 +1,126 @@
+//! End-to-end: the host-gw backend, VXLAN with DirectRouting, and IP masquerade.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{World, run, try_run, wait_until};
+
+/// Every host has a direct route to every other host's subnet via its underlay address.
+fn direct_routes_match(w: &World, host: usize, hosts: &[usize]) -> bool {
+    let routes = w.cluster_routes(host);
+    let want: common::Routes = hosts
+        .iter()
+        .filter(|&&h| h != host)
+        .filter_map(|&h| {
+            let (net, len) = w.subnet_of(h)?;
+            Some((
+                format!("{net}/{len}"),
+                (World::host_ip(h).to_string(), "eth0".to_string()),
+            ))
+        })
+        .collect();
+    want.len() == hosts.len() - 1 && routes == want
+}
+
+fn direct_routing_world(config: &str) {
+    let mut w = World::new(3);
+    w.start_etcd(config);
+    for i in 1..=3 {
+        w.start_netd(i, &[]);
+        w.wait_ready(i);
+    }
+    for h in 1..=3 {
+        wait_until(
+            &format!("h{h} direct routes"),
+            Duration::from_secs(20),
+            || direct_routes_match(&w, h, &[1, 2, 3]),
+        );
+        assert!(w.vxlan_neighbours(h).is_empty(), "no encapsulation entries");
+        assert!(w.vxlan_fdb(h).is_empty(), "no encapsulation entries");
+    }
+    let c: Vec<_> = (1..=3).map(|i| w.add_container(i)).collect();
+    for (from, _) in &c {
+        for (_, to) in &c {
+            wait_until(
+                &format!("ping {from} -> {to}"),
+                Duration::from_secs(10),
+                || World::ping(from, *to),
+            );
+        }
+    }
+}
+
+#[test]
+fn host_gw_routes_directly_and_forwards() {
+    direct_routing_world(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
+}
+
+#[test]
+fn vxlan_direct_routing_uses_direct_routes_on_one_segment() {
+    direct_routing_world(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    );
+}
+
+#[test]
+fn ip_masq_lets_containers_reach_outside_the_cluster() {
+    let mut w = World::new(2);
+    w.start_etcd(common::DEFAULT_CONFIG);
+    w.start_netd(1, &["--ip-masq"]);
+    w.start_netd(2, &[]);
+    w.wait_ready(1);
+    w.wait_ready(2);
+    let h1 = w.host(1);
+    let table = run(&[
+        "ip", "netns", "exec", &h1, "nft", "list", "table", "ip", "netd",
+    ]);
+    assert!(table.contains("masquerade"), "{table}");
+    let env = std::fs::read_to_string(w.subnet_file(1)).expect("subnet file");
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+
+    // The underlay gateway has no route back to 10.244.0.0/16: only a masqueraded ping returns.
+    let c1 = w.add_container(1);
+    let c2 = w.add_container(2);
+    let outside = common::UNDERLAY_GW;
+    wait_until(
+        "c1 reaches the outside through masquerade",
+        Duration::from_secs(10),
+        || World::ping(&c1.0, outside),
+    );
+    assert!(
+        !World::ping(&c2.0, outside),
+        "without --ip-masq h2's container is not NATed"
+    );
+    // Cluster-internal traffic is not NATed and still flows.
+    wait_until("c1 reaches c2", Duration::from_secs(10), || {
+        World::ping(&c1.0, c2.1)
+    });
+
+    // Someone flushes the ruleset: the next reconcile puts the table back.
+    run(&["ip", "netns", "exec", &h1, "nft", "flush", "ruleset"]);
+    wait_until("masquerade table restored", Duration::from_secs(10), || {
+        try_run(&[
+            "ip", "netns", "exec", &h1, "nft", "list", "table", "ip", "netd",
+        ])
+        .status
+        .success()
+    });
+    wait_until(
+        "c1 reaches the outside again",
+        Duration::from_secs(10),
+        || World::ping(&c1.0, outside),
+    );
+
+    // Restarted without --ip-masq, netd removes its table.
+    assert!(w.stop_netd(1).success());
+    w.start_netd(1, &[]);
+    w.wait_ready(1);
+    wait_until("masquerade table removed", Duration::from_secs(10), || {
+        !try_run(&[
+            "ip", "netns", "exec", &h1, "nft", "list", "table", "ip", "netd",
+        ])
+        .status
+        .success()
+    });
+}

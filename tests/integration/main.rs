@@ -1,0 +1,10 @@
+//! The end-to-end tests, one binary (one link for all of them): multi-host worlds from
+//! `testbed` running the real `netd` and `netd-cni` (and podman, and the demo itself).
+
+mod demo;
+mod deploy_manifests;
+mod e2e_kv_cluster;
+mod e2e_membership;
+mod e2e_paths;
+mod e2e_restart;
+mod podman;
