@@ -86,7 +86,7 @@ fn run_demo(args: &Args) -> Result<bool> {
     }
     install_tools()?;
     let (netd, cni) = build_binaries()?;
-    on_signal_tear_down();
+    testbed::cmd::on_interrupt(tear_down);
     live().cni = Some(cni.clone());
 
     // A kept world outlives this process: its prefix is one the leftover sweep never takes.
@@ -266,53 +266,12 @@ fn tear_down() {
         }
     }
     for mut c in l.netd.into_iter().rev() {
-        stop(&mut c);
+        testbed::cmd::stop(&mut c, Duration::from_secs(5));
     }
     drop(l.lab);
     if let Some(d) = l.dir {
         let _ = std::fs::remove_dir_all(d);
     }
-}
-
-/// SIGTERM, then SIGKILL after 5 s.
-fn stop(c: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
-/// Ctrl-C / SIGTERM: tear down, then exit 130.
-fn on_signal_tear_down() {
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        eprintln!("interrupted");
-        tear_down();
-        std::process::exit(130);
-    });
 }
 
 /// `--cleanup PREFIX`: kill what runs in the world's namespaces, delete them and the temp dir.

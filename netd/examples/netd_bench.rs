@@ -73,7 +73,7 @@ fn main() -> Result<()> {
         (1..=50).contains(&samples),
         "NETD_BENCH_SAMPLES must be 1..=50"
     );
-    on_signal_tear_down();
+    testbed::cmd::on_interrupt(tear_down);
     println!("netd: {}", netd.display());
 
     let convergence = convergence(&netd, samples)?;
@@ -358,32 +358,6 @@ fn tear_down() {
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }
-}
-
-/// Ctrl-C / SIGTERM: tear down, then exit.
-fn on_signal_tear_down() {
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        eprintln!("interrupted: tearing down");
-        tear_down();
-        std::process::exit(130);
-    });
 }
 
 /// Runs `f` on a thread that has joined namespace `ns`.

@@ -1,6 +1,6 @@
 //! Running the external tools an end-to-end world is built with (`ip`, `etcdctl`, `ping`…):
 //! a failed command becomes an error that carries its command line and stderr; waiting for a
-//! condition with a deadline.
+//! condition with a deadline; stopping a process; tearing down on Ctrl-C or SIGTERM.
 
 use std::process::{Command, Output};
 
@@ -49,4 +49,52 @@ pub fn wait_until(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Stops `child` with SIGTERM, then SIGKILL once `grace` has passed; true when it left on the
+/// SIGTERM.
+pub fn stop(child: &mut std::process::Child, grace: std::time::Duration) -> bool {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// On Ctrl-C or SIGTERM, runs `tear_down` and exits 130: a program that builds a world (the
+/// demo, the benchmarks) removes it also when interrupted.
+pub fn on_interrupt(tear_down: fn()) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("interrupted: tearing down");
+        tear_down();
+        std::process::exit(130);
+    });
 }

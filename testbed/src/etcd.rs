@@ -107,6 +107,22 @@ impl Member {
     }
 }
 
+/// The stock `etcdctl` (API v3) against `endpoints` (comma-separated), run inside namespace
+/// `ns` when given; add the arguments (TLS flags, then the command) and run it.
+pub fn etcdctl(ns: Option<&str>, endpoints: &str) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, ETCDCTL]);
+            c
+        }
+        None => Command::new(ETCDCTL),
+    };
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"));
+    cmd
+}
+
 /// `--initial-cluster` for `(name, peer_url)` pairs.
 pub fn initial_cluster<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     members

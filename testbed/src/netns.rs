@@ -1,7 +1,9 @@
 //! Named network namespaces (`/run/netns/<name>`): create, delete (retrying while a process is
-//! still leaving), run a closure on a thread inside one, and probe another address from one.
+//! still leaving), run a closure on a thread inside one, probe another address from one, and
+//! GET a local HTTP endpoint inside one.
 
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -55,4 +57,26 @@ pub fn ping(ns: &str, to: Ipv4Addr, wait_s: u32) -> Option<f64> {
     let wait = Duration::from_secs(u64::from(wait_s));
     let rtt = within(ns, move || probe::echo(to, wait)).ok()?.ok()??;
     Some(rtt.as_secs_f64() * 1000.0)
+}
+
+/// HTTP/1.1 GET of `http://127.0.0.1:<port><path>` from inside namespace `ns` (a health or
+/// metrics endpoint): (status, body); `None` when nothing answers within 5 s.
+pub fn http_get(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let path = path.to_string();
+    within(ns, move || -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    })
+    .ok()
+    .flatten()
 }

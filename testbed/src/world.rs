@@ -10,8 +10,7 @@
 //! temp dir removed. Nothing is ever added to the machine's root namespace.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,8 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::binaries::{self, Binaries};
-use crate::cmd::{on_path, run};
+use crate::cmd::{on_path, run, stop};
 use crate::cni::{self, Attachment};
+use crate::etcd;
 use crate::lab::{self, Lab};
 use crate::netns;
 
@@ -205,7 +205,10 @@ impl World {
     /// SIGTERM to netd on host `i`, then waits (10 s) for it to exit.
     pub fn stop_netd(&mut self, i: usize) -> Result<()> {
         let mut c = self.netd.remove(&i).context("netd is not running")?;
-        ensure!(stop(&mut c), "netd on h{i} ignored SIGTERM for 10 s");
+        ensure!(
+            stop(&mut c, Duration::from_secs(10)),
+            "netd on h{i} ignored SIGTERM for 10 s"
+        );
         Ok(())
     }
 
@@ -237,21 +240,8 @@ impl World {
 
     /// Runs the stock `etcdctl ARGS` against the world's KV (from the underlay namespace).
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let ul = self.underlay();
-        let endpoints = self.kv_endpoints();
-        let mut full = vec![
-            "ip",
-            "netns",
-            "exec",
-            &ul,
-            "etcdctl",
-            "--endpoints",
-            &endpoints,
-        ];
-        full.extend_from_slice(args);
-        let out = Command::new(full[0])
-            .args(&full[1..])
-            .env("ETCDCTL_API", "3")
+        let out = etcd::etcdctl(Some(&self.underlay()), &self.kv_endpoints())
+            .args(args)
             .output()
             .context("run etcdctl")?;
         ensure!(
@@ -290,23 +280,7 @@ impl World {
 
     /// HTTP GET of netd's health server on host `i`: (status, body).
     pub fn healthz(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        let path = path.to_string();
-        netns::within(&self.host(i), move || -> Option<(u16, String)> {
-            let mut s = TcpStream::connect(("127.0.0.1", HEALTHZ_PORT)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-            let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-            Some((code, body))
-        })
-        .ok()
-        .flatten()
+        netns::http_get(&self.host(i), HEALTHZ_PORT, path)
     }
 
     /// Host `i`'s subnet, from its subnet file.
@@ -509,21 +483,6 @@ pub fn kv_member_args(i: usize, members: usize, data_dir: &Path) -> Vec<String> 
     args
 }
 
-fn stop(c: &mut Child) -> bool {
-    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = c.try_wait() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-    false
-}
-
 impl Drop for World {
     fn drop(&mut self) {
         for c in std::mem::take(&mut self.containers).iter().rev() {
@@ -534,7 +493,7 @@ impl Drop for World {
         let failed = std::thread::panicking();
         // Clients first, the KV member (h1) last.
         for (i, mut c) in std::mem::take(&mut self.netd).into_iter().rev() {
-            if !stop(&mut c) {
+            if !stop(&mut c, Duration::from_secs(10)) {
                 eprintln!("teardown: netd on h{i} needed SIGKILL");
             }
         }

@@ -284,9 +284,7 @@ impl Proc {
     /// Runs etcdctl (API v3) against this server.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         require(ETCDCTL);
-        Command::new(ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+        testbed::etcd::etcdctl(None, &self.endpoint())
             .args(&self.ctl_args)
             .args(args)
             .output()
@@ -297,9 +295,7 @@ impl Proc {
     pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
         use std::io::Write;
         require(ETCDCTL);
-        let mut c = Command::new(ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+        let mut c = testbed::etcd::etcdctl(None, &self.endpoint())
             .args(&self.ctl_args)
             .args(args)
             .stdin(Stdio::piped())

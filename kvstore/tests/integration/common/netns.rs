@@ -234,10 +234,7 @@ impl NetCluster {
 
     /// Runs etcdctl from the client namespace against member `i`.
     pub fn etcdctl(&self, i: usize, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.switch_ns, ETCDCTL])
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.url(i)))
+        etcd::etcdctl(Some(&self.switch_ns), &self.url(i))
             .args(args)
             .output()
             .expect("run etcdctl")

@@ -8,7 +8,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -254,22 +253,9 @@ impl World {
     }
 
     pub fn etcdctl_try(&self, args: &[&str]) -> Output {
-        let ul = self.underlay();
-        let tls = self.etcdctl_tls();
-        let mut full = vec![
-            "ip",
-            "netns",
-            "exec",
-            &ul,
-            "etcdctl",
-            "--endpoints",
-            &self.endpoints,
-        ];
-        full.extend(tls.iter().map(String::as_str));
-        full.extend_from_slice(args);
-        Command::new(full[0])
-            .args(&full[1..])
-            .env("ETCDCTL_API", "3")
+        etcd::etcdctl(Some(&self.underlay()), &self.endpoints)
+            .args(self.etcdctl_tls())
+            .args(args)
             .output()
             .expect("run etcdctl")
     }
@@ -688,30 +674,9 @@ impl World {
         }
     }
 
-    /// HTTP GET inside host `i`'s namespace (from a thread that joins the namespace).
+    /// HTTP GET of netd's health server inside host `i`'s namespace: (status, body).
     pub fn http_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        let ns = hostnet::netns::Netns::named(&self.host(i)).ok()?;
-        let port = self.healthz_port;
-        let path = path.to_string();
-        ns.run(move || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-            let body = buf
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default();
-            Some((status, body))
-        })
-        .ok()
-        .flatten()
+        testbed::netns::http_get(&self.host(i), self.healthz_port, path)
     }
 }
 
