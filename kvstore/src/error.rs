@@ -62,6 +62,13 @@ pub enum Error {
     Corrupt(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// A listen URL could not be bound (the port is taken, the address is not this host's).
+    #[error("cannot listen on {url}: {source}")]
+    Listen {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Serving clients or peers failed (a listener's task, the gRPC server).
     #[error("serving: {0}")]
     Serve(String),
@@ -103,6 +110,7 @@ impl Error {
             | Error::Raft(_)
             | Error::Corrupt(_)
             | Error::Config(_)
+            | Error::Listen { .. }
             | Error::Serve(_)
             | Error::Shutdown(_)
             | Error::Io(_) => Code::Internal,

@@ -395,7 +395,10 @@ async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>> {
         let addr = config::parse_url(url)?;
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
+            .map_err(|source| Error::Listen {
+                url: url.clone(),
+                source,
+            })?;
         out.push(l);
     }
     Ok(out)

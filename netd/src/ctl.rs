@@ -54,10 +54,8 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
                 None => json.clone(),
             };
             let cfg = kv.put_config(&text).await?;
-            for f in crate::netconf::unknown_fields(&text) {
-                eprintln!(
-                    "netd: warning: field {f:?} is not a netd/flannel config field; it is ignored"
-                );
+            for w in crate::netconf::warnings(&text) {
+                eprintln!("netd: warning: {w}");
             }
             writeln!(
                 out,
@@ -84,6 +82,9 @@ struct Row {
     vtep_mac: Option<String>,
     /// KV lease id in hex, as etcdctl prints it; null for a reservation.
     lease: Option<String>,
+    /// Seconds until the lease expires unless renewed (the KV's TimeToLive); null for a
+    /// reservation, −1 for a lease the KV no longer has.
+    expires_in: Option<i64>,
     reservation: bool,
     /// Why the record is unusable, when it is.
     error: Option<String>,
@@ -92,9 +93,14 @@ struct Row {
 /// `netd leases [--json]`.
 pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<()> {
     let kv = connect(args).await?;
-    let rows: Vec<Row> = kv
-        .list_raw()
-        .await?
+    let records = kv.list_raw().await?;
+    let mut ttls = std::collections::HashMap::new();
+    for &(_, _, lease) in &records {
+        if lease != 0 && !ttls.contains_key(&lease) {
+            ttls.insert(lease, kv.time_to_live(lease).await?);
+        }
+    }
+    let rows: Vec<Row> = records
         .into_iter()
         .map(|(key, value, lease)| {
             let subnet = Subnet::from_key(&key);
@@ -114,6 +120,7 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
                     .and_then(|a| a.backend_data.as_ref())
                     .map(|d| d.vtep_mac.to_string()),
                 lease: (lease != 0).then(|| format!("{lease:016x}")),
+                expires_in: ttls.get(&lease).copied(),
                 reservation: lease == 0,
                 error,
                 key,
@@ -128,8 +135,8 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
     }
     writeln!(
         out,
-        "{:<20} {:<16} {:<8} {:<18} {:<17} NOTE",
-        "SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "LEASE"
+        "{:<20} {:<16} {:<8} {:<18} {:<17} {:<10} NOTE",
+        "SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "LEASE", "EXPIRES-IN"
     )
     .map_err(w)?;
     for r in rows {
@@ -138,17 +145,35 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
             (None, true) => "reservation".into(),
             _ => String::new(),
         };
+        let expires = match r.expires_in {
+            None => "never".to_string(),
+            Some(s) if s < 0 => "expired".to_string(),
+            Some(s) => human_duration(s),
+        };
         writeln!(
             out,
-            "{:<20} {:<16} {:<8} {:<18} {:<17} {}",
+            "{:<20} {:<16} {:<8} {:<18} {:<17} {:<10} {}",
             r.subnet.unwrap_or(r.key),
             r.public_ip.unwrap_or_else(|| "-".into()),
             r.backend.unwrap_or_else(|| "-".into()),
             r.vtep_mac.unwrap_or_else(|| "-".into()),
             r.lease.unwrap_or_else(|| "-".into()),
+            expires,
             note
         )
         .map_err(w)?;
     }
     Ok(())
+}
+
+/// Seconds as `23h59m`, `4m05s` or `42s`.
+fn human_duration(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
 }

@@ -128,12 +128,19 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     subnet_file::read_previous_subnet(&config.daemon.subnet_file)?;
     let explicit_tls = config.kv.client_tls()?;
     let (endpoints, tls) = if config.kv.etcd_endpoints.is_empty() {
+        tracing::info!(
+            client_urls = %config.kv.embedded.listen_client_urls,
+            data_dir = %config.kv.embedded.data_dir.display(),
+            "KV store: an embedded member (no --etcd-endpoints given; with them netd uses that \
+             etcd cluster instead)"
+        );
         let member = embedded::start(&config.kv.embedded).await?;
         let endpoints = member.endpoints.clone();
         let tls = config.kv.embedded.client_tls(explicit_tls)?;
         embedded = Some(member);
         (endpoints, tls)
     } else {
+        tracing::info!(endpoints = ?config.kv.etcd_endpoints, "KV store: the etcd cluster at --etcd-endpoints");
         (config.kv.etcd_endpoints.clone(), explicit_tls)
     };
     let prefix = config.kv.etcd_prefix.clone();

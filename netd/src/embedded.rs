@@ -198,13 +198,32 @@ impl EmbeddedKvArgs {
     }
 }
 
+/// How long the embedded member waits for a port in use to be freed before giving up.
+const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The one line for a member port another process holds: most likely an etcd serving on the
+/// member's ports, whose client URL netd can be pointed at.
+fn port_taken(url: &str, client_urls: &str) -> String {
+    let client = urls(client_urls)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| url.to_string());
+    format!(
+        "embedded KV member: {url} is in use by another process (an etcd already running \
+         there?); to use that store, start netd with --etcd-endpoints {client}; to run the \
+         embedded member anyway, give it free ports (--kv-listen-client-urls, \
+         --kv-listen-peer-urls)"
+    )
+}
+
 /// Starts the embedded member; returns it with the client endpoints to connect to.
 ///
 /// Flags that can never work are an error at once. Anything else is retried every second with
 /// one log line per distinct failure, as netd waits for an unreachable etcd: a member joining
-/// an `existing` cluster waits for the other members to answer, a port still held by a netd
-/// that is exiting gets freed. A member of a `new` cluster starts without waiting for the
-/// others; it serves clients once a quorum of members runs and has elected a leader.
+/// an `existing` cluster waits for the other members to answer. A port in use is waited for
+/// ten seconds (a netd that is exiting frees it), then it is an error that names
+/// `--etcd-endpoints`. A member of a `new` cluster starts without waiting for the others; it
+/// serves clients once a quorum of members runs and has elected a leader.
 pub async fn start(args: &EmbeddedKvArgs) -> Result<EmbeddedKv> {
     let cfg = args.kv_config();
     cfg.validate()
@@ -223,9 +242,19 @@ pub async fn start(args: &EmbeddedKvArgs) -> Result<EmbeddedKv> {
         );
     }
     let mut last = String::new();
+    let started = std::time::Instant::now();
     let server = loop {
         match kvstore::Server::start(cfg.clone()).await {
             Ok(s) => break s,
+            // A port another process keeps: most likely an etcd (or kvstore) serving there,
+            // which netd can use as it is. A netd that is exiting frees its ports within
+            // seconds, so that much is waited for.
+            Err(kvstore::Error::Listen { url, source })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() >= PORT_GRACE =>
+            {
+                return Err(Error::Usage(port_taken(&url, &args.listen_client_urls)));
+            }
             Err(e) => {
                 let msg = e.to_string();
                 if msg != last {

@@ -100,6 +100,16 @@ impl Error {
         }
     }
 
+    /// True when output went to a reader that has gone (`netd leases | head`): the command
+    /// should end quietly, as a tool killed by SIGPIPE does.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Error::File { source, .. } => source.kind() == std::io::ErrorKind::BrokenPipe,
+            Error::Json(e) => e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe),
+            _ => false,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn file(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::File {

@@ -2,7 +2,7 @@
 //! one parser that input from the KV store, the disk or a user reaches, and must return
 //! without panicking. Not an API: hidden from the documentation.
 
-use crate::netconf::{NetworkConfig, unknown_fields};
+use crate::netconf::{NetworkConfig, warnings};
 use crate::subnet::parse_record;
 
 /// The network config an operator writes (`<prefix>/config`, or `--net-config @FILE`), then
@@ -13,7 +13,7 @@ pub fn network_config_and_record(data: &[u8]) {
         return;
     };
     let (config_text, record) = text.split_once('\u{0}').unwrap_or((text, ""));
-    let _ = unknown_fields(config_text);
+    let _ = warnings(config_text);
     let config = NetworkConfig::parse(config_text).unwrap_or_else(|_| {
         NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
             .expect("the default config parses")

@@ -145,8 +145,8 @@ impl Kv {
             .ok_or_else(|| Error::ConfigMissing { key: key.clone() })?;
         let cfg =
             NetworkConfig::parse(&text).map_err(|reason| Error::ConfigInvalid { key, reason })?;
-        for f in crate::netconf::unknown_fields(&text) {
-            tracing::warn!(field = %f, "network config has a field netd does not know; ignoring it");
+        for w in crate::netconf::warnings(&text) {
+            tracing::warn!("network config: {w}");
         }
         Ok(cfg)
     }

@@ -6,8 +6,13 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal (and not when NO_COLOR asks otherwise): a log
+    // file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -60,6 +65,9 @@ fn main() {
         }
     });
     if let Err(e) = result {
+        if e.is_broken_pipe() {
+            return;
+        }
         eprintln!("netd: error: {e}");
         std::process::exit(1);
     }

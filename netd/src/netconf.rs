@@ -1,7 +1,14 @@
 //! The network config stored at `<prefix>/config`: flannel's JSON, flannel's defaults and checks.
 //!
 //! [`NetworkConfig::parse`] turns the stored text into a validated value or a one-line reason;
-//! nothing else in netd reads the raw JSON.
+//! nothing else in netd reads the raw JSON. Keys are matched as flannel's Go decoder matches
+//! them: the exact name, else any spelling equal under Unicode case folding (`"network"`,
+//! `"vni"`). Every field flannel reads is honoured or refused with a reason; fields flannel
+//! does not read are named by [`unknown_fields`] so that netd can warn.
+//!
+//! Deliberate differences from flannel: a config without `Backend` gets vxlan (flannel's docs
+//! say so; its code picks udp, which netd does not have); two keys naming one field (`"Network"`
+//! and `"network"`) are refused rather than resolved by their order in the text.
 
 use std::net::Ipv4Addr;
 
@@ -48,7 +55,15 @@ pub struct VxlanConfig {
     pub direct_routing: bool,
     /// Let the kernel learn FDB entries (flannel's default: off).
     pub learning: bool,
+    /// VXLAN Group Based Policy extension on the device (flannel's `GBP`).
+    pub gbp: bool,
+    /// The underlay MTU to assume (flannel's `MTU`); the device and containers get 50 less.
+    /// `None`: the underlay interface's MTU.
+    pub mtu: Option<u32>,
 }
+
+/// VXLAN's encapsulation overhead over an IPv4 underlay (outer IP, UDP, VXLAN, inner Ethernet).
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 impl BackendConfig {
     /// The `BackendType` string written into subnet records.
@@ -61,6 +76,7 @@ impl BackendConfig {
 }
 
 /// The JSON as flannel defines it; every field optional so defaults can be applied afterwards.
+/// Keys reach it already matched to these names ([`match_keys`]).
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     #[serde(rename = "Network")]
@@ -89,6 +105,36 @@ struct RawConfig {
     backend: Option<serde_json::Value>,
 }
 
+/// The top-level fields flannel reads.
+const CONFIG_FIELDS: [&str; 12] = [
+    "Network",
+    "SubnetLen",
+    "SubnetMin",
+    "SubnetMax",
+    "EnableIPv4",
+    "EnableIPv6",
+    "IPv6Network",
+    "IPv6SubnetLen",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "EnableNFTables",
+    "Backend",
+];
+
+/// The `Backend` fields flannel's vxlan backend reads.
+const VXLAN_FIELDS: [&str; 7] = [
+    "Type",
+    "VNI",
+    "Port",
+    "MTU",
+    "GBP",
+    "Learning",
+    "DirectRouting",
+];
+
+/// The `Backend` fields flannel's host-gw backend reads.
+const HOST_GW_FIELDS: [&str; 1] = ["Type"];
+
 #[derive(Debug, Deserialize)]
 struct RawBackend {
     #[serde(rename = "Type")]
@@ -97,19 +143,95 @@ struct RawBackend {
     vni: Option<u32>,
     #[serde(rename = "Port")]
     port: Option<u16>,
+    #[serde(rename = "MTU")]
+    mtu: Option<u32>,
+    #[serde(rename = "GBP")]
+    gbp: Option<bool>,
     #[serde(rename = "DirectRouting")]
     direct_routing: Option<bool>,
     #[serde(rename = "Learning")]
     learning: Option<bool>,
 }
 
+/// Folds one character as Go's `strings.EqualFold` compares them (simple Unicode folding:
+/// `K`, `k` and the Kelvin sign are one; so are `S`, `s` and the long s).
+fn fold(c: char) -> impl Iterator<Item = char> {
+    c.to_uppercase().flat_map(char::to_lowercase)
+}
+
+/// Go's case-insensitive key match.
+fn equal_fold(a: &str, b: &str) -> bool {
+    a.chars().flat_map(fold).eq(b.chars().flat_map(fold))
+}
+
+/// Renames the keys of `obj` to the `fields` they name, as Go's JSON decoder matches them (the
+/// exact name first, else a case-insensitive one). Returns the renamed object and the keys that
+/// name no field; two keys naming one field are an error.
+fn match_keys(
+    obj: serde_json::Map<String, serde_json::Value>,
+    fields: &[&str],
+    context: &str,
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<String>), String> {
+    let mut out = serde_json::Map::new();
+    let mut unknown = Vec::new();
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    for (key, value) in obj {
+        let field = fields
+            .iter()
+            .find(|f| **f == key)
+            .or_else(|| fields.iter().find(|f| equal_fold(f, &key)));
+        let Some(&field) = field else {
+            unknown.push(key);
+            continue;
+        };
+        if let Some((_, first)) = seen.iter().find(|(f, _)| *f == field) {
+            return Err(format!(
+                "{context}keys {first:?} and {key:?} both set {field}; keep one"
+            ));
+        }
+        seen.push((field, key));
+        out.insert(field.to_string(), value);
+    }
+    Ok((out, unknown))
+}
+
+/// The config's top-level object with flannel's field names, and its unknown keys.
+fn config_object(
+    text: &str,
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<String>), String> {
+    match serde_json::from_str::<serde_json::Value>(text).map_err(|e| format!("bad JSON: {e}"))? {
+        serde_json::Value::Object(m) => match_keys(m, &CONFIG_FIELDS, ""),
+        _ => Err("bad JSON: the config must be an object".into()),
+    }
+}
+
+/// The `Backend` object with flannel's field names for its type, and its unknown keys.
+fn backend_object(
+    value: Option<serde_json::Value>,
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<String>), String> {
+    let obj = match value {
+        None | Some(serde_json::Value::Null) => return Ok(Default::default()),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err("Backend must be an object".into()),
+    };
+    // The type decides which fields are read; its key is matched first on its own.
+    let (typed, _) = match_keys(obj.clone(), &["Type"], "Backend: ")?;
+    let fields: &[&str] = match typed.get("Type").and_then(|t| t.as_str()) {
+        Some("host-gw") => &HOST_GW_FIELDS,
+        _ => &VXLAN_FIELDS,
+    };
+    match_keys(obj, fields, "Backend: ")
+}
+
 impl NetworkConfig {
     /// Parses and validates the stored JSON. The error is a one-line reason.
     ///
-    /// Unknown fields are accepted (flannel ignores them too, and a store may be shared with
-    /// newer flanneld nodes); [`unknown_fields`] names them so callers can warn.
+    /// Fields flannel does not read are accepted (flannel ignores them too, and a store may be
+    /// shared with newer flanneld nodes); [`unknown_fields`] names them so callers can warn.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
+        let (obj, _) = config_object(text)?;
+        let raw: RawConfig = serde_json::from_value(serde_json::Value::Object(obj))
+            .map_err(|e| format!("bad JSON: {e}"))?;
         if raw.enable_ipv4 == Some(false) {
             return Err("EnableIPv4=false is not supported: netd requires IPv4".into());
         }
@@ -121,7 +243,8 @@ impl NetworkConfig {
         {
             return Err("IPv6 (EnableIPv6/IPv6Network) is not supported by netd yet".into());
         }
-        // EnableNFTables only selects flannel's masquerade implementation; netd always uses nftables.
+        // EnableNFTables only selects flannel's masquerade implementation; netd always uses
+        // nftables ([`warnings`] says so when it is false).
         let _ = raw.enable_nftables;
         let network_text = raw.network.ok_or("Network is required")?;
         let network: Ipv4Network = network_text
@@ -144,10 +267,15 @@ impl NetworkConfig {
             None if network.prefix() <= 22 => 24,
             None => network.prefix() + 2,
         };
-        if subnet_len <= network.prefix() || subnet_len > 30 {
+        if subnet_len > 30 {
+            return Err(format!("SubnetLen {subnet_len} must be at most 30"));
+        }
+        // flannel: the first subnet is never handed out, so the network must hold four.
+        if subnet_len < network.prefix() + 2 {
             return Err(format!(
-                "SubnetLen {subnet_len} must be longer than the network prefix /{} and at most 30",
-                network.prefix()
+                "SubnetLen {subnet_len} leaves Network {network} fewer than four subnets \
+                 (it must be /{} or longer)",
+                network.prefix() + 2
             ));
         }
         let size = subnet_size(subnet_len);
@@ -187,30 +315,42 @@ impl NetworkConfig {
     }
 }
 
-/// Top-level fields of a config text that netd does not know (typos, or newer flannel fields).
-pub fn unknown_fields(text: &str) -> Vec<String> {
-    const KNOWN: [&str; 12] = [
-        "Network",
-        "SubnetLen",
-        "SubnetMin",
-        "SubnetMax",
-        "EnableIPv4",
-        "EnableIPv6",
-        "IPv6Network",
-        "IPv6SubnetLen",
-        "IPv6SubnetMin",
-        "IPv6SubnetMax",
-        "EnableNFTables",
-        "Backend",
-    ];
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(m)) => m
-            .keys()
-            .filter(|k| !KNOWN.contains(&k.as_str()))
-            .cloned()
-            .collect(),
-        _ => Vec::new(),
+/// What an operator should know about a valid config text, one line each: fields flannel
+/// does not read (ignored), and flannel settings netd meets differently.
+pub fn warnings(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = unknown_fields(text)
+        .into_iter()
+        .map(|f| format!("field {f:?} is not one flannel reads; it is ignored"))
+        .collect();
+    if let Ok((obj, _)) = config_object(text) {
+        if obj.get("Backend").is_none_or(serde_json::Value::is_null) {
+            out.push(
+                "no Backend: netd uses vxlan, as flannel's documentation says (flanneld's code \
+                 would pick udp, which netd does not have)"
+                    .into(),
+            );
+        }
+        if obj.get("EnableNFTables") == Some(&serde_json::Value::Bool(false)) {
+            out.push(
+                "EnableNFTables is false: netd masquerades through nftables all the same \
+                 (flannel would use iptables); the rules have the same effect"
+                    .into(),
+            );
+        }
     }
+    out
+}
+
+/// Fields of a config text that flannel does not read (typos, or fields of newer flannel
+/// versions): top-level keys, and `Backend.<key>` for the backend's.
+pub fn unknown_fields(text: &str) -> Vec<String> {
+    let Ok((mut obj, mut unknown)) = config_object(text) else {
+        return Vec::new();
+    };
+    if let Ok((_, backend)) = backend_object(obj.remove("Backend")) {
+        unknown.extend(backend.into_iter().map(|k| format!("Backend.{k}")));
+    }
+    unknown
 }
 
 /// Number of addresses in a subnet of prefix length `len` (len ≤ 30, so never overflows).
@@ -226,16 +366,9 @@ fn parse_bound(name: &str, text: Option<String>, default: u32) -> Result<Ipv4Add
 }
 
 fn parse_backend(value: Option<serde_json::Value>) -> Result<BackendConfig, String> {
-    let raw: RawBackend = match value {
-        None => RawBackend {
-            kind: None,
-            vni: None,
-            port: None,
-            direct_routing: None,
-            learning: None,
-        },
-        Some(v) => serde_json::from_value(v).map_err(|e| format!("Backend: {e}"))?,
-    };
+    let (obj, _) = backend_object(value)?;
+    let raw: RawBackend = serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| format!("Backend: {e}"))?;
     // flannel's documentation says vxlan is the default backend; netd follows the documentation.
     match raw.kind.as_deref().unwrap_or("vxlan") {
         "vxlan" => {
@@ -247,11 +380,22 @@ fn parse_backend(value: Option<serde_json::Value>) -> Result<BackendConfig, Stri
                 None | Some(0) => DEFAULT_VXLAN_PORT,
                 Some(p) => p,
             };
+            // The device must keep IPv4's minimum MTU (68) after the overhead.
+            if let Some(mtu) = raw.mtu
+                && !(68 + VXLAN_OVERHEAD..=65535).contains(&mtu)
+            {
+                return Err(format!(
+                    "Backend.MTU {mtu} must be between {} and 65535 (the device gets {VXLAN_OVERHEAD} less)",
+                    68 + VXLAN_OVERHEAD
+                ));
+            }
             Ok(BackendConfig::Vxlan(VxlanConfig {
                 vni,
                 port,
                 direct_routing: raw.direct_routing.unwrap_or(false),
                 learning: raw.learning.unwrap_or(false),
+                gbp: raw.gbp.unwrap_or(false),
+                mtu: raw.mtu,
             }))
         }
         "host-gw" => Ok(BackendConfig::HostGw),
@@ -278,7 +422,9 @@ mod tests {
                 vni: 1,
                 port: 8472,
                 direct_routing: false,
-                learning: false
+                learning: false,
+                gbp: false,
+                mtu: None,
             })
         );
     }
@@ -289,6 +435,57 @@ mod tests {
         assert!(NetworkConfig::parse(text).is_ok());
         assert_eq!(unknown_fields(text), vec!["Netwrok".to_string()]);
         assert!(unknown_fields(r#"{"Network":"10.0.0.0/16"}"#).is_empty());
+    }
+
+    #[test]
+    fn keys_match_as_gos_decoder_matches_them() {
+        let c = NetworkConfig::parse(
+            r#"{"network":"10.9.0.0/16","subnetlen":25,"BACKEND":{"type":"vxlan","vni":2,"mtu":1400,"gbp":true,"directrouting":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network.to_string(), "10.9.0.0/16");
+        assert_eq!(c.subnet_len, 25);
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vxlan(VxlanConfig {
+                vni: 2,
+                port: 8472,
+                direct_routing: true,
+                learning: false,
+                gbp: true,
+                mtu: Some(1400),
+            })
+        );
+        // Unicode simple folding, as Go's EqualFold: the Kelvin sign is a K, the long s an s.
+        assert!(equal_fold("Backend", "bac\u{212A}end"));
+        assert!(equal_fold("SubnetLen", "\u{17F}ubnetlen"));
+        assert!(!equal_fold("SubnetLen", "SubnetLe"));
+        let c =
+            NetworkConfig::parse(r#"{"Network":"10.9.0.0/16","Bac\u212Aend":{"Type":"host-gw"}}"#)
+                .unwrap();
+        assert_eq!(c.backend, BackendConfig::HostGw);
+    }
+
+    #[test]
+    fn warnings_name_ignored_fields_and_differences() {
+        let w = warnings(r#"{"Network":"10.0.0.0/16","Netwrok":1,"EnableNFTables":false}"#);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("Netwrok"), "{w:?}");
+        assert!(w[1].contains("vxlan"), "{w:?}");
+        assert!(w[2].contains("nftables"), "{w:?}");
+        assert!(warnings(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#).is_empty());
+    }
+
+    #[test]
+    fn fields_flannel_does_not_read_are_named_per_backend() {
+        let text = r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw","VNI":3,"Extra":1}}"#;
+        assert!(NetworkConfig::parse(text).is_ok());
+        assert_eq!(
+            unknown_fields(text),
+            vec!["Backend.Extra".to_string(), "Backend.VNI".to_string()]
+        );
+        let text = r#"{"Network":"10.0.0.0/16","backend":{"type":"vxlan","vni":3,"Colour":1}}"#;
+        assert_eq!(unknown_fields(text), vec!["Backend.Colour".to_string()]);
     }
 
     #[test]
@@ -320,7 +517,9 @@ mod tests {
                 vni: 42,
                 port: 4789,
                 direct_routing: true,
-                learning: false
+                learning: false,
+                gbp: false,
+                mtu: None,
             })
         );
     }
@@ -334,6 +533,21 @@ mod tests {
             (r#"{"Network":"10.0.0.1/16"}"#, "not aligned"),
             (r#"{"Network":"nope"}"#, "Network"),
             (r#"{"Network":"10.0.0.0/16","SubnetLen":16}"#, "SubnetLen"),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
+                "four subnets",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","network":"10.1.0.0/16"}"#,
+                "keep one",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"MTU":100}}"#, "MTU"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"VNI":"2"}}"#,
+                "Backend",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#, "object"),
+            ("[]", "object"),
             (r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#, "SubnetLen"),
             (
                 r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.5"}"#,

@@ -1,5 +1,6 @@
 //! The overlay netd sets up on its host from the network config's backend: for VXLAN, the
-//! `flannel.<VNI>` device on the underlay (MTU 50 below it) and the record attributes that
+//! `flannel.<VNI>` device on the underlay (MTU 50 below the underlay's, or below the configured
+//! `Backend.MTU` as flannel does it) and the record attributes that
 //! carry its VtepMAC; for host-gw, direct routes through the underlay itself.
 
 use rtnetlink::Handle;
@@ -7,7 +8,7 @@ use rtnetlink::Handle;
 use crate::dataplane::RoutingMode;
 use crate::dataplane::device::{self, Underlay, VxlanDevice, VxlanSpec};
 use crate::error::{Error, Result};
-use crate::netconf::{BackendConfig, NetworkConfig};
+use crate::netconf::{self, BackendConfig, NetworkConfig};
 use crate::subnet::{LeaseAttrs, VxlanData};
 
 /// The overlay as set up on this host: how peers are routed, what this host's record says,
@@ -34,9 +35,13 @@ pub async fn set_up(
                 vni: v.vni,
                 port: v.port,
                 learning: v.learning,
+                gbp: v.gbp,
                 local: underlay.addr,
                 underlay_index: underlay.index,
-                mtu: underlay.mtu.saturating_sub(50),
+                mtu: v
+                    .mtu
+                    .unwrap_or(underlay.mtu)
+                    .saturating_sub(netconf::VXLAN_OVERHEAD),
             };
             let dev = device::ensure_vxlan(h, &spec).await?;
             tracing::info!(device = %spec.name(), mac = %dev.mac, mtu = spec.mtu, "VXLAN device ready");

@@ -33,6 +33,8 @@ pub struct VxlanSpec {
     pub vni: u32,
     pub port: u16,
     pub learning: bool,
+    /// The Group Based Policy extension (flannel's `GBP`).
+    pub gbp: bool,
     pub local: Ipv4Addr,
     pub underlay_index: u32,
     pub mtu: u32,
@@ -195,6 +197,7 @@ fn compatible(m: &LinkMessage, spec: &VxlanSpec) -> bool {
         && has(&InfoVxlan::Local(spec.local))
         && has(&InfoVxlan::Port(spec.port))
         && has(&InfoVxlan::Learning(spec.learning))
+        && has(&InfoVxlan::Gbp) == spec.gbp
 }
 
 /// Creates `flannel.<VNI>` or reuses a compatible one; sets MTU and brings it up.
@@ -221,7 +224,11 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
             .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
     }
     let mac = MacAddr::random();
-    let msg = LinkVxlan::new(&name, spec.vni)
+    let mut vxlan = LinkVxlan::new(&name, spec.vni);
+    if spec.gbp {
+        vxlan = vxlan.gbp();
+    }
+    let msg = vxlan
         .dev(spec.underlay_index)
         .local(spec.local)
         .port(spec.port)

@@ -111,6 +111,34 @@ fn malformed_and_out_of_network_records_do_not_disturb_routing() {
         .expect("netd leases --json");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("leases JSON");
     assert_eq!(rows.as_array().map(Vec::len), Some(3 + bad.len()));
+    // Every live host's lease says when it expires (the KV's TimeToLive; netd's default
+    // lease is 24 h, renewed long before).
+    let hosts: Vec<&serde_json::Value> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["error"].is_null() && !r["reservation"].as_bool().unwrap_or(true))
+        .collect();
+    assert_eq!(hosts.len(), 3, "{rows}");
+    for r in hosts {
+        let left = r["expires_in"].as_i64().expect("expires_in");
+        assert!((86_000..=86_400).contains(&left), "{r}");
+    }
+    assert!(table.contains("EXPIRES-IN"), "{table}");
+    assert!(table.contains(" 23h59m "), "{table}");
+
+    // Output to a reader that goes away ends quietly, as a tool killed by SIGPIPE does.
+    let script = format!(
+        "set -o pipefail; {NETD} leases --json --etcd-endpoints {} | true",
+        w.endpoints
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &w.host(1), "bash", "-c", &script])
+        .output()
+        .expect("netd leases | head");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
 }
 
 #[test]

@@ -91,3 +91,59 @@ fn embedded_member_serves_the_cluster() {
         || World::ping(&c[1].0, c[0].1),
     );
 }
+
+/// With no `--etcd-endpoints`, netd runs an embedded member on etcd's default ports. When an
+/// etcd already listens there, netd does not retry for ever: after the grace a netd that is
+/// exiting would need, it stops with one line that names `--etcd-endpoints` for that etcd.
+#[test]
+fn embedded_member_on_a_taken_port_fails_naming_the_store_there() {
+    let mut w = World::new(1);
+    let ns = w.host(1);
+    let data = w.dir.path().join("etcd-h1");
+    let member = testbed::etcd::Member::new(
+        "e1",
+        &data,
+        "http://127.0.0.1:2379",
+        "http://127.0.0.1:2380",
+    );
+    let _etcd = member
+        .command(std::path::Path::new(testbed::etcd::ETCD), Some(&ns))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start etcd in h1");
+    common::wait_until("etcd to listen in h1", Duration::from_secs(20), || {
+        common::try_run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "etcdctl",
+            "--endpoints",
+            "http://127.0.0.1:2379",
+            "endpoint",
+            "health",
+        ])
+        .status
+        .success()
+    });
+    let kv_dir = w.dir.path().join("kv-h1");
+    w.endpoints = String::new();
+    w.start_netd(1, &["--kv-data-dir", &kv_dir.to_string_lossy()]);
+    common::wait_until("netd to give up", Duration::from_secs(30), || {
+        !w.netd_running(1)
+    });
+    let status = w.stop_netd(1);
+    assert!(!status.success(), "a non-zero exit: {status}");
+    let log = w.netd_log(1);
+    assert!(
+        log.contains("KV store: an embedded member"),
+        "says which store: {log}"
+    );
+    assert!(
+        log.contains("is in use by another process")
+            && log.contains("--etcd-endpoints http://127.0.0.1:2379"),
+        "{log}"
+    );
+    // The etcd keeps running (dropped with the world): netd touched nothing of it.
+}

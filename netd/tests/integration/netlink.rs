@@ -30,7 +30,11 @@ fn vxlan_device_and_entries_in_a_namespace() {
         "cni0",
     ]);
 
-    in_netns(&ns, || {
+    let gbp_shown = {
+        let ns = ns.clone();
+        move || run(&["ip", "-n", &ns, "-d", "link", "show", "flannel.1"]).contains(" gbp")
+    };
+    in_netns(&ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -53,6 +57,7 @@ fn vxlan_device_and_entries_in_a_namespace() {
                 vni: 1,
                 port: 8472,
                 learning: false,
+                gbp: false,
                 local: under.addr,
                 underlay_index: under.index,
                 mtu: under.mtu - 50,
@@ -66,6 +71,20 @@ fn vxlan_device_and_entries_in_a_namespace() {
             };
             let replaced = device::ensure_vxlan(&h, &other).await.expect("recreate");
             assert_ne!(replaced.mac, dev.mac, "an incompatible device is replaced");
+            // Group Based Policy (flannel's Backend.GBP) is part of compatibility too.
+            let gbp = VxlanSpec {
+                gbp: true,
+                ..spec.clone()
+            };
+            assert!(!gbp_shown(), "no GBP unless asked");
+            let with_gbp = device::ensure_vxlan(&h, &gbp).await.expect("gbp");
+            assert_ne!(with_gbp.mac, replaced.mac, "GBP needs a new device");
+            assert!(gbp_shown(), "the kernel has GBP on the device");
+            assert_eq!(
+                device::ensure_vxlan(&h, &gbp).await.expect("gbp again"),
+                with_gbp,
+                "and keeps it"
+            );
             let dev = device::ensure_vxlan(&h, &spec).await.expect("back to 8472");
             let net = "10.244.0.0/16".parse().expect("net");
             device::ensure_vtep_address(&h, dev.index, Ipv4Addr::new(10, 244, 1, 0), net)

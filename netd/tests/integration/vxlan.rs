@@ -103,3 +103,47 @@ fn three_hosts_converge_forward_join_leave_and_restart() {
     );
     w.wait_converged(&[1, 2, 3]);
 }
+
+/// A config as flannel's Go decoder reads it: lowercase keys, a VNI and `Backend.MTU`. Every
+/// host gets flannel's result: device `flannel.2`, MTU 50 below the configured 1400 on the
+/// device and in `FLANNEL_MTU`, VNI 2 in the records, and packets flow.
+#[test]
+fn lowercase_keys_vni_and_mtu_as_flannel_reads_them() {
+    let config = r#"{"network":"10.244.0.0/16","backend":{"type":"vxlan","vni":2,"mtu":1400}}"#;
+    let mut w = World::new(2);
+    w.start_etcd(config);
+    for i in 1..=2 {
+        w.start_netd(i, &[]);
+    }
+    for i in 1..=2 {
+        w.wait_ready(i);
+        let env = std::fs::read_to_string(w.subnet_file(i)).expect("subnet file");
+        assert!(env.contains("FLANNEL_MTU=1350\n"), "{env}");
+        let dev = World::json(&w.host(i), "ip", &["link", "show", "flannel.2"]);
+        assert_eq!(dev.len(), 1, "flannel.2 on h{i}");
+        assert_eq!(dev[0]["mtu"].as_u64(), Some(1350), "{dev:?}");
+        assert!(
+            World::json(&w.host(i), "ip", &["link", "show", "flannel.1"]).is_empty(),
+            "no flannel.1: the lowercase vni was honoured"
+        );
+    }
+    for (key, record) in w.records() {
+        assert_eq!(
+            record["BackendData"]["VNI"].as_u64(),
+            Some(2),
+            "{key}: {record}"
+        );
+    }
+    let a = w.add_container(1);
+    let b = w.add_container(2);
+    common::wait_until("ping across flannel.2", Duration::from_secs(10), || {
+        World::ping(&a.0, b.1)
+    });
+    // Logs written to a file carry no terminal colour codes.
+    let log = w.netd_log(1);
+    assert!(log.contains("VXLAN device"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escapes in a log file: {log}"
+    );
+}
