@@ -106,7 +106,7 @@ fn embedded_member_on_a_taken_port_fails_naming_the_store_there() {
         "http://127.0.0.1:2379",
         "http://127.0.0.1:2380",
     );
-    let _etcd = member
+    let mut etcd = member
         .command(std::path::Path::new(testbed::etcd::ETCD), Some(&ns))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -145,5 +145,8 @@ fn embedded_member_on_a_taken_port_fails_naming_the_store_there() {
             && log.contains("--etcd-endpoints http://127.0.0.1:2379"),
         "{log}"
     );
-    // The etcd keeps running (dropped with the world): netd touched nothing of it.
+    // netd touched nothing of the etcd there: it still answers.
+    assert!(matches!(etcd.try_wait(), Ok(None)), "etcd still runs");
+    let _ = etcd.kill();
+    let _ = etcd.wait();
 }
