@@ -1,6 +1,8 @@
 //! Command line: the daemon's flags (flannel's names where the meaning is the same) and the
 //! `config` / `leases` / `certs` subcommands. Every flag can also be set from the environment as
-//! `NETD_<FLAG_IN_UPPER_SNAKE_CASE>`, e.g. `--iface` ↔ `NETD_IFACE`.
+//! `NETD_<FLAG_IN_UPPER_SNAKE_CASE>`, e.g. `--iface` ↔ `NETD_IFACE`, or as flanneld's
+//! `FLANNELD_<FLAG>`; flanneld's Go flag forms (`-iface=eth1`) are accepted too
+//! ([`crate::flannel_args`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -19,8 +21,9 @@ use crate::kv::{ClientTls, Credentials};
 /// other hosts' subnets and routes to them through VXLAN (`flannel.<VNI>`) or direct host-gw
 /// routes. Writes subnet.env for the CNI plugin. With no subcommand, runs the daemon.
 ///
-/// Every flag can also be set as an environment variable NETD_<FLAG>, e.g. NETD_IFACE=eth1.
-/// Logging follows RUST_LOG (default "info").
+/// Every flag can also be set as an environment variable NETD_<FLAG>, e.g. NETD_IFACE=eth1, or
+/// FLANNELD_<FLAG> as for flanneld (NETD_ wins); flanneld's one-dash forms (-iface=eth1) work.
+/// Logging follows RUST_LOG (default "info"; -v N raises it as flanneld's -v does).
 #[derive(Debug, Parser)]
 #[command(name = "netd", version, about, long_about)]
 pub struct Cli {
@@ -34,6 +37,30 @@ pub struct Cli {
     #[arg(long, env = "NETD_LOG_FORMAT", default_value = "text", global = true,
           value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Log verbosity, as flanneld's -v: 0 info, 1-4 debug, 5 and above trace. RUST_LOG, when
+    /// set, wins.
+    #[arg(
+        short = 'v',
+        long = "v",
+        env = "NETD_V",
+        global = true,
+        value_name = "LEVEL"
+    )]
+    pub verbosity: Option<u8>,
+}
+
+impl Cli {
+    /// The log filter: RUST_LOG when set, else the level -v asks for.
+    pub fn log_filter(&self) -> String {
+        if let Ok(f) = std::env::var("RUST_LOG") {
+            return f;
+        }
+        match self.verbosity.unwrap_or(0) {
+            0 => "info".into(),
+            1..=4 => "info,netd=debug,kvstore=debug".into(),
+            _ => "info,netd=trace,kvstore=trace".into(),
+        }
+    }
 }
 
 /// Subcommands that operate on the KV store and exit.
@@ -175,10 +202,17 @@ impl KvArgs {
 /// The daemon's own flags.
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
-    /// Interface (name or IPv4 address) to use for inter-host traffic; default: the interface of
-    /// the default route.
-    #[arg(long, env = "NETD_IFACE")]
-    pub iface: Option<String>,
+    /// Interface (name or IPv4 address) to use for inter-host traffic; repeat it to try several
+    /// in order, the first that exists wins. Default: the interface of the default route.
+    #[arg(long, env = "NETD_IFACE", value_name = "IFACE")]
+    pub iface: Vec<String>,
+    /// Regular expression matched against interface names and IPv4 addresses; repeat it to
+    /// try several in order, after every --iface.
+    #[arg(long, env = "NETD_IFACE_REGEX", value_name = "REGEX")]
+    pub iface_regex: Vec<String>,
+    /// Use the interface this address is reached through (as `ip route get ADDR` shows it).
+    #[arg(long, env = "NETD_IFACE_CAN_REACH", value_name = "ADDR")]
+    pub iface_can_reach: Option<Ipv4Addr>,
     /// IPv4 address other hosts use to reach this one; default: the interface's address.
     #[arg(long, env = "NETD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
@@ -189,9 +223,37 @@ pub struct DaemonArgs {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
+    /// IPv6 address other hosts use to reach this one: netd has no IPv6 yet, so it is refused.
+    #[arg(long, env = "NETD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// Masquerade traffic leaving the cluster network (nftables table `ip netd`).
-    #[arg(long, env = "NETD_IP_MASQ")]
+    #[arg(long, env = "NETD_IP_MASQ", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub ip_masq: bool,
+    /// Masquerade without fully-random source port mapping.
+    #[arg(long, env = "NETD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ip_masq_fully_random_disable: bool,
+    /// Accept forwarded traffic from and to the cluster network (flannel's name; nftables rules
+    /// in table `ip netd`).
+    #[arg(long, env = "NETD_IPTABLES_FORWARD_RULES", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub iptables_forward_rules: bool,
+    /// Seconds between checks that netd's nftables rules are still in place (flannel's name).
+    #[arg(long, env = "NETD_IPTABLES_RESYNC", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub iptables_resync: u64,
+    /// Route this host's own subnet to a blackhole: traffic to its unused addresses is dropped
+    /// here instead of following the default route.
+    #[arg(long, env = "NETD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ip_blackhole_route: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Address of the health/metrics server.
     #[arg(long, env = "NETD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: IpAddr,
@@ -210,6 +272,82 @@ pub struct DaemonArgs {
     #[arg(long, env = "NETD_RECONCILE_INTERVAL", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_interval: u64,
+}
+
+impl DaemonArgs {
+    /// The nftables rules netd's table holds.
+    pub fn nft_rules(&self) -> crate::masq::Rules {
+        crate::masq::Rules {
+            masquerade: self.ip_masq,
+            fully_random: !self.ip_masq_fully_random_disable,
+            forward: self.iptables_forward_rules,
+        }
+    }
+
+    /// How to pick the underlay interface, from --iface, --iface-regex and --iface-can-reach.
+    pub fn iface_choice(&self) -> Result<crate::dataplane::device::IfaceChoice> {
+        let regexes = self
+            .iface_regex
+            .iter()
+            .map(|r| {
+                regex::Regex::new(r).map_err(|e| Error::Usage(format!("--iface-regex {r:?}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(crate::dataplane::device::IfaceChoice {
+            ifaces: self.iface.clone(),
+            regexes,
+            can_reach: self.iface_can_reach,
+        })
+    }
+}
+
+/// flanneld's Kubernetes subnet-manager flags: netd keeps subnets in the KV store only, so each
+/// of them is refused with a reason rather than ignored.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "flanneld's Kubernetes flags (refused: netd uses the KV store)")]
+pub struct KubeArgs {
+    /// Refused.
+    #[arg(long, env = "NETD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub kube_subnet_mgr: bool,
+    /// Refused.
+    #[arg(long, env = "NETD_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// Refused.
+    #[arg(long, env = "NETD_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<String>,
+    /// Refused.
+    #[arg(long, env = "NETD_KUBE_ANNOTATION_PREFIX")]
+    pub kube_annotation_prefix: Option<String>,
+    /// Refused (netd reads the network config from the KV store: `netd config set`).
+    #[arg(long, env = "NETD_NET_CONFIG_PATH")]
+    pub net_config_path: Option<String>,
+    /// Refused.
+    #[arg(long, env = "NETD_SET_NODE_NETWORK_UNAVAILABLE")]
+    pub set_node_network_unavailable: Option<String>,
+}
+
+impl KubeArgs {
+    /// The first Kubernetes flag given, if any.
+    fn given(&self) -> Option<&'static str> {
+        [
+            (self.kube_subnet_mgr, "--kube-subnet-mgr"),
+            (self.kube_api_url.is_some(), "--kube-api-url"),
+            (self.kubeconfig_file.is_some(), "--kubeconfig-file"),
+            (
+                self.kube_annotation_prefix.is_some(),
+                "--kube-annotation-prefix",
+            ),
+            (self.net_config_path.is_some(), "--net-config-path"),
+            (
+                self.set_node_network_unavailable.is_some(),
+                "--set-node-network-unavailable",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(set, flag)| set.then_some(flag))
+    }
 }
 
 /// Everything [`crate::run`] needs.
@@ -231,6 +369,19 @@ impl Config {
         }
         self.kv.credentials()?;
         self.kv.client_tls()?;
+        if let Some(flag) = self.daemon.kube.given() {
+            return Err(Error::Usage(format!(
+                "{flag}: netd has no Kubernetes subnet manager; it keeps subnets in an etcd v3 \
+                 store (--etcd-endpoints, or its embedded member) and reads the network config \
+                 from it (`netd config set`)"
+            )));
+        }
+        if self.daemon.public_ipv6.is_some() {
+            return Err(Error::Usage(
+                "--public-ipv6: netd does not support IPv6 yet (IPv4 only)".into(),
+            ));
+        }
+        self.daemon.iface_choice()?;
         if !self.kv.etcd_prefix.starts_with('/') {
             return Err(Error::Usage(format!(
                 "--etcd-prefix {:?} must start with '/'",
@@ -263,7 +414,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.kv.etcd_endpoints.len(), 2);
-        assert_eq!(cli.daemon.iface.as_deref(), Some("eth1"));
+        assert_eq!(cli.daemon.iface, vec!["eth1"]);
         assert!(cli.daemon.ip_masq);
         assert_eq!(cli.kv.etcd_prefix, "/coreos.com/network");
         assert!(Cli::try_parse_from(["netd", "--subnet-lease-renew-margin", "0"]).is_err());

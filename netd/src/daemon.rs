@@ -96,10 +96,14 @@ async fn apply_own_subnet(
         device::ensure_vtep_address(h, dev.index, own.subnet.addr(), net.network).await?;
     }
     masq::enable_forwarding()?;
-    if config.daemon.ip_masq {
-        masq::install(net.network, own.subnet)?;
+    let rules = config.daemon.nft_rules();
+    if rules.any() {
+        masq::install(net.network, own.subnet, rules)?;
     } else if let Err(e) = masq::remove() {
-        tracing::debug!(error = %e, "no masquerade table to remove");
+        tracing::debug!(error = %e, "no nftables table to remove");
+    }
+    if config.daemon.ip_blackhole_route {
+        device::ensure_blackhole(h, own.subnet.0).await?;
     }
     Ok(())
 }
@@ -155,7 +159,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let (conn, h, _) =
         rtnetlink::new_connection().map_err(|e| Error::Kernel(format!("netlink socket: {e}")))?;
     tokio::spawn(conn);
-    let underlay = device::find_underlay(&h, config.daemon.iface.as_deref()).await?;
+    let underlay = device::choose_underlay(&h, &config.daemon.iface_choice()?).await?;
     let public_ip = config.daemon.public_ip.unwrap_or(underlay.addr);
     tracing::info!(iface = %underlay.name, local = %underlay.addr, %public_ip, "underlay");
     let backend = overlay::set_up(&h, &net, &underlay, public_ip).await?;
@@ -187,6 +191,9 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let watcher = tokio::spawn(watch::run(kv.clone(), net.clone(), tx, metrics.clone()));
     let mut watcher = AbortOnDrop(watcher);
 
+    let mut nft_resync = tokio::time::interval(Duration::from_secs(config.daemon.iptables_resync));
+    nft_resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    nft_resync.reset();
     let mut reconcile = tokio::time::interval(config.reconcile_interval());
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reconcile.reset();
@@ -216,6 +223,7 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
                 d.on_event(ev).await;
             }
             _ = reconcile.tick() => d.on_reconcile_tick().await,
+            _ = nft_resync.tick() => d.on_nft_resync(),
             _ = tokio::time::sleep_until(d.renew_at) => d.on_renew_due().await?,
             () = member_stopped(embedded.as_ref()) => return Err(Error::EmbeddedKv(
                 "it stopped (removed from the cluster, or a storage error: see \
@@ -277,8 +285,8 @@ impl Running<'_> {
         }
     }
 
-    /// Periodic: recreate the VXLAN device if it vanished, restore the vtep address and the
-    /// masquerade table if they were removed, then reconcile every peer.
+    /// Periodic: recreate the VXLAN device if it vanished, restore the vtep address (and the
+    /// blackhole route) if they were removed, then reconcile every peer.
     async fn on_reconcile_tick(&mut self) {
         if let Some((spec, dev)) = &mut self.backend.vxlan {
             match device::ensure_vxlan(&self.h, spec).await {
@@ -309,12 +317,23 @@ impl Running<'_> {
                 tracing::warn!(error = %e, "checking the vtep address failed");
             }
         }
-        if self.config.daemon.ip_masq
-            && let Err(e) = masq::ensure(self.net.network, self.own.subnet)
+        if self.config.daemon.ip_blackhole_route
+            && let Err(e) = device::ensure_blackhole(&self.h, self.own.subnet.0).await
         {
-            tracing::warn!(error = %e, "checking the masquerade rules failed");
+            tracing::warn!(error = %e, "checking the blackhole route failed");
         }
         self.peers.reconcile(false).await;
+    }
+
+    /// Periodic (`--iptables-resync`): put netd's nftables table back if someone removed it.
+    fn on_nft_resync(&mut self) {
+        if let Err(e) = masq::ensure(
+            self.net.network,
+            self.own.subnet,
+            self.config.daemon.nft_rules(),
+        ) {
+            tracing::warn!(error = %e, "checking the nftables rules failed");
+        }
     }
 
     /// The renewal timer fired: renew, or re-acquire when the lease is gone.

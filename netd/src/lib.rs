@@ -1,7 +1,8 @@
 //! netd: the per-host daemon of cross-host container networking (flannel-compatible).
 //!
 //! # Layout
-//! * [`cli`] — flags (flannel's names, `NETD_*` env vars) and subcommands; [`run`] is the daemon.
+//! * [`cli`] — flags (flannel's names, `NETD_*` env vars) and subcommands; [`run`] is the daemon;
+//!   [`flannel_args`] — flanneld's one-dash flag forms and `FLANNELD_*` variables.
 //! * [`netconf`] — the network config JSON at `<prefix>/config`: defaults and validation
 //!   (the daemon's own flags are [`cli::Config`]).
 //! * [`subnet`] — subnet keys, record values, record checks, free-subnet choice (pure).
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod embedded;
 pub mod error;
+pub mod flannel_args;
 /// Trust checks for runtime files (shared with netd-cni).
 pub use hostnet::file_trust;
 #[doc(hidden)]

@@ -4,8 +4,8 @@ use clap::Parser;
 use netd::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: &str, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal (and not when NO_COLOR asks otherwise): a log
     // file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -38,8 +38,14 @@ async fn shutdown_signal() {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // flanneld's flag forms and FLANNELD_* variables become netd's flags first.
+    let line = netd::flannel_args::command_line(
+        std::env::args_os(),
+        std::env::vars_os(),
+        &<Cli as clap::CommandFactory>::command(),
+    );
+    let cli = Cli::parse_from(line);
+    init_logging(&cli.log_format, &cli.log_filter());
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

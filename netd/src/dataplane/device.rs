@@ -148,6 +148,84 @@ pub async fn find_underlay(h: &Handle, iface: Option<&str>) -> Result<Underlay> 
     })
 }
 
+/// How the underlay is chosen, as flanneld's flags choose it: each `--iface` in order, then each
+/// `--iface-regex` (against interface names and IPv4 addresses), then `--iface-can-reach`;
+/// with none of them, the interface of the default route.
+#[derive(Debug, Clone, Default)]
+pub struct IfaceChoice {
+    pub ifaces: Vec<String>,
+    pub regexes: Vec<regex::Regex>,
+    pub can_reach: Option<Ipv4Addr>,
+}
+
+/// Finds the underlay per `choice`; the error names every candidate tried.
+pub async fn choose_underlay(h: &Handle, choice: &IfaceChoice) -> Result<Underlay> {
+    if choice.ifaces.is_empty() && choice.regexes.is_empty() && choice.can_reach.is_none() {
+        return find_underlay(h, None).await;
+    }
+    let mut tried = Vec::new();
+    for spec in &choice.ifaces {
+        match find_underlay(h, Some(spec)).await {
+            Ok(u) => return Ok(u),
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    if !choice.regexes.is_empty() {
+        let links: Vec<LinkMessage> = h
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("list links", e))?;
+        for re in &choice.regexes {
+            for l in &links {
+                let name = link_name(l);
+                if re.is_match(&name) {
+                    match find_underlay(h, Some(&name)).await {
+                        Ok(u) => return Ok(u),
+                        Err(e) => tried.push(e.to_string()),
+                    }
+                    continue;
+                }
+                for net in ipv4_addresses(h, l.header.index).await? {
+                    if re.is_match(&net.ip().to_string()) {
+                        return find_underlay(h, Some(&net.ip().to_string())).await;
+                    }
+                }
+            }
+            tried.push(format!("no interface name or IPv4 address matches {re}"));
+        }
+    }
+    if let Some(target) = choice.can_reach {
+        match route_oif_to(h, target).await? {
+            Some(index) => {
+                let name = link_name(&link_by_index(h, index).await?);
+                return find_underlay(h, Some(&name)).await;
+            }
+            None => tried.push(format!("no route reaches {target}")),
+        }
+    }
+    Err(Error::Interface(format!(
+        "no usable interface: {}",
+        tried.join("; ")
+    )))
+}
+
+/// The interface the main table sends `target` through (longest matching prefix).
+async fn route_oif_to(h: &Handle, target: Ipv4Addr) -> Result<Option<u32>> {
+    let routes = hostnet::netlink::main_routes_v4(h)
+        .await
+        .map_err(|e| Error::netlink("list routes", e))?;
+    Ok(routes
+        .iter()
+        .filter(|r| {
+            Ipv4Network::new(r.dst, r.prefix).is_ok_and(|n| n.contains(target)) && r.oif.is_some()
+        })
+        .max_by_key(|r| r.prefix)
+        .and_then(|r| r.oif))
+}
+
 async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<LinkMessage> {
     let links: Vec<LinkMessage> = h
         .link()
@@ -256,6 +334,23 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
         index: link.header.index,
         mac,
     })
+}
+
+/// Routes `subnet` (this host's own) to a blackhole in the main table, as flannel's
+/// `--ip-blackhole-route` does for set-ups without a bridge holding the subnet (per-container
+/// routes, as Canal's): traffic to addresses no container holds is dropped here instead of
+/// following the default route. A route for the subnet that is already there (the bridge's
+/// connected route, or the blackhole itself) is left as it is. Idempotent.
+pub async fn ensure_blackhole(h: &Handle, subnet: Ipv4Network) -> Result<()> {
+    let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix())
+        .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
+        .build();
+    match h.route().add(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if hostnet::netlink::is_exists(&e) => Ok(()),
+        Err(e) => Err(Error::netlink(format!("route add blackhole {subnet}"), e)),
+    }
 }
 
 /// The device must never autoconfigure IPv6 from router adverts (flannel does the same).

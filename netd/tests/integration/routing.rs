@@ -112,11 +112,45 @@ fn ip_masq_lets_containers_reach_outside_the_cluster() {
         || World::ping(&c1.0, outside),
     );
 
-    // Restarted without --ip-masq, netd removes its table.
+    // Restarted without --ip-masq (and with flannel's --ip-blackhole-route): the table keeps
+    // only the forward rules (flannel's --iptables-forward-rules, on by default).
     assert!(w.stop_netd(1).success());
-    w.start_netd(1, &[]);
+    w.start_netd(1, &["--ip-blackhole-route"]);
     w.wait_ready(1);
-    wait_until("masquerade table removed", Duration::from_secs(10), || {
+    wait_until(
+        "only the forward rules left",
+        Duration::from_secs(10),
+        || {
+            let t = try_run(&[
+                "ip", "netns", "exec", &h1, "nft", "list", "table", "ip", "netd",
+            ]);
+            let text = String::from_utf8_lossy(&t.stdout);
+            t.status.success() && !text.contains("masquerade") && text.contains("chain forward")
+        },
+    );
+    // The bridge's route for the subnet stays: its container is still reached.
+    let (net, len) = w.subnet_of(1).expect("h1 subnet");
+    wait_until("c2 reaches c1", Duration::from_secs(10), || {
+        World::ping(&c2.0, c1.1)
+    });
+    // Without a bridge holding the subnet (per-container routes, as Canal's), the subnet is
+    // routed to a blackhole within a reconcile.
+    run(&["ip", "-n", &h1, "link", "del", "cni0"]);
+    wait_until(
+        "blackhole route for h1's subnet",
+        Duration::from_secs(10),
+        || {
+            run(&["ip", "-n", &h1, "route", "show", "type", "blackhole"])
+                .contains(&format!("blackhole {net}/{len}"))
+        },
+    );
+
+    // Without forward rules either (in Go's one-dash form, as a flanneld unit would write it),
+    // netd removes its table.
+    assert!(w.stop_netd(1).success());
+    w.start_netd(1, &["-iptables-forward-rules=false"]);
+    w.wait_ready(1);
+    wait_until("netd's table removed", Duration::from_secs(10), || {
         !try_run(&[
             "ip", "netns", "exec", &h1, "nft", "list", "table", "ip", "netd",
         ])
