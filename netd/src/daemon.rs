@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::netconf::NetworkConfig;
 use crate::overlay::Overlay;
 use crate::peers::{OwnRecord, Peers};
+use crate::sd_notify;
 use crate::subnet::VxlanData;
 use crate::subnet_file::{self, SubnetEnv};
 use crate::{embedded, masq, overlay, watch};
@@ -52,6 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let result = tokio::select! {
         r = main(&config, metrics, ready) => r,
         () = shutdown => {
+            sd_notify::notify("STOPPING=1");
             tracing::info!("shutting down; routes, devices and the subnet record are left in place");
             Ok(())
         }
@@ -400,6 +402,11 @@ impl Running<'_> {
             self.written = true;
             self.ready.store(true, Ordering::SeqCst);
             tracing::info!(peers = self.peers.programmed_count(), "netd ready");
+            sd_notify::notify(&format!(
+                "READY=1\nSTATUS=subnet {} leased, {} peers routed",
+                self.own.subnet,
+                self.peers.programmed_count()
+            ));
         }
         Ok(())
     }

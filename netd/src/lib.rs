@@ -14,7 +14,8 @@
 //! * [`dataplane`] — kernel entries, diffing, and the rtnetlink implementation (VXLAN, routes).
 //! * [`subnet_file`], [`masq`] — subnet.env and the nftables masquerade table; [`file_trust`] —
 //!   refusing runtime files and directories other users could write.
-//! * [`http`], [`metrics`] — `/healthz`, `/readyz`, `/metrics`.
+//! * [`http`], [`metrics`] — `/healthz`, `/readyz`, `/metrics`; [`sd_notify`] — `READY=1` to
+//!   systemd (flannel's units are `Type=notify`).
 //! * [`overlay`] — the VXLAN device or host-gw set-up, and the record it makes.
 //! * [`daemon`] — start-up order and the main loop; [`ctl`] — the operator subcommands;
 //!   [`certs`] — `netd certs`, a small CA for TLS test clusters.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod netconf;
 pub mod overlay;
 pub mod peers;
+pub mod sd_notify;
 pub mod store;
 pub mod subnet;
 pub mod subnet_file;

@@ -9,6 +9,7 @@ mod bad_input;
 mod embedded;
 mod embedded_cluster;
 mod file_trust;
+mod flanneld_unit;
 mod kv_lease;
 mod leases;
 mod netlink;
