@@ -171,13 +171,7 @@ pub async fn choose_underlay(h: &Handle, choice: &IfaceChoice) -> Result<Underla
         }
     }
     if !choice.regexes.is_empty() {
-        let links: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| Error::netlink("list links", e))?;
+        let links = all_links(h).await?;
         for re in &choice.regexes {
             for l in &links {
                 let name = link_name(l);
@@ -226,15 +220,18 @@ async fn route_oif_to(h: &Handle, target: Ipv4Addr) -> Result<Option<u32>> {
         .and_then(|r| r.oif))
 }
 
-async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<LinkMessage> {
-    let links: Vec<LinkMessage> = h
-        .link()
+/// Every link of the namespace.
+async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>> {
+    h.link()
         .get()
         .execute()
         .try_collect()
         .await
-        .map_err(|e| Error::netlink("list links", e))?;
-    for l in links {
+        .map_err(|e| Error::netlink("list links", e))
+}
+
+async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<LinkMessage> {
+    for l in all_links(h).await? {
         if ipv4_addresses(h, l.header.index)
             .await?
             .iter()

@@ -52,6 +52,40 @@ fn vxlan_device_and_entries_in_a_namespace() {
                 .expect("by address");
             assert_eq!(by_ip.index, under.index);
             assert!(device::find_underlay(&h, Some("nope0")).await.is_err());
+            // flanneld's ways of choosing: --iface in order, --iface-regex on names and
+            // addresses, --iface-can-reach through the routing table.
+            let choose = |ifaces: &[&str], regexes: &[&str], can_reach: Option<Ipv4Addr>| {
+                device::IfaceChoice {
+                    ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+                    regexes: regexes
+                        .iter()
+                        .map(|r| regex::Regex::new(r).expect("regex"))
+                        .collect(),
+                    can_reach,
+                }
+            };
+            let pick = |c: device::IfaceChoice| {
+                let h = h.clone();
+                async move { device::choose_underlay(&h, &c).await }
+            };
+            let u = pick(choose(&["nope0", "eth0"], &[], None)).await.expect("second --iface");
+            assert_eq!(u.name, "eth0");
+            let u = pick(choose(&[], &["^e.h"], None)).await.expect("regex on names");
+            assert_eq!(u.name, "eth0");
+            let u = pick(choose(&[], &[r"^192\.0\.2\."], None)).await.expect("regex on addresses");
+            assert_eq!(u.addr, Ipv4Addr::new(192, 0, 2, 1));
+            let gw = Ipv4Addr::new(192, 0, 2, 254);
+            let u = pick(choose(&[], &[], Some(gw))).await.expect("can reach");
+            assert_eq!(u.name, "eth0");
+            let far = Ipv4Addr::new(203, 0, 113, 1);
+            let e = pick(choose(&["nope0"], &["^zz"], Some(far)))
+                .await
+                .expect_err("nothing fits");
+            let e = e.to_string();
+            assert!(
+                e.contains("nope0") && e.contains("^zz") && e.contains("203.0.113.1"),
+                "{e}"
+            );
 
             let spec = VxlanSpec {
                 vni: 1,
