@@ -32,6 +32,12 @@ pub enum Error {
     Timeout,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: member ID already exist")]
@@ -95,14 +101,17 @@ impl Error {
             | Error::InvalidArgument(_)
             | Error::BadPeerUrls => Code::InvalidArgument,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-            Error::LeaseExists | Error::MemberExists | Error::PeerUrlExists => {
-                Code::FailedPrecondition
-            }
+            Error::LeaseExists
+            | Error::MemberExists
+            | Error::PeerUrlExists
+            | Error::NotLeader
+            | Error::BadLeaderTransferee => Code::FailedPrecondition,
             // etcd 3.4 maps no code to this one: its clients see Unknown.
             Error::UnhealthyCluster => Code::Unknown,
             Error::NoLeader
             | Error::Timeout
             | Error::LeaderChanged
+            | Error::LeaderTransferTimeout
             | Error::Stopped
             | Error::Unhealthy => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,

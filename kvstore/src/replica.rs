@@ -186,6 +186,30 @@ impl Replica {
         self.wait(rx).await
     }
 
+    /// Hands leadership to member `target` and waits until it leads (etcd's `MoveLeader`):
+    /// only the leader may be asked; the target must be a member; a transfer that has not
+    /// finished within `within` is "leader transfer took too long".
+    pub async fn move_leader(&self, target: u64, within: Duration) -> Result<()> {
+        if self.leader() != self.member_id {
+            return Err(Error::NotLeader);
+        }
+        if !self.members().iter().any(|m| m.id == target) {
+            return Err(Error::BadLeaderTransferee);
+        }
+        self.tx
+            .send(Msg::TransferLeader { to: target })
+            .map_err(|_| Error::Stopped)?;
+        let deadline = tokio::time::Instant::now() + within;
+        // etcd polls its leader once a tick; the status is published by the raft loop.
+        while self.leader() != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until this member has applied everything committed before the call.
     pub async fn read_barrier(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();

@@ -106,6 +106,7 @@ impl Server {
 
     /// Stops serving, stops raft and flushes storage.
     pub async fn shutdown(mut self) -> Result<()> {
+        self.hand_off_leadership().await;
         self.member.shared.stopping.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -139,6 +140,36 @@ impl Server {
             Ok(r) => r,
             Err(e) => Err(Error::Shutdown(format!("the client serving task: {e}"))),
         }
+    }
+}
+
+impl Server {
+    /// A leader that stops first hands leadership to its most caught-up peer and waits (up to
+    /// the request timeout) until that peer leads, as etcd's graceful stop does: the cluster
+    /// then never waits an election timeout for a new leader on a planned restart.
+    async fn hand_off_leadership(&self) {
+        let m = &self.member;
+        if m.leader() != m.member_id || m.members().len() < 2 {
+            return;
+        }
+        if m.tx.send(Msg::HandOffLeadership).is_err() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        while m.leader() == m.member_id {
+            if started.elapsed() >= m.request_timeout {
+                tracing::warn!(
+                    "leadership transfer before stopping took too long; stopping anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(
+            new_leader = format!("{:x}", m.leader()),
+            took_ms = started.elapsed().as_millis() as u64,
+            "handed leadership over before stopping"
+        );
     }
 }
 

@@ -1,8 +1,9 @@
 //! The Cluster service (membership: add, remove, list, through raft conf changes) and
-//! the Maintenance service (Status, Alarm).
+//! the Maintenance service (Status, Alarm, MoveLeader).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
@@ -11,10 +12,27 @@ use crate::config;
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
+    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, MoveLeaderRequest,
+    MoveLeaderResponse, StatusRequest, StatusResponse, alarm_request::AlarmAction,
+    cluster_server::Cluster, maintenance_server::Maintenance,
 };
 use crate::replica::Replica;
+
+/// The client's deadline from its `grpc-timeout` header (e.g. `4998m`), when it sent one.
+fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// The version reported in Status: the etcd API level this member speaks.
 pub const API_VERSION: &str = "3.4.0";
@@ -148,6 +166,20 @@ impl Maintenance for MaintenanceService {
             }
             _ => Err(Error::Unimplemented("kvstore: raising alarms is not supported").into()),
         }
+    }
+
+    /// etcd's MoveLeader: the leader hands leadership to the target and answers once the
+    /// target leads (within the client's deadline, or the request timeout).
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let within = grpc_timeout(&req).unwrap_or(self.member.request_timeout);
+        let target = req.into_inner().target_id;
+        self.member.move_leader(target, within).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.member.header(self.member.current_revision()),
+        }))
     }
 
     async fn status(

@@ -51,6 +51,11 @@ pub enum Msg {
     PeerActivity {
         tx: oneshot::Sender<Result<crate::reconfig::Activity>>,
     },
+    /// Hand leadership to member `to` (this member being the leader); callers watch
+    /// [`RaftStatus::leader`] for the outcome.
+    TransferLeader { to: u64 },
+    /// If this member leads, hand leadership to its most caught-up peer (a graceful stop).
+    HandOffLeadership,
     /// Stop the loop (pending callers get "server stopped").
     Stop,
 }

@@ -35,6 +35,14 @@ struct Waiter {
     tx: oneshot::Sender<Result<Applied>>,
 }
 
+/// A proposal waiting for raft to take proposals again.
+struct HeldProposal {
+    id: u64,
+    data: Vec<u8>,
+    tx: oneshot::Sender<Result<Applied>>,
+    since: Instant,
+}
+
 /// A batch of reads sent to raft as one ReadIndex request.
 struct ReadBatch {
     started: Instant,
@@ -67,6 +75,9 @@ pub(crate) struct NodeLoop {
     revoking: HashSet<i64>,
     read_seq: u64,
     stop_requested: bool,
+    /// Proposals that arrived while no leader was known or leadership was being handed over:
+    /// they wait here (as etcd's do) until raft takes proposals again, instead of failing.
+    held: Vec<HeldProposal>,
     /// Requests removing this very member: if a peer's refusal is how this member learns
     /// of its removal (the leader stops replicating to it once the change commits), the
     /// refusal proves the change committed, and these callers get the new member list.
@@ -120,6 +131,7 @@ impl NodeLoop {
             revoking: HashSet::new(),
             read_seq: 0,
             stop_requested: false,
+            held: Vec::new(),
             self_removals: Vec::new(),
             writer,
             wal,
@@ -191,6 +203,9 @@ impl NodeLoop {
             if !self.pending_reads.is_empty() {
                 self.start_read();
             }
+            if !self.held.is_empty() {
+                self.release_held();
+            }
             if last_tick.elapsed() >= self.opts.tick {
                 last_tick = Instant::now();
                 self.raw.tick();
@@ -206,15 +221,12 @@ impl NodeLoop {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Propose { id, data, tx } => {
-                if let Err(e) = self.raw.propose(vec![], data) {
-                    tracing::debug!(error = %e, "proposal dropped");
-                    let _ = tx.send(Err(Error::NoLeader));
-                    return;
-                }
-                let term = self.raw.raft.term;
-                self.waiters.insert(id, Waiter { term, tx });
-            }
+            Msg::Propose { id, data, tx } => self.propose(HeldProposal {
+                id,
+                data,
+                tx,
+                since: Instant::now(),
+            }),
             Msg::ConfChange { id, cc, tx } => {
                 if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.me {
                     self.self_removals.push(id);
@@ -235,6 +247,23 @@ impl NodeLoop {
                 }
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::TransferLeader { to } => self.raw.transfer_leader(to),
+            Msg::HandOffLeadership => {
+                if self.raw.raft.state == StateRole::Leader {
+                    let me = self.me;
+                    let best = self
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .filter(|(id, _)| **id != me)
+                        .max_by_key(|(_, p)| p.matched)
+                        .map(|(id, _)| *id);
+                    if let Some(to) = best {
+                        self.raw.transfer_leader(to);
+                    }
+                }
+            }
             Msg::Removed => self.stop_removed(),
             Msg::PeerActivity { tx } => {
                 let res = if self.raw.raft.state == StateRole::Leader {
@@ -637,9 +666,54 @@ impl NodeLoop {
         Ok(())
     }
 
+    /// True when raft takes a proposal now: a leader is known and is not handing over.
+    fn takes_proposals(&self) -> bool {
+        let r = &self.raw.raft;
+        r.leader_id != raft::INVALID_ID
+            && !(r.state == StateRole::Leader && r.lead_transferee.is_some())
+    }
+
+    /// Proposes `p`, or holds it while raft takes no proposals.
+    fn propose(&mut self, p: HeldProposal) {
+        if !self.takes_proposals() {
+            self.held.push(p);
+            return;
+        }
+        if let Err(e) = self.raw.propose(vec![], p.data.clone()) {
+            tracing::debug!(error = %e, "proposal dropped; holding it");
+            self.held.push(p);
+            return;
+        }
+        let term = self.raw.raft.term;
+        self.waiters.insert(p.id, Waiter { term, tx: p.tx });
+    }
+
+    /// Proposes what was held once raft takes proposals again; a proposal held longer than a
+    /// read may wait (or whose caller has gone) is answered "no leader".
+    fn release_held(&mut self) {
+        let now = Instant::now();
+        let limit = self.opts.read_timeout;
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|p| p.tx.is_closed() || now.duration_since(p.since) >= limit);
+        for p in expired {
+            let _ = p.tx.send(Err(Error::NoLeader));
+        }
+        if !self.takes_proposals() {
+            self.held = keep;
+            return;
+        }
+        for p in keep {
+            self.propose(p);
+        }
+    }
+
     fn fail_all(&mut self, err: impl Fn() -> Error) {
         for (_, w) in self.waiters.drain() {
             let _ = w.tx.send(Err(err()));
+        }
+        for p in self.held.drain(..) {
+            let _ = p.tx.send(Err(err()));
         }
         for tx in self.pending_reads.drain(..) {
             let _ = tx.send(Err(err()));

@@ -393,3 +393,146 @@ async fn lease_survives_election_kvstore() {
 async fn lease_survives_election_etcd() {
     lease_across_election(Kind::Etcd).await;
 }
+
+/// `etcdctl move-leader` (Maintenance.MoveLeader), the same test code on both servers:
+/// leadership moves to the named member at once (no election timeout), every member agrees;
+/// a member that is not the leader answers "not leader", an unknown target is "bad leader
+/// transferee"; writes go on under the new leader.
+fn move_leader(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &[]);
+    let old = c.wait_leader(Duration::from_secs(10));
+    let target = (old + 1) % 3;
+    let target_id = c.id(target);
+    let started = Instant::now();
+    let out = c.ok(&["move-leader", &format!("{target_id:x}")]);
+    let took = started.elapsed();
+    assert!(
+        out.contains("Leadership transferred from") && out.contains(&format!("{target_id:x}")),
+        "{kind:?}: {out}"
+    );
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), target, "{kind:?}");
+    // A transfer is a round trip or two, far below the 1 s election timeout.
+    assert!(took < Duration::from_millis(900), "{kind:?}: took {took:?}");
+    c.ok(&["put", "after-move", "v"]);
+    assert!(c.ok(&["get", "after-move"]).contains('v'));
+
+    // Asked of a follower only: etcdctl finds no leader among the endpoints it was given.
+    let follower = (target + 1) % 3;
+    let out = c.members[follower].etcdctl(&["move-leader", &format!("{:x}", c.id(old))]);
+    assert!(!out.status.success(), "{kind:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no leader endpoint given"), "{kind:?}: {err}");
+
+    // The server side of the same refusals, through the gRPC API.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let follower_ep = c.members[follower].endpoint();
+    let leader_ep = c.members[target].endpoint();
+    let old_id = c.id(old);
+    rt.block_on(async {
+        let e = maintenance(&follower_ep)
+            .await
+            .move_leader(kvstore::proto::etcdserverpb::MoveLeaderRequest { target_id: old_id })
+            .await
+            .expect_err("a follower refuses");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{kind:?}: {e}");
+        assert_eq!(e.message(), "etcdserver: not leader", "{kind:?}");
+        let bad = maintenance(&leader_ep)
+            .await
+            .move_leader(kvstore::proto::etcdserverpb::MoveLeaderRequest { target_id: 0x1234 })
+            .await
+            .expect_err("an unknown member is refused");
+        assert_eq!(
+            bad.code(),
+            tonic::Code::FailedPrecondition,
+            "{kind:?}: {bad}"
+        );
+        assert_eq!(
+            bad.message(),
+            "etcdserver: bad leader transferee",
+            "{kind:?}"
+        );
+    });
+}
+
+async fn maintenance(
+    endpoint: &str,
+) -> kvstore::proto::etcdserverpb::maintenance_client::MaintenanceClient<tonic::transport::Channel>
+{
+    let url = if endpoint.starts_with("http") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    kvstore::proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel)
+}
+
+#[test]
+fn move_leader_kvstore() {
+    move_leader(Kind::Kvstore);
+}
+
+#[test]
+fn move_leader_etcd() {
+    move_leader(Kind::Etcd);
+}
+
+/// A planned stop of the leader (SIGTERM), the same test code on both servers: the leader
+/// hands leadership over before it stops (etcd's graceful stop), so a writer talking to the
+/// other two members sees no failed request and no stall near an election timeout (1 s).
+async fn planned_leader_stop(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| c.members[i].endpoint())
+        .collect();
+    let writer = client(&others.join(",")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut worst, mut failed, mut n) = (Duration::ZERO, 0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let put = writer.put_kv(format!("planned/{n:06}"), "v");
+                match tokio::time::timeout(Duration::from_secs(5), put).await {
+                    Ok(Ok(_)) => {}
+                    _ => failed += 1,
+                }
+                worst = worst.max(started.elapsed());
+                n += 1;
+            }
+            (worst, failed, n)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let code = tokio::task::block_in_place(|| c.members[leader].terminate());
+    // etcd re-raises SIGTERM after its graceful stop, so it ends by the signal (no code).
+    let clean = if kind == Kind::Etcd { None } else { Some(0) };
+    assert_eq!(code, clean, "{kind:?}: the leader exits cleanly");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (worst, failed, n) = task.await.expect("writer");
+    assert!(n > 50, "{kind:?}: the writer kept writing ({n} puts)");
+    assert_eq!(failed, 0, "{kind:?}: no request failed");
+    assert!(
+        worst < Duration::from_millis(500),
+        "{kind:?}: the slowest put took {worst:?}"
+    );
+    eprintln!("{kind:?}: {n} puts across the leader's planned stop, slowest {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_leader_stop_kvstore() {
+    planned_leader_stop(Kind::Kvstore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_leader_stop_etcd() {
+    planned_leader_stop(Kind::Etcd).await;
+}

@@ -68,11 +68,17 @@ fn vxlan_device_and_entries_in_a_namespace() {
                 let h = h.clone();
                 async move { device::choose_underlay(&h, &c).await }
             };
-            let u = pick(choose(&["nope0", "eth0"], &[], None)).await.expect("second --iface");
+            let u = pick(choose(&["nope0", "eth0"], &[], None))
+                .await
+                .expect("second --iface");
             assert_eq!(u.name, "eth0");
-            let u = pick(choose(&[], &["^e.h"], None)).await.expect("regex on names");
+            let u = pick(choose(&[], &["^e.h"], None))
+                .await
+                .expect("regex on names");
             assert_eq!(u.name, "eth0");
-            let u = pick(choose(&[], &[r"^192\.0\.2\."], None)).await.expect("regex on addresses");
+            let u = pick(choose(&[], &[r"^192\.0\.2\."], None))
+                .await
+                .expect("regex on addresses");
             assert_eq!(u.addr, Ipv4Addr::new(192, 0, 2, 1));
             let gw = Ipv4Addr::new(192, 0, 2, 254);
             let u = pick(choose(&[], &[], Some(gw))).await.expect("can reach");
