@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status};
 use crate::config;
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, MoveLeaderRequest,
-    MoveLeaderResponse, StatusRequest, StatusResponse, alarm_request::AlarmAction,
-    cluster_server::Cluster, maintenance_server::Maintenance,
+    AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member,
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MoveLeaderRequest, MoveLeaderResponse,
+    StatusRequest, StatusResponse, alarm_request::AlarmAction, cluster_server::Cluster,
+    maintenance_server::Maintenance,
 };
 use crate::replica::Replica;
 
@@ -166,6 +167,40 @@ impl Maintenance for MaintenanceService {
             }
             _ => Err(Error::Unimplemented("kvstore: raising alarms is not supported").into()),
         }
+    }
+
+    /// etcd's HashKV: a checksum of this member's keyspace history up to a revision, equal on
+    /// members that applied the same revisions ([`crate::mvcc::Mvcc::hash_kv`]).
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let (hash, compact_revision, current) = {
+            let sm = self.member.shared.sm.read();
+            (
+                sm.mvcc.hash_kv(rev)?,
+                sm.mvcc.compact_revision(),
+                sm.mvcc.current_revision(),
+            )
+        };
+        Ok(Response::new(HashKvResponse {
+            header: self.member.header(current),
+            hash,
+            compact_revision,
+        }))
+    }
+
+    /// etcd's Hash (meant for tests): here, the keyspace's HashKV at the latest revision.
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, current) = {
+            let sm = self.member.shared.sm.read();
+            (sm.mvcc.hash_kv(0)?, sm.mvcc.current_revision())
+        };
+        Ok(Response::new(HashResponse {
+            header: self.member.header(current),
+            hash,
+        }))
     }
 
     /// etcd's MoveLeader: the leader hands leadership to the target and answers once the

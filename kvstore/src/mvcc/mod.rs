@@ -103,6 +103,39 @@ impl Mvcc {
             .count()
     }
 
+    /// A checksum of the history held up to main revision `rev` (0: the latest), for
+    /// comparing members (etcd's HashKV): every record's position, tombstone flag and
+    /// key-value, in revision order. Members that applied the same log hold the same records
+    /// (compaction is replicated too), so equal revisions give equal hashes.
+    pub fn hash_kv(&self, rev: i64) -> Result<u32> {
+        if rev > self.current_revision() {
+            return Err(Error::FutureRevision);
+        }
+        if rev > 0 && rev <= self.compact_revision() {
+            return Err(Error::Compacted);
+        }
+        let rev = if rev == 0 {
+            self.current_revision()
+        } else {
+            rev
+        };
+        let mut h = crc32fast::Hasher::new();
+        for (at, r) in self.records_in(..=rev) {
+            h.update(&at.main.to_be_bytes());
+            h.update(&at.sub.to_be_bytes());
+            h.update(&[u8::from(r.tombstone)]);
+            let kv = &r.kv;
+            h.update(&(kv.key.len() as u64).to_be_bytes());
+            h.update(&kv.key);
+            h.update(&(kv.value.len() as u64).to_be_bytes());
+            h.update(&kv.value);
+            for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                h.update(&n.to_be_bytes());
+            }
+        }
+        Ok(h.finalize())
+    }
+
     /// Every record held (history since the compaction point), in revision order.
     pub fn records(&self) -> impl Iterator<Item = (Rev, &Record)> {
         self.records_in(..)
