@@ -101,11 +101,32 @@ impl Replica {
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Propose { id, data, tx })
-            .map_err(|_| Error::Stopped)?;
-        self.wait(rx).await
+        // A proposal lost to a leader change (certainly never applied: an entry of a newer
+        // term was applied first) is proposed again, as long as the request has time left,
+        // rather than failing a client that did nothing wrong.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.tx
+                .send(Msg::Propose {
+                    id,
+                    data: data.clone(),
+                    tx,
+                })
+                .map_err(|_| Error::Stopped)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let res = match tokio::time::timeout(left, rx).await {
+                Ok(Ok(res)) => res,
+                Ok(Err(_)) => Err(Error::Stopped),
+                Err(_) => Err(Error::Timeout),
+            };
+            match res {
+                Err(Error::LeaderChanged) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(id, "proposal lost to a leader change; proposing it again");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Adds (`member` given) or removes member `node_id` through a raft conf change;

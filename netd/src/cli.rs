@@ -290,7 +290,8 @@ impl DaemonArgs {
             .iface_regex
             .iter()
             .map(|r| {
-                regex::Regex::new(r).map_err(|e| Error::Usage(format!("--iface-regex {r:?}: {e}")))
+                regex_lite::Regex::new(r)
+                    .map_err(|e| Error::Usage(format!("--iface-regex {r:?}: {e}")))
             })
             .collect::<Result<_>>()?;
         Ok(crate::dataplane::device::IfaceChoice {

@@ -483,7 +483,8 @@ fn move_leader_etcd() {
 
 /// A planned stop of the leader (SIGTERM), the same test code on both servers: the leader
 /// hands leadership over before it stops (etcd's graceful stop), so a writer talking to the
-/// other two members sees no failed request and no stall near an election timeout (1 s).
+/// other two members sees no failed request and no stall near an election timeout (1 s) on
+/// kvstore; etcd's figures are printed beside them.
 async fn planned_leader_stop(kind: Kind) {
     let mut c = Cluster::start(kind, 3, &[]);
     let leader = c.wait_leader(Duration::from_secs(10));
@@ -496,13 +497,14 @@ async fn planned_leader_stop(kind: Kind) {
     let task = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let (mut worst, mut failed, mut n) = (Duration::ZERO, 0u32, 0u32);
+            let (mut worst, mut failed, mut n) = (Duration::ZERO, Vec::new(), 0u32);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let put = writer.put_kv(format!("planned/{n:06}"), "v");
                 match tokio::time::timeout(Duration::from_secs(5), put).await {
                     Ok(Ok(_)) => {}
-                    _ => failed += 1,
+                    Ok(Err(e)) => failed.push(e.to_string()),
+                    Err(_) => failed.push("no answer in 5 s".to_string()),
                 }
                 worst = worst.max(started.elapsed());
                 n += 1;
@@ -519,12 +521,18 @@ async fn planned_leader_stop(kind: Kind) {
     stop.store(true, Ordering::Relaxed);
     let (worst, failed, n) = task.await.expect("writer");
     assert!(n > 50, "{kind:?}: the writer kept writing ({n} puts)");
-    assert_eq!(failed, 0, "{kind:?}: no request failed");
-    assert!(
-        worst < Duration::from_millis(500),
-        "{kind:?}: the slowest put took {worst:?}"
+    eprintln!(
+        "{kind:?}: {n} puts across the leader's planned stop, slowest {worst:?}, failed {failed:?}"
     );
-    eprintln!("{kind:?}: {n} puts across the leader's planned stop, slowest {worst:?}");
+    // etcd 3.4 is measured, not held to this: a proposal its leader drops while handing over
+    // is never answered, so now and then one put waits out the client's 5 s and fails.
+    if kind == Kind::Kvstore {
+        assert!(failed.is_empty(), "{kind:?}: requests failed: {failed:?}");
+        assert!(
+            worst < Duration::from_millis(500),
+            "{kind:?}: the slowest put took {worst:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,7 +154,7 @@ pub async fn find_underlay(h: &Handle, iface: Option<&str>) -> Result<Underlay> 
 #[derive(Debug, Clone, Default)]
 pub struct IfaceChoice {
     pub ifaces: Vec<String>,
-    pub regexes: Vec<regex::Regex>,
+    pub regexes: Vec<regex_lite::Regex>,
     pub can_reach: Option<Ipv4Addr>,
 }
 

@@ -59,7 +59,7 @@ fn vxlan_device_and_entries_in_a_namespace() {
                     ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
                     regexes: regexes
                         .iter()
-                        .map(|r| regex::Regex::new(r).expect("regex"))
+                        .map(|r| regex_lite::Regex::new(r).expect("regex"))
                         .collect(),
                     can_reach,
                 }
