@@ -293,6 +293,18 @@ fn copied_vtep_mac_or_public_ip_never_cuts_off_a_live_host() {
         .expect("h2's VtepMAC")
         .to_string();
 
+    // The copies go in subnets below h2's that no live host holds (subnets are random).
+    let held: Vec<String> = [1, 3]
+        .iter()
+        .filter_map(|&h| w.subnet_of(h).map(|s| s.0.to_string()))
+        .collect();
+    let mut free = (5..200u8)
+        .map(|n| format!("10.244.{n}.0"))
+        .filter(|s| !held.contains(s));
+    let (mac_copy, ip_copy) = (
+        free.next().expect("a free subnet"),
+        free.next().expect("another free subnet"),
+    );
     let vx = |ip: &str, mac: &str| {
         format!(
             r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
@@ -300,12 +312,12 @@ fn copied_vtep_mac_or_public_ip_never_cuts_off_a_live_host() {
     };
     w.etcdctl(&[
         "put",
-        &format!("{p}10.244.5.0-24"),
+        &format!("{p}{mac_copy}-24"),
         &vx("192.0.2.99", &mac2),
     ]);
     w.etcdctl(&[
         "put",
-        &format!("{p}10.244.6.0-24"),
+        &format!("{p}{ip_copy}-24"),
         &vx("192.0.2.2", "02:00:00:00:00:66"),
     ]);
     // Several reconciles (the test world runs one every 2 s) after the events.
@@ -313,7 +325,7 @@ fn copied_vtep_mac_or_public_ip_never_cuts_off_a_live_host() {
         w.vxlan_fdb(h).get(&mac2).map(String::as_str) == Some("192.0.2.2")
             && w.vxlan_neighbours(h).get("10.244.200.0") == Some(&mac2)
             && w.cluster_routes(h).contains_key("10.244.200.0/24")
-            && !w.cluster_routes(h).contains_key("10.244.5.0/24")
+            && !w.cluster_routes(h).contains_key(&format!("{mac_copy}/24"))
     };
     for _ in 0..8 {
         std::thread::sleep(Duration::from_secs(1));
@@ -328,7 +340,7 @@ fn copied_vtep_mac_or_public_ip_never_cuts_off_a_live_host() {
         }
     }
     // The PublicIP copy claims nothing of h2's and is routed like any peer.
-    assert!(w.cluster_routes(1).contains_key("10.244.6.0/24"));
+    assert!(w.cluster_routes(1).contains_key(&format!("{ip_copy}/24")));
     wait_until("c1 still reaches c2", Duration::from_secs(5), || {
         World::ping(&c1.0, c2.1)
     });
