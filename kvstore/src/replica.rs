@@ -84,11 +84,23 @@ impl Replica {
     }
 
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
+        wait_by(rx, tokio::time::Instant::now() + self.request_timeout).await
+    }
+
+    /// Polls the published leader until `done` holds for it; false once `within` has passed.
+    pub(crate) async fn wait_for_leader(
+        &self,
+        within: Duration,
+        done: impl Fn(u64) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(self.leader()) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        true
     }
 
     /// Replicates `request` through raft and waits until it is applied.
@@ -114,13 +126,7 @@ impl Replica {
                     tx,
                 })
                 .map_err(|_| Error::Stopped)?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let res = match tokio::time::timeout(left, rx).await {
-                Ok(Ok(res)) => res,
-                Ok(Err(_)) => Err(Error::Stopped),
-                Err(_) => Err(Error::Timeout),
-            };
-            match res {
+            match wait_by(rx, deadline).await {
                 Err(Error::LeaderChanged) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(id, "proposal lost to a leader change; proposing it again");
                 }
@@ -220,15 +226,12 @@ impl Replica {
         self.tx
             .send(Msg::TransferLeader { to: target })
             .map_err(|_| Error::Stopped)?;
-        let deadline = tokio::time::Instant::now() + within;
         // etcd polls its leader once a tick; the status is published by the raft loop.
-        while self.leader() != target {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::LeaderTransferTimeout);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if self.wait_for_leader(within, |l| l == target).await {
+            Ok(())
+        } else {
+            Err(Error::LeaderTransferTimeout)
         }
-        Ok(())
     }
 
     /// Waits until this member has applied everything committed before the call.
@@ -360,5 +363,15 @@ impl Replica {
                 keys: Vec::new(),
             },
         })
+    }
+}
+
+/// The answer on `rx`, "request timed out" at `deadline`, "server stopped" if the raft loop
+/// dropped the request.
+async fn wait_by<T>(rx: oneshot::Receiver<Result<T>>, deadline: tokio::time::Instant) -> Result<T> {
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(_)) => Err(Error::Stopped),
+        Err(_) => Err(Error::Timeout),
     }
 }

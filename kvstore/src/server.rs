@@ -156,14 +156,10 @@ impl Server {
             return;
         }
         let started = tokio::time::Instant::now();
-        while m.leader() == m.member_id {
-            if started.elapsed() >= m.request_timeout {
-                tracing::warn!(
-                    "leadership transfer before stopping took too long; stopping anyway"
-                );
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let me = m.member_id;
+        if !m.wait_for_leader(m.request_timeout, |l| l != me).await {
+            tracing::warn!("leadership transfer before stopping took too long; stopping anyway");
+            return;
         }
         tracing::info!(
             new_leader = format!("{:x}", m.leader()),
