@@ -1,11 +1,12 @@
 //! Netlink pieces netd and netd-cni both use (through `rtnetlink`): what an error's errno
-//! means, looking a link up by name, a link's IPv4 addresses, and the main routing table.
+//! means, looking a link up by name, a link's IPv4 and IPv6 addresses, and the main routing
+//! table of either family.
 //! Errors stay `rtnetlink::Error`: each program says in its own words what it was doing.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkMessage;
@@ -93,6 +94,77 @@ pub async fn main_routes_v4(h: &Handle) -> Result<Vec<Route4>, rtnetlink::Error>
             r
         })
         .collect())
+}
+
+/// One IPv6 route of the main table, as netd and the plugin read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route6 {
+    pub dst: Ipv6Addr,
+    pub prefix: u8,
+    pub gw: Option<Ipv6Addr>,
+    pub oif: Option<u32>,
+}
+
+/// The IPv6 routes of the main table.
+pub async fn main_routes_v6(h: &Handle) -> Result<Vec<Route6>, rtnetlink::Error> {
+    let msgs: Vec<_> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.table == MAIN_TABLE && m.header.address_family == AddressFamily::Inet6)
+        .map(|m| {
+            let mut r = Route6 {
+                dst: Ipv6Addr::UNSPECIFIED,
+                prefix: m.header.destination_prefix_length,
+                gw: None,
+                oif: None,
+            };
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gw = Some(*g),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            r
+        })
+        .collect())
+}
+
+/// The global IPv6 addresses (with their prefixes) on link `index`; link-local ones
+/// (`fe80::/10`) are left out.
+pub async fn ipv6_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv6Network>, rtnetlink::Error> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.index != index || m.header.family != AddressFamily::Inet6 {
+            continue;
+        }
+        let addr = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(v)) | AddressAttribute::Local(IpAddr::V6(v)) => {
+                Some(*v)
+            }
+            _ => None,
+        });
+        if let Some(a) = addr
+            && (a.segments()[0] & 0xffc0) != 0xfe80
+            && let Ok(n) = Ipv6Network::new(a, m.header.prefix_len)
+        {
+            out.push(n);
+        }
+    }
+    Ok(out)
 }
 
 /// The IPv4 addresses (with their prefixes) on link `index`.

@@ -5,16 +5,19 @@
 //! ```text
 //! FLANNEL_NETWORK=10.244.0.0/16
 //! FLANNEL_SUBNET=10.244.3.1/24
+//! FLANNEL_IPV6_NETWORK=fd00:10:244::/56
+//! FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64
 //! FLANNEL_MTU=1450
 //! FLANNEL_IPMASQ=false
 //! ```
-//! `FLANNEL_SUBNET` holds the gateway address with the subnet's prefix.
+//! `FLANNEL_SUBNET` holds the gateway address with the subnet's prefix; so does
+//! `FLANNEL_IPV6_SUBNET`, written (with `FLANNEL_IPV6_NETWORK`) in a dual-stack network only.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::error::{Error, Result};
 
@@ -30,6 +33,19 @@ pub struct SubnetEnv {
     pub mtu: u32,
     /// True when netd masquerades itself, so the plugin must not.
     pub ipmasq: bool,
+    /// The IPv6 half of a dual-stack network.
+    pub ipv6: Option<Ipv6Env>,
+}
+
+/// The IPv6 lines of the file (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Env {
+    /// The whole IPv6 cluster network.
+    pub network: Ipv6Network,
+    /// The node's IPv6 subnet, network address form (`fd00:10:244:3::/64`).
+    pub subnet: Ipv6Network,
+    /// Gateway address on the bridge (`fd00:10:244:3::1`).
+    pub gateway: Ipv6Addr,
 }
 
 impl SubnetEnv {
@@ -43,13 +59,34 @@ impl SubnetEnv {
             gateway: Ipv4Addr::from(u32::from(base).wrapping_add(1)),
             mtu,
             ipmasq,
+            ipv6: None,
         }
+    }
+
+    /// The same file for a dual-stack network: `subnet` (any address inside it) of `network`,
+    /// gateway the subnet's first host address.
+    pub fn with_ipv6(mut self, network: Ipv6Network, subnet: Ipv6Network) -> SubnetEnv {
+        let base = subnet.network();
+        self.ipv6 = Some(Ipv6Env {
+            network,
+            subnet: Ipv6Network::new(base, subnet.prefix()).unwrap_or(subnet),
+            gateway: Ipv6Addr::from(u128::from(base).wrapping_add(1)),
+        });
+        self
     }
 
     /// The file's text.
     pub fn render(&self) -> String {
+        let ipv6 = self.ipv6.as_ref().map_or(String::new(), |v6| {
+            format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
+                v6.network,
+                v6.gateway,
+                v6.subnet.prefix()
+            )
+        });
         format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n{ipv6}FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
             self.network,
             self.gateway,
             self.subnet.prefix(),
@@ -61,6 +98,7 @@ impl SubnetEnv {
     /// Parses the file's text; the error is a human-readable reason.
     pub fn parse(text: &str) -> std::result::Result<SubnetEnv, String> {
         let (mut network, mut subnet, mut mtu, mut ipmasq) = (None, None, None, None);
+        let (mut network6, mut subnet6) = (None, None);
         for (no, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -98,7 +136,21 @@ impl SubnetEnv {
                 "FLANNEL_IPMASQ" => {
                     ipmasq = Some(value.parse::<bool>().map_err(|_| bad("true or false"))?);
                 }
-                // IPv6 keys and anything newer are not used yet.
+                "FLANNEL_IPV6_NETWORK" => {
+                    network6 = Some(
+                        value
+                            .parse::<Ipv6Network>()
+                            .map_err(|_| bad("an IPv6 CIDR"))?,
+                    );
+                }
+                "FLANNEL_IPV6_SUBNET" => {
+                    subnet6 = Some(
+                        value
+                            .parse::<Ipv6Network>()
+                            .map_err(|_| bad("an IPv6 CIDR"))?,
+                    );
+                }
+                // Anything newer is not used.
                 _ => {}
             }
         }
@@ -121,12 +173,23 @@ impl SubnetEnv {
                 "FLANNEL_SUBNET {with_gw} is outside FLANNEL_NETWORK {network}"
             ));
         }
+        let ipv6 = match (network6, subnet6) {
+            (None, None) => None,
+            (Some(network), Some(with_gw)) => Some(parse_ipv6(network, with_gw)?),
+            (Some(_), None) => {
+                return Err("FLANNEL_IPV6_SUBNET missing beside FLANNEL_IPV6_NETWORK".into());
+            }
+            (None, Some(_)) => {
+                return Err("FLANNEL_IPV6_NETWORK missing beside FLANNEL_IPV6_SUBNET".into());
+            }
+        };
         Ok(SubnetEnv {
             network,
             subnet,
             gateway,
             mtu,
             ipmasq: ipmasq.unwrap_or(false),
+            ipv6,
         })
     }
 
@@ -152,6 +215,34 @@ impl SubnetEnv {
     }
 }
 
+/// Checks the IPv6 lines as the IPv4 ones are checked: the subnet (≤ /126) inside the network,
+/// its address a host address (the gateway).
+fn parse_ipv6(network: Ipv6Network, with_gw: Ipv6Network) -> std::result::Result<Ipv6Env, String> {
+    if with_gw.prefix() > 126 {
+        return Err(format!(
+            "FLANNEL_IPV6_SUBNET {with_gw} is too small (max /126)"
+        ));
+    }
+    let subnet = Ipv6Network::new(with_gw.network(), with_gw.prefix())
+        .map_err(|e| format!("FLANNEL_IPV6_SUBNET {with_gw}: {e}"))?;
+    let gateway = with_gw.ip();
+    if gateway == subnet.network() {
+        return Err(format!(
+            "FLANNEL_IPV6_SUBNET {with_gw} must name a host address (the gateway)"
+        ));
+    }
+    if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
+        return Err(format!(
+            "FLANNEL_IPV6_SUBNET {with_gw} is outside FLANNEL_IPV6_NETWORK {network}"
+        ));
+    }
+    Ok(Ipv6Env {
+        network,
+        subnet,
+        gateway,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +260,55 @@ mod tests {
         assert_eq!(env.gateway, Ipv4Addr::new(10, 244, 3, 1));
         assert_eq!(env.render(), FILE);
         assert_eq!(SubnetEnv::parse(FILE), Ok(env));
+    }
+
+    #[test]
+    fn dual_stack_render_and_parse_agree() {
+        let env = SubnetEnv::new(
+            "10.244.0.0/16".parse().expect("literal"),
+            "10.244.3.0/24".parse().expect("literal"),
+            1430,
+            false,
+        )
+        .with_ipv6(
+            "fd00:10:244::/56".parse().expect("literal"),
+            "fd00:10:244:3::/64".parse().expect("literal"),
+        );
+        let text = env.render();
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(SubnetEnv::parse(&text), Ok(env));
+        let base =
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n";
+        for (v6, why) in [
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/56\n",
+                "FLANNEL_IPV6_SUBNET missing",
+            ),
+            (
+                "FLANNEL_IPV6_SUBNET=fd00::1/64\n",
+                "FLANNEL_IPV6_NETWORK missing",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd01::1/64\n",
+                "outside",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00::/64\n",
+                "gateway",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=10.0.0.1/24\n",
+                "IPv6 CIDR",
+            ),
+        ] {
+            let e = SubnetEnv::parse(&format!("{base}{v6}")).expect_err(v6);
+            assert!(e.contains(why), "{v6}: {e}");
+        }
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub struct DaemonArgs {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
-    /// IPv6 address other hosts use to reach this one: netd has no IPv6 yet, so it is refused.
+    /// IPv6 address other hosts use to reach this one in a dual-stack network (EnableIPv6);
+    /// default: the interface's first global IPv6 address.
     #[arg(long, env = "NETD_PUBLIC_IPV6")]
     pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// Masquerade traffic leaving the cluster network (nftables table `ip netd`).
@@ -376,11 +377,6 @@ impl Config {
                  store (--etcd-endpoints, or its embedded member) and reads the network config \
                  from it (`netd config set`)"
             )));
-        }
-        if self.daemon.public_ipv6.is_some() {
-            return Err(Error::Usage(
-                "--public-ipv6: netd does not support IPv6 yet (IPv4 only)".into(),
-            ));
         }
         self.daemon.iface_choice()?;
         if !self.kv.etcd_prefix.starts_with('/') {

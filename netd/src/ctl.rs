@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::cli::{ConfigAction, KvArgs};
 use crate::error::{Error, Result};
 use crate::kv::Kv;
-use crate::subnet::{LeaseAttrs, Subnet};
+use crate::subnet::{LeaseAttrs, SubnetKey};
 
 async fn connect(args: &KvArgs) -> Result<Kv> {
     if args.etcd_endpoints.is_empty() {
@@ -57,9 +57,17 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
             for w in crate::netconf::warnings(&text) {
                 eprintln!("netd: warning: {w}");
             }
+            let ipv6 = cfg.ipv6.as_ref().map_or(String::new(), |c6| {
+                format!(
+                    ", IPv6 network {} subnets /{} ({} available)",
+                    c6.network,
+                    c6.subnet_len,
+                    c6.subnet_count()
+                )
+            });
             writeln!(
                 out,
-                "stored {}: network {} subnets /{} ({} available), backend {}",
+                "stored {}: network {} subnets /{} ({} available){ipv6}, backend {}",
                 kv.config_key(),
                 cfg.network,
                 cfg.subnet_len,
@@ -77,7 +85,10 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
 struct Row {
     key: String,
     subnet: Option<String>,
+    /// The IPv6 subnet of a dual-stack record.
+    ipv6_subnet: Option<String>,
     public_ip: Option<String>,
+    public_ipv6: Option<String>,
     backend: Option<String>,
     vtep_mac: Option<String>,
     /// KV lease id in hex, as etcdctl prints it; null for a reservation.
@@ -103,7 +114,7 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
     let rows: Vec<Row> = records
         .into_iter()
         .map(|(key, value, lease)| {
-            let subnet = Subnet::from_key(&key);
+            let subnet = SubnetKey::from_key(&key);
             let attrs = serde_json::from_slice::<LeaseAttrs>(&value);
             let error = match (&subnet, &attrs) {
                 (Err(e), _) => Some(e.clone()),
@@ -112,8 +123,17 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
             };
             let attrs = attrs.ok();
             Row {
-                subnet: subnet.ok().map(|s| s.to_string()),
+                ipv6_subnet: subnet
+                    .as_ref()
+                    .ok()
+                    .and_then(|s| s.v6)
+                    .map(|s| s.to_string()),
+                subnet: subnet.ok().map(|s| s.v4.to_string()),
                 public_ip: attrs.as_ref().map(|a| a.public_ip.to_string()),
+                public_ipv6: attrs
+                    .as_ref()
+                    .and_then(|a| a.public_ipv6)
+                    .map(|a| a.to_string()),
                 backend: attrs.as_ref().map(|a| a.backend_type.clone()),
                 vtep_mac: attrs
                     .as_ref()
@@ -133,10 +153,25 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
         writeln!(out).map_err(w)?;
         return Ok(());
     }
+    // The IPv6 columns appear when some record is dual-stack.
+    let dual = rows.iter().any(|r| r.ipv6_subnet.is_some());
+    let v6_columns = |subnet: &str, ip: &str| {
+        if dual {
+            format!("{subnet:<24} {ip:<26} ")
+        } else {
+            String::new()
+        }
+    };
     writeln!(
         out,
-        "{:<20} {:<16} {:<8} {:<18} {:<17} {:<10} NOTE",
-        "SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "LEASE", "EXPIRES-IN"
+        "{:<20} {:<16} {}{:<8} {:<18} {:<17} {:<10} NOTE",
+        "SUBNET",
+        "PUBLIC-IP",
+        v6_columns("IPV6-SUBNET", "PUBLIC-IPV6"),
+        "BACKEND",
+        "VTEP-MAC",
+        "LEASE",
+        "EXPIRES-IN"
     )
     .map_err(w)?;
     for r in rows {
@@ -152,9 +187,13 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
         };
         writeln!(
             out,
-            "{:<20} {:<16} {:<8} {:<18} {:<17} {:<10} {}",
+            "{:<20} {:<16} {}{:<8} {:<18} {:<17} {:<10} {}",
             r.subnet.unwrap_or(r.key),
             r.public_ip.unwrap_or_else(|| "-".into()),
+            v6_columns(
+                r.ipv6_subnet.as_deref().unwrap_or("-"),
+                r.public_ipv6.as_deref().unwrap_or("-")
+            ),
             r.backend.unwrap_or_else(|| "-".into()),
             r.vtep_mac.unwrap_or_else(|| "-".into()),
             r.lease.unwrap_or_else(|| "-".into()),

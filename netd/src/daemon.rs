@@ -7,7 +7,9 @@
 //! re-acquisition. Shutdown leaves routes and records in place so containers keep working.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnetwork::IpNetwork;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -86,28 +88,61 @@ where
     }
 }
 
-/// Everything that depends on which subnet we hold: vtep address, masquerade, subnet file.
+/// Everything that depends on which subnet we hold: vtep addresses, masquerade, blackhole routes.
 async fn apply_own_subnet(
     h: &Handle,
     config: &Config,
     net: &NetworkConfig,
     backend: &Overlay,
+    underlay: &Underlay,
     own: &OwnLease,
 ) -> Result<()> {
-    if let Some((_, dev)) = &backend.vxlan {
-        device::ensure_vtep_address(h, dev.index, own.subnet.addr(), net.network).await?;
-    }
-    masq::enable_forwarding()?;
+    ensure_vtep_addresses(h, net, backend, own).await?;
+    masq::enable_forwarding(net.ipv6.is_some(), &underlay.name)?;
     let rules = config.daemon.nft_rules();
     if rules.any() {
-        masq::install(net.network, own.subnet, rules)?;
+        masq::install(masq_scope(net, own), rules)?;
     } else if let Err(e) = masq::remove() {
         tracing::debug!(error = %e, "no nftables table to remove");
     }
     if config.daemon.ip_blackhole_route {
-        device::ensure_blackhole(h, own.subnet.0).await?;
+        ensure_blackholes(h, own).await?;
     }
     Ok(())
+}
+
+/// The own subnets' network addresses on the VXLAN devices (`/32`, `/128`).
+async fn ensure_vtep_addresses(
+    h: &Handle,
+    net: &NetworkConfig,
+    backend: &Overlay,
+    own: &OwnLease,
+) -> Result<()> {
+    if let Some((_, dev)) = &backend.vxlan {
+        let addr = IpAddr::V4(own.subnet.v4.addr());
+        device::ensure_vtep_address(h, dev.index, addr, IpNetwork::V4(net.network)).await?;
+    }
+    if let (Some((_, dev)), Some(v6), Some(c6)) = (&backend.vxlan6, own.subnet.v6, &net.ipv6) {
+        let addr = IpAddr::V6(v6.addr());
+        device::ensure_vtep_address(h, dev.index, addr, IpNetwork::V6(c6.network)).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_blackholes(h: &Handle, own: &OwnLease) -> Result<()> {
+    device::ensure_blackhole(h, IpNetwork::V4(own.subnet.v4.0)).await?;
+    if let Some(v6) = own.subnet.v6 {
+        device::ensure_blackhole(h, IpNetwork::V6(v6.0)).await?;
+    }
+    Ok(())
+}
+
+fn masq_scope(net: &NetworkConfig, own: &OwnLease) -> masq::Scope {
+    masq::Scope {
+        network: net.network,
+        network6: net.ipv6.as_ref().map(|c| c.network),
+        subnet: own.subnet,
+    }
 }
 
 fn write_subnet_file(
@@ -116,12 +151,15 @@ fn write_subnet_file(
     backend: &Overlay,
     own: &OwnLease,
 ) -> Result<()> {
-    let env = SubnetEnv::new(
+    let mut env = SubnetEnv::new(
         net.network,
-        own.subnet.0,
+        own.subnet.v4.0,
         backend.mtu,
         config.daemon.ip_masq,
     );
+    if let (Some(c6), Some(v6)) = (&net.ipv6, own.subnet.v6) {
+        env = env.with_ipv6(c6.network, v6.0);
+    }
     env.write(&config.daemon.subnet_file)?;
     tracing::info!(path = %config.daemon.subnet_file.display(), subnet = %own.subnet, "subnet file written");
     Ok(())
@@ -156,15 +194,22 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     })
     .await;
     let net = retry("reading the network config", || kv.get_config()).await;
-    tracing::info!(network = %net.network, subnet_len = net.subnet_len, backend = net.backend.type_name(), "network config");
+    tracing::info!(
+        network = %net.network,
+        subnet_len = net.subnet_len,
+        ipv6_network = ?net.ipv6.as_ref().map(|c| c.network),
+        backend = net.backend.type_name(),
+        "network config"
+    );
 
     let (conn, h, _) =
         rtnetlink::new_connection().map_err(|e| Error::Kernel(format!("netlink socket: {e}")))?;
     tokio::spawn(conn);
     let underlay = device::choose_underlay(&h, &config.daemon.iface_choice()?).await?;
     let public_ip = config.daemon.public_ip.unwrap_or(underlay.addr);
-    tracing::info!(iface = %underlay.name, local = %underlay.addr, %public_ip, "underlay");
-    let backend = overlay::set_up(&h, &net, &underlay, public_ip).await?;
+    tracing::info!(iface = %underlay.name, local = %underlay.addr, local6 = ?underlay.v6.map(|n| n.ip()), %public_ip, "underlay");
+    let backend =
+        overlay::set_up(&h, &net, &underlay, public_ip, config.daemon.public_ipv6).await?;
 
     let timing = LeaseTiming {
         ttl: Duration::from_secs(config.daemon.subnet_lease_ttl),
@@ -177,13 +222,13 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     .await;
     metrics.lease_acquisitions.inc();
     metrics.lease_held.set(1);
-    apply_own_subnet(&h, config, &net, &backend, &own).await?;
+    apply_own_subnet(&h, config, &net, &backend, &underlay, &own).await?;
 
-    let overlay = backend.vxlan.as_ref().map(|(_, d)| d.index);
-    let dp = NetlinkDataplane::new(h.clone(), overlay, underlay.index, net.network);
+    let dp = dataplane(&h, &net, &backend, &underlay);
     let peers = Peers::new(
         dp,
         backend.mode.clone(),
+        net.ipv6.is_some(),
         own.subnet,
         public_ip,
         metrics.clone(),
@@ -233,6 +278,21 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
             )),
         }
         d.mark_ready_once()?;
+    }
+}
+
+/// The netlink dataplane for the backend's devices, owning routes inside the cluster networks.
+fn dataplane(
+    h: &Handle,
+    net: &NetworkConfig,
+    backend: &Overlay,
+    underlay: &Underlay,
+) -> NetlinkDataplane {
+    let overlay = backend.vxlan.as_ref().map(|(_, d)| d.index);
+    let dp = NetlinkDataplane::new(h.clone(), overlay, underlay.index, net.network);
+    match &net.ipv6 {
+        Some(c6) => dp.with_ipv6(c6.network, backend.vxlan6.as_ref().map(|(_, d)| d.index)),
+        None => dp,
     }
 }
 
@@ -287,51 +347,62 @@ impl Running<'_> {
         }
     }
 
-    /// Periodic: recreate the VXLAN device if it vanished, restore the vtep address (and the
-    /// blackhole route) if they were removed, then reconcile every peer.
+    /// Periodic: recreate a VXLAN device that vanished, restore the vtep addresses (and the
+    /// blackhole routes) if they were removed, then reconcile every peer.
     async fn on_reconcile_tick(&mut self) {
-        if let Some((spec, dev)) = &mut self.backend.vxlan {
+        let mut recreated = false;
+        for v6 in [false, true] {
+            let slot = if v6 {
+                &mut self.backend.vxlan6
+            } else {
+                &mut self.backend.vxlan
+            };
+            let Some((spec, dev)) = slot else { continue };
             match device::ensure_vxlan(&self.h, spec).await {
                 Ok(now) if now != *dev => {
-                    tracing::warn!("VXLAN device was recreated; re-programming");
+                    tracing::warn!(device = %spec.name(), "VXLAN device was recreated; re-programming");
                     *dev = now;
-                    self.backend.attrs.backend_data = Some(VxlanData {
+                    let data = Some(VxlanData {
                         vni: spec.vni,
                         vtep_mac: now.mac,
                     });
-                    self.peers.replace_dataplane(NetlinkDataplane::new(
-                        self.h.clone(),
-                        Some(now.index),
-                        self.underlay.index,
-                        self.net.network,
-                    ));
-                    // Publish the new VtepMAC: re-acquisition rewrites our record.
-                    self.lease_ok = false;
-                    self.renew_at = tokio::time::Instant::now();
+                    if v6 {
+                        self.backend.attrs.backend_v6_data = data;
+                    } else {
+                        self.backend.attrs.backend_data = data;
+                    }
+                    recreated = true;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "checking the VXLAN device failed"),
             }
-            let vtep = self.own.subnet.addr();
-            if let Err(e) =
-                device::ensure_vtep_address(&self.h, dev.index, vtep, self.net.network).await
-            {
-                tracing::warn!(error = %e, "checking the vtep address failed");
-            }
+        }
+        if recreated {
+            self.peers.replace_dataplane(dataplane(
+                &self.h,
+                &self.net,
+                &self.backend,
+                &self.underlay,
+            ));
+            // Publish the new VtepMAC: re-acquisition rewrites our record.
+            self.lease_ok = false;
+            self.renew_at = tokio::time::Instant::now();
+        }
+        if let Err(e) = ensure_vtep_addresses(&self.h, &self.net, &self.backend, &self.own).await {
+            tracing::warn!(error = %e, "checking the vtep address failed");
         }
         if self.config.daemon.ip_blackhole_route
-            && let Err(e) = device::ensure_blackhole(&self.h, self.own.subnet.0).await
+            && let Err(e) = ensure_blackholes(&self.h, &self.own).await
         {
             tracing::warn!(error = %e, "checking the blackhole route failed");
         }
         self.peers.reconcile(false).await;
     }
 
-    /// Periodic (`--iptables-resync`): put netd's nftables table back if someone removed it.
+    /// Periodic (`--iptables-resync`): put netd's nftables tables back if someone removed them.
     fn on_nft_resync(&mut self) {
         if let Err(e) = masq::ensure(
-            self.net.network,
-            self.own.subnet,
+            masq_scope(&self.net, &self.own),
             self.config.daemon.nft_rules(),
         ) {
             tracing::warn!(error = %e, "checking the nftables rules failed");
@@ -384,7 +455,15 @@ impl Running<'_> {
         if changed {
             tracing::warn!(subnet = %self.own.subnet, "subnet changed; containers of the old subnet lose connectivity");
             self.peers.set_own_subnet(self.own.subnet);
-            apply_own_subnet(&self.h, self.config, &self.net, &self.backend, &self.own).await?;
+            apply_own_subnet(
+                &self.h,
+                self.config,
+                &self.net,
+                &self.backend,
+                &self.underlay,
+                &self.own,
+            )
+            .await?;
             if self.written {
                 write_subnet_file(self.config, &self.net, &self.backend, &self.own)?;
             }

@@ -3,8 +3,6 @@
 //! Every fallible path in netd ends in [`Error`]; variants carry the context an operator needs to
 //! act on a one-line message (which key, which file, which device).
 
-use std::net::Ipv4Addr;
-
 /// Everything that can go wrong in netd.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,7 +66,7 @@ pub enum Error {
 
     /// The public IP is not on the chosen interface where the backend needs it to be.
     #[error("public IP {ip} is not an address of interface {iface}")]
-    PublicIpNotLocal { ip: Ipv4Addr, iface: String },
+    PublicIpNotLocal { ip: std::net::IpAddr, iface: String },
 
     /// A runtime file or directory others could write (see `file_trust`).
     #[error("refusing {path}: it {reason}")]

@@ -13,7 +13,7 @@ use kvstore::proto::etcdserverpb::{PutRequest, TxnRequest};
 use crate::error::{Error, Result};
 use crate::netconf::NetworkConfig;
 use crate::store::{KvWatch, SubnetStore};
-use crate::subnet::{LeaseAttrs, PeerRecord, Subnet, parse_record};
+use crate::subnet::{LeaseAttrs, PeerRecord, SubnetKey, parse_record};
 
 /// Default key prefix (flannel's).
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -123,7 +123,7 @@ impl Kv {
     }
 
     /// `<prefix>/subnets/<key>`
-    pub fn subnet_key(&self, subnet: &Subnet) -> String {
+    pub fn subnet_key(&self, subnet: &SubnetKey) -> String {
         format!("{}{}", self.subnets_prefix(), subnet.key())
     }
 
@@ -233,7 +233,12 @@ impl SubnetStore for Kv {
 
     /// Creates a record only if the key does not exist (version == 0). Returns false when
     /// another host got there first.
-    async fn create_subnet(&self, subnet: &Subnet, attrs: &LeaseAttrs, lease: i64) -> Result<bool> {
+    async fn create_subnet(
+        &self,
+        subnet: &SubnetKey,
+        attrs: &LeaseAttrs,
+        lease: i64,
+    ) -> Result<bool> {
         let key = self.subnet_key(subnet);
         let value = serde_json::to_vec(attrs)?;
         let txn = req::txn(
@@ -247,7 +252,7 @@ impl SubnetStore for Kv {
     /// Rewrites a record only if it was not changed since `mod_revision`. Returns false otherwise.
     async fn update_subnet(
         &self,
-        subnet: &Subnet,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         lease: i64,
         mod_revision: i64,
@@ -267,7 +272,7 @@ impl SubnetStore for Kv {
     }
 
     /// Deletes a record if it was not changed since `mod_revision`.
-    async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
+    async fn delete_subnet_if(&self, subnet: &SubnetKey, mod_revision: i64) -> Result<bool> {
         let key = self.subnet_key(subnet);
         let txn = req::txn(
             [req::mod_revision_is(

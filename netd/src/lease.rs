@@ -7,13 +7,13 @@
 //! the host whose PublicIP it names uses it, and it is never given a lease or taken.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::netconf::NetworkConfig;
 use crate::store::SubnetStore;
-use crate::subnet::{LeaseAttrs, Subnet, in_allocatable_range, pick_free};
+use crate::subnet::{LeaseAttrs, SubnetKey, key_fits, pick_free, pick_free6};
 
 /// How many compare-and-swap races to lose before giving up for this round.
 const RACE_RETRIES: u32 = 10;
@@ -21,7 +21,7 @@ const RACE_RETRIES: u32 = 10;
 /// This host's subnet record as held in the KV store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnLease {
-    pub subnet: Subnet,
+    pub subnet: SubnetKey,
     /// KV lease id; 0 for a reservation (nothing to keep alive).
     pub lease: i64,
 }
@@ -51,7 +51,7 @@ pub async fn acquire<S: SubnetStore>(
     kv: &S,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Subnet>,
+    previous: Option<SubnetKey>,
     timing: LeaseTiming,
 ) -> Result<OwnLease> {
     let ttl = timing.ttl.as_secs().max(1) as i64;
@@ -65,7 +65,7 @@ pub async fn acquire<S: SubnetStore>(
             .collect();
         mine.sort_by_key(|r| (Some(r.subnet) != previous, r.subnet));
         for r in mine {
-            if !r.is_reservation() && !in_allocatable_range(config, r.subnet) {
+            if !r.is_reservation() && !key_fits(config, r.subnet) {
                 tracing::warn!(subnet = %r.subnet, "own record does not fit the config; deleting it");
                 kv.delete_subnet_if(&r.subnet, r.mod_revision).await?;
                 continue;
@@ -107,19 +107,36 @@ pub async fn acquire<S: SubnetStore>(
             revoke_quietly(kv, lease).await;
             break;
         }
-        // 2./3. A new record: the previous subnet if free, else a random free one.
-        let mut taken: BTreeSet<Ipv4Addr> =
-            listing.records.iter().map(|r| r.subnet.addr()).collect();
+        // 2./3. A new record: the previous subnets if free, else random free ones.
+        let mut keys: Vec<SubnetKey> = listing.records.iter().map(|r| r.subnet).collect();
         for e in &listing.rejected {
             if let Error::BadRecord { key, .. } = e
-                && let Ok(s) = Subnet::from_key(key)
+                && let Ok(s) = SubnetKey::from_key(key)
             {
-                taken.insert(s.addr());
+                keys.push(s);
             }
         }
+        let taken: BTreeSet<Ipv4Addr> = keys.iter().map(|k| k.v4.addr()).collect();
+        let taken6: BTreeSet<Ipv6Addr> =
+            keys.iter().filter_map(|k| k.v6).map(|s| s.addr()).collect();
         let candidate = match previous {
-            Some(p) if in_allocatable_range(config, p) && !taken.contains(&p.addr()) => p,
-            _ => pick_free(config, &taken, &mut rand::rng())?,
+            Some(p)
+                if key_fits(config, p)
+                    && !taken.contains(&p.v4.addr())
+                    && p.v6.is_none_or(|s| !taken6.contains(&s.addr())) =>
+            {
+                p
+            }
+            _ => {
+                let mut rng = rand::rng();
+                SubnetKey {
+                    v4: pick_free(config, &taken, &mut rng)?,
+                    v6: match &config.ipv6 {
+                        Some(c6) => Some(pick_free6(c6, &taken6, &mut rng)?),
+                        None => None,
+                    },
+                }
+            }
         };
         let lease = kv.grant(ttl).await?;
         if kv.create_subnet(&candidate, attrs, lease).await? {
@@ -202,6 +219,7 @@ mod tests {
                 vni: 1,
                 vtep_mac: MacAddr([2, 0, 0, 0, 0, n]),
             }),
+            backend_v6_data: None,
         }
     }
 
@@ -274,17 +292,28 @@ mod tests {
         async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
             self.inner.list_subnets(config).await
         }
-        async fn create_subnet(&self, s: &Subnet, attrs: &LeaseAttrs, lease: i64) -> Result<bool> {
+        async fn create_subnet(
+            &self,
+            s: &SubnetKey,
+            attrs: &LeaseAttrs,
+            lease: i64,
+        ) -> Result<bool> {
             if !self.raced.swap(true, Ordering::SeqCst) {
                 let theirs = serde_json::to_string(&host(9)).expect("json");
                 self.inner.put_raw(&s.key(), &theirs, 0);
             }
             self.inner.create_subnet(s, attrs, lease).await
         }
-        async fn update_subnet(&self, s: &Subnet, a: &LeaseAttrs, l: i64, m: i64) -> Result<bool> {
+        async fn update_subnet(
+            &self,
+            s: &SubnetKey,
+            a: &LeaseAttrs,
+            l: i64,
+            m: i64,
+        ) -> Result<bool> {
             self.inner.update_subnet(s, a, l, m).await
         }
-        async fn delete_subnet_if(&self, s: &Subnet, m: i64) -> Result<bool> {
+        async fn delete_subnet_if(&self, s: &SubnetKey, m: i64) -> Result<bool> {
             self.inner.delete_subnet_if(s, m).await
         }
         async fn grant(&self, ttl: i64) -> Result<i64> {
@@ -308,7 +337,7 @@ mod tests {
             inner: MemoryStore::default(),
             raced: AtomicBool::new(false),
         };
-        let wanted = Subnet::from_key("10.244.42.0-24").expect("subnet");
+        let wanted = SubnetKey::from_key("10.244.42.0-24").expect("subnet");
         let own = acquire(&kv, &config(), &host(1), Some(wanted), TIMING)
             .await
             .expect("acquire after losing a race");
@@ -317,5 +346,74 @@ mod tests {
         assert_eq!(keys.len(), 2, "{keys:?}");
         // The lease granted for the lost attempt was revoked, not leaked.
         assert_eq!(kv.inner.live_leases(), vec![own.lease]);
+    }
+
+    /// Dual-stack: each host gets an IPv4 and an IPv6 subnet, distinct per family; an
+    /// IPv4-only record of this host left from before IPv6 was turned on is replaced (flannel's
+    /// compatibility rule), and the previous subnets from the subnet file are reused.
+    #[tokio::test]
+    async fn dual_stack_leases_carry_both_families() {
+        let net = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        )
+        .expect("config");
+        let kv = MemoryStore::default();
+        let host = |n: u8| LeaseAttrs {
+            public_ipv6: Some(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                n.into(),
+            )),
+            backend_v6_data: Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr([2, 0, 0, 0, 6, n]),
+            }),
+            ..host(n)
+        };
+        // Host 1 held an IPv4-only record.
+        let old = SubnetKey::from_key("10.244.7.0-24").expect("key");
+        let lease = kv.grant(60).await.expect("grant");
+        assert!(
+            kv.create_subnet(&old, &host(1), lease)
+                .await
+                .expect("create")
+        );
+        let a = acquire(&kv, &net, &host(1), None, TIMING)
+            .await
+            .expect("acquire");
+        let b = acquire(&kv, &net, &host(2), None, TIMING)
+            .await
+            .expect("acquire");
+        let (a6, b6) = (a.subnet.v6.expect("v6"), b.subnet.v6.expect("v6"));
+        assert_ne!(a6, b6);
+        assert_ne!(a.subnet.v4, b.subnet.v4);
+        let c6 = net.ipv6.as_ref().expect("v6 config");
+        assert!(crate::subnet::in_allocatable_range6(c6, a6));
+        let keys = kv.keys();
+        assert_eq!(keys.len(), 2, "the IPv4-only record is gone: {keys:?}");
+        assert!(keys.iter().all(|(k, _)| k.contains('&')), "{keys:?}");
+        // After the records are gone, the previous subnets come back.
+        let listing = kv.list_subnets(&net).await.expect("list");
+        let rec = listing
+            .records
+            .iter()
+            .find(|r| r.subnet == a.subnet)
+            .expect("a's record");
+        assert!(
+            kv.delete_subnet_if(&a.subnet, rec.mod_revision)
+                .await
+                .expect("delete")
+        );
+        let keys = kv.keys();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let again = acquire(&kv, &net, &host(1), Some(a.subnet), TIMING)
+            .await
+            .expect("acquire");
+        assert_eq!(again.subnet, a.subnet);
     }
 }

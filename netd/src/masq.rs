@@ -1,19 +1,20 @@
-//! IP masquerade and forward rules in nftables, owned by netd: one table, `ip netd`, replaced
-//! atomically with `nft -f -` and deleted when neither is wanted.
+//! IP masquerade and forward rules in nftables, owned by netd: one table per family, `ip netd`
+//! and, in a dual-stack network, `ip6 netd`, replaced atomically (both in one `nft -f -`
+//! script) and deleted when neither rule set is wanted.
 //!
 //! Same policy as flannel's `--ip-masq`: traffic inside the cluster network is never NATed;
 //! traffic from the cluster network to the outside (except multicast) is masqueraded (with
 //! fully-random ports unless `--ip-masq-fully-random-disable`); traffic from outside to another
 //! host's subnet is masqueraded; kube-proxy's mark is respected. As flannel's
 //! `--iptables-forward-rules` (on by default), forwarded traffic from and to the cluster network
-//! is accepted.
+//! is accepted. IPv6 gets the same rules against `IPv6Network` (multicast is `ff00::/8`).
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::error::{Error, Result};
-use crate::subnet::Subnet;
+use crate::subnet::SubnetKey;
 
-/// Name of the table netd owns.
+/// Name of the tables netd owns.
 pub const TABLE: &str = "netd";
 
 /// Which rules netd's table holds.
@@ -34,14 +35,27 @@ impl Rules {
     }
 }
 
-/// The nft script that (re)creates the table.
-pub fn ruleset(network: Ipv4Network, subnet: Subnet, rules: Rules) -> String {
-    let net = network;
-    let sub = subnet;
+/// The networks the rules are about: the cluster network and this host's subnet, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub network: Ipv4Network,
+    pub network6: Option<Ipv6Network>,
+    pub subnet: SubnetKey,
+}
+
+/// One family's table: nft's family keyword, the match keyword, the networks, multicast.
+fn table(
+    family: &str,
+    ip: &str,
+    net: &dyn std::fmt::Display,
+    sub: &dyn std::fmt::Display,
+    multicast: &str,
+    rules: Rules,
+) -> String {
     let mut out = format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n"
+        "table {family} {TABLE}\n\
+         delete table {family} {TABLE}\n\
+         table {family} {TABLE} {{\n"
     );
     if rules.masquerade {
         let random = if rules.fully_random {
@@ -53,11 +67,11 @@ pub fn ruleset(network: Ipv4Network, subnet: Subnet, rules: Rules) -> String {
             "\tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tmeta mark & 0x4000 == 0x4000 return\n\
-             \t\tip saddr {sub} ip daddr {net} return\n\
-             \t\tip saddr {net} ip daddr {sub} return\n\
-             \t\tip saddr != {net} ip daddr {sub} return\n\
-             \t\tip saddr {net} ip daddr != 224.0.0.0/4 masquerade{random}\n\
-             \t\tip saddr != {net} ip daddr {net} masquerade{random}\n\
+             \t\t{ip} saddr {sub} {ip} daddr {net} return\n\
+             \t\t{ip} saddr {net} {ip} daddr {sub} return\n\
+             \t\t{ip} saddr != {net} {ip} daddr {sub} return\n\
+             \t\t{ip} saddr {net} {ip} daddr != {multicast} masquerade{random}\n\
+             \t\t{ip} saddr != {net} {ip} daddr {net} masquerade{random}\n\
              \t}}\n"
         ));
     }
@@ -65,12 +79,28 @@ pub fn ruleset(network: Ipv4Network, subnet: Subnet, rules: Rules) -> String {
         out.push_str(&format!(
             "\tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tip saddr {net} accept\n\
-             \t\tip daddr {net} accept\n\
+             \t\t{ip} saddr {net} accept\n\
+             \t\t{ip} daddr {net} accept\n\
              \t}}\n"
         ));
     }
     out.push_str("}\n");
+    out
+}
+
+/// The nft script that (re)creates the tables.
+pub fn ruleset(scope: Scope, rules: Rules) -> String {
+    let mut out = table(
+        "ip",
+        "ip",
+        &scope.network,
+        &scope.subnet.v4,
+        "224.0.0.0/4",
+        rules,
+    );
+    if let (Some(net6), Some(sub6)) = (scope.network6, scope.subnet.v6) {
+        out.push_str(&table("ip6", "ip6", &net6, &sub6, "ff00::/8", rules));
+    }
     out
 }
 
@@ -83,40 +113,59 @@ fn nft(script: &str) -> Result<()> {
         })
 }
 
-/// Installs (or replaces) the rules; with none wanted, removes the table.
-pub fn install(network: Ipv4Network, subnet: Subnet, rules: Rules) -> Result<()> {
+/// Installs (or replaces) the rules; with none wanted, removes the tables.
+pub fn install(scope: Scope, rules: Rules) -> Result<()> {
     if !rules.any() {
         return remove();
     }
-    nft(&ruleset(network, subnet, rules))
+    if scope.network6.is_none() {
+        // A dual-stack run before may have left its IPv6 table.
+        nft(&format!("table ip6 {TABLE}\ndelete table ip6 {TABLE}\n"))?;
+    }
+    nft(&ruleset(scope, rules))
 }
 
-/// Re-installs the rules when netd's table is missing (e.g. someone flushed the ruleset).
-pub fn ensure(network: Ipv4Network, subnet: Subnet, rules: Rules) -> Result<()> {
+/// Re-installs the rules when one of netd's tables is missing (e.g. someone flushed the ruleset).
+pub fn ensure(scope: Scope, rules: Rules) -> Result<()> {
     if !rules.any() {
         return Ok(());
     }
-    let present = hostnet::nft::run(&["list", "table", "ip", TABLE], None).is_ok();
-    if present {
+    let present = |family: &str| hostnet::nft::run(&["list", "table", family, TABLE], None).is_ok();
+    if present("ip") && (scope.network6.is_none() || present("ip6")) {
         return Ok(());
     }
     tracing::warn!("netd's nftables table is missing; re-installing it");
-    install(network, subnet, rules)
+    install(scope, rules)
 }
 
-/// Removes netd's table if present.
+/// Removes netd's tables if present.
 pub fn remove() -> Result<()> {
-    nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n"))
+    nft(&format!(
+        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip6 {TABLE}\ndelete table ip6 {TABLE}\n"
+    ))
 }
 
-/// Enables IPv4 forwarding in this network namespace (no write when it is already on, so a
-/// read-only /proc/sys with forwarding enabled is fine).
-pub fn enable_forwarding() -> Result<()> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
+/// Enables IPv4 forwarding in this network namespace, and IPv6 forwarding when `ipv6` (no write
+/// when it is already on, so a read-only /proc/sys with forwarding enabled is fine). Before
+/// turning IPv6 forwarding on, `accept_ra` 1 on the underlay `iface` becomes 2, so that the host
+/// keeps taking its IPv6 default route from router adverts (the kernel ignores them on a
+/// forwarding host otherwise).
+pub fn enable_forwarding(ipv6: bool, iface: &str) -> Result<()> {
+    let on = |path: &str| -> Result<()> {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            return Ok(());
+        }
+        std::fs::write(path, "1").map_err(|e| Error::file(path, e))
+    };
+    on("/proc/sys/net/ipv4/ip_forward")?;
+    if ipv6 {
+        let ra = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
+        if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+            std::fs::write(&ra, "2").map_err(|e| Error::file(&ra, e))?;
+        }
+        on("/proc/sys/net/ipv6/conf/all/forwarding")?;
     }
-    std::fs::write(path, "1").map_err(|e| Error::file(path, e))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -128,18 +177,21 @@ mod tests {
             fully_random: true,
             forward: true,
         };
-        let net = "10.244.0.0/16".parse().unwrap();
-        let sub = crate::subnet::Subnet::from_key("10.244.3.0-24").unwrap();
-        let r = super::ruleset(net, sub, all);
+        let scope = super::Scope {
+            network: "10.244.0.0/16".parse().unwrap(),
+            network6: None,
+            subnet: crate::subnet::SubnetKey::from_key("10.244.3.0-24").unwrap(),
+        };
+        let r = super::ruleset(scope, all);
         assert!(
             r.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random")
         );
         assert!(r.contains("ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return"));
         assert!(r.contains("chain forward"));
         assert!(r.starts_with("table ip netd\ndelete table ip netd\n"));
+        assert!(!r.contains("ip6"), "{r}");
         let plain = super::ruleset(
-            net,
-            sub,
+            scope,
             super::Rules {
                 fully_random: false,
                 forward: false,
@@ -151,5 +203,19 @@ mod tests {
             "{plain}"
         );
         assert!(!plain.contains("chain forward"), "{plain}");
+        // Dual-stack: the same rules for IPv6 in an ip6 table, in the same script.
+        let dual = super::Scope {
+            network6: Some("fd00:10:244::/56".parse().unwrap()),
+            subnet: crate::subnet::SubnetKey::from_key("10.244.3.0-24&fd00:10:244:3::-64").unwrap(),
+            ..scope
+        };
+        let r = super::ruleset(dual, all);
+        assert!(r.contains("table ip6 netd {"), "{r}");
+        assert!(
+            r.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random"),
+            "{r}"
+        );
+        assert!(r.contains("ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return"));
+        assert!(r.contains("ip6 daddr fd00:10:244::/56 accept"));
     }
 }

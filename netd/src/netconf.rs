@@ -10,9 +10,9 @@
 //! say so; its code picks udp, which netd does not have); two keys naming one field (`"Network"`
 //! and `"network"`) are refused rather than resolved by their order in the text.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 /// Default VXLAN network identifier (flannel's).
@@ -33,6 +33,26 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     /// Which dataplane programs routes to peers.
     pub backend: BackendConfig,
+    /// The IPv6 half of a dual-stack network (`EnableIPv6`); `None`: IPv4 only.
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// The IPv6 network of a dual-stack config: `IPv6Network`, `IPv6SubnetLen`,
+/// `IPv6SubnetMin` and `IPv6SubnetMax` with flannel's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub network: Ipv6Network,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// How many subnets lie between IPv6SubnetMin and IPv6SubnetMax, inclusive (saturating).
+    pub fn subnet_count(&self) -> u128 {
+        let size = subnet_size6(self.subnet_len);
+        ((u128::from(self.subnet_max) - u128::from(self.subnet_min)) / size).saturating_add(1)
+    }
 }
 
 /// The `Backend` object of the config.
@@ -64,6 +84,8 @@ pub struct VxlanConfig {
 
 /// VXLAN's encapsulation overhead over an IPv4 underlay (outer IP, UDP, VXLAN, inner Ethernet).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (the outer header is 20 bytes longer).
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
 
 impl BackendConfig {
     /// The `BackendType` string written into subnet records.
@@ -233,16 +255,23 @@ impl NetworkConfig {
         let raw: RawConfig = serde_json::from_value(serde_json::Value::Object(obj))
             .map_err(|e| format!("bad JSON: {e}"))?;
         if raw.enable_ipv4 == Some(false) {
-            return Err("EnableIPv4=false is not supported: netd requires IPv4".into());
+            return Err(
+                "EnableIPv4=false (IPv6-only) is not supported by netd yet; dual-stack \
+                 (EnableIPv6 beside IPv4) is"
+                    .into(),
+            );
         }
-        if raw.enable_ipv6 == Some(true)
-            || raw.ipv6_network.is_some()
-            || raw.ipv6_subnet_len.is_some()
-            || raw.ipv6_subnet_min.is_some()
-            || raw.ipv6_subnet_max.is_some()
-        {
-            return Err("IPv6 (EnableIPv6/IPv6Network) is not supported by netd yet".into());
-        }
+        // flannel reads the IPv6 fields only with EnableIPv6 (`warnings` names them otherwise).
+        let ipv6 = if raw.enable_ipv6 == Some(true) {
+            Some(parse_ipv6(
+                raw.ipv6_network,
+                raw.ipv6_subnet_len,
+                raw.ipv6_subnet_min,
+                raw.ipv6_subnet_max,
+            )?)
+        } else {
+            None
+        };
         // EnableNFTables only selects flannel's masquerade implementation; netd always uses
         // nftables ([`warnings`] says so when it is false).
         let _ = raw.enable_nftables;
@@ -299,12 +328,24 @@ impl NetworkConfig {
             ));
         }
         let backend = parse_backend(raw.backend)?;
+        // IPv6 needs an MTU of 1280 on the IPv6 VXLAN device, 70 below the underlay's.
+        if let (Some(_), BackendConfig::Vxlan(VxlanConfig { mtu: Some(mtu), .. })) =
+            (&ipv6, &backend)
+            && *mtu < 1280 + VXLAN_OVERHEAD_V6
+        {
+            return Err(format!(
+                "Backend.MTU {mtu} is too small for IPv6: the IPv6 device gets \
+                 {VXLAN_OVERHEAD_V6} less and IPv6 needs 1280 (use {} or more)",
+                1280 + VXLAN_OVERHEAD_V6
+            ));
+        }
         Ok(NetworkConfig {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
+            ipv6,
         })
     }
 
@@ -329,6 +370,23 @@ pub fn warnings(text: &str) -> Vec<String> {
                  would pick udp, which netd does not have)"
                     .into(),
             );
+        }
+        if obj.get("EnableIPv6") != Some(&serde_json::Value::Bool(true)) {
+            let set: Vec<&str> = [
+                "IPv6Network",
+                "IPv6SubnetLen",
+                "IPv6SubnetMin",
+                "IPv6SubnetMax",
+            ]
+            .into_iter()
+            .filter(|f| obj.get(*f).is_some_and(|v| !v.is_null()))
+            .collect();
+            if !set.is_empty() {
+                out.push(format!(
+                    "{} set but EnableIPv6 is not true: IPv6 stays off (as in flannel)",
+                    set.join(", ")
+                ));
+            }
         }
         if obj.get("EnableNFTables") == Some(&serde_json::Value::Bool(false)) {
             out.push(
@@ -356,6 +414,86 @@ pub fn unknown_fields(text: &str) -> Vec<String> {
 /// Number of addresses in a subnet of prefix length `len` (len ≤ 30, so never overflows).
 pub fn subnet_size(len: u8) -> u32 {
     1u32 << (32 - u32::from(len))
+}
+
+/// Number of addresses in an IPv6 subnet of prefix length `len` (len ≤ 126).
+pub fn subnet_size6(len: u8) -> u128 {
+    1u128 << (128 - u32::from(len))
+}
+
+/// The IPv6 half of the config, with flannel's defaults and checks (`CheckNetworkConfig`):
+/// IPv6SubnetLen defaults to 64 for an IPv6Network of /62 or shorter, else prefix+2; the
+/// network must hold four subnets; the first subnet is never handed out.
+fn parse_ipv6(
+    network: Option<String>,
+    subnet_len: Option<u8>,
+    min: Option<String>,
+    max: Option<String>,
+) -> Result<Ipv6Config, String> {
+    let text = network.ok_or("EnableIPv6 needs IPv6Network")?;
+    let network: Ipv6Network = text
+        .parse()
+        .map_err(|e| format!("IPv6Network {text:?}: {e}"))?;
+    if network.ip() != network.network() {
+        return Err(format!(
+            "IPv6Network {network} is not aligned (did you mean {}/{}?)",
+            network.network(),
+            network.prefix()
+        ));
+    }
+    let subnet_len = match subnet_len {
+        Some(len) => {
+            if len > 126 {
+                return Err(format!("IPv6SubnetLen {len} must be at most 126"));
+            }
+            if len < network.prefix().saturating_add(2) {
+                return Err(format!(
+                    "IPv6SubnetLen {len} leaves IPv6Network {network} fewer than four subnets \
+                     (it must be /{} or longer)",
+                    network.prefix() + 2
+                ));
+            }
+            len
+        }
+        None if network.prefix() > 124 => {
+            return Err(format!(
+                "IPv6Network {network} is too small: prefix must be /124 or shorter"
+            ));
+        }
+        None if network.prefix() <= 62 => 64,
+        None => network.prefix() + 2,
+    };
+    let size = subnet_size6(subnet_len);
+    let first = u128::from(network.network());
+    let last = first | (u128::MAX >> network.prefix()) & !(size - 1);
+    let bound = |name: &str, text: Option<String>, default: u128| -> Result<Ipv6Addr, String> {
+        let addr = match text {
+            None => Ipv6Addr::from(default),
+            Some(t) => t.parse().map_err(|e| format!("{name} {t:?}: {e}"))?,
+        };
+        if !network.contains(addr) {
+            return Err(format!("{name} {addr} is outside IPv6Network {network}"));
+        }
+        if !u128::from(addr).is_multiple_of(size) {
+            return Err(format!(
+                "{name} {addr} is not aligned to IPv6SubnetLen {subnet_len}"
+            ));
+        }
+        Ok(addr)
+    };
+    let subnet_min = bound("IPv6SubnetMin", min, first + size)?;
+    let subnet_max = bound("IPv6SubnetMax", max, last)?;
+    if u128::from(subnet_min) > u128::from(subnet_max) {
+        return Err(format!(
+            "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}"
+        ));
+    }
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
 }
 
 fn parse_bound(name: &str, text: Option<String>, default: u32) -> Result<Ipv4Addr, String> {
@@ -489,6 +627,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_defaults_follow_flannel() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        )
+        .unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(
+            v6.subnet_min,
+            "fd00:10:244:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.subnet_max,
+            "fd00:10:244:ff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.subnet_count(), 255);
+        // A small network is split in four, as for IPv4.
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","enableipv6":true,"ipv6network":"fd00::/120"}"#,
+        )
+        .unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 122);
+        assert_eq!(v6.subnet_min, "fd00::40".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "fd00::c0".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_count(), 3);
+        // Without EnableIPv6 the IPv6 fields are read by nobody, and the operator is told.
+        let text = r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00::/56"}"#;
+        assert_eq!(NetworkConfig::parse(text).unwrap().ipv6, None);
+        let w = warnings(text);
+        assert!(
+            w.iter()
+                .any(|l| l.contains("IPv6Network set but EnableIPv6")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
     fn small_network_gets_prefix_plus_two() {
         let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/26"}"#).unwrap();
         assert_eq!(c.subnet_len, 28);
@@ -566,7 +742,46 @@ mod tests {
                 "not supported",
             ),
             (r#"{"Network":"10.0.0.0/16","Backend":{"VNI":0}}"#, "VNI"),
-            (r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#, "IPv6"),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#,
+                "IPv6-only",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::1/48"}"#,
+                "not aligned",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"MTU":1300}}"#,
+                "too small for IPv6",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125"}"#,
+                "too small",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/64","IPv6SubnetLen":65}"#,
+                "four subnets",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":127}"#,
+                "at most 126",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:1::1"}"#,
+                "not aligned",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd01::"}"#,
+                "outside",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:2::"}"#,
+                "above",
+            ),
         ];
         for (text, want) in cases {
             let err = NetworkConfig::parse(text).unwrap_err();

@@ -13,7 +13,7 @@
 //! to every peer at once.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use crate::dataplane::{
     remove_peer,
 };
 use crate::metrics::Metrics;
-use crate::subnet::{PeerRecord, Subnet};
+use crate::subnet::{PeerRecord, SubnetKey};
 use crate::watch::PeerEvent;
 
 /// What an event meant for this host's own record.
@@ -40,10 +40,12 @@ pub enum OwnRecord {
 pub struct Peers<D> {
     dp: D,
     mode: RoutingMode,
+    /// This node routes IPv6 (a dual-stack network): peers' IPv6 subnets get entries too.
+    ipv6: bool,
     /// This host's subnet and public IP: never programmed as a peer.
-    own_subnet: Subnet,
+    own_subnet: SubnetKey,
     own_ip: Ipv4Addr,
-    records: BTreeMap<Subnet, PeerRecord>,
+    records: BTreeMap<SubnetKey, PeerRecord>,
     programmed: Programmed,
     metrics: Arc<Metrics>,
 }
@@ -51,20 +53,20 @@ pub struct Peers<D> {
 /// The kernel key an entry occupies (a neighbour's IP, an FDB MAC, a route's destination).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Claim {
-    Neigh(Ipv4Addr),
-    Fdb(crate::subnet::MacAddr),
-    Route(ipnetwork::Ipv4Network),
+    Neigh(IpAddr),
+    Fdb(crate::dataplane::FdbKey),
+    Route(ipnetwork::IpNetwork),
 }
 
 /// The order in which peers claim kernel objects: oldest record first.
-fn rank(p: &PeerRecord) -> (i64, Subnet) {
+fn rank(p: &PeerRecord) -> (i64, SubnetKey) {
     (p.create_revision, p.subnet)
 }
 
 fn claim(e: &Entry) -> Claim {
     match e {
         Entry::Neigh { ip, .. } => Claim::Neigh(*ip),
-        Entry::Fdb { mac, .. } => Claim::Fdb(*mac),
+        Entry::Fdb { mac, dst } => Claim::Fdb(crate::dataplane::fdb_key(*mac, *dst)),
         Entry::Route { dst, .. } => Claim::Route(*dst),
     }
 }
@@ -73,8 +75,8 @@ fn claim(e: &Entry) -> Claim {
 /// checking a peer for collisions costs its own entries, not every peer's.
 #[derive(Default)]
 struct Programmed {
-    by_peer: BTreeMap<Subnet, Vec<Entry>>,
-    claims: BTreeMap<Claim, (Subnet, Entry)>,
+    by_peer: BTreeMap<SubnetKey, Vec<Entry>>,
+    claims: BTreeMap<Claim, (SubnetKey, Entry)>,
 }
 
 impl Programmed {
@@ -82,7 +84,7 @@ impl Programmed {
         self.by_peer.len()
     }
 
-    fn remove(&mut self, subnet: &Subnet) -> Option<Vec<Entry>> {
+    fn remove(&mut self, subnet: &SubnetKey) -> Option<Vec<Entry>> {
         let entries = self.by_peer.remove(subnet)?;
         for e in &entries {
             let k = claim(e);
@@ -97,7 +99,7 @@ impl Programmed {
         Some(entries)
     }
 
-    fn insert(&mut self, subnet: Subnet, entries: Vec<Entry>) {
+    fn insert(&mut self, subnet: SubnetKey, entries: Vec<Entry>) {
         self.remove(&subnet);
         for e in &entries {
             self.claims.entry(claim(e)).or_insert((subnet, *e));
@@ -106,7 +108,7 @@ impl Programmed {
     }
 
     /// Whether any of `new` takes a key another peer holds with a different value.
-    fn collides(&self, subnet: &Subnet, new: &[Entry]) -> bool {
+    fn collides(&self, subnet: &SubnetKey, new: &[Entry]) -> bool {
         new.iter().any(|e| {
             self.claims
                 .get(&claim(e))
@@ -114,7 +116,7 @@ impl Programmed {
         })
     }
 
-    fn replace_all(&mut self, per_peer: BTreeMap<Subnet, Vec<Entry>>) {
+    fn replace_all(&mut self, per_peer: BTreeMap<SubnetKey, Vec<Entry>>) {
         *self = Programmed::default();
         for (subnet, entries) in per_peer {
             self.insert(subnet, entries);
@@ -126,13 +128,15 @@ impl<D: Dataplane> Peers<D> {
     pub fn new(
         dp: D,
         mode: RoutingMode,
-        own_subnet: Subnet,
+        ipv6: bool,
+        own_subnet: SubnetKey,
         own_ip: Ipv4Addr,
         metrics: Arc<Metrics>,
     ) -> Self {
         Peers {
             dp,
             mode,
+            ipv6,
             own_subnet,
             own_ip,
             records: BTreeMap::new(),
@@ -149,7 +153,7 @@ impl<D: Dataplane> Peers<D> {
     }
 
     /// This host's subnet changed (the lease was re-acquired elsewhere): never a peer's.
-    pub fn set_own_subnet(&mut self, subnet: Subnet) {
+    pub fn set_own_subnet(&mut self, subnet: SubnetKey) {
         self.own_subnet = subnet;
     }
 
@@ -158,7 +162,7 @@ impl<D: Dataplane> Peers<D> {
     }
 
     /// The record for `subnet`, as last reported.
-    pub fn record(&self, subnet: &Subnet) -> Option<&PeerRecord> {
+    pub fn record(&self, subnet: &SubnetKey) -> Option<&PeerRecord> {
         self.records.get(subnet)
     }
 
@@ -173,13 +177,13 @@ impl<D: Dataplane> Peers<D> {
                 self.own_ip
             ));
         }
-        peer_entries(&self.mode, p)
+        peer_entries(&self.mode, self.ipv6, p)
     }
 
     /// Desired kernel state for all known peers. Peers claim in [`rank`] order; one whose
     /// entries collide with an older peer's (e.g. a copied VtepMAC) is left out whole, so it
     /// cannot redirect another's traffic.
-    fn desired(&self, log: bool) -> (KernelState, BTreeMap<Subnet, Vec<Entry>>) {
+    fn desired(&self, log: bool) -> (KernelState, BTreeMap<SubnetKey, Vec<Entry>>) {
         let mut state = KernelState::default();
         let mut per_peer = BTreeMap::new();
         let mut ranked: Vec<&PeerRecord> = self.records.values().collect();
@@ -301,7 +305,7 @@ impl<D: Dataplane> Peers<D> {
     }
 
     /// Removes entries programmed for a peer that is no longer (or no longer validly) known.
-    async fn tear_down(&mut self, subnet: Subnet, old: &[Entry]) {
+    async fn tear_down(&mut self, subnet: SubnetKey, old: &[Entry]) {
         if let Err(e) = remove_peer(&self.dp, old).await {
             tracing::warn!(%subnet, error = %e, "removing peer entries failed");
         }
@@ -309,7 +313,7 @@ impl<D: Dataplane> Peers<D> {
     }
 
     /// Programs one peer from its current record (or tears it down if it no longer qualifies).
-    async fn program(&mut self, subnet: Subnet) {
+    async fn program(&mut self, subnet: SubnetKey) {
         let old = self.programmed.remove(&subnet).unwrap_or_default();
         let Some(rec) = self.records.get(&subnet).cloned() else {
             return;
@@ -351,11 +355,11 @@ impl<D: Dataplane> Peers<D> {
 mod tests {
     use super::*;
     use crate::dataplane::memory::MemoryDataplane;
-    use crate::subnet::{LeaseAttrs, MacAddr, VxlanData};
+    use crate::subnet::{LeaseAttrs, MacAddr, Subnet, VxlanData};
 
     fn rec(n: u8, ip_last: u8, mac_last: u8) -> PeerRecord {
         PeerRecord {
-            subnet: Subnet::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
+            subnet: SubnetKey::v4(Subnet::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap()),
             attrs: LeaseAttrs {
                 public_ip: Ipv4Addr::new(192, 0, 2, ip_last),
                 public_ipv6: None,
@@ -364,6 +368,7 @@ mod tests {
                     vni: 1,
                     vtep_mac: MacAddr([2, 0, 0, 0, 0, mac_last]),
                 }),
+                backend_v6_data: None,
             },
             lease: 1,
             create_revision: 1,
@@ -378,8 +383,10 @@ mod tests {
                 vni: 1,
                 direct: false,
                 segment: "192.0.2.0/24".parse().unwrap(),
+                segment6: None,
             },
-            Subnet::new(Ipv4Addr::new(10, 244, 1, 0), 24).unwrap(),
+            false,
+            SubnetKey::v4(Subnet::new(Ipv4Addr::new(10, 244, 1, 0), 24).unwrap()),
             Ipv4Addr::new(192, 0, 2, 1),
             Arc::new(Metrics::new()),
         )
@@ -405,7 +412,7 @@ mod tests {
         p.handle(PeerEvent::Put(rec(3, 3, 33))).await;
         let s = p.dp.snapshot();
         assert_eq!(s.len(), 6);
-        assert!(!s.fdb.contains_key(&MacAddr([2, 0, 0, 0, 0, 3])));
+        assert!(s.fdb_v4(&MacAddr([2, 0, 0, 0, 0, 3])).is_none());
 
         p.handle(PeerEvent::Delete(rec(3, 3, 33).subnet)).await;
         assert_eq!(p.dp.snapshot().len(), 3);
@@ -448,8 +455,9 @@ mod tests {
     async fn the_older_record_keeps_a_copied_vtep_mac() {
         let live = |p: &Peers<MemoryDataplane>| {
             let s = p.dp.snapshot();
-            s.fdb.get(&MacAddr([2, 0, 0, 0, 0, 2])).copied() == Some(Ipv4Addr::new(192, 0, 2, 2))
-                && s.routes.contains_key(&rec(2, 2, 2).subnet.0)
+            s.fdb_v4(&MacAddr([2, 0, 0, 0, 0, 2])) == Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)))
+                && s.routes
+                    .contains_key(&ipnetwork::IpNetwork::V4(rec(2, 2, 2).subnet.v4.0))
         };
         let mut copy = rec(0, 9, 2);
         copy.create_revision = 50;
@@ -486,7 +494,11 @@ mod tests {
         // Peer 2 leaves: the copy, no longer colliding, is routed at once.
         p.handle(PeerEvent::Delete(older.subnet)).await;
         assert_eq!(p.programmed_count(), 1);
-        assert!(p.dp.snapshot().routes.contains_key(&copy.subnet.0));
+        assert!(
+            p.dp.snapshot()
+                .routes
+                .contains_key(&ipnetwork::IpNetwork::V4(copy.subnet.v4.0))
+        );
 
         // A record copying only peer 2's PublicIP claims nothing of peer 2's.
         let mut p = peers();

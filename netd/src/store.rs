@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::error::Result;
 use crate::kv::Listing;
 use crate::netconf::NetworkConfig;
-use crate::subnet::{LeaseAttrs, Subnet, parse_record};
+use crate::subnet::{LeaseAttrs, SubnetKey, parse_record};
 
 /// One change to a subnet record, as a watch reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,14 +56,14 @@ pub trait SubnetStore: Send + Sync {
     /// Creates a record only if its key does not exist; false when another host got there first.
     fn create_subnet(
         &self,
-        subnet: &Subnet,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         lease: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Rewrites a record only if unchanged since `mod_revision`.
     fn update_subnet(
         &self,
-        subnet: &Subnet,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         lease: i64,
         mod_revision: i64,
@@ -71,7 +71,7 @@ pub trait SubnetStore: Send + Sync {
     /// Deletes a record only if unchanged since `mod_revision`.
     fn delete_subnet_if(
         &self,
-        subnet: &Subnet,
+        subnet: &SubnetKey,
         mod_revision: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Grants a KV lease of `ttl` seconds; its id.
@@ -287,7 +287,12 @@ impl SubnetStore for MemoryStore {
         Ok(listing)
     }
 
-    async fn create_subnet(&self, subnet: &Subnet, attrs: &LeaseAttrs, lease: i64) -> Result<bool> {
+    async fn create_subnet(
+        &self,
+        subnet: &SubnetKey,
+        attrs: &LeaseAttrs,
+        lease: i64,
+    ) -> Result<bool> {
         let value = serde_json::to_string(attrs)?;
         let key = subnet.key();
         if self.state().records.contains_key(&key) {
@@ -299,7 +304,7 @@ impl SubnetStore for MemoryStore {
 
     async fn update_subnet(
         &self,
-        subnet: &Subnet,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         lease: i64,
         mod_revision: i64,
@@ -314,7 +319,7 @@ impl SubnetStore for MemoryStore {
         Ok(true)
     }
 
-    async fn delete_subnet_if(&self, subnet: &Subnet, mod_revision: i64) -> Result<bool> {
+    async fn delete_subnet_if(&self, subnet: &SubnetKey, mod_revision: i64) -> Result<bool> {
         let mut s = self.state();
         let key = subnet.key();
         if s.records.get(&key).map(|r| r.mod_revision) != Some(mod_revision) {

@@ -1,19 +1,20 @@
-//! Subnet records: the key format (`10.244.3.0-24`), the JSON value (flannel's `LeaseAttrs`),
-//! checking a record against the network config, and picking a free subnet.
+//! Subnet records: the key format (`10.244.3.0-24`, dual-stack `10.244.3.0-24&fd00:0:0:3::-64`),
+//! the JSON value (flannel's `LeaseAttrs`), checking a record against the network config, and
+//! picking a free subnet of either family.
 //!
 //! Everything here is pure, so it is tested without a KV store.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::netconf::{NetworkConfig, subnet_size};
+use crate::netconf::{Ipv6Config, NetworkConfig, subnet_size, subnet_size6};
 
 /// One host's subnet, e.g. `10.244.3.0/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,19 +50,116 @@ impl Subnet {
         format!("{}-{}", self.addr(), self.prefix())
     }
 
-    /// Parses a key suffix. A dual-stack suffix (`&<v6>-<len>`) is accepted and its IPv6 part ignored.
-    pub fn from_key(key: &str) -> Result<Self, String> {
-        let v4 = key.split('&').next().unwrap_or(key);
-        let (addr, len) = v4
-            .rsplit_once('-')
-            .ok_or_else(|| format!("key {key:?} is not <address>-<prefix>"))?;
+    /// Parses the IPv4 part of a key suffix (`10.244.3.0-24`).
+    fn from_key_part(key: &str, part: &str) -> Result<Self, String> {
+        let (addr, len) = split_key_part(key, part)?;
         let addr: Ipv4Addr = addr
             .parse()
             .map_err(|_| format!("key {key:?}: bad address {addr:?}"))?;
-        let len: u8 = len
-            .parse()
-            .map_err(|_| format!("key {key:?}: bad prefix {len:?}"))?;
         Subnet::new(addr, len)
+    }
+}
+
+/// `<address>-<prefix>` of a key, split.
+fn split_key_part<'a>(key: &str, part: &'a str) -> Result<(&'a str, u8), String> {
+    let (addr, len) = part
+        .rsplit_once('-')
+        .ok_or_else(|| format!("key {key:?} is not <address>-<prefix>"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("key {key:?}: bad prefix {len:?}"))?;
+    Ok((addr, len))
+}
+
+/// One host's IPv6 subnet, e.g. `fd00:10:244:3::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subnet6(pub Ipv6Network);
+
+impl Subnet6 {
+    /// Builds a subnet from its network address and prefix length.
+    pub fn new(addr: Ipv6Addr, prefix: u8) -> Result<Self, String> {
+        let net = Ipv6Network::new(addr, prefix).map_err(|e| e.to_string())?;
+        if net.network() != addr {
+            return Err(format!("{addr}/{prefix} is not aligned"));
+        }
+        Ok(Subnet6(net))
+    }
+
+    /// The network address; also the VXLAN vtep address of the host owning it.
+    pub fn addr(&self) -> Ipv6Addr {
+        self.0.network()
+    }
+
+    /// Prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.0.prefix()
+    }
+
+    /// The first address after the network address (the container gateway).
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr()) + 1)
+    }
+}
+
+impl fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr(), self.prefix())
+    }
+}
+
+/// What a subnet record is keyed by: the IPv4 subnet and, in a dual-stack network, the IPv6
+/// one. Two records differing only in their IPv6 part are two records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubnetKey {
+    pub v4: Subnet,
+    pub v6: Option<Subnet6>,
+}
+
+impl SubnetKey {
+    /// An IPv4-only key.
+    pub fn v4(v4: Subnet) -> Self {
+        SubnetKey { v4, v6: None }
+    }
+
+    /// The KV key suffix, flannel's `MakeSubnetKey`: `10.244.3.0-24`, or
+    /// `10.244.3.0-24&fd00:10:244:3::-64` (the IPv6 address in its shortest form).
+    pub fn key(&self) -> String {
+        match self.v6 {
+            None => self.v4.key(),
+            Some(v6) => format!("{}&{}-{}", self.v4.key(), v6.addr(), v6.prefix()),
+        }
+    }
+
+    /// Parses a key suffix as flannel's `ParseSubnetKey` reads it.
+    pub fn from_key(key: &str) -> Result<Self, String> {
+        let (v4, v6) = match key.split_once('&') {
+            Some((a, b)) => (a, Some(b)),
+            None => (key, None),
+        };
+        let v4 = Subnet::from_key_part(key, v4)?;
+        let v6 = match v6 {
+            None => None,
+            Some(part) => {
+                let (addr, len) = split_key_part(key, part)?;
+                if !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+                    return Err(format!("key {key:?}: bad IPv6 address {addr:?}"));
+                }
+                let addr: Ipv6Addr = addr
+                    .parse()
+                    .map_err(|_| format!("key {key:?}: bad IPv6 address {addr:?}"))?;
+                Some(Subnet6::new(addr, len)?)
+            }
+        };
+        Ok(SubnetKey { v4, v6 })
+    }
+}
+
+impl fmt::Display for SubnetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.v6 {
+            None => write!(f, "{}", self.v4),
+            Some(v6) => write!(f, "{},{v6}", self.v4),
+        }
     }
 }
 
@@ -149,7 +247,7 @@ pub struct LeaseAttrs {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub public_ipv6: Option<String>,
+    pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType")]
     pub backend_type: String,
     #[serde(
@@ -158,6 +256,13 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_data: Option<VxlanData>,
+    /// The IPv6 VXLAN device's data (`flannel-v6.<VNI>`'s VtepMAC).
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<VxlanData>,
 }
 
 /// `BackendData` of a vxlan record.
@@ -172,7 +277,7 @@ pub struct VxlanData {
 /// A subnet record read from the KV store and checked against the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerRecord {
-    pub subnet: Subnet,
+    pub subnet: SubnetKey,
     pub attrs: LeaseAttrs,
     /// KV lease id; 0 marks a reservation (never expires, never taken by another host).
     pub lease: i64,
@@ -207,8 +312,11 @@ pub fn parse_record(
         key: key_suffix.to_string(),
         reason,
     };
-    let subnet = Subnet::from_key(key_suffix).map_err(bad)?;
-    check_subnet(config, subnet).map_err(bad)?;
+    let subnet = SubnetKey::from_key(key_suffix).map_err(bad)?;
+    check_subnet(config, subnet.v4).map_err(bad)?;
+    if let (Some(v6), Some(c6)) = (subnet.v6, &config.ipv6) {
+        check_subnet6(c6, v6).map_err(bad)?;
+    }
     let attrs: LeaseAttrs =
         serde_json::from_slice(value).map_err(|e| bad(format!("bad JSON value: {e}")))?;
     let ip = attrs.public_ip;
@@ -226,6 +334,34 @@ pub fn parse_record(
             Some(d) if d.vtep_mac.is_unicast() => {}
             Some(d) => return Err(bad(format!("VtepMAC {} is not unicast", d.vtep_mac))),
             None => return Err(bad("vxlan record without BackendData.VtepMAC".into())),
+        }
+    }
+    // The IPv6 half is checked only where this node routes IPv6 (and the record has a v6 subnet).
+    if let (Some(_), Some(c6)) = (subnet.v6, &config.ipv6) {
+        let Some(ip6) = attrs.public_ipv6 else {
+            return Err(bad("dual-stack record without PublicIPv6".into()));
+        };
+        if ip6.is_unspecified() || ip6.is_loopback() || ip6.is_multicast() {
+            return Err(bad(format!(
+                "PublicIPv6 {ip6} is not a unicast host address"
+            )));
+        }
+        if c6.network.contains(ip6) {
+            return Err(bad(format!(
+                "PublicIPv6 {ip6} lies inside the cluster network {}",
+                c6.network
+            )));
+        }
+        if attrs.backend_type == "vxlan" {
+            match &attrs.backend_v6_data {
+                Some(d) if d.vtep_mac.is_unicast() => {}
+                Some(d) => return Err(bad(format!("v6 VtepMAC {} is not unicast", d.vtep_mac))),
+                None => {
+                    return Err(bad(
+                        "dual-stack vxlan record without BackendV6Data.VtepMAC".into()
+                    ));
+                }
+            }
         }
     }
     Ok(PeerRecord {
@@ -254,6 +390,43 @@ pub fn check_subnet(config: &NetworkConfig, subnet: Subnet) -> Result<(), String
     Ok(())
 }
 
+/// Checks that `subnet` is one whole `IPv6SubnetLen` block inside the IPv6 network.
+pub fn check_subnet6(config: &Ipv6Config, subnet: Subnet6) -> Result<(), String> {
+    if subnet.prefix() != config.subnet_len {
+        return Err(format!(
+            "IPv6 subnet {subnet} does not have the configured length /{}",
+            config.subnet_len
+        ));
+    }
+    if !config.network.contains(subnet.addr()) {
+        return Err(format!(
+            "IPv6 subnet {subnet} is outside the network {}",
+            config.network
+        ));
+    }
+    Ok(())
+}
+
+/// True when a record's key fits this config as flannel judges it (`isSubnetConfigCompat` and
+/// `isIPv6SubnetConfigCompat`): the IPv4 subnet in range and, exactly when IPv6 is on, an
+/// IPv6 subnet in range.
+pub fn key_fits(config: &NetworkConfig, key: SubnetKey) -> bool {
+    in_allocatable_range(config, key.v4)
+        && match (&config.ipv6, key.v6) {
+            (None, None) => true,
+            (Some(c6), Some(v6)) => in_allocatable_range6(c6, v6),
+            _ => false,
+        }
+}
+
+/// True when `subnet` may be handed out: valid and between IPv6SubnetMin and IPv6SubnetMax.
+pub fn in_allocatable_range6(config: &Ipv6Config, subnet: Subnet6) -> bool {
+    let a = u128::from(subnet.addr());
+    check_subnet6(config, subnet).is_ok()
+        && a >= u128::from(config.subnet_min)
+        && a <= u128::from(config.subnet_max)
+}
+
 /// True when `subnet` may be handed out: valid and between SubnetMin and SubnetMax.
 pub fn in_allocatable_range(config: &NetworkConfig, subnet: Subnet) -> bool {
     let a = u32::from(subnet.addr());
@@ -270,22 +443,51 @@ pub fn pick_free(
     taken: &BTreeSet<Ipv4Addr>,
     rng: &mut impl Rng,
 ) -> Result<Subnet> {
-    let size = u64::from(subnet_size(config.subnet_len));
-    let min = u64::from(u32::from(config.subnet_min));
+    let size = u128::from(subnet_size(config.subnet_len));
+    let min = u128::from(u32::from(config.subnet_min));
+    let total = u128::from(config.subnet_count());
+    let taken = taken.iter().map(|a| u128::from(u32::from(*a)));
+    let addr = pick_index(min, size, total, taken, rng).ok_or_else(|| Error::OutOfSubnets {
+        network: config.network.to_string(),
+        total: total as u64,
+    })?;
+    Subnet::new(Ipv4Addr::from(addr as u32), config.subnet_len).map_err(Error::Kernel)
+}
+
+/// The same for the IPv6 network of a dual-stack config.
+pub fn pick_free6(
+    config: &Ipv6Config,
+    taken: &BTreeSet<Ipv6Addr>,
+    rng: &mut impl Rng,
+) -> Result<Subnet6> {
+    let size = subnet_size6(config.subnet_len);
+    let min = u128::from(config.subnet_min);
     let total = config.subnet_count();
-    // Indices (0-based, from SubnetMin) of taken subnets inside the range, ascending.
-    let taken_idx: Vec<u64> = taken
-        .iter()
-        .map(|a| u64::from(u32::from(*a)))
-        .filter(|a| *a >= min && (*a - min) % size == 0 && (*a - min) / size < total)
+    let taken = taken.iter().map(|a| u128::from(*a));
+    let addr = pick_index(min, size, total, taken, rng).ok_or_else(|| Error::OutOfSubnets {
+        network: config.network.to_string(),
+        total: u64::try_from(total).unwrap_or(u64::MAX),
+    })?;
+    Subnet6::new(Ipv6Addr::from(addr), config.subnet_len).map_err(Error::Kernel)
+}
+
+/// The address of a free block picked uniformly among `total` blocks of `size` from `min`,
+/// skipping the `taken` addresses (ascending); `None` when every block is taken.
+fn pick_index(
+    min: u128,
+    size: u128,
+    total: u128,
+    taken: impl Iterator<Item = u128>,
+    rng: &mut impl Rng,
+) -> Option<u128> {
+    // Indices (0-based, from the minimum) of taken blocks inside the range, ascending.
+    let taken_idx: Vec<u128> = taken
+        .filter(|a| *a >= min && (*a - min).is_multiple_of(size) && (*a - min) / size < total)
         .map(|a| (a - min) / size)
         .collect();
-    let free = total - taken_idx.len() as u64;
+    let free = total - taken_idx.len() as u128;
     if free == 0 {
-        return Err(Error::OutOfSubnets {
-            network: config.network.to_string(),
-            total,
-        });
+        return None;
     }
     // The k-th free index: start at k and step over every taken index at or below the candidate.
     let mut candidate = rng.random_range(0..free);
@@ -296,8 +498,7 @@ pub fn pick_free(
             break;
         }
     }
-    let addr = Ipv4Addr::from((min + candidate * size) as u32);
-    Subnet::new(addr, config.subnet_len).map_err(Error::Kernel)
+    Some(min + candidate * size)
 }
 
 #[cfg(test)]
@@ -312,12 +513,21 @@ mod tests {
 
     #[test]
     fn key_round_trip() {
-        let s = Subnet::from_key("10.244.3.0-24").unwrap();
+        let s = SubnetKey::from_key("10.244.3.0-24").unwrap();
         assert_eq!(s.key(), "10.244.3.0-24");
-        assert_eq!(s.gateway(), Ipv4Addr::new(10, 244, 3, 1));
+        assert_eq!(s.v4.gateway(), Ipv4Addr::new(10, 244, 3, 1));
         assert_eq!(s.to_string(), "10.244.3.0/24");
-        let d = Subnet::from_key("10.5.52.0-24&fc00::-64").unwrap();
-        assert_eq!(d.key(), "10.5.52.0-24");
+        assert_eq!(s.v6, None);
+        let d = SubnetKey::from_key("10.5.52.0-24&fc00::-64").unwrap();
+        assert_eq!(d.key(), "10.5.52.0-24&fc00::-64");
+        assert_eq!(d.v4, s.v4.max(d.v4).min(d.v4));
+        let v6 = d.v6.unwrap();
+        assert_eq!(v6.to_string(), "fc00::/64");
+        assert_eq!(v6.gateway(), "fc00::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(d.to_string(), "10.5.52.0/24,fc00::/64");
+        // flannel writes the IPv6 address in its shortest form; netd too.
+        let long = SubnetKey::from_key("10.5.52.0-24&fd00:0:0:3:0:0:0:0-64").unwrap();
+        assert_eq!(long.key(), "10.5.52.0-24&fd00:0:0:3::-64");
         for bad in [
             "",
             "10.244.3.0",
@@ -325,8 +535,13 @@ mod tests {
             "x-24",
             "10.0.0.0-40",
             "10.0.0.0-x",
+            "10.0.0.0-24&",
+            "10.0.0.0-24&fc00::",
+            "10.0.0.0-24&fc00::1-64",
+            "10.0.0.0-24&fc00::-129",
+            "10.0.0.0-24&::ffff:1.2.3.4-120",
         ] {
-            assert!(Subnet::from_key(bad).is_err(), "{bad}");
+            assert!(SubnetKey::from_key(bad).is_err(), "{bad}");
         }
     }
 
@@ -398,11 +613,96 @@ mod tests {
             seen.insert(s.addr());
         }
         assert_eq!(seen.len(), 2, "both free subnets get picked: {seen:?}");
+        assert!(in_allocatable_range(
+            &c,
+            Subnet::new(Ipv4Addr::new(10, 1, 0, 16), 28).unwrap()
+        ));
         taken.insert(Ipv4Addr::new(10, 1, 0, 16));
         taken.insert(Ipv4Addr::new(10, 1, 0, 48));
         let e = pick_free(&c, &taken, &mut rng).unwrap_err();
         assert!(matches!(e, Error::OutOfSubnets { total: 3, .. }), "{e}");
         assert!(e.to_string().contains("out of subnets"));
+    }
+
+    #[test]
+    fn pick_free6_over_a_huge_range() {
+        let c = cfg(r#"{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fd00::/16"}"#);
+        let c6 = c.ipv6.clone().unwrap();
+        assert_eq!(c6.subnet_count(), (1u128 << 48) - 1);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut taken = BTreeSet::new();
+        for _ in 0..200 {
+            let s = pick_free6(&c6, &taken, &mut rng).unwrap();
+            assert!(in_allocatable_range6(&c6, s), "{s}");
+            assert!(taken.insert(s.addr()), "picked twice: {s}");
+        }
+        // A small range is exhausted exactly.
+        let c = cfg(r#"{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fd00::/120"}"#);
+        let c6 = c.ipv6.clone().unwrap();
+        let mut taken = BTreeSet::new();
+        for _ in 0..3 {
+            taken.insert(pick_free6(&c6, &taken, &mut rng).unwrap().addr());
+        }
+        let e = pick_free6(&c6, &taken, &mut rng).unwrap_err();
+        assert!(matches!(e, Error::OutOfSubnets { total: 3, .. }), "{e}");
+        // Which key fits: v6 exactly when the config has IPv6.
+        let both = SubnetKey::from_key("10.0.1.0-24&fd00::40-122").unwrap();
+        let v4 = SubnetKey::from_key("10.0.1.0-24").unwrap();
+        assert!(key_fits(&c, both));
+        assert!(!key_fits(&c, v4));
+        let c4 = cfg(r#"{"Network":"10.0.0.0/8"}"#);
+        assert!(key_fits(&c4, v4));
+        assert!(!key_fits(&c4, both));
+    }
+
+    #[test]
+    fn dual_stack_record_checks() {
+        let c = cfg(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        );
+        let good = br#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+        let r = parse_record(&c, "10.244.3.0-24&fd00:10:244:3::-64", good, 7, 8, 9).unwrap();
+        assert_eq!(r.attrs.public_ipv6, Some("2001:db8::3".parse().unwrap()));
+        assert_eq!(
+            r.attrs.backend_v6_data.as_ref().unwrap().vtep_mac.0[5],
+            0x45
+        );
+        let json = serde_json::to_string(&r.attrs).unwrap();
+        assert!(
+            json.contains(r#""PublicIPv6":"2001:db8::3""#) && json.contains("BackendV6Data"),
+            "{json}"
+        );
+        // flannel writes `"PublicIPv6":null` on IPv4-only records.
+        let v4only = br#"{"PublicIP":"192.0.2.4","PublicIPv6":null,"BackendType":"host-gw"}"#;
+        assert!(parse_record(&c, "10.244.4.0-24", v4only, 1, 1, 1).is_ok());
+        let cases: [(&str, &[u8], &str); 5] = [
+            ("10.244.3.0-24&fd00:10:245:3::-64", good, "outside"),
+            ("10.244.3.0-24&fd00:10:244:3::-80", good, "length"),
+            (
+                "10.244.3.0-24&fd00:10:244:3::-64",
+                br#"{"PublicIP":"192.0.2.3","BackendType":"host-gw"}"#,
+                "PublicIPv6",
+            ),
+            (
+                "10.244.3.0-24&fd00:10:244:3::-64",
+                br#"{"PublicIP":"192.0.2.3","PublicIPv6":"fd00:10:244:9::1","BackendType":"host-gw"}"#,
+                "inside",
+            ),
+            (
+                "10.244.3.0-24&fd00:10:244:3::-64",
+                br#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+                "BackendV6Data",
+            ),
+        ];
+        for (key, value, want) in cases {
+            let e = parse_record(&c, key, value, 1, 1, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{key}: {e} should mention {want}");
+        }
+        // An IPv4-only node reads a dual-stack record and ignores its IPv6 half.
+        let c4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        assert!(parse_record(&c4, "10.244.3.0-24&fd00:10:245:3::-64", good, 1, 1, 1).is_ok());
     }
 
     #[test]

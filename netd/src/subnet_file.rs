@@ -7,11 +7,12 @@ use std::path::Path;
 pub use hostnet::subnet_env::SubnetEnv;
 
 use crate::error::{Error, Result};
-use crate::subnet::Subnet;
+use crate::subnet::{Subnet, Subnet6, SubnetKey};
 
-/// The subnet recorded by a previous run (`FLANNEL_SUBNET`), if the file exists and parses.
-/// A file others could have written is an error, not a hint.
-pub fn read_previous_subnet(path: &Path) -> Result<Option<Subnet>> {
+/// The subnets recorded by a previous run (`FLANNEL_SUBNET`, and `FLANNEL_IPV6_SUBNET` in a
+/// dual-stack network), if the file exists and parses. A file others could have written is an
+/// error, not a hint.
+pub fn read_previous_subnet(path: &Path) -> Result<Option<SubnetKey>> {
     if !crate::file_trust::check_file(path)? {
         return Ok(None);
     }
@@ -19,9 +20,14 @@ pub fn read_previous_subnet(path: &Path) -> Result<Option<Subnet>> {
     Ok(parse_subnet(&text))
 }
 
-pub(crate) fn parse_subnet(text: &str) -> Option<Subnet> {
+pub(crate) fn parse_subnet(text: &str) -> Option<SubnetKey> {
     let env = SubnetEnv::parse(text).ok()?;
-    Subnet::new(env.subnet.network(), env.subnet.prefix()).ok()
+    let v4 = Subnet::new(env.subnet.network(), env.subnet.prefix()).ok()?;
+    let v6 = match &env.ipv6 {
+        Some(v6) => Some(Subnet6::new(v6.subnet.network(), v6.subnet.prefix()).ok()?),
+        None => None,
+    };
+    Some(SubnetKey { v4, v6 })
 }
 
 #[cfg(test)]
@@ -32,8 +38,8 @@ mod tests {
     fn write_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/flannel/subnet.env");
-        let subnet = Subnet::from_key("10.244.3.0-24").unwrap();
-        let env = SubnetEnv::new("10.244.0.0/16".parse().unwrap(), subnet.0, 1450, true);
+        let subnet = SubnetKey::from_key("10.244.3.0-24").unwrap();
+        let env = SubnetEnv::new("10.244.0.0/16".parse().unwrap(), subnet.v4.0, 1450, true);
         env.write(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
@@ -46,5 +52,11 @@ mod tests {
             None
         );
         assert_eq!(parse_subnet("FLANNEL_SUBNET=garbage\n"), None);
+        // Dual-stack: both subnets come back.
+        let dual = SubnetKey::from_key("10.244.3.0-24&fd00:10:244:3::-64").unwrap();
+        let env = SubnetEnv::new("10.244.0.0/16".parse().unwrap(), dual.v4.0, 1430, false)
+            .with_ipv6("fd00:10:244::/56".parse().unwrap(), dual.v6.unwrap().0);
+        env.write(&path).unwrap();
+        assert_eq!(read_previous_subnet(&path).unwrap(), Some(dual));
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::netconf::NetworkConfig;
 use crate::store::{RecordEvent, SubnetStore, SubnetWatch, WatchBatch};
-use crate::subnet::{PeerRecord, Subnet, parse_record};
+use crate::subnet::{PeerRecord, SubnetKey, parse_record};
 
 /// What the daemon loop learns from the KV store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum PeerEvent {
     /// A record was created or changed.
     Put(PeerRecord),
     /// A record was deleted (or expired with its lease).
-    Delete(Subnet),
+    Delete(SubnetKey),
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -170,7 +170,7 @@ impl<S: SubnetStore> Watcher<S> {
     fn translate(&self, ev: &RecordEvent) -> Option<PeerEvent> {
         let suffix = ev.key_suffix.as_str();
         if !ev.put {
-            return match Subnet::from_key(suffix) {
+            return match SubnetKey::from_key(suffix) {
                 Ok(s) => {
                     self.metrics.watch_event("delete");
                     Some(PeerEvent::Delete(s))
@@ -197,7 +197,7 @@ impl<S: SubnetStore> Watcher<S> {
             Err(e) => {
                 self.metrics.watch_event("rejected");
                 tracing::warn!(error = %e, "ignoring subnet record");
-                Subnet::from_key(suffix).ok().map(PeerEvent::Delete)
+                SubnetKey::from_key(suffix).ok().map(PeerEvent::Delete)
             }
         }
     }
@@ -239,7 +239,7 @@ mod tests {
         }
         async fn create_subnet(
             &self,
-            s: &Subnet,
+            s: &SubnetKey,
             a: &LeaseAttrs,
             l: i64,
         ) -> crate::error::Result<bool> {
@@ -247,14 +247,14 @@ mod tests {
         }
         async fn update_subnet(
             &self,
-            s: &Subnet,
+            s: &SubnetKey,
             a: &LeaseAttrs,
             l: i64,
             m: i64,
         ) -> crate::error::Result<bool> {
             self.store.update_subnet(s, a, l, m).await
         }
-        async fn delete_subnet_if(&self, s: &Subnet, m: i64) -> crate::error::Result<bool> {
+        async fn delete_subnet_if(&self, s: &SubnetKey, m: i64) -> crate::error::Result<bool> {
             self.store.delete_subnet_if(s, m).await
         }
         async fn grant(&self, ttl: i64) -> crate::error::Result<i64> {

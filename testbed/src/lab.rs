@@ -12,7 +12,7 @@
 //! [`host_ip`]`(i)`/24 and whose veth peer `p<i>` sits on `br0`. Nothing is ever added to the
 //! machine's root namespace.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +24,24 @@ use crate::netns;
 
 /// The underlay bridge's own address (where a reference etcd in the underlay listens).
 pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
+/// The underlay bridge's IPv6 address (the underlay is dual-stack: `2001:db8::/64` beside
+/// `192.0.2.0/24`).
+pub const UNDERLAY_GW6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+
+/// IPv6 underlay address of host `i`: `2001:db8::<i>`.
+pub fn host_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u16::try_from(i).unwrap_or(u16::MAX),
+    )
+}
 
 /// Underlay address of host `i` (1..=250).
 pub fn host_ip(i: usize) -> Ipv4Addr {
@@ -190,18 +208,24 @@ impl Lab {
         self.name(&format!("h{i}"))
     }
 
-    /// Creates the underlay: namespace `ul` with bridge `br0` = [`UNDERLAY_GW`]/24, up.
+    /// Creates the underlay: namespace `ul` with bridge `br0` = [`UNDERLAY_GW`]/24 and
+    /// [`UNDERLAY_GW6`]/64, up.
     pub fn add_underlay(&mut self) -> Result<String> {
         let ul = self.add_ns("ul")?;
         run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
         let addr = format!("{UNDERLAY_GW}/24");
         run(&["ip", "-n", &ul, "addr", "add", &addr, "dev", "br0"])?;
+        let addr6 = format!("{UNDERLAY_GW6}/64");
+        run(&[
+            "ip", "-n", &ul, "addr", "add", &addr6, "dev", "br0", "nodad",
+        ])?;
         run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
         Ok(ul)
     }
 
     /// Creates host `i`'s namespace on the underlay (which must exist): `eth0` =
-    /// [`host_ip`]`(i)`/24, its veth peer `p<i>` on `br0`.
+    /// [`host_ip`]`(i)`/24 and [`host_ip6`]`(i)`/64 (no duplicate address detection, so it is
+    /// usable at once), its veth peer `p<i>` on `br0`.
     pub fn add_host(&mut self, i: usize) -> Result<String> {
         ensure!(
             (1..=250).contains(&i),
@@ -217,6 +241,10 @@ impl Lab {
         run(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
         let addr = format!("{}/24", host_ip(i));
         run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        let addr6 = format!("{}/64", host_ip6(i));
+        run(&[
+            "ip", "-n", &ns, "addr", "add", &addr6, "dev", "eth0", "nodad",
+        ])?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
         Ok(ns)
     }

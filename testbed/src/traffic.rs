@@ -4,7 +4,7 @@
 //! losing a byte or stalling.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -30,7 +30,7 @@ fn fill(buf: &mut [u8], offset: u64) {
 /// address and the thread.
 fn listen_in<T: Send + 'static>(
     ns: &str,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     serve: impl FnOnce(TcpListener) -> Result<T> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<hostnet::Result<Result<T>>>)> {
     let (tx, rx) = mpsc::channel();
@@ -78,7 +78,14 @@ fn join<T>(h: JoinHandle<hostnet::Result<Result<T>>>, what: &str) -> Result<T> {
 
 /// Connects from `client_ns` to a TCP echo server on `server_ip` in `server_ns`, sends `bytes`
 /// bytes and checks every byte comes back. Fails within about 10 s if the path is broken.
-pub fn echo(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, bytes: usize) -> Result<()> {
+/// Either family: `server_ip` may be an IPv4 or an IPv6 address.
+pub fn echo(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: impl Into<IpAddr>,
+    bytes: usize,
+) -> Result<()> {
+    let server_ip = server_ip.into();
     let (addr, server) = listen_in(server_ns, server_ip, |l| {
         let mut s = accept_within(&l, Duration::from_secs(10))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -163,7 +170,8 @@ pub struct Stream {
 
 impl Stream {
     /// Opens the connection and starts sending; returns once the first bytes arrived.
-    pub fn start(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr) -> Result<Stream> {
+    pub fn start(client_ns: &str, server_ns: &str, server_ip: impl Into<IpAddr>) -> Result<Stream> {
+        let server_ip = server_ip.into();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(StreamStats::default()));
         let st = stats.clone();

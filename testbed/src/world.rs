@@ -1,5 +1,6 @@
 //! A multi-host world in network namespaces, for end-to-end tests and benchmarks: an underlay
-//! namespace holding bridge `br0` (192.0.2.254/24), hosts `h1..hN` on it (192.0.2.i/24) each
+//! namespace holding bridge `br0` (192.0.2.254/24 and 2001:db8::fe/64), hosts `h1..hN` on it
+//! (192.0.2.i/24 and 2001:db8::i/64) each
 //! running the real `netd` binary — the netd of hosts 1..=M runs an embedded KV member on
 //! `http://192.0.2.i:2379` (M = 1 by default; M = 3 forms a replicated store), the others are
 //! clients of all members — and containers attached by running `netd-cni` inside their host's
@@ -10,7 +11,7 @@
 //! temp dir removed. Nothing is ever added to the machine's root namespace.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +35,10 @@ pub const HEALTHZ_PORT: u16 = 8081;
 pub const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 /// A host-gw network config.
 pub const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+/// A dual-stack VXLAN network config (IPv6 subnets of `fd00:10:244::/56`).
+pub const VXLAN_DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+/// A dual-stack host-gw network config.
+pub const HOST_GW_DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
 
 /// Fails (never skips) when something a world needs is missing.
 pub fn require_prerequisites() -> Result<()> {
@@ -58,6 +63,8 @@ pub struct Container {
     pub ns: String,
     pub host: usize,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
     pub attachment: Attachment,
 }
 
@@ -371,14 +378,71 @@ impl World {
             ns,
             host: i,
             ip: Ipv4Addr::UNSPECIFIED,
+            ip6: None,
             attachment,
         };
         // Recorded even when ADD failed: DEL is idempotent and undoes a half-done ADD.
         self.containers.push(c.clone());
         let ip = cni::result_ip(&added?)?;
+        let ip6 = global_ipv6(&c.ns, "eth0")?;
         let last = self.containers.len() - 1;
         self.containers[last].ip = ip;
-        Ok(Container { ip, ..c })
+        self.containers[last].ip6 = ip6;
+        Ok(Container { ip, ip6, ..c })
+    }
+
+    /// Host `i`'s IPv6 subnet, from its subnet file (`FLANNEL_IPV6_SUBNET`, network form).
+    pub fn subnet6(&self, i: usize) -> Option<(Ipv6Addr, u8)> {
+        let text = std::fs::read_to_string(self.subnet_file(i)).ok()?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))?;
+        let (gw, len) = value.trim().split_once('/')?;
+        let gw: Ipv6Addr = gw.parse().ok()?;
+        let len: u8 = len.parse().ok()?;
+        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        Some((Ipv6Addr::from(u128::from(gw) & mask), len))
+    }
+
+    /// Host `i`'s IPv6 routes into fd00:10:244::/56 through a gateway: destination → device.
+    pub fn cluster_routes6(&self, i: usize) -> Result<BTreeMap<String, String>> {
+        let out = run(&["ip", "-n", &self.host(i), "-j", "-6", "route", "show"])?;
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out).context("ip -j -6 route")?;
+        Ok(v.iter()
+            .filter(|r| r["gateway"].is_string())
+            .filter_map(|r| {
+                let dst = r["dst"].as_str()?;
+                dst.starts_with("fd00:10:244:")
+                    .then(|| (dst.to_string(), r["dev"].as_str().unwrap_or("").to_string()))
+            })
+            .collect())
+    }
+
+    /// Waits (30 s) until host `i` routes to the IPv6 subnet of every other host in `hosts`.
+    pub fn wait_routes6(&self, i: usize, hosts: &[usize]) -> Result<()> {
+        let want: Vec<String> = hosts
+            .iter()
+            .filter(|&&h| h != i)
+            .map(|&h| {
+                self.subnet6(h)
+                    .map(|(n, l)| format!("{n}/{l}"))
+                    .with_context(|| format!("h{h} has no IPv6 subnet"))
+            })
+            .collect::<Result<_>>()?;
+        let t0 = Instant::now();
+        loop {
+            let have = self.cluster_routes6(i)?;
+            let missing: Vec<&String> = want.iter().filter(|d| !have.contains_key(*d)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "h{i} has no IPv6 route to {missing:?} after 30 s (routes {have:?}); log:\n{}",
+                self.netd_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// CNI DEL of `c`, then its namespace is deleted, as a runtime removes a container.
@@ -407,7 +471,14 @@ impl World {
     /// Deletes host `i`'s subnet record from the KV, as an operator removes a host for good.
     pub fn delete_record(&self, i: usize) -> Result<()> {
         let (net, len) = self.subnet(i).context("host has no subnet")?;
-        let key = format!("{KV_PREFIX}/subnets/{net}-{len}");
+        let v4 = format!("{net}-{len}");
+        // A dual-stack record's key goes on with `&<v6>-<len>`.
+        let suffix = self
+            .records()?
+            .into_keys()
+            .find(|k| *k == v4 || k.starts_with(&format!("{v4}&")))
+            .with_context(|| format!("no record for {v4}"))?;
+        let key = format!("{KV_PREFIX}/subnets/{suffix}");
         let out = self.etcdctl(&["del", &key])?;
         ensure!(
             out.trim() == "1",
@@ -443,7 +514,19 @@ impl World {
     }
 }
 
-/// SIGTERM, then SIGKILL after 10 s; true if it exited on SIGTERM.
+/// The first global IPv6 address of `dev` in namespace `ns`, if it has one.
+pub fn global_ipv6(ns: &str, dev: &str) -> Result<Option<Ipv6Addr>> {
+    let out = run(&[
+        "ip", "-n", ns, "-j", "-6", "addr", "show", "dev", dev, "scope", "global",
+    ])?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).context("ip -j -6 addr")?;
+    Ok(v.iter()
+        .filter_map(|l| l["addr_info"].as_array())
+        .flatten()
+        .filter_map(|a| a["local"].as_str()?.parse().ok())
+        .next())
+}
+
 /// The client URLs of the embedded KV members on hosts 1..=`members`, comma-separated (an
 /// etcd endpoint list).
 pub fn kv_endpoints(members: usize) -> String {

@@ -1,12 +1,13 @@
 //! Devices: finding the underlay interface and creating (or reusing) the VXLAN device.
 //!
-//! [`ensure_vxlan`] is idempotent: a compatible `flannel.<VNI>` is reused as it is, so its MAC
+//! [`ensure_vxlan`] is idempotent: a compatible `flannel.<VNI>` (or, for IPv6,
+//! `flannel-v6.<VNI>` over the underlay's IPv6 address) is reused as it is, so its MAC
 //! (published as VtepMAC) survives daemon restarts; an incompatible one is replaced.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
@@ -24,6 +25,8 @@ pub struct Underlay {
     pub addr: Ipv4Addr,
     /// The connected network of that address: peers inside it are on the same L2 segment.
     pub segment: Ipv4Network,
+    /// The interface's first global IPv6 address and its connected network, if it has one.
+    pub v6: Option<Ipv6Network>,
     pub mtu: u32,
 }
 
@@ -35,15 +38,20 @@ pub struct VxlanSpec {
     pub learning: bool,
     /// The Group Based Policy extension (flannel's `GBP`).
     pub gbp: bool,
-    pub local: Ipv4Addr,
+    /// The local (underlay) address: IPv4 for `flannel.<VNI>`, IPv6 for `flannel-v6.<VNI>`.
+    pub local: IpAddr,
     pub underlay_index: u32,
     pub mtu: u32,
 }
 
 impl VxlanSpec {
-    /// Device name, flannel's: `flannel.<VNI>`.
+    /// Device name, flannel's: `flannel.<VNI>`, or `flannel-v6.<VNI>` over an IPv6 underlay.
     pub fn name(&self) -> String {
-        format!("flannel.{}", self.vni)
+        if self.local.is_ipv6() {
+            format!("flannel-v6.{}", self.vni)
+        } else {
+            format!("flannel.{}", self.vni)
+        }
     }
 }
 
@@ -139,11 +147,17 @@ pub async fn find_underlay(h: &Handle, iface: Option<&str>) -> Result<Underlay> 
         .ok_or_else(|| Error::Interface(format!("interface {name} has no IPv4 address")))?;
     let segment = Ipv4Network::new(net.network(), net.prefix())
         .map_err(|e| Error::Interface(format!("{name}: {e}")))?;
+    let v6 = hostnet::netlink::ipv6_addresses(h, index)
+        .await
+        .map_err(|e| Error::netlink("list IPv6 addresses", e))?
+        .first()
+        .copied();
     Ok(Underlay {
         name,
         index,
         addr: net.ip(),
         segment,
+        v6,
         mtu: link_mtu(&link),
     })
 }
@@ -269,7 +283,10 @@ fn compatible(m: &LinkMessage, spec: &VxlanSpec) -> bool {
     kind_ok
         && has(&InfoVxlan::Id(spec.vni))
         && has(&InfoVxlan::Link(spec.underlay_index))
-        && has(&InfoVxlan::Local(spec.local))
+        && match spec.local {
+            IpAddr::V4(a) => has(&InfoVxlan::Local(a)),
+            IpAddr::V6(a) => has(&InfoVxlan::Local6(a)),
+        }
         && has(&InfoVxlan::Port(spec.port))
         && has(&InfoVxlan::Learning(spec.learning))
         && has(&InfoVxlan::Gbp) == spec.gbp
@@ -303,14 +320,18 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
     if spec.gbp {
         vxlan = vxlan.gbp();
     }
+    let vxlan = vxlan.dev(spec.underlay_index);
+    let vxlan = match spec.local {
+        // No outer UDP checksum over IPv4, as flannel's devices: the inner packet carries its
+        // own, and a checksum over each encapsulated segment costs CPU on NICs without tunnel
+        // offloads. Over IPv6 the checksum stays on (RFC 8200 requires it; flannel's peers
+        // drop zero-checksum packets).
+        IpAddr::V4(a) => vxlan.local(a).udp_csum(false),
+        IpAddr::V6(a) => vxlan.local6(a),
+    };
     let msg = vxlan
-        .dev(spec.underlay_index)
-        .local(spec.local)
         .port(spec.port)
         .learning(spec.learning)
-        // No outer UDP checksum, as flannel's devices: the inner packet carries its own, and a
-        // checksum over each encapsulated segment costs CPU on NICs without tunnel offloads.
-        .udp_csum(false)
         .mtu(spec.mtu)
         .address(mac.0.to_vec())
         .up()
@@ -337,12 +358,19 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<VxlanDevice> {
 /// `--ip-blackhole-route` does for set-ups without a bridge holding the subnet (per-container
 /// routes, as Canal's): traffic to addresses no container holds is dropped here instead of
 /// following the default route. A route for the subnet that is already there (the bridge's
-/// connected route, or the blackhole itself) is left as it is. Idempotent.
-pub async fn ensure_blackhole(h: &Handle, subnet: Ipv4Network) -> Result<()> {
-    let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(subnet.network(), subnet.prefix())
-        .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
-        .build();
+/// connected route, or the blackhole itself) is left as it is. Idempotent; either family.
+pub async fn ensure_blackhole(h: &Handle, subnet: IpNetwork) -> Result<()> {
+    let blackhole = rtnetlink::packet_route::route::RouteType::BlackHole;
+    let msg = match subnet {
+        IpNetwork::V4(n) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix())
+            .kind(blackhole)
+            .build(),
+        IpNetwork::V6(n) => rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.network(), n.prefix())
+            .kind(blackhole)
+            .build(),
+    };
     match h.route().add(msg).execute().await {
         Ok(()) => Ok(()),
         Err(e) if hostnet::netlink::is_exists(&e) => Ok(()),
@@ -360,24 +388,38 @@ fn disable_accept_ra(name: &str) {
     }
 }
 
-/// Puts `addr/32` on the device and removes any other address inside `network` (a subnet this
-/// host held before).
+/// Puts `addr/32` (`addr/128` for IPv6) on the device and removes any other address of that
+/// family inside `network` (a subnet this host held before).
 pub async fn ensure_vtep_address(
     h: &Handle,
     index: u32,
-    addr: Ipv4Addr,
-    network: Ipv4Network,
+    addr: IpAddr,
+    network: IpNetwork,
 ) -> Result<()> {
+    let full = if addr.is_ipv6() { 128 } else { 32 };
+    let held: Vec<IpNetwork> = match addr {
+        IpAddr::V4(_) => ipv4_addresses(h, index)
+            .await?
+            .into_iter()
+            .map(IpNetwork::V4)
+            .collect(),
+        IpAddr::V6(_) => hostnet::netlink::ipv6_addresses(h, index)
+            .await
+            .map_err(|e| Error::netlink("list IPv6 addresses", e))?
+            .into_iter()
+            .map(IpNetwork::V6)
+            .collect(),
+    };
     let mut present = false;
-    for n in ipv4_addresses(h, index).await? {
-        if n.ip() == addr && n.prefix() == 32 {
+    for n in held {
+        if n.ip() == addr && n.prefix() == full {
             present = true;
         } else if network.contains(n.ip()) {
             let msgs: Vec<_> = h
                 .address()
                 .get()
                 .set_link_index_filter(index)
-                .set_address_filter(IpAddr::V4(n.ip()))
+                .set_address_filter(n.ip())
                 .execute()
                 .try_collect()
                 .await
@@ -392,12 +434,16 @@ pub async fn ensure_vtep_address(
         }
     }
     if !present {
-        h.address()
-            .add(index, IpAddr::V4(addr), 32)
-            .replace()
-            .execute()
+        let mut req = h.address().add(index, addr, full).replace();
+        if addr.is_ipv6() {
+            // No duplicate address detection: the address is this host's alone (it is its
+            // subnet's network address), and a tentative address could not be used as a source.
+            req.message_mut().header.flags |=
+                rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
+        }
+        req.execute()
             .await
-            .map_err(|e| Error::netlink(format!("add address {addr}/32"), e))?;
+            .map_err(|e| Error::netlink(format!("add address {addr}/{full}"), e))?;
     }
     Ok(())
 }

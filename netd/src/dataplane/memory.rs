@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use super::{Dataplane, Entry, KernelState};
+use super::{Dataplane, Entry, KernelState, fdb_key};
 use crate::error::{Error, Result};
 
 /// Test dataplane. `fail_on` makes every upsert of a matching entry fail.
@@ -34,7 +34,7 @@ impl Dataplane for MemoryDataplane {
                 s.neighs.insert(ip, mac);
             }
             Entry::Fdb { mac, dst } => {
-                s.fdb.insert(mac, dst);
+                s.fdb.insert(fdb_key(mac, dst), dst);
             }
             Entry::Route { dst, hop } => {
                 s.routes.insert(dst, hop);
@@ -47,7 +47,7 @@ impl Dataplane for MemoryDataplane {
         let mut s = self.state.lock().expect("test mutex");
         match entry {
             Entry::Neigh { ip, .. } => s.neighs.remove(ip).map(|_| ()),
-            Entry::Fdb { mac, .. } => s.fdb.remove(mac).map(|_| ()),
+            Entry::Fdb { mac, dst } => s.fdb.remove(&fdb_key(*mac, *dst)).map(|_| ()),
             Entry::Route { dst, .. } => s.routes.remove(dst).map(|_| ()),
         };
         Ok(())

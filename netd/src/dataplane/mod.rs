@@ -14,17 +14,18 @@ pub mod netlink;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::error::{Error, Result};
-use crate::subnet::{MacAddr, PeerRecord};
+use crate::subnet::{MacAddr, PeerRecord, VxlanData};
 
 /// Which device a route leaves through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Via {
-    /// The VXLAN device, gateway = the peer's vtep address, `onlink`.
+    /// The VXLAN device of the route's family (`flannel.<VNI>` or `flannel-v6.<VNI>`),
+    /// gateway = the peer's vtep address, `onlink`.
     Overlay,
     /// The underlay interface, gateway = the peer's public IP (host-gw, DirectRouting).
     Underlay,
@@ -33,44 +34,66 @@ pub enum Via {
 /// A route's next hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NextHop {
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub via: Via,
 }
 
-/// One kernel object owned by netd.
+/// One kernel object owned by netd. The address family picks the VXLAN device: IPv4 entries
+/// live on `flannel.<VNI>`, IPv6 ones on `flannel-v6.<VNI>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Entry {
     /// `ip neigh replace <ip> lladdr <mac> dev flannel.N nud permanent`
-    Neigh { ip: Ipv4Addr, mac: MacAddr },
+    Neigh { ip: IpAddr, mac: MacAddr },
     /// `bridge fdb replace <mac> dev flannel.N dst <dst> self permanent`
-    Fdb { mac: MacAddr, dst: Ipv4Addr },
+    Fdb { mac: MacAddr, dst: IpAddr },
     /// `ip route replace <dst> via <gw> dev <overlay|underlay> [onlink]`
-    Route { dst: Ipv4Network, hop: NextHop },
+    Route { dst: IpNetwork, hop: NextHop },
+}
+
+/// The key of an FDB entry: its device (by family) and MAC.
+pub type FdbKey = (bool, MacAddr);
+
+pub(crate) fn fdb_key(mac: MacAddr, dst: IpAddr) -> FdbKey {
+    (dst.is_ipv6(), mac)
 }
 
 /// How the backend reaches peers; derived from the config and the underlay interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoutingMode {
-    /// VXLAN; with `direct` set, peers whose public IP lies in `segment` get a direct route.
+    /// VXLAN; with `direct` set, peers whose public IP lies in `segment` (or whose PublicIPv6
+    /// lies in `segment6`) get a direct route.
     Vxlan {
         vni: u32,
         direct: bool,
         segment: Ipv4Network,
+        segment6: Option<Ipv6Network>,
     },
     /// host-gw: every peer gets a direct route.
     HostGw,
 }
 
 /// The entries a peer needs, in programming order; `Err(reason)` when the record does not suit
-/// this backend, e.g. a host-gw record seen by a vxlan node.
-pub fn peer_entries(mode: &RoutingMode, peer: &PeerRecord) -> Result<Vec<Entry>, String> {
-    let direct = |p: &PeerRecord| Entry::Route {
-        dst: p.subnet.0,
+/// this backend, e.g. a host-gw record seen by a vxlan node. `ipv6` says whether this node
+/// routes IPv6: then a peer's IPv6 subnet gets its own entries beside the IPv4 ones.
+pub fn peer_entries(
+    mode: &RoutingMode,
+    ipv6: bool,
+    peer: &PeerRecord,
+) -> Result<Vec<Entry>, String> {
+    // The IPv6 half: the record's v6 subnet and public address, when both ends route IPv6.
+    let v6 = match (ipv6, peer.subnet.v6, peer.attrs.public_ipv6) {
+        (true, Some(s), Some(ip)) => Some((s, ip)),
+        _ => None,
+    };
+    let direct = |dst: IpNetwork, gateway: IpAddr| Entry::Route {
+        dst,
         hop: NextHop {
-            gateway: p.attrs.public_ip,
+            gateway,
             via: Via::Underlay,
         },
     };
+    let v4_dst = IpNetwork::V4(peer.subnet.v4.0);
+    let v4_ip = IpAddr::V4(peer.attrs.public_ip);
     match mode {
         RoutingMode::HostGw => {
             if peer.attrs.backend_type != "host-gw" {
@@ -79,44 +102,77 @@ pub fn peer_entries(mode: &RoutingMode, peer: &PeerRecord) -> Result<Vec<Entry>,
                     peer.attrs.backend_type
                 ));
             }
-            Ok(vec![direct(peer)])
+            let mut out = vec![direct(v4_dst, v4_ip)];
+            if let Some((s, ip)) = v6 {
+                out.push(direct(IpNetwork::V6(s.0), IpAddr::V6(ip)));
+            }
+            Ok(out)
         }
         RoutingMode::Vxlan {
             vni,
             direct: direct_routing,
             segment,
+            segment6,
         } => {
             let data = match (&*peer.attrs.backend_type, &peer.attrs.backend_data) {
                 ("vxlan", Some(d)) => d,
                 (t, _) => return Err(format!("backend type {t:?} differs from this node's vxlan")),
             };
-            if data.vni != 0 && data.vni != *vni {
-                return Err(format!(
-                    "VNI {} differs from this node's VNI {vni}",
-                    data.vni
+            let check_vni = |d: &VxlanData| {
+                if d.vni != 0 && d.vni != *vni {
+                    Err(format!("VNI {} differs from this node's VNI {vni}", d.vni))
+                } else {
+                    Ok(())
+                }
+            };
+            check_vni(data)?;
+            let encap = |vtep: IpAddr, dst: IpNetwork, public: IpAddr, mac: MacAddr| {
+                [
+                    Entry::Neigh { ip: vtep, mac },
+                    Entry::Fdb { mac, dst: public },
+                    Entry::Route {
+                        dst,
+                        hop: NextHop {
+                            gateway: vtep,
+                            via: Via::Overlay,
+                        },
+                    },
+                ]
+            };
+            let mut out = Vec::with_capacity(6);
+            if *direct_routing && segment.contains(peer.attrs.public_ip) {
+                out.push(direct(v4_dst, v4_ip));
+            } else {
+                out.extend(encap(
+                    IpAddr::V4(peer.subnet.v4.addr()),
+                    v4_dst,
+                    v4_ip,
+                    data.vtep_mac,
                 ));
             }
-            if *direct_routing && segment.contains(peer.attrs.public_ip) {
-                return Ok(vec![direct(peer)]);
+            if let Some((s, ip)) = v6 {
+                let Some(d6) = &peer.attrs.backend_v6_data else {
+                    return Err("dual-stack record without BackendV6Data".into());
+                };
+                check_vni(d6)?;
+                if *direct_routing && segment6.is_some_and(|seg| seg.contains(ip)) {
+                    out.push(direct(IpNetwork::V6(s.0), IpAddr::V6(ip)));
+                } else {
+                    out.extend(encap(
+                        IpAddr::V6(s.addr()),
+                        IpNetwork::V6(s.0),
+                        IpAddr::V6(ip),
+                        d6.vtep_mac,
+                    ));
+                }
             }
-            let vtep = peer.subnet.addr();
-            Ok(vec![
-                Entry::Neigh {
-                    ip: vtep,
-                    mac: data.vtep_mac,
-                },
-                Entry::Fdb {
-                    mac: data.vtep_mac,
-                    dst: peer.attrs.public_ip,
-                },
-                Entry::Route {
-                    dst: peer.subnet.0,
-                    hop: NextHop {
-                        gateway: vtep,
-                        via: Via::Overlay,
-                    },
-                },
-            ])
+            // Programming order across both families: neighbours, FDB, then routes.
+            out.sort_by_key(|e| match e {
+                Entry::Neigh { .. } => 0,
+                Entry::Fdb { .. } => 1,
+                Entry::Route { .. } => 2,
+            });
+            Ok(out)
         }
     }
 }
@@ -125,9 +181,9 @@ pub fn peer_entries(mode: &RoutingMode, peer: &PeerRecord) -> Result<Vec<Entry>,
 /// destination — the keys the kernel itself uses for `replace`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
-    pub neighs: BTreeMap<Ipv4Addr, MacAddr>,
-    pub fdb: BTreeMap<MacAddr, Ipv4Addr>,
-    pub routes: BTreeMap<Ipv4Network, NextHop>,
+    pub neighs: BTreeMap<IpAddr, MacAddr>,
+    pub fdb: BTreeMap<FdbKey, IpAddr>,
+    pub routes: BTreeMap<IpNetwork, NextHop>,
 }
 
 impl KernelState {
@@ -145,7 +201,7 @@ impl KernelState {
         }
         match e {
             Entry::Neigh { ip, mac } => put(&mut self.neighs, ip, mac),
-            Entry::Fdb { mac, dst } => put(&mut self.fdb, mac, dst),
+            Entry::Fdb { mac, dst } => put(&mut self.fdb, fdb_key(mac, dst), dst),
             Entry::Route { dst, hop } => put(&mut self.routes, dst, hop),
         }
     }
@@ -154,7 +210,7 @@ impl KernelState {
     pub fn contains(&self, e: &Entry) -> bool {
         match e {
             Entry::Neigh { ip, mac } => self.neighs.get(ip) == Some(mac),
-            Entry::Fdb { mac, dst } => self.fdb.get(mac) == Some(dst),
+            Entry::Fdb { mac, dst } => self.fdb.get(&fdb_key(*mac, *dst)) == Some(dst),
             Entry::Route { dst, hop } => self.routes.get(dst) == Some(hop),
         }
     }
@@ -163,9 +219,14 @@ impl KernelState {
     pub fn has_key(&self, e: &Entry) -> bool {
         match e {
             Entry::Neigh { ip, .. } => self.neighs.contains_key(ip),
-            Entry::Fdb { mac, .. } => self.fdb.contains_key(mac),
+            Entry::Fdb { mac, dst } => self.fdb.contains_key(&fdb_key(*mac, *dst)),
             Entry::Route { dst, .. } => self.routes.contains_key(dst),
         }
+    }
+
+    /// The FDB destination held for `mac` on the IPv4 device.
+    pub fn fdb_v4(&self, mac: &MacAddr) -> Option<IpAddr> {
+        self.fdb.get(&(false, *mac)).copied()
     }
 
     /// All entries in programming order (neighbours, FDB, routes).
@@ -176,7 +237,7 @@ impl KernelState {
                 .iter()
                 .map(|(ip, mac)| Entry::Neigh { ip: *ip, mac: *mac }),
         );
-        v.extend(self.fdb.iter().map(|(mac, dst)| Entry::Fdb {
+        v.extend(self.fdb.iter().map(|((_, mac), dst)| Entry::Fdb {
             mac: *mac,
             dst: *dst,
         }));

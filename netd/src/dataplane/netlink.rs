@@ -1,22 +1,23 @@
 //! The real [`Dataplane`]: neighbours, FDB entries and routes through rtnetlink.
 //!
-//! Ownership rule: netd owns IPv4 main-table routes whose destination lies inside the cluster
-//! network and that leave through the VXLAN device, or through the underlay interface with a
-//! gateway; permanent IPv4 neighbours on the VXLAN device; FDB entries on the VXLAN device that
-//! carry a destination. Nothing else is ever touched.
+//! Ownership rule: netd owns main-table routes whose destination lies inside the cluster
+//! network of their family (IPv4 `Network`, IPv6 `IPv6Network`) and that leave through that
+//! family's VXLAN device, or through the underlay interface with a gateway; permanent
+//! neighbours on the VXLAN devices; FDB entries on the VXLAN devices that carry a destination.
+//! Nothing else is ever touched.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::{Dataplane, Entry, KernelState, NextHop, Via};
+use super::{Dataplane, Entry, KernelState, NextHop, Via, fdb_key};
 use crate::error::{Error, Result};
 use crate::subnet::MacAddr;
 
@@ -26,8 +27,12 @@ pub struct NetlinkDataplane {
     handle: Handle,
     /// Index of `flannel.<VNI>`; `None` for host-gw.
     overlay: Option<u32>,
+    /// Index of `flannel-v6.<VNI>`; `None` for host-gw or without IPv6.
+    overlay6: Option<u32>,
     underlay: u32,
     network: Ipv4Network,
+    /// The IPv6 cluster network of a dual-stack config.
+    network6: Option<Ipv6Network>,
 }
 
 impl NetlinkDataplane {
@@ -35,18 +40,41 @@ impl NetlinkDataplane {
         NetlinkDataplane {
             handle,
             overlay,
+            overlay6: None,
             underlay,
             network,
+            network6: None,
         }
     }
 
-    fn overlay(&self) -> Result<u32> {
-        self.overlay
-            .ok_or_else(|| Error::Kernel("no VXLAN device in this backend".into()))
+    /// Also owns IPv6 objects: routes inside `network6`, and entries on `overlay6`.
+    pub fn with_ipv6(mut self, network6: Ipv6Network, overlay6: Option<u32>) -> Self {
+        self.network6 = Some(network6);
+        self.overlay6 = overlay6;
+        self
     }
 
-    fn owns_dst(&self, dst: &Ipv4Network) -> bool {
-        self.network.contains(dst.network()) && dst.prefix() >= self.network.prefix()
+    /// The VXLAN device of an address's family.
+    fn overlay_for(&self, v6: bool) -> Result<u32> {
+        let dev = if v6 { self.overlay6 } else { self.overlay };
+        dev.ok_or_else(|| {
+            Error::Kernel(format!(
+                "no {} VXLAN device in this backend",
+                if v6 { "IPv6" } else { "IPv4" }
+            ))
+        })
+    }
+
+    /// Which of netd's next hops a route of the main table is, if any. On the IPv6 device a
+    /// route without a gateway is the kernel's own (the prefix route of the `/128` vtep
+    /// address), never netd's.
+    fn via(&self, oif: Option<u32>, gw: bool, v6: bool) -> Option<Via> {
+        let overlay = if v6 { self.overlay6 } else { self.overlay };
+        match oif {
+            Some(i) if Some(i) == overlay && (gw || !v6) => Some(Via::Overlay),
+            Some(i) if i == self.underlay && gw => Some(Via::Underlay),
+            _ => None,
+        }
     }
 
     async fn observe_routes(&self, state: &mut KernelState) -> Result<()> {
@@ -57,26 +85,52 @@ impl NetlinkDataplane {
             let Ok(dst) = Ipv4Network::new(r.dst, r.prefix) else {
                 continue;
             };
-            if !self.owns_dst(&dst) {
+            if !(self.network.contains(dst.network()) && dst.prefix() >= self.network.prefix()) {
                 continue;
             }
-            let via = match (r.oif, r.gw) {
-                (Some(i), _) if Some(i) == self.overlay => Via::Overlay,
-                (Some(i), Some(_)) if i == self.underlay => Via::Underlay,
-                _ => continue,
+            let Some(via) = self.via(r.oif, r.gw.is_some(), false) else {
+                continue;
             };
-            let gateway = r.gw.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            state.routes.insert(dst, NextHop { gateway, via });
+            let gateway = IpAddr::V4(r.gw.unwrap_or(Ipv4Addr::UNSPECIFIED));
+            state
+                .routes
+                .insert(IpNetwork::V4(dst), NextHop { gateway, via });
+        }
+        let Some(net6) = self.network6 else {
+            return Ok(());
+        };
+        let routes = hostnet::netlink::main_routes_v6(&self.handle)
+            .await
+            .map_err(|e| Error::netlink("list IPv6 routes", e))?;
+        for r in routes {
+            let Ok(dst) = Ipv6Network::new(r.dst, r.prefix) else {
+                continue;
+            };
+            if !(net6.contains(dst.network()) && dst.prefix() >= net6.prefix()) {
+                continue;
+            }
+            let Some(via) = self.via(r.oif, r.gw.is_some(), true) else {
+                continue;
+            };
+            let gateway = IpAddr::V6(r.gw.unwrap_or(Ipv6Addr::UNSPECIFIED));
+            state
+                .routes
+                .insert(IpNetwork::V6(dst), NextHop { gateway, via });
         }
         Ok(())
     }
 
-    async fn observe_neighbours(&self, ov: u32, state: &mut KernelState) -> Result<()> {
+    async fn observe_neighbours(&self, ov: u32, v6: bool, state: &mut KernelState) -> Result<()> {
+        let family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
         let neighs: Vec<_> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family)
             .execute()
             .try_collect()
             .await
@@ -85,7 +139,9 @@ impl NetlinkDataplane {
             if n.header.ifindex != ov || n.header.state != NeighbourState::Permanent {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) = (neigh_dst(&n), neigh_mac(&n)) {
+            if let (Some(ip), Some(mac)) = (neigh_dst(&n).and_then(as_ip), neigh_mac(&n))
+                && ip.is_ipv6() == v6
+            {
                 state.neighs.insert(ip, mac);
             }
         }
@@ -102,13 +158,69 @@ impl NetlinkDataplane {
             if n.header.ifindex != ov {
                 continue;
             }
-            if let (Some(dst), Some(mac)) = (neigh_dst(&n).and_then(as_v4), neigh_mac(&n))
+            if let (Some(dst), Some(mac)) = (neigh_dst(&n).and_then(as_ip), neigh_mac(&n))
                 && mac.0 != [0; 6]
+                && dst.is_ipv6() == v6
             {
-                state.fdb.insert(mac, dst);
+                state.fdb.insert(fdb_key(mac, dst), dst);
             }
         }
         Ok(())
+    }
+}
+
+/// The route `replace` message for `dst` via `hop` out of `oif`.
+fn route_msg(dst: IpNetwork, hop: NextHop, oif: u32) -> Result<RouteMessage> {
+    let onlink = hop.via == Via::Overlay;
+    Ok(match (dst, hop.gateway) {
+        (IpNetwork::V4(d), IpAddr::V4(g)) => {
+            let b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d.network(), d.prefix())
+                .gateway(g)
+                .output_interface(oif);
+            if onlink { b.onlink() } else { b }.build()
+        }
+        (IpNetwork::V6(d), IpAddr::V6(g)) => {
+            let b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d.network(), d.prefix())
+                .gateway(g)
+                .output_interface(oif);
+            if onlink { b.onlink() } else { b }.build()
+        }
+        _ => {
+            return Err(Error::Kernel(format!(
+                "route to {dst} via {} mixes address families",
+                hop.gateway
+            )));
+        }
+    })
+}
+
+/// The route `delete` message for `dst` out of `oif`, matching any protocol, scope and type:
+/// a stale route may have been added by another tool (protocol boot) or an older netd.
+fn route_del_msg(dst: IpNetwork, oif: u32) -> RouteMessage {
+    match dst {
+        IpNetwork::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.network(), d.prefix())
+            .output_interface(oif)
+            .protocol(RouteProtocol::Unspec)
+            .scope(RouteScope::NoWhere)
+            .kind(RouteType::Unspec)
+            .build(),
+        IpNetwork::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d.network(), d.prefix())
+            .output_interface(oif)
+            .protocol(RouteProtocol::Unspec)
+            .scope(RouteScope::NoWhere)
+            .kind(RouteType::Unspec)
+            .build(),
+    }
+}
+
+fn neigh_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v) => NeighbourAddress::Inet(v),
+        IpAddr::V6(v) => NeighbourAddress::Inet6(v),
     }
 }
 
@@ -119,12 +231,17 @@ fn neigh_dst(n: &NeighbourMessage) -> Option<NeighbourAddress> {
     })
 }
 
-/// The IPv4 address of a neighbour attribute. Bridge-family (FDB) messages carry it as raw bytes
+/// The IP address of a neighbour attribute. Bridge-family (FDB) messages carry it as raw bytes
 /// because the parser keys the address type on the message family.
-fn as_v4(a: NeighbourAddress) -> Option<Ipv4Addr> {
+fn as_ip(a: NeighbourAddress) -> Option<IpAddr> {
     match a {
-        NeighbourAddress::Inet(v) => Some(v),
-        NeighbourAddress::Other(b) if b.len() == 4 => Some(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+        NeighbourAddress::Inet(v) => Some(IpAddr::V4(v)),
+        NeighbourAddress::Inet6(v) => Some(IpAddr::V6(v)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -145,7 +262,10 @@ impl Dataplane for NetlinkDataplane {
         let mut state = KernelState::default();
         self.observe_routes(&mut state).await?;
         if let Some(ov) = self.overlay {
-            self.observe_neighbours(ov, &mut state).await?;
+            self.observe_neighbours(ov, false, &mut state).await?;
+        }
+        if let Some(ov) = self.overlay6 {
+            self.observe_neighbours(ov, true, &mut state).await?;
         }
         Ok(state)
     }
@@ -155,7 +275,7 @@ impl Dataplane for NetlinkDataplane {
         match *entry {
             Entry::Neigh { ip, mac } => h
                 .neighbours()
-                .add(self.overlay()?, IpAddr::V4(ip))
+                .add(self.overlay_for(ip.is_ipv6())?, ip)
                 .link_layer_address(&mac.0)
                 .state(NeighbourState::Permanent)
                 .replace()
@@ -164,8 +284,8 @@ impl Dataplane for NetlinkDataplane {
                 .map_err(|e| Error::netlink(format!("neigh replace {ip} {mac}"), e)),
             Entry::Fdb { mac, dst } => h
                 .neighbours()
-                .add_bridge(self.overlay()?, &mac.0)
-                .destination(IpAddr::V4(dst))
+                .add_bridge(self.overlay_for(dst.is_ipv6())?, &mac.0)
+                .destination(dst)
                 .flags(NeighbourFlags::Own)
                 .state(NeighbourState::Permanent)
                 .replace()
@@ -173,16 +293,18 @@ impl Dataplane for NetlinkDataplane {
                 .await
                 .map_err(|e| Error::netlink(format!("fdb replace {mac} dst {dst}"), e)),
             Entry::Route { dst, hop } => {
-                let b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst.network(), dst.prefix())
-                    .gateway(hop.gateway);
-                let msg = match hop.via {
-                    Via::Overlay => b.output_interface(self.overlay()?).onlink().build(),
-                    Via::Underlay => b.output_interface(self.underlay).build(),
+                let oif = match hop.via {
+                    Via::Overlay => self.overlay_for(dst.is_ipv6())?,
+                    Via::Underlay => self.underlay,
                 };
-                h.route().add(msg).replace().execute().await.map_err(|e| {
-                    Error::netlink(format!("route replace {dst} via {}", hop.gateway), e)
-                })
+                h.route()
+                    .add(route_msg(dst, hop, oif)?)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        Error::netlink(format!("route replace {dst} via {}", hop.gateway), e)
+                    })
             }
         }
     }
@@ -192,39 +314,34 @@ impl Dataplane for NetlinkDataplane {
         let res = match *entry {
             Entry::Neigh { ip, .. } => {
                 let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Inet;
-                m.header.ifindex = self.overlay()?;
+                m.header.family = if ip.is_ipv6() {
+                    AddressFamily::Inet6
+                } else {
+                    AddressFamily::Inet
+                };
+                m.header.ifindex = self.overlay_for(ip.is_ipv6())?;
                 m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+                    .push(NeighbourAttribute::Destination(neigh_address(ip)));
                 h.neighbours().del(m).execute().await
             }
             Entry::Fdb { mac, dst } => {
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Bridge;
-                m.header.ifindex = self.overlay()?;
+                m.header.ifindex = self.overlay_for(dst.is_ipv6())?;
                 m.header.flags = NeighbourFlags::Own;
                 m.header.state = NeighbourState::Permanent;
                 m.attributes
                     .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
                 m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+                    .push(NeighbourAttribute::Destination(neigh_address(dst)));
                 h.neighbours().del(m).execute().await
             }
             Entry::Route { dst, hop } => {
                 let oif = match hop.via {
-                    Via::Overlay => self.overlay()?,
+                    Via::Overlay => self.overlay_for(dst.is_ipv6())?,
                     Via::Underlay => self.underlay,
                 };
-                // Match any protocol, scope and type: a stale route may have been added by
-                // another tool (protocol boot) or an older netd.
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst.network(), dst.prefix())
-                    .output_interface(oif)
-                    .protocol(RouteProtocol::Unspec)
-                    .scope(RouteScope::NoWhere)
-                    .kind(RouteType::Unspec)
-                    .build();
-                h.route().del(msg).execute().await
+                h.route().del(route_del_msg(dst, oif)).execute().await
             }
         };
         match res {

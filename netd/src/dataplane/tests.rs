@@ -1,10 +1,14 @@
 //! Unit tests of the pure dataplane logic against the in-memory dataplane.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::memory::MemoryDataplane;
 use super::*;
-use crate::subnet::{LeaseAttrs, Subnet, VxlanData};
+use crate::subnet::{LeaseAttrs, Subnet, Subnet6, SubnetKey, VxlanData};
+
+fn v4(a: Ipv4Addr) -> IpAddr {
+    IpAddr::V4(a)
+}
 
 fn mac(last: u8) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 0, last])
@@ -12,7 +16,7 @@ fn mac(last: u8) -> MacAddr {
 
 fn peer(n: u8, public: Ipv4Addr, m: MacAddr) -> PeerRecord {
     PeerRecord {
-        subnet: Subnet::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
+        subnet: SubnetKey::v4(Subnet::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap()),
         attrs: LeaseAttrs {
             public_ip: public,
             public_ipv6: None,
@@ -21,6 +25,7 @@ fn peer(n: u8, public: Ipv4Addr, m: MacAddr) -> PeerRecord {
                 vni: 1,
                 vtep_mac: m,
             }),
+            backend_v6_data: None,
         },
         lease: 5,
         create_revision: 1,
@@ -33,13 +38,14 @@ fn vxlan(direct: bool) -> RoutingMode {
         vni: 1,
         direct,
         segment: "192.0.2.0/24".parse().unwrap(),
+        segment6: Some("2001:db8::/64".parse().unwrap()),
     }
 }
 
 fn desired(mode: &RoutingMode, peers: &[PeerRecord]) -> KernelState {
     let mut s = KernelState::default();
     for p in peers {
-        for e in peer_entries(mode, p).unwrap() {
+        for e in peer_entries(mode, false, p).unwrap() {
             assert!(s.insert(e));
         }
     }
@@ -49,9 +55,9 @@ fn desired(mode: &RoutingMode, peers: &[PeerRecord]) -> KernelState {
 #[test]
 fn vxlan_peer_gets_neigh_fdb_route_in_order() {
     let p = peer(3, Ipv4Addr::new(198, 51, 100, 3), mac(3));
-    let e = peer_entries(&vxlan(false), &p).unwrap();
-    assert!(matches!(e[0], Entry::Neigh { ip, .. } if ip == Ipv4Addr::new(10, 244, 3, 0)));
-    assert!(matches!(e[1], Entry::Fdb { dst, .. } if dst == Ipv4Addr::new(198, 51, 100, 3)));
+    let e = peer_entries(&vxlan(false), false, &p).unwrap();
+    assert!(matches!(e[0], Entry::Neigh { ip, .. } if ip == v4(Ipv4Addr::new(10, 244, 3, 0))));
+    assert!(matches!(e[1], Entry::Fdb { dst, .. } if dst == v4(Ipv4Addr::new(198, 51, 100, 3))));
     assert!(matches!(
         e[2],
         Entry::Route {
@@ -63,15 +69,15 @@ fn vxlan_peer_gets_neigh_fdb_route_in_order() {
         }
     ));
     // DirectRouting only applies to peers on the same segment.
-    assert_eq!(peer_entries(&vxlan(true), &p).unwrap().len(), 3);
+    assert_eq!(peer_entries(&vxlan(true), false, &p).unwrap().len(), 3);
     let near = peer(4, Ipv4Addr::new(192, 0, 2, 4), mac(4));
-    let d = peer_entries(&vxlan(true), &near).unwrap();
+    let d = peer_entries(&vxlan(true), false, &near).unwrap();
     assert_eq!(
         d,
         vec![Entry::Route {
-            dst: near.subnet.0,
+            dst: IpNetwork::V4(near.subnet.v4.0),
             hop: NextHop {
-                gateway: Ipv4Addr::new(192, 0, 2, 4),
+                gateway: v4(Ipv4Addr::new(192, 0, 2, 4)),
                 via: Via::Underlay
             }
         }]
@@ -82,14 +88,18 @@ fn vxlan_peer_gets_neigh_fdb_route_in_order() {
 fn mismatched_backend_or_vni_is_refused() {
     let mut p = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
     p.attrs.backend_type = "host-gw".into();
-    assert!(peer_entries(&vxlan(false), &p).is_err());
+    assert!(peer_entries(&vxlan(false), false, &p).is_err());
     let mut q = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
-    assert!(peer_entries(&RoutingMode::HostGw, &q).is_err());
+    assert!(peer_entries(&RoutingMode::HostGw, false, &q).is_err());
     q.attrs.backend_data = Some(VxlanData {
         vni: 9,
         vtep_mac: mac(3),
     });
-    assert!(peer_entries(&vxlan(false), &q).unwrap_err().contains("VNI"));
+    assert!(
+        peer_entries(&vxlan(false), false, &q)
+            .unwrap_err()
+            .contains("VNI")
+    );
 }
 
 #[test]
@@ -121,7 +131,7 @@ async fn program_remove_and_reconcile_in_memory() {
     let dp = MemoryDataplane::default();
     let mode = vxlan(false);
     let p = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
-    let first = peer_entries(&mode, &p).unwrap();
+    let first = peer_entries(&mode, false, &p).unwrap();
     program_peer(&dp, &[], &first).await.unwrap();
     assert_eq!(dp.snapshot().len(), 3);
 
@@ -131,12 +141,15 @@ async fn program_remove_and_reconcile_in_memory() {
         vni: 1,
         vtep_mac: mac(30),
     });
-    let second = peer_entries(&mode, &p2).unwrap();
+    let second = peer_entries(&mode, false, &p2).unwrap();
     program_peer(&dp, &first, &second).await.unwrap();
     let s = dp.snapshot();
     assert_eq!(s.len(), 3);
-    assert!(!s.fdb.contains_key(&mac(3)));
-    assert_eq!(s.neighs.get(&Ipv4Addr::new(10, 244, 3, 0)), Some(&mac(30)));
+    assert!(s.fdb_v4(&mac(3)).is_none());
+    assert_eq!(
+        s.neighs.get(&v4(Ipv4Addr::new(10, 244, 3, 0))),
+        Some(&mac(30))
+    );
 
     // Delete: all three go.
     remove_peer(&dp, &second).await.unwrap();
@@ -144,7 +157,7 @@ async fn program_remove_and_reconcile_in_memory() {
 
     // Reconcile removes stale entries left behind and adds missing ones.
     let stale = peer(7, Ipv4Addr::new(192, 0, 2, 7), mac(7));
-    program_peer(&dp, &[], &peer_entries(&mode, &stale).unwrap())
+    program_peer(&dp, &[], &peer_entries(&mode, false, &stale).unwrap())
         .await
         .unwrap();
     let want = desired(&mode, std::slice::from_ref(&p));
@@ -157,7 +170,7 @@ async fn program_remove_and_reconcile_in_memory() {
 async fn failed_step_rolls_back_earlier_steps() {
     let dp = MemoryDataplane::default();
     let p = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
-    let entries = peer_entries(&vxlan(false), &p).unwrap();
+    let entries = peer_entries(&vxlan(false), false, &p).unwrap();
     *dp.fail_on.lock().unwrap() = Some(entries[2]); // the route fails
     assert!(program_peer(&dp, &[], &entries).await.is_err());
     assert!(dp.snapshot().is_empty(), "neighbour and FDB rolled back");
@@ -168,14 +181,81 @@ fn duplicate_mac_is_detected() {
     let mut s = KernelState::default();
     assert!(s.insert(Entry::Fdb {
         mac: mac(1),
-        dst: Ipv4Addr::new(192, 0, 2, 1)
+        dst: v4(Ipv4Addr::new(192, 0, 2, 1))
     }));
     assert!(!s.insert(Entry::Fdb {
         mac: mac(1),
-        dst: Ipv4Addr::new(192, 0, 2, 2)
+        dst: v4(Ipv4Addr::new(192, 0, 2, 2))
     }));
     assert!(s.insert(Entry::Fdb {
         mac: mac(1),
-        dst: Ipv4Addr::new(192, 0, 2, 1)
+        dst: v4(Ipv4Addr::new(192, 0, 2, 1))
     }));
+}
+
+/// A dual-stack peer: one set of entries per family, each on its family's device, IPv4 and
+/// IPv6 neighbours before FDB entries before routes; DirectRouting per family.
+#[test]
+fn dual_stack_peer_gets_entries_for_both_families() {
+    let mut p = peer(3, Ipv4Addr::new(198, 51, 100, 3), mac(3));
+    let s6 = Subnet6::new("fd00:10:244:3::".parse().unwrap(), 64).unwrap();
+    p.subnet.v6 = Some(s6);
+    p.attrs.public_ipv6 = Some("2001:db8:1::3".parse().unwrap());
+    p.attrs.backend_v6_data = Some(VxlanData {
+        vni: 1,
+        vtep_mac: mac(0x63),
+    });
+    // A node without IPv6 programs the IPv4 half only.
+    assert_eq!(peer_entries(&vxlan(false), false, &p).unwrap().len(), 3);
+    let e = peer_entries(&vxlan(false), true, &p).unwrap();
+    assert_eq!(e.len(), 6, "{e:?}");
+    let kinds: Vec<u8> = e
+        .iter()
+        .map(|x| match x {
+            Entry::Neigh { .. } => 0,
+            Entry::Fdb { .. } => 1,
+            Entry::Route { .. } => 2,
+        })
+        .collect();
+    assert_eq!(kinds, [0, 0, 1, 1, 2, 2]);
+    let vtep6 = IpAddr::V6("fd00:10:244:3::".parse::<Ipv6Addr>().unwrap());
+    assert!(e.contains(&Entry::Neigh {
+        ip: vtep6,
+        mac: mac(0x63)
+    }));
+    assert!(e.contains(&Entry::Route {
+        dst: IpNetwork::V6(s6.0),
+        hop: NextHop {
+            gateway: vtep6,
+            via: Via::Overlay
+        }
+    }));
+    // The same MAC on both devices are two FDB keys, not a collision.
+    let mut same = p.clone();
+    same.attrs.backend_v6_data = same.attrs.backend_data.clone();
+    let mut st = KernelState::default();
+    for x in peer_entries(&vxlan(false), true, &same).unwrap() {
+        assert!(st.insert(x), "{x:?}");
+    }
+    assert_eq!(st.fdb.len(), 2);
+    // DirectRouting: the IPv6 peer on the same IPv6 segment gets a direct route, the IPv4
+    // half (another segment) stays encapsulated.
+    p.attrs.public_ipv6 = Some("2001:db8::3".parse().unwrap());
+    let d = peer_entries(&vxlan(true), true, &p).unwrap();
+    assert_eq!(d.len(), 4, "{d:?}");
+    assert!(d.contains(&Entry::Route {
+        dst: IpNetwork::V6(s6.0),
+        hop: NextHop {
+            gateway: IpAddr::V6("2001:db8::3".parse().unwrap()),
+            via: Via::Underlay
+        }
+    }));
+    // host-gw: one direct route per family.
+    p.attrs.backend_type = "host-gw".into();
+    let h = peer_entries(&RoutingMode::HostGw, true, &p).unwrap();
+    assert_eq!(h.len(), 2);
+    // A dual-stack record without its v6 VtepMAC is refused.
+    p.attrs.backend_type = "vxlan".into();
+    p.attrs.backend_v6_data = None;
+    assert!(peer_entries(&vxlan(false), true, &p).is_err());
 }

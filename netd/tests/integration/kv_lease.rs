@@ -48,6 +48,7 @@ fn concurrent_acquisitions_get_distinct_subnets() {
                                 vni: 1,
                                 vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
                             }),
+                            backend_v6_data: None,
                         };
                         lease::acquire(&kv, &net, &attrs, None, timing).await
                     })

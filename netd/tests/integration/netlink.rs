@@ -1,9 +1,10 @@
 //! The real rtnetlink dataplane, driven directly inside a test namespace: device creation and
-//! reuse, idempotent upserts and removals, observation and the ownership rule.
+//! reuse, idempotent upserts and removals, observation and the ownership rule, for IPv4 and
+//! for IPv6 (`flannel-v6.1` over the host's IPv6 underlay address).
 
 use crate::common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netd::dataplane::device::{self, VxlanSpec};
 use netd::dataplane::netlink::NetlinkDataplane;
@@ -98,7 +99,7 @@ fn vxlan_device_and_entries_in_a_namespace() {
                 port: 8472,
                 learning: false,
                 gbp: false,
-                local: under.addr,
+                local: IpAddr::V4(under.addr),
                 underlay_index: under.index,
                 mtu: under.mtu - 50,
             };
@@ -126,12 +127,13 @@ fn vxlan_device_and_entries_in_a_namespace() {
                 "and keeps it"
             );
             let dev = device::ensure_vxlan(&h, &spec).await.expect("back to 8472");
-            let net = "10.244.0.0/16".parse().expect("net");
-            device::ensure_vtep_address(&h, dev.index, Ipv4Addr::new(10, 244, 1, 0), net)
+            let net: ipnetwork::Ipv4Network = "10.244.0.0/16".parse().expect("net");
+            let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+            device::ensure_vtep_address(&h, dev.index, v4(10, 244, 1, 0), net.into())
                 .await
                 .expect("vtep address");
             // Moving to another subnet replaces the old vtep address.
-            device::ensure_vtep_address(&h, dev.index, Ipv4Addr::new(10, 244, 5, 0), net)
+            device::ensure_vtep_address(&h, dev.index, v4(10, 244, 5, 0), net.into())
                 .await
                 .expect("vtep address");
             let addrs = device::ipv4_addresses(&h, dev.index)
@@ -143,24 +145,24 @@ fn vxlan_device_and_entries_in_a_namespace() {
             let mac = MacAddr([2, 0, 0, 0, 0, 7]);
             let entries = [
                 Entry::Neigh {
-                    ip: Ipv4Addr::new(10, 244, 7, 0),
+                    ip: v4(10, 244, 7, 0),
                     mac,
                 },
                 Entry::Fdb {
                     mac,
-                    dst: Ipv4Addr::new(192, 0, 2, 7),
+                    dst: v4(192, 0, 2, 7),
                 },
                 Entry::Route {
                     dst: "10.244.7.0/24".parse().expect("dst"),
                     hop: NextHop {
-                        gateway: Ipv4Addr::new(10, 244, 7, 0),
+                        gateway: v4(10, 244, 7, 0),
                         via: Via::Overlay,
                     },
                 },
                 Entry::Route {
                     dst: "10.244.8.0/24".parse().expect("dst"),
                     hop: NextHop {
-                        gateway: Ipv4Addr::new(192, 0, 2, 8),
+                        gateway: v4(192, 0, 2, 8),
                         via: Via::Underlay,
                     },
                 },
@@ -180,18 +182,87 @@ fn vxlan_device_and_entries_in_a_namespace() {
             // Replace semantics: a new MAC for the same neighbour.
             let mac2 = MacAddr([2, 0, 0, 0, 0, 8]);
             dp.upsert(&Entry::Neigh {
-                ip: Ipv4Addr::new(10, 244, 7, 0),
+                ip: v4(10, 244, 7, 0),
                 mac: mac2,
             })
             .await
             .expect("replace");
             let seen = dp.observe().await.expect("observe");
-            assert_eq!(seen.neighs.get(&Ipv4Addr::new(10, 244, 7, 0)), Some(&mac2));
+            assert_eq!(seen.neighs.get(&v4(10, 244, 7, 0)), Some(&mac2));
 
             for _ in 0..2 {
                 for e in entries.iter().rev() {
                     dp.remove(e).await.expect("remove is idempotent");
                 }
+            }
+            let seen = dp.observe().await.expect("observe");
+            assert!(seen.is_empty(), "{seen:?}");
+
+            // IPv6: flannel-v6.1 over the underlay's IPv6 address, reused with its MAC.
+            let local6 = under.v6.expect("the underlay has an IPv6 address").ip();
+            let spec6 = VxlanSpec {
+                local: IpAddr::V6(local6),
+                mtu: under.mtu - 70,
+                ..spec.clone()
+            };
+            assert_eq!(spec6.name(), "flannel-v6.1");
+            let dev6 = device::ensure_vxlan(&h, &spec6).await.expect("create v6");
+            assert_ne!(dev6.index, dev.index);
+            assert_eq!(
+                device::ensure_vxlan(&h, &spec6).await.expect("reuse v6"),
+                dev6,
+                "a compatible IPv6 device is reused with its MAC"
+            );
+            let net6: ipnetwork::Ipv6Network = "fd00:10:244::/56".parse().expect("net6");
+            let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().expect("v6"));
+            for a in ["fd00:10:244:1::", "fd00:10:244:5::"] {
+                device::ensure_vtep_address(&h, dev6.index, v6(a), net6.into())
+                    .await
+                    .expect("v6 vtep address");
+            }
+            let dp = dp.with_ipv6(net6, Some(dev6.index));
+            let mac6 = MacAddr([2, 0, 0, 0, 6, 7]);
+            let entries6 = [
+                Entry::Neigh {
+                    ip: v6("fd00:10:244:7::"),
+                    mac: mac6,
+                },
+                // The same MAC as an IPv4 FDB entry would be another key: another device.
+                Entry::Fdb {
+                    mac: mac6,
+                    dst: v6("2001:db8::7"),
+                },
+                Entry::Route {
+                    dst: "fd00:10:244:7::/64".parse().expect("dst"),
+                    hop: NextHop {
+                        gateway: v6("fd00:10:244:7::"),
+                        via: Via::Overlay,
+                    },
+                },
+                Entry::Route {
+                    dst: "fd00:10:244:8::/64".parse().expect("dst"),
+                    hop: NextHop {
+                        gateway: v6("2001:db8::8"),
+                        via: Via::Underlay,
+                    },
+                },
+            ];
+            for _ in 0..2 {
+                for e in entries.iter().chain(&entries6) {
+                    dp.upsert(e).await.expect("upsert is idempotent");
+                }
+            }
+            let seen = dp.observe().await.expect("observe");
+            let mut want: Vec<Entry> = entries.iter().chain(&entries6).copied().collect();
+            let mut got = seen.entries();
+            want.sort();
+            got.sort();
+            assert_eq!(
+                got, want,
+                "exactly netd's objects of both families: {seen:?}"
+            );
+            for e in entries.iter().chain(&entries6).rev() {
+                dp.remove(e).await.expect("remove");
             }
             let seen = dp.observe().await.expect("observe");
             assert!(seen.is_empty(), "{seen:?}");

@@ -140,7 +140,8 @@ impl World {
         w
     }
 
-    fn add_ns(&mut self, tag: &str) -> String {
+    /// A new namespace of this world (removed with it), e.g. a container's.
+    pub fn add_ns(&mut self, tag: &str) -> String {
         self.lab.add_ns(tag).expect("add netns")
     }
 
