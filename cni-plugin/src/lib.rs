@@ -4,10 +4,11 @@
 //! - [`env`]: the `CNI_*` environment, validated (nothing from it may escape a directory).
 //! - [`config`]: the network config on stdin, its keys and defaults.
 //! - [`version`]: spec versions and which commands each allows.
-//! - [`subnet_env`]: the node's network, subnet and MTU from netd's `subnet.env`.
+//! - [`subnet_env`]: the node's networks, subnets (IPv4, and IPv6 on a dual-stack node) and
+//!   MTU from netd's `subnet.env`.
 //! - [`ipam`]: the built-in host-local-compatible address store, or a delegated IPAM plugin.
 //! - [`net`]: rtnetlink work — namespaces, the bridge and veth on the host, the container side.
-//! - [`masq`]: per-container outbound masquerade in the plugin's own nftables table.
+//! - [`masq`]: per-container outbound masquerade in the plugin's own nftables tables.
 //! - [`naming`]: deterministic names derived from an attachment.
 //! - [`result`]: CNI results, parsed and shaped per version.
 //! - [`commands`]: ADD, DEL, CHECK, GC, STATUS, VERSION.

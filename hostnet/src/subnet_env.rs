@@ -10,8 +10,10 @@
 //! FLANNEL_MTU=1450
 //! FLANNEL_IPMASQ=false
 //! ```
-//! `FLANNEL_SUBNET` holds the gateway address with the subnet's prefix; so does
-//! `FLANNEL_IPV6_SUBNET`, written (with `FLANNEL_IPV6_NETWORK`) in a dual-stack network only.
+//! `FLANNEL_SUBNET` holds the gateway address with the subnet's prefix. The IPv6 pair is
+//! there only in a dual-stack network (flannel's `EnableIPv6`), in flannel's order: after the
+//! IPv4 lines, before `FLANNEL_MTU`; `FLANNEL_IPV6_SUBNET` holds the IPv6 gateway the same way.
+//! IPv4 is always required (an IPv6-only file is not supported yet).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -33,20 +35,26 @@ pub struct SubnetEnv {
     pub mtu: u32,
     /// True when netd masquerades itself, so the plugin must not.
     pub ipmasq: bool,
-    /// The IPv6 half of a dual-stack network.
+    /// The IPv6 side of a dual-stack network (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`);
+    /// `None` when the network is IPv4 only.
     pub ipv6: Option<Ipv6Env>,
 }
 
-/// The IPv6 lines of the file (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The IPv6 half of a dual-stack node's subnet file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv6Env {
-    /// The whole IPv6 cluster network.
+    /// The whole IPv6 cluster network (`FLANNEL_IPV6_NETWORK`).
     pub network: Ipv6Network,
     /// The node's IPv6 subnet, network address form (`fd00:10:244:3::/64`).
     pub subnet: Ipv6Network,
-    /// Gateway address on the bridge (`fd00:10:244:3::1`).
+    /// IPv6 gateway address on the bridge (`fd00:10:244:3::1`).
     pub gateway: Ipv6Addr,
 }
+
+/// Smallest subnet the plugin can allocate from, as host-local: a network address, the
+/// gateway and at least one more (IPv4: and the broadcast address).
+const MAX_PREFIX_V4: u8 = 30;
+const MAX_PREFIX_V6: u8 = 126;
 
 impl SubnetEnv {
     /// The file for `subnet` (any address inside it) of `network`: the gateway is the
@@ -63,36 +71,41 @@ impl SubnetEnv {
         }
     }
 
-    /// The same file for a dual-stack network: `subnet` (any address inside it) of `network`,
-    /// gateway the subnet's first host address.
-    pub fn with_ipv6(mut self, network: Ipv6Network, subnet: Ipv6Network) -> SubnetEnv {
+    /// The same file for a dual-stack node: `subnet` (any address inside it) of the IPv6
+    /// `network`, whose gateway is the subnet's first address + 1 (as for IPv4).
+    pub fn with_ipv6(self, network: Ipv6Network, subnet: Ipv6Network) -> SubnetEnv {
         let base = subnet.network();
-        self.ipv6 = Some(Ipv6Env {
-            network,
-            subnet: Ipv6Network::new(base, subnet.prefix()).unwrap_or(subnet),
-            gateway: Ipv6Addr::from(u128::from(base).wrapping_add(1)),
-        });
-        self
+        SubnetEnv {
+            ipv6: Some(Ipv6Env {
+                network,
+                subnet: Ipv6Network::new(base, subnet.prefix()).unwrap_or(subnet),
+                gateway: Ipv6Addr::from(u128::from(base).wrapping_add(1)),
+            }),
+            ..self
+        }
     }
 
-    /// The file's text.
+    /// The file's text, in flannel's order.
     pub fn render(&self) -> String {
-        let ipv6 = self.ipv6.as_ref().map_or(String::new(), |v6| {
-            format!(
+        let mut text = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+            self.network,
+            self.gateway,
+            self.subnet.prefix()
+        );
+        if let Some(v6) = &self.ipv6 {
+            text.push_str(&format!(
                 "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
                 v6.network,
                 v6.gateway,
                 v6.subnet.prefix()
-            )
-        });
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n{ipv6}FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network,
-            self.gateway,
-            self.subnet.prefix(),
-            self.mtu,
-            self.ipmasq
-        )
+            ));
+        }
+        text.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ipmasq
+        ));
+        text
     }
 
     /// Parses the file's text; the error is a human-readable reason.
@@ -124,18 +137,6 @@ impl SubnetEnv {
                             .map_err(|_| bad("an IPv4 CIDR"))?,
                     );
                 }
-                "FLANNEL_MTU" => {
-                    mtu = Some(
-                        value
-                            .parse::<u32>()
-                            .ok()
-                            .filter(|m| (576..=65535).contains(m))
-                            .ok_or_else(|| bad("an MTU between 576 and 65535"))?,
-                    );
-                }
-                "FLANNEL_IPMASQ" => {
-                    ipmasq = Some(value.parse::<bool>().map_err(|_| bad("true or false"))?);
-                }
                 "FLANNEL_IPV6_NETWORK" => {
                     network6 = Some(
                         value
@@ -150,15 +151,29 @@ impl SubnetEnv {
                             .map_err(|_| bad("an IPv6 CIDR"))?,
                     );
                 }
-                // Anything newer is not used.
+                "FLANNEL_MTU" => {
+                    mtu = Some(
+                        value
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|m| (576..=65535).contains(m))
+                            .ok_or_else(|| bad("an MTU between 576 and 65535"))?,
+                    );
+                }
+                "FLANNEL_IPMASQ" => {
+                    ipmasq = Some(value.parse::<bool>().map_err(|_| bad("true or false"))?);
+                }
+                // Anything newer is not used yet.
                 _ => {}
             }
         }
         let network = network.ok_or("FLANNEL_NETWORK missing")?;
         let with_gw = subnet.ok_or("FLANNEL_SUBNET missing")?;
         let mtu = mtu.ok_or("FLANNEL_MTU missing")?;
-        if with_gw.prefix() > 30 {
-            return Err(format!("FLANNEL_SUBNET {with_gw} is too small (max /30)"));
+        if with_gw.prefix() > MAX_PREFIX_V4 {
+            return Err(format!(
+                "FLANNEL_SUBNET {with_gw} is too small (max /{MAX_PREFIX_V4})"
+            ));
         }
         let subnet = Ipv4Network::new(with_gw.network(), with_gw.prefix())
             .map_err(|e| format!("FLANNEL_SUBNET {with_gw}: {e}"))?;
@@ -177,10 +192,10 @@ impl SubnetEnv {
             (None, None) => None,
             (Some(network), Some(with_gw)) => Some(parse_ipv6(network, with_gw)?),
             (Some(_), None) => {
-                return Err("FLANNEL_IPV6_SUBNET missing beside FLANNEL_IPV6_NETWORK".into());
+                return Err("FLANNEL_IPV6_NETWORK given without FLANNEL_IPV6_SUBNET".into());
             }
             (None, Some(_)) => {
-                return Err("FLANNEL_IPV6_NETWORK missing beside FLANNEL_IPV6_SUBNET".into());
+                return Err("FLANNEL_IPV6_SUBNET given without FLANNEL_IPV6_NETWORK".into());
             }
         };
         Ok(SubnetEnv {
@@ -215,12 +230,12 @@ impl SubnetEnv {
     }
 }
 
-/// Checks the IPv6 lines as the IPv4 ones are checked: the subnet (≤ /126) inside the network,
-/// its address a host address (the gateway).
+/// The IPv6 pair's checks, as `FLANNEL_SUBNET`'s: `with_gw` is the gateway with the subnet's
+/// prefix, the subnet lies inside `network` and leaves room for a container.
 fn parse_ipv6(network: Ipv6Network, with_gw: Ipv6Network) -> std::result::Result<Ipv6Env, String> {
-    if with_gw.prefix() > 126 {
+    if with_gw.prefix() > MAX_PREFIX_V6 {
         return Err(format!(
-            "FLANNEL_IPV6_SUBNET {with_gw} is too small (max /126)"
+            "FLANNEL_IPV6_SUBNET {with_gw} is too small (max /{MAX_PREFIX_V6})"
         ));
     }
     let subnet = Ipv6Network::new(with_gw.network(), with_gw.prefix())
@@ -281,17 +296,30 @@ mod tests {
              FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
              FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"
         );
-        assert_eq!(SubnetEnv::parse(&text), Ok(env));
+        assert_eq!(SubnetEnv::parse(&text), Ok(env.clone()));
+        let v6 = env.ipv6.expect("dual-stack");
+        assert_eq!(
+            v6.gateway,
+            "fd00:10:244:3::1".parse::<Ipv6Addr>().expect("literal")
+        );
+        // Any address of the subnet names it; the file holds its network-address form.
+        let same = SubnetEnv::new(env.network, env.subnet, 1430, false)
+            .with_ipv6(v6.network, "fd00:10:244:3::99/64".parse().expect("literal"));
+        assert_eq!(same, env);
+        // The smallest IPv6 subnet there is room in: gateway and one container.
+        let tiny = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00::1/126\nFLANNEL_MTU=1450\n";
+        assert!(SubnetEnv::parse(tiny).is_ok_and(|e| e.ipv6.is_some()));
         let base =
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n";
         for (v6, why) in [
             (
                 "FLANNEL_IPV6_NETWORK=fd00::/56\n",
-                "FLANNEL_IPV6_SUBNET missing",
+                "without FLANNEL_IPV6_SUBNET",
             ),
             (
                 "FLANNEL_IPV6_SUBNET=fd00::1/64\n",
-                "FLANNEL_IPV6_NETWORK missing",
+                "without FLANNEL_IPV6_NETWORK",
             ),
             (
                 "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd01::1/64\n",
@@ -304,6 +332,14 @@ mod tests {
             (
                 "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=10.0.0.1/24\n",
                 "IPv6 CIDR",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00::1/127\n",
+                "too small",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00:0:0:1::/64\nFLANNEL_IPV6_SUBNET=fd00::1/56\n",
+                "outside",
             ),
         ] {
             let e = SubnetEnv::parse(&format!("{base}{v6}")).expect_err(v6);

@@ -13,6 +13,10 @@
 //!    of 100 puts); time from the first write until all routes are in the kernel, netd's resident
 //!    memory afterwards (VmRSS, and VmHWM as the peak), and the cost per peer.
 //!
+//! With `NETD_BENCH_DUAL=1` the network is dual-stack (`EnableIPv6`): every record, real or
+//! fake, carries an IPv6 subnet too, the monitors also watch `RTNLGRP_IPV6_ROUTE`, and a peer
+//! counts as programmed when both its IPv4 and its IPv6 route are in the kernel.
+//!
 //! Everything is removed at the end, on error and on Ctrl-C / SIGTERM: processes killed,
 //! namespaces deleted. Nothing is added to the machine's root namespace. Needs root, `ip` and
 //! `/usr/bin/etcd`. Run with
@@ -22,7 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +53,8 @@ const CONFIG_KEY: &str = "/coreos.com/network/config";
 const CONVERGENCE_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 /// 1,000 /24 subnets do not fit a /16.
 const SCALE_CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+const CONVERGENCE_CONFIG_DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+const SCALE_CONFIG_DUAL: &str = r#"{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fd00:1::/48","Backend":{"Type":"vxlan"}}"#;
 const HOST_COUNTS: [usize; 3] = [3, 10, 20];
 const PEER_COUNTS: [usize; 3] = [100, 500, 1000];
 const HEALTHZ_PORT: u16 = 9102;
@@ -73,13 +79,22 @@ fn main() -> Result<()> {
         (1..=50).contains(&samples),
         "NETD_BENCH_SAMPLES must be 1..=50"
     );
+    let dual = std::env::var("NETD_BENCH_DUAL").is_ok_and(|v| v == "1");
     testbed::cmd::on_interrupt(tear_down);
     println!("netd: {}", netd.display());
+    let family = if dual {
+        "dual-stack (a peer is done when its IPv4 and IPv6 routes are in)"
+    } else {
+        "IPv4"
+    };
+    println!("network: {family}");
 
-    let convergence = convergence(&netd, samples)?;
-    let scale = scale(&netd)?;
+    let convergence = convergence(&netd, samples, dual)?;
+    let scale = scale(&netd, dual)?;
 
-    println!("\nConvergence: record written → route on every host ({samples} samples each)");
+    println!(
+        "\nConvergence ({family}): record written → route on every host ({samples} samples each)"
+    );
     println!("| hosts | p50 | p99 | max | etcd put p50 |");
     println!("|---:|---:|---:|---:|---:|");
     for c in &convergence {
@@ -92,7 +107,7 @@ fn main() -> Result<()> {
             ms(c.put_p50)
         );
     }
-    println!("\nScale: one netd, peers written directly to the KV");
+    println!("\nScale ({family}): one netd, peers written directly to the KV");
     println!(
         "| peers | writes done | all routes | per peer | VmRSS idle (MiB) | VmRSS after (MiB) | VmHWM (MiB) | \
          mean program time |"
@@ -143,9 +158,14 @@ struct ConvergenceRow {
 }
 
 /// One world of 20 hosts; netd is started on 3, then 10, then 20 of them.
-fn convergence(netd: &Path, samples: usize) -> Result<Vec<ConvergenceRow>> {
+fn convergence(netd: &Path, samples: usize, dual: bool) -> Result<Vec<ConvergenceRow>> {
     let max_hosts = HOST_COUNTS[HOST_COUNTS.len() - 1];
-    let mut w = World::new(netd, max_hosts, CONVERGENCE_CONFIG)?;
+    let config = if dual {
+        CONVERGENCE_CONFIG_DUAL
+    } else {
+        CONVERGENCE_CONFIG
+    };
+    let mut w = World::new(netd, max_hosts, config)?;
     let mut rows = Vec::new();
     let mut started = 0;
     let mut peer = 0usize;
@@ -156,33 +176,43 @@ fn convergence(netd: &Path, samples: usize) -> Result<Vec<ConvergenceRow>> {
         }
         started = hosts;
         let all: Vec<usize> = (1..=hosts).collect();
+        // The third octet of every real host's IPv4 subnet, and the fourth group of its IPv6
+        // one: the fake peers' subnets avoid both.
         let mut own = BTreeSet::new();
         for &i in &all {
-            own.insert(w.wait_ready(i)?);
+            own.insert(w.wait_ready(i)?.octets()[2]);
+            if let Some(v6) = w.subnet6(i)? {
+                own.insert((v6.segments()[3] & 0xff) as u8);
+            }
         }
         // The mesh first: every host routes to every other host.
         for &i in &all {
-            let others: Vec<Ipv4Addr> = all
-                .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| w.subnet(j))
-                .collect::<Result<_>>()?;
+            let mut others: Vec<IpAddr> = Vec::new();
+            for &j in all.iter().filter(|&&j| j != i) {
+                others.push(w.subnet(j)?.into());
+                if let Some(v6) = w.subnet6(j)? {
+                    others.push(v6.into());
+                }
+            }
             w.wait_routes(&[i], &others, Duration::from_secs(30))?;
         }
         let (mut lat, mut puts) = (Vec::new(), Vec::new());
         for _ in 0..samples {
-            let subnet = loop {
-                let s = Ipv4Addr::new(10, 244, next_subnet, 0);
+            let n = loop {
+                let n = next_subnet;
                 next_subnet = next_subnet.checked_add(1).context("out of fake subnets")?;
-                if !own.contains(&s) {
-                    break s;
+                if !own.contains(&n) {
+                    break n;
                 }
             };
-            let key = format!("{SUBNETS}{subnet}-24");
-            let value = format!(
-                r#"{{"PublicIP":"192.0.2.{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:bb:00:00:00:{:02x}"}}}}"#,
-                100 + peer,
-                peer
+            let subnet = Ipv4Addr::new(10, 244, n, 0);
+            let subnet6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(n), 0, 0, 0, 0);
+            let (key, value) = fake_record(
+                subnet,
+                dual.then_some(subnet6),
+                &format!("192.0.2.{}", 100 + peer),
+                &format!("2001:db8::{}", 100 + peer),
+                [0xbb, 0, peer as u8],
             );
             peer += 1;
             let (t0, put) = w.kv(move |c| async move {
@@ -196,7 +226,11 @@ fn convergence(netd: &Path, samples: usize) -> Result<Vec<ConvergenceRow>> {
                 ensure!(r.succeeded, "{key} already exists");
                 Ok((t0, t0.elapsed()))
             })?;
-            let done = w.wait_routes(&all, &[subnet], Duration::from_secs(10))?;
+            let mut want = vec![IpAddr::V4(subnet)];
+            if dual {
+                want.push(subnet6.into());
+            }
+            let done = w.wait_routes(&all, &want, Duration::from_secs(10))?;
             lat.push(done - t0);
             puts.push(put);
             std::thread::sleep(Duration::from_millis(30));
@@ -221,6 +255,31 @@ fn convergence(netd: &Path, samples: usize) -> Result<Vec<ConvergenceRow>> {
     Ok(rows)
 }
 
+/// A fake peer's key (under [`SUBNETS`]) and value, as flannel writes them: dual-stack when
+/// `subnet6` is given. `mac` gives the VtepMACs' last three bytes (the IPv6 device's differ).
+fn fake_record(
+    subnet: Ipv4Addr,
+    subnet6: Option<Ipv6Addr>,
+    public: &str,
+    public6: &str,
+    mac: [u8; 3],
+) -> (String, String) {
+    let [a, b, c] = mac;
+    let data = format!(r#"{{"VNI":1,"VtepMAC":"02:{a:02x}:00:{b:02x}:00:{c:02x}"}}"#);
+    match subnet6 {
+        None => (
+            format!("{SUBNETS}{subnet}-24"),
+            format!(r#"{{"PublicIP":"{public}","BackendType":"vxlan","BackendData":{data}}}"#),
+        ),
+        Some(v6) => (
+            format!("{SUBNETS}{subnet}-24&{v6}-64"),
+            format!(
+                r#"{{"PublicIP":"{public}","PublicIPv6":"{public6}","BackendType":"vxlan","BackendData":{data},"BackendV6Data":{{"VNI":1,"VtepMAC":"02:{a:02x}:06:{b:02x}:00:{c:02x}"}}}}"#
+            ),
+        ),
+    }
+}
+
 /// Nearest-rank percentile of sorted, non-empty samples.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = (p * sorted.len() as f64).ceil() as usize;
@@ -238,8 +297,13 @@ struct ScaleRow {
 }
 
 /// One world; a fresh host (fresh kernel state, fresh netd) for each peer count.
-fn scale(netd: &Path) -> Result<Vec<ScaleRow>> {
-    let mut w = World::new(netd, PEER_COUNTS.len(), SCALE_CONFIG)?;
+fn scale(netd: &Path, dual: bool) -> Result<Vec<ScaleRow>> {
+    let config = if dual {
+        SCALE_CONFIG_DUAL
+    } else {
+        SCALE_CONFIG
+    };
+    let mut w = World::new(netd, PEER_COUNTS.len(), config)?;
     let mut rows = Vec::new();
     for (round, peers) in PEER_COUNTS.into_iter().enumerate() {
         let h = round + 1;
@@ -249,30 +313,36 @@ fn scale(netd: &Path) -> Result<Vec<ScaleRow>> {
         })?;
         w.start_netd(h)?;
         let own = w.wait_ready(h)?;
+        let own6 = w.subnet6(h)?;
         std::thread::sleep(Duration::from_millis(500));
         let (rss_idle_kb, _) = w.memory(h)?;
-        let records: Vec<(Ipv4Addr, String)> = (0..peers + 1)
+        let mut subnets: Vec<IpAddr> = Vec::new();
+        let records: Vec<(String, String)> = (0..peers + 1)
             .map(|i| {
                 let subnet = Ipv4Addr::new(10, 100 + (i / 256) as u8, (i % 256) as u8, 0);
-                let value = format!(
-                    r#"{{"PublicIP":"198.18.{}.{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:5c:00:00:{:02x}:{:02x}"}}}}"#,
-                    i / 250,
-                    i % 250 + 1,
-                    i >> 8,
-                    i & 0xff
-                );
-                (subnet, value)
+                let subnet6 = Ipv6Addr::new(0xfd00, 1, 0, 0x100 + i as u16, 0, 0, 0, 0);
+                (subnet, subnet6, i)
             })
-            .filter(|(s, _)| *s != own)
+            .filter(|(s, s6, _)| *s != own && Some(*s6) != own6)
             .take(peers)
+            .map(|(subnet, subnet6, i)| {
+                subnets.push(subnet.into());
+                if dual {
+                    subnets.push(subnet6.into());
+                }
+                fake_record(
+                    subnet,
+                    dual.then_some(subnet6),
+                    &format!("198.18.{}.{}", i / 250, i % 250 + 1),
+                    &format!("2001:db8:18::{:x}", i + 1),
+                    [0x5c, (i >> 8) as u8, (i & 0xff) as u8],
+                )
+            })
             .collect();
-        let subnets: Vec<Ipv4Addr> = records.iter().map(|(s, _)| *s).collect();
         let (t0, written) = w.kv(move |c| async move {
             let t0 = Instant::now();
             for chunk in records.chunks(100) {
-                let ops = chunk
-                    .iter()
-                    .map(|(s, v)| req::op_put(req::put(format!("{SUBNETS}{s}-24"), v)));
+                let ops = chunk.iter().map(|(k, v)| req::op_put(req::put(k, v)));
                 c.txn(req::txn([], ops, [])).await?;
             }
             Ok((t0, t0.elapsed()))
@@ -379,7 +449,7 @@ fn enter_netns(path: &str) -> Result<()> {
 /// A route appearing in (or leaving) a host's main table.
 struct RouteEvent {
     host: usize,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     added: bool,
     at: Instant,
 }
@@ -391,8 +461,8 @@ struct World {
     endpoint: String,
     pids: HashMap<usize, u32>,
     events: Receiver<RouteEvent>,
-    /// (host, /24 destination) → when its route appeared.
-    present: HashMap<(usize, Ipv4Addr), Instant>,
+    /// (host, /24 or /64 destination) → when its route appeared.
+    present: HashMap<(usize, IpAddr), Instant>,
     stop: Arc<AtomicBool>,
     monitors: Vec<JoinHandle<()>>,
 }
@@ -560,6 +630,25 @@ impl World {
         Ok(Ipv4Addr::from(u32::from(ip) & !0xff))
     }
 
+    /// The IPv6 subnet host `i` leased, from its subnet file (dual-stack only).
+    fn subnet6(&self, i: usize) -> Result<Option<Ipv6Addr>> {
+        let path = self.dir.path().join(format!("h{i}/subnet.env"));
+        let text = std::fs::read_to_string(&path)?;
+        let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+        else {
+            return Ok(None);
+        };
+        let (ip, _) = v
+            .split_once('/')
+            .context("FLANNEL_IPV6_SUBNET without a length")?;
+        let ip: Ipv6Addr = ip.parse().context("FLANNEL_IPV6_SUBNET address")?;
+        Ok(Some(Ipv6Addr::from(
+            u128::from(ip) & !0xffff_ffff_ffff_ffff,
+        )))
+    }
+
     /// Waits until netd on host `i` has written its subnet file; returns the subnet.
     fn wait_ready(&self, i: usize) -> Result<Ipv4Addr> {
         let start = Instant::now();
@@ -617,7 +706,7 @@ impl World {
     fn wait_routes(
         &mut self,
         hosts: &[usize],
-        subnets: &[Ipv4Addr],
+        subnets: &[IpAddr],
         timeout: Duration,
     ) -> Result<Instant> {
         let start = Instant::now();
@@ -660,14 +749,19 @@ impl World {
         }
     }
 
-    fn routes_present_by_dump(&self, hosts: &[usize], subnets: &[Ipv4Addr]) -> Result<bool> {
+    fn routes_present_by_dump(&self, hosts: &[usize], subnets: &[IpAddr]) -> Result<bool> {
         for &h in hosts {
-            let out = run(&["ip", "-n", &self.host(h), "-4", "route", "show"])?;
+            let mut out = run(&["ip", "-n", &self.host(h), "-4", "route", "show"])?;
+            out.push_str(&run(&["ip", "-n", &self.host(h), "-6", "route", "show"])?);
             let have: BTreeSet<&str> = out
                 .lines()
                 .filter_map(|l| l.split_whitespace().next())
                 .collect();
-            if !subnets.iter().all(|s| have.contains(&*format!("{s}/24"))) {
+            let shown = |s: &IpAddr| match s {
+                IpAddr::V4(a) => format!("{a}/24"),
+                IpAddr::V6(a) => format!("{a}/64"),
+            };
+            if !subnets.iter().all(|s| have.contains(&*shown(s))) {
                 return Ok(false);
             }
         }
@@ -717,8 +811,8 @@ impl Drop for World {
     }
 }
 
-/// A thread inside namespace `ns` that reports IPv4 main-table routes of 10.0.0.0/8 /24s
-/// appearing and leaving, stamped when read; returns once subscribed.
+/// A thread inside namespace `ns` that reports main-table routes of 10.0.0.0/8 /24s and
+/// fd00::/8 /64s appearing and leaving, stamped when read; returns once subscribed.
 fn spawn_monitor(
     ns: &str,
     host: usize,
@@ -734,7 +828,10 @@ fn spawn_monitor(
                 .enable_all()
                 .build()?;
             let (conn, _handle, messages) = rt.block_on(async {
-                rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route])
+                rtnetlink::new_multicast_connection(&[
+                    MulticastGroup::Ipv4Route,
+                    MulticastGroup::Ipv6Route,
+                ])
             })?;
             Ok((rt, conn, messages))
         };
@@ -775,14 +872,24 @@ fn route_event(host: usize, msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)) => (false, m),
         _ => return None,
     };
-    if m.header.table != RT_TABLE_MAIN || m.header.destination_prefix_length != 24 {
+    if m.header.table != RT_TABLE_MAIN {
         return None;
     }
+    let len = m.header.destination_prefix_length;
     let dst = m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        RouteAttribute::Destination(RouteAddress::Inet(ip))
+            if len == 24 && ip.octets()[0] == 10 =>
+        {
+            Some(IpAddr::V4(*ip))
+        }
+        RouteAttribute::Destination(RouteAddress::Inet6(ip))
+            if len == 64 && ip.segments()[0] == 0xfd00 =>
+        {
+            Some(IpAddr::V6(*ip))
+        }
         _ => None,
     })?;
-    (dst.octets()[0] == 10).then_some(RouteEvent {
+    Some(RouteEvent {
         host,
         dst,
         added,

@@ -3,7 +3,7 @@
 //! `CNI_ARGS`) in the environment and the network configuration on stdin.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -77,15 +77,37 @@ pub fn exec(cni: &Path, command: &str, a: &Attachment) -> Result<String> {
     Ok(stdout)
 }
 
-/// The first IPv4 address of an ADD result.
-pub fn result_ip(result: &str) -> Result<Ipv4Addr> {
+/// The addresses of an ADD result's `ips`, in order.
+fn result_ips(result: &str) -> Result<Vec<IpAddr>> {
     let v: serde_json::Value =
         serde_json::from_str(result).with_context(|| format!("ADD printed no JSON: {result}"))?;
-    v["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
+    Ok(v["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|a| a.split('/').next())
+        .filter_map(|a| a.parse().ok())
+        .collect())
+}
+
+/// The first IPv4 address of an ADD result.
+pub fn result_ip(result: &str) -> Result<Ipv4Addr> {
+    result_ips(result)?
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
         .with_context(|| format!("no IPv4 address in the ADD result: {result}"))
+}
+
+/// The first IPv6 address of an ADD result (a dual-stack node's container has one), if any.
+pub fn result_ip6(result: &str) -> Result<Option<Ipv6Addr>> {
+    Ok(result_ips(result)?.into_iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    }))
 }
 
 /// The node subnet of a subnet file (`FLANNEL_SUBNET=10.244.5.1/24` → (10.244.5.0, 24)), read
@@ -93,6 +115,13 @@ pub fn result_ip(result: &str) -> Result<Ipv4Addr> {
 pub fn parse_subnet(text: &str) -> Option<(Ipv4Addr, u8)> {
     let env = hostnet::subnet_env::SubnetEnv::parse(text).ok()?;
     Some((env.subnet.network(), env.subnet.prefix()))
+}
+
+/// The node's IPv6 subnet of a dual-stack subnet file (`FLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64`
+/// → (fd00:10:244:5::, 64)); `None` for an IPv4-only or invalid file.
+pub fn parse_subnet6(text: &str) -> Option<(Ipv6Addr, u8)> {
+    let v6 = hostnet::subnet_env::SubnetEnv::parse(text).ok()?.ipv6?;
+    Some((v6.subnet.network(), v6.subnet.prefix()))
 }
 
 #[cfg(test)]
@@ -108,5 +137,21 @@ mod tests {
         let r = r#"{"ips":[{"address":"10.244.5.2/24","interface":2}]}"#;
         assert_eq!(result_ip(r).ok(), Some(Ipv4Addr::new(10, 244, 5, 2)));
         assert!(result_ip("{}").is_err());
+        let dual = r#"{"ips":[{"address":"fd00:10:244:5::2/64"},{"address":"10.244.5.2/24"}]}"#;
+        assert_eq!(result_ip(dual).ok(), Some(Ipv4Addr::new(10, 244, 5, 2)));
+        assert_eq!(
+            result_ip6(dual).ok().flatten(),
+            Some(Ipv6Addr::new(0xfd00, 0x10, 0x244, 5, 0, 0, 0, 2))
+        );
+        assert_eq!(result_ip6(r).ok(), Some(None));
+        let s6 = format!(
+            "{s}FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64\n"
+        );
+        assert_eq!(
+            parse_subnet6(&s6),
+            Some((Ipv6Addr::new(0xfd00, 0x10, 0x244, 5, 0, 0, 0, 0), 64))
+        );
+        assert_eq!(parse_subnet(&s6), parse_subnet(s));
+        assert_eq!(parse_subnet6(s), None);
     }
 }

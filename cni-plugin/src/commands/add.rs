@@ -1,11 +1,10 @@
-//! ADD: bridge, veth pair, address, routes, masquerade; everything rolled back on failure.
+//! ADD: bridge, veth pair, addresses (IPv4, and IPv6 on a dual-stack node), routes,
+//! masquerade; everything rolled back on failure.
 
-use std::net::IpAddr;
-
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv6Network};
 use serde_json::Value;
 
-use super::{container_routes, gateway_of, masq_enabled, v4_addresses};
+use super::{addresses, container_routes, gateways, masq_enabled, masq_families};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
@@ -78,36 +77,60 @@ impl Attach<'_> {
         let mtu = conf.mtu.unwrap_or(env.mtu);
         let ipam_result = self.ipam.add(inv, env)?;
         self.progress.allocated = true;
-        let addrs = v4_addresses(&ipam_result);
-        let first = *addrs.first().ok_or_else(|| CniError::Delegate {
-            plugin: conf.ipam_plugin.clone().unwrap_or_default(),
-            code: crate::error::code::DELEGATE,
-            msg: "IPAM returned no IPv4 address".into(),
-        })?;
-        let gw = gateway_of(&ipam_result, env);
+        let addrs = addresses(&ipam_result);
+        let first = addrs
+            .iter()
+            .copied()
+            .find(IpNetwork::is_ipv4)
+            .ok_or_else(|| CniError::Delegate {
+                plugin: conf.ipam_plugin.clone().unwrap_or_default(),
+                code: crate::error::code::DELEGATE,
+                msg: "IPAM returned no IPv4 address".into(),
+            })?;
+        let first6 = addrs.iter().copied().find(IpNetwork::is_ipv6);
+        let gws = gateways(&ipam_result, env);
 
         let h = &self.host_h;
-        let bridge =
-            host::ensure_bridge(h, &conf.bridge, env.gateway, env.subnet.prefix(), mtu).await?;
-        host::enable_ip_forward()?;
+        let gateway6 = env
+            .ipv6
+            .map(|v6| Ipv6Network::new(v6.gateway, v6.subnet.prefix()))
+            .transpose()
+            .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
+        let bridge = host::ensure_bridge(
+            h,
+            &conf.bridge,
+            env.gateway,
+            env.subnet.prefix(),
+            gateway6,
+            mtu,
+        )
+        .await?;
+        host::enable_ip_forward(env.ipv6.is_some() || first6.is_some())?;
         let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
         // Creating the pair is one atomic RTM_NEWLINK: on failure nothing of ours exists (and
         // an EEXIST name belongs to someone else, so it must not be removed).
         let veth = host::create_veth(h, &host_name, &inv.ifname, &self.netns, mtu).await?;
         self.progress.veth_created = true;
         host::attach_port(h, &veth, &bridge, conf.hairpin).await?;
-        let routes = container_routes(conf, env, gw, &ipam_result);
+        if first6.is_some() {
+            container::disable_dad(&self.netns, &inv.ifname)?;
+        }
+        let routes = container_routes(conf, env, &gws, &ipam_result);
         let cont = container::configure(&self.cont_h, &inv.ifname, &addrs, &routes).await?;
         // Neighbours may still map a reused address to its previous owner's MAC. The
         // announcement goes out once the bridge forwards from the new port; if it does not
         // within a second, it is sent anyway (the neighbours' entries then age out as usual).
         host::wait_forwarding(h, &veth.name).await?;
-        garp::announce(&self.cont_h, &self.netns, &cont).await?;
+        garp::announce(&self.cont_h, &self.netns, &cont, first6.is_some()).await?;
 
         if masq_enabled(conf, Some(env)) {
             self.progress.masq_added = true;
             let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-            masq::add(first.ip(), &comment, env.network)?;
+            let mut entries = vec![(first.ip(), IpNetwork::V4(env.network))];
+            if let (Some(a), Some(v6)) = (first6, &env.ipv6) {
+                entries.push((a.ip(), IpNetwork::V6(v6.network)));
+            }
+            masq::add(&comment, &entries)?;
         }
 
         Ok(CniResult {
@@ -134,15 +157,19 @@ impl Attach<'_> {
                 .iter()
                 .map(|ip| IpConfig {
                     address: ip.address,
-                    gateway: ip.gateway.or(Some(IpAddr::V4(gw))),
+                    gateway: ip.gateway.or_else(|| {
+                        gws.iter()
+                            .copied()
+                            .find(|g| g.is_ipv6() == ip.address.is_ipv6())
+                    }),
                     interface: Some(2),
                 })
                 .collect(),
             routes: routes
                 .iter()
                 .map(|r| Route {
-                    dst: IpNetwork::V4(r.dst),
-                    gw: Some(IpAddr::V4(r.gw)),
+                    dst: r.dst,
+                    gw: Some(r.gw),
                 })
                 .collect(),
             dns: ipam_result.dns.clone(),
@@ -155,7 +182,8 @@ impl Attach<'_> {
         let mut errors = Vec::new();
         if self.progress.masq_added {
             let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-            if let Err(e) = masq::remove_where(|c| c == comment) {
+            let families = masq_families(Some(&self.env));
+            if let Err(e) = masq::remove_where(families, |c| c == comment) {
                 errors.push(e);
             }
         }

@@ -1,8 +1,11 @@
-//! CHECK: verify that the attachment is still as ADD left it, and say what is wrong if not.
+//! CHECK: verify that the attachment is still as ADD left it (both addresses, routes and
+//! masquerade entries on a dual-stack node), and say what is wrong if not.
 
-use ipnetwork::Ipv4Network;
+use std::net::IpAddr;
 
-use super::{container_routes, gateway_of, masq_enabled, v4_addresses};
+use ipnetwork::IpNetwork;
+
+use super::{addresses, container_routes, gateways, masq_enabled, masq_families};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
@@ -25,15 +28,15 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     // Expected addresses: prevResult's entries for our interface, else the IPAM store's.
     let held = Ipam::for_conf(conf).check(inv, &env)?;
     let expected = expected_result(inv, prev.as_ref(), held, &env);
-    let addrs = v4_addresses(&expected);
+    let addrs = addresses(&expected);
     if addrs.is_empty() {
         return Err(CniError::CheckFailed(format!(
             "no address known for {}/{} (no prevResult, nothing allocated)",
             inv.container_id, inv.ifname
         )));
     }
-    let gw = gateway_of(&expected, &env);
-    let routes = container_routes(conf, &env, gw, &CniResult::default());
+    let gws = gateways(&expected, &env);
+    let routes = container_routes(conf, &env, &gws, &CniResult::default());
 
     let cont_h = netns.connect()?;
     let mut problems = container::problems(&cont_h, &inv.ifname, &addrs, &routes, mtu).await?;
@@ -55,8 +58,10 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     }
     if masq_enabled(conf, Some(&env)) {
         let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-        let present = masq::list()?;
-        for a in &addrs {
+        let present = masq::list(masq_families(Some(&env)))?;
+        // ADD masquerades the IPv4 address, and the IPv6 one on a dual-stack node.
+        let masqueraded = addrs.iter().filter(|a| a.is_ipv4() || env.ipv6.is_some());
+        for a in masqueraded {
             let ip = a.ip().to_string();
             if !present.iter().any(|(p, c)| *p == ip && *c == comment) {
                 problems.push(format!("masquerade entry for {ip} missing"));
@@ -70,11 +75,12 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     }
 }
 
-/// The addresses CHECK expects on the interface.
+/// The addresses CHECK expects on the interface: `prevResult`'s entries for it, else what
+/// the store holds (with the prefix of the node's subnet of each family).
 fn expected_result(
     inv: &Invocation,
     prev: Option<&CniResult>,
-    held: Option<Vec<std::net::Ipv4Addr>>,
+    held: Option<Vec<IpAddr>>,
     env: &SubnetEnv,
 ) -> CniResult {
     if let Some(prev) = prev {
@@ -95,15 +101,21 @@ fn expected_result(
             };
         }
     }
+    let ranges = crate::ipam::ranges(env);
     CniResult {
         ips: held
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|ip| Ipv4Network::new(ip, env.subnet.prefix()).ok())
-            .map(|n| IpConfig {
-                address: n.into(),
-                gateway: Some(env.gateway.into()),
-                interface: None,
+            .filter_map(|ip| {
+                let range = ranges
+                    .iter()
+                    .find(|r| r.gateway.is_ipv6() == ip.is_ipv6())?;
+                let address = IpNetwork::new(ip, range.subnet.prefix()).ok()?;
+                Some(IpConfig {
+                    address,
+                    gateway: Some(range.gateway),
+                    interface: None,
+                })
             })
             .collect(),
         ..CniResult::default()

@@ -1,12 +1,11 @@
 //! DEL: idempotent teardown. Succeeds when already deleted, with an empty `CNI_NETNS`, or when
 //! the netns is gone — and still removes the host veth, the masquerade entry and the address,
-//! which are all found from the attachment's identity rather than from the container.
+//! which are all found from the attachment's identity rather than from the container. On a
+//! dual-stack node that is both addresses and both masquerade entries.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
-use super::masq_enabled;
+use super::{masq_enabled, masq_families};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
@@ -20,14 +19,11 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     // DEL must work even when netd is down and the subnet file is missing.
     let env = crate::subnet_env::load(&conf.subnet_file).ok();
     let mut errors = Vec::new();
-    let mut hints: Vec<Ipv4Addr> = Vec::new();
+    let mut hints: Vec<IpAddr> = Vec::new();
     if let Some(prev) = &conf.prev_result
         && let Ok(prev) = CniResult::from_value(prev, "prevResult")
     {
-        hints.extend(prev.ips.iter().filter_map(|ip| match ip.address {
-            IpNetwork::V4(n) => Some(n.ip()),
-            IpNetwork::V6(_) => None,
-        }));
+        hints.extend(prev.ips.iter().map(|ip| ip.address.ip()));
     }
 
     let host_h = crate::net::netns::connect_host()?;
@@ -59,7 +55,12 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     }
     if masq_enabled(conf, env.as_ref()) && (conf.ip_masq == Some(true) || masq::available()) {
         let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-        if let Err(e) = masq::remove_where(|c| c == comment) {
+        // An IPv6 address the attachment had means an IPv6 entry, whatever the file says now.
+        let families = match hints.iter().any(IpAddr::is_ipv6) {
+            true => masq::Families::DualStack,
+            false => masq_families(env.as_ref()),
+        };
+        if let Err(e) = masq::remove_where(families, |c| c == comment) {
             errors.push(e);
         }
     }
@@ -80,7 +81,7 @@ async fn container_teardown(
     ifname: &str,
     has_host_end: bool,
     async_teardown: bool,
-) -> Result<Vec<Ipv4Addr>> {
+) -> Result<Vec<IpAddr>> {
     let Some(ns) = Netns::open(path)? else {
         return Ok(Vec::new());
     };
@@ -93,8 +94,8 @@ async fn container_teardown(
     };
     let addrs = links::addresses(&h, link.index)
         .await?
-        .into_iter()
-        .map(|(ip, _)| ip)
+        .iter()
+        .map(|a| a.ip())
         .collect();
     if !has_host_end {
         links::delete_by_name(&h, ifname).await?;

@@ -30,7 +30,9 @@ pub fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
             .iter()
             .map(|(cid, ifname)| naming::masq_comment(&conf.name, cid, ifname))
             .collect();
-        if let Err(e) = masq::remove_where(|c| c.starts_with(&tag) && !kept.contains(c)) {
+        if let Err(e) = masq::remove_where(masq::Families::DualStack, |c| {
+            c.starts_with(&tag) && !kept.contains(c)
+        }) {
             errors.push(e);
         }
     }

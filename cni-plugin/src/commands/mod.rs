@@ -7,11 +7,12 @@ pub mod gc;
 pub mod status;
 pub mod version;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::config::NetConf;
+use crate::masq::Families;
 use crate::net::container::RouteSpec;
 use crate::result::CniResult;
 use crate::subnet_env::SubnetEnv;
@@ -23,51 +24,75 @@ pub fn masq_enabled(conf: &NetConf, env: Option<&SubnetEnv>) -> bool {
         .unwrap_or_else(|| env.is_none_or(|e| !e.ipmasq))
 }
 
-/// IPv4 addresses of a result (from `prevResult` or IPAM).
-pub fn v4_addresses(result: &CniResult) -> Vec<Ipv4Network> {
-    result
-        .ips
-        .iter()
-        .filter_map(|ip| match ip.address {
-            IpNetwork::V4(n) => Some(n),
-            IpNetwork::V6(_) => None,
-        })
+/// The masquerade tables to clean: the IPv6 one too unless the node is known to be IPv4 only.
+pub fn masq_families(env: Option<&SubnetEnv>) -> Families {
+    match env {
+        Some(e) if e.ipv6.is_none() => Families::Ipv4,
+        _ => Families::DualStack,
+    }
+}
+
+/// The addresses of a result (from `prevResult` or IPAM), of both families.
+pub fn addresses(result: &CniResult) -> Vec<IpNetwork> {
+    result.ips.iter().map(|ip| ip.address).collect()
+}
+
+/// The gateways the container routes through, one per family it has an address of: the
+/// IPAM result's for that family, else the bridge address of the node's subnet of it. A
+/// family with neither (an IPv6 address from a delegate on an IPv4-only node) gets no routes.
+pub fn gateways(result: &CniResult, env: &SubnetEnv) -> Vec<IpAddr> {
+    let of_family = |v6: bool| {
+        let has = result.ips.iter().any(|ip| ip.address.is_ipv6() == v6);
+        let from_ipam = result
+            .ips
+            .iter()
+            .filter_map(|ip| ip.gateway)
+            .find(|g| g.is_ipv6() == v6);
+        let from_env = match v6 {
+            false => Some(IpAddr::V4(env.gateway)),
+            true => env.ipv6.map(|e| IpAddr::V6(e.gateway)),
+        };
+        if has { from_ipam.or(from_env) } else { None }
+    };
+    [of_family(false), of_family(true)]
+        .into_iter()
+        .flatten()
         .collect()
 }
 
-/// The gateway the container routes through: the IPAM result's, else the bridge address.
-pub fn gateway_of(result: &CniResult, env: &SubnetEnv) -> Ipv4Addr {
-    result
-        .ips
-        .iter()
-        .find_map(|ip| match ip.gateway {
-            Some(IpAddr::V4(g)) => Some(g),
-            _ => None,
-        })
-        .unwrap_or(env.gateway)
-}
-
-/// Container routes: a default route (or only the cluster network) via the gateway, plus any
-/// IPv4 routes a delegated IPAM plugin returned.
+/// Container routes, per family with a gateway: a default route (or only the cluster network
+/// of that family) via the gateway, plus any routes a delegated IPAM plugin returned.
 pub fn container_routes(
     conf: &NetConf,
     env: &SubnetEnv,
-    gw: Ipv4Addr,
+    gateways: &[IpAddr],
     ipam: &CniResult,
 ) -> Vec<RouteSpec> {
-    let main = if conf.default_route {
-        Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()
-    } else {
-        Some(env.network)
-    };
-    let mut routes: Vec<RouteSpec> = main.map(|dst| RouteSpec { dst, gw }).into_iter().collect();
-    for r in &ipam.routes {
-        if let IpNetwork::V4(dst) = r.dst {
-            let gw = match r.gw {
-                Some(IpAddr::V4(g)) => g,
-                _ => gw,
+    let mut routes: Vec<RouteSpec> = gateways
+        .iter()
+        .filter_map(|&gw| {
+            let dst = match (conf.default_route, gw) {
+                (true, IpAddr::V4(_)) => {
+                    IpNetwork::V4(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).ok()?)
+                }
+                (true, IpAddr::V6(_)) => {
+                    IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).ok()?)
+                }
+                (false, IpAddr::V4(_)) => IpNetwork::V4(env.network),
+                (false, IpAddr::V6(_)) => IpNetwork::V6(env.ipv6?.network),
             };
-            let spec = RouteSpec { dst, gw };
+            Some(RouteSpec { dst, gw })
+        })
+        .collect();
+    for r in &ipam.routes {
+        let gw = r.gw.filter(|g| g.is_ipv6() == r.dst.is_ipv6()).or_else(|| {
+            gateways
+                .iter()
+                .copied()
+                .find(|g| g.is_ipv6() == r.dst.is_ipv6())
+        });
+        if let Some(gw) = gw {
+            let spec = RouteSpec { dst: r.dst, gw };
             if !routes.contains(&spec) {
                 routes.push(spec);
             }

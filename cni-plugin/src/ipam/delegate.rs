@@ -1,11 +1,12 @@
 //! Delegation to an IPAM plugin named in the config (`"ipam": {"type": "host-local", …}`),
-//! executed from `CNI_PATH` with the same environment and the full network config on stdin.
+//! executed from `CNI_PATH` with the same environment and the full network config on stdin,
+//! the node's subnets (both families on a dual-stack node) filled in as flannel fills them.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::config::NetConf;
 use crate::env::{Command, Invocation};
@@ -33,19 +34,33 @@ fn locate(plugin: &str, inv: &Invocation) -> Result<PathBuf> {
         })
 }
 
-/// The config handed to the delegate: ours, with the node subnet filled into `ipam` when the
-/// config names no range (as flannel's plugin does).
+/// The config handed to the delegate: ours, with the node's subnets filled into `ipam` when
+/// the config names no range, as flannel's plugin does: one range set per family
+/// (`"ranges": [[{"subnet": v4, …}], [{"subnet": v6, …}]]`, the IPv6 one on a dual-stack node)
+/// and, unless the config has its own, a route to each cluster network.
 pub fn delegate_config(conf: &NetConf, subnet: Option<&SubnetEnv>) -> Value {
     let mut raw = conf.raw.clone();
     if let (Some(env), Some(Value::Object(ipam))) = (subnet, raw.get_mut("ipam"))
         && !ipam.contains_key("ranges")
         && !ipam.contains_key("subnet")
     {
-        let range = serde_json::json!({
-            "subnet": env.subnet.to_string(),
-            "gateway": env.gateway.to_string(),
-        });
-        ipam.insert("ranges".into(), serde_json::json!([[range]]));
+        let ranges: Vec<Value> = crate::ipam::ranges(env)
+            .iter()
+            .map(|r| {
+                json!([{
+                    "subnet": r.subnet.to_string(),
+                    "gateway": r.gateway.to_string(),
+                }])
+            })
+            .collect();
+        ipam.insert("ranges".into(), Value::Array(ranges));
+        if !ipam.contains_key("routes") {
+            let mut routes = vec![json!({"dst": env.network.to_string()})];
+            if let Some(v6) = &env.ipv6 {
+                routes.push(json!({"dst": v6.network.to_string()}));
+            }
+            ipam.insert("routes".into(), Value::Array(routes));
+        }
     }
     raw
 }
@@ -112,4 +127,70 @@ pub fn run(
         reason: e.to_string(),
     })?;
     Ok(Some(CniResult::from_value(&value, "IPAM plugin result")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(ipam: Value) -> NetConf {
+        let text = json!({"cniVersion": "1.0.0", "name": "n", "ipam": ipam}).to_string();
+        NetConf::parse(text.as_bytes()).expect("valid config")
+    }
+
+    fn env() -> SubnetEnv {
+        SubnetEnv::new(
+            "10.244.0.0/16".parse().expect("literal"),
+            "10.244.3.0/24".parse().expect("literal"),
+            1450,
+            false,
+        )
+    }
+
+    #[test]
+    fn fills_one_range_set_per_family_and_a_route_per_network() {
+        let c = conf(json!({"type": "host-local", "dataDir": "/x"}));
+        let v4 = delegate_config(&c, Some(&env()));
+        assert_eq!(
+            v4["ipam"],
+            json!({"type": "host-local", "dataDir": "/x",
+                   "ranges": [[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]],
+                   "routes": [{"dst": "10.244.0.0/16"}]})
+        );
+        let dual = env().with_ipv6(
+            "fd00:10:244::/56".parse().expect("literal"),
+            "fd00:10:244:3::/64".parse().expect("literal"),
+        );
+        let both = delegate_config(&c, Some(&dual));
+        assert_eq!(
+            both["ipam"]["ranges"],
+            json!([[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}],
+                   [{"subnet": "fd00:10:244:3::/64", "gateway": "fd00:10:244:3::1"}]])
+        );
+        assert_eq!(
+            both["ipam"]["routes"],
+            json!([{"dst": "10.244.0.0/16"}, {"dst": "fd00:10:244::/56"}])
+        );
+        // Everything else of the config goes through untouched.
+        assert_eq!(both["name"], "n");
+        assert_eq!(both["ipam"]["dataDir"], "/x");
+    }
+
+    #[test]
+    fn own_ranges_and_routes_are_kept() {
+        let own = json!({"type": "host-local",
+                         "ranges": [[{"subnet": "192.168.0.0/24"}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]});
+        assert_eq!(
+            delegate_config(&conf(own.clone()), Some(&env()))["ipam"],
+            own
+        );
+        let routes_only = json!({"type": "host-local", "routes": []});
+        let filled = delegate_config(&conf(routes_only), Some(&env()));
+        assert_eq!(filled["ipam"]["routes"], json!([]));
+        assert!(filled["ipam"]["ranges"].is_array());
+        // Without a subnet file (DEL while netd is down) nothing is filled in.
+        let bare = json!({"type": "host-local"});
+        assert_eq!(delegate_config(&conf(bare.clone()), None)["ipam"], bare);
+    }
 }

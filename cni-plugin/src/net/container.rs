@@ -1,26 +1,35 @@
-//! Container side of an attachment: configuring the interface the veth peer became, and
-//! inspecting it for CHECK.
+//! Container side of an attachment: configuring the interface the veth peer became (its
+//! IPv4 address, and its IPv6 one on a dual-stack node), and inspecting it for CHECK.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::links::{self, Link};
+use super::netns::Netns;
 use crate::error::{CniError, Result};
 
-/// A route to install in the container: `dst via gw dev <ifname>`.
+/// A route to install in the container: `dst via gw dev <ifname>` (both of one family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Network,
-    pub gw: Ipv4Addr,
+    pub dst: IpNetwork,
+    pub gw: IpAddr,
+}
+
+/// Turns duplicate address detection off on the (still down) interface `ifname` of `netns`
+/// before it gets an IPv6 address, as the reference bridge plugin does: with hairpin mode the
+/// bridge echoes the interface's own neighbour solicitations back to it, so DAD would fail
+/// for its link-local address (its other addresses are added with `IFA_F_NODAD`).
+pub fn disable_dad(netns: &Netns, ifname: &str) -> Result<()> {
+    netns.write_sysctls(&[(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0")])
 }
 
 /// Bring `ifname` up with `addrs` and `routes`. Returns the link (for its MAC).
 pub async fn configure(
     h: &Handle,
     ifname: &str,
-    addrs: &[Ipv4Network],
+    addrs: &[IpNetwork],
     routes: &[RouteSpec],
 ) -> Result<Link> {
     let link = links::get_by_name(h, ifname).await?.ok_or_else(|| {
@@ -38,7 +47,7 @@ pub async fn configure(
         .await
         .map_err(|e| CniError::kernel(format!("set {ifname} up"), e))?;
     for r in routes {
-        links::add_route(h, r.dst.network(), r.dst.prefix(), r.gw, link.index).await?;
+        links::add_route(h, r.dst, r.gw, link.index).await?;
     }
     Ok(link)
 }
@@ -47,7 +56,7 @@ pub async fn configure(
 pub async fn problems(
     h: &Handle,
     ifname: &str,
-    addrs: &[Ipv4Network],
+    addrs: &[IpNetwork],
     routes: &[RouteSpec],
     mtu: u32,
 ) -> Result<Vec<String>> {
@@ -66,17 +75,36 @@ pub async fn problems(
     }
     let present = links::addresses(h, link.index).await?;
     for a in addrs {
-        if !present.contains(&(a.ip(), a.prefix())) {
+        if !present
+            .iter()
+            .any(|p| p.ip() == a.ip() && p.prefix() == a.prefix())
+        {
             out.push(format!("address {a} missing on {ifname}"));
         }
     }
-    let table = links::routes(h).await?;
+    // The main table as (destination, prefix, gateway, device), each family's read only when
+    // a route of it is expected.
+    let mut table: Vec<(IpAddr, u8, Option<IpAddr>, Option<u32>)> = Vec::new();
+    if routes.iter().any(|r| r.dst.is_ipv4()) {
+        let v4 = links::routes(h).await?;
+        table.extend(
+            v4.iter()
+                .map(|t| (IpAddr::V4(t.dst), t.prefix, t.gw.map(IpAddr::V4), t.oif)),
+        );
+    }
+    if routes.iter().any(|r| r.dst.is_ipv6()) {
+        let v6 = links::routes6(h).await?;
+        table.extend(
+            v6.iter()
+                .map(|t| (IpAddr::V6(t.dst), t.prefix, t.gw.map(IpAddr::V6), t.oif)),
+        );
+    }
     for r in routes {
-        let found = table.iter().any(|t| {
-            t.dst == r.dst.network()
-                && t.prefix == r.dst.prefix()
-                && t.gw == Some(r.gw)
-                && t.oif == Some(link.index)
+        let found = table.iter().any(|&(dst, prefix, gw, oif)| {
+            dst == r.dst.network()
+                && prefix == r.dst.prefix()
+                && gw == Some(r.gw)
+                && oif == Some(link.index)
         });
         if !found {
             out.push(format!("route {} via {} dev {ifname} missing", r.dst, r.gw));

@@ -9,6 +9,10 @@
 //! again. (A packet socket would do the same, but closing one waits for an RCU grace period,
 //! about 10 ms per ADD.) This must happen once the bridge forwards from the host end of the veth,
 //! or the announcement is dropped there.
+//!
+//! An interface with an IPv6 address also gets `ndisc_notify`, IPv6's counterpart: the same MAC
+//! change makes the kernel send an unsolicited neighbour advertisement (override flag set) for
+//! its addresses, which corrects a neighbour's entry the same way.
 
 use rtnetlink::{Handle, LinkUnspec};
 
@@ -26,14 +30,22 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// Announces the addresses of container interface `link` (in `netns`, reached through `h`).
-pub async fn announce(h: &Handle, netns: &Netns, link: &Link) -> Result<()> {
+/// Announces the addresses of container interface `link` (in `netns`, reached through `h`);
+/// `ipv6`: it has an IPv6 address to announce too.
+pub async fn announce(h: &Handle, netns: &Netns, link: &Link, ipv6: bool) -> Result<()> {
     let mac = parse_mac(&link.mac)
         .ok_or_else(|| CniError::kernel("gratuitous ARP", format!("bad MAC {:?}", link.mac)))?;
-    netns.write_sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{}/arp_notify", link.name),
+    let mut notify = vec![(
+        format!("/proc/sys/net/ipv4/conf/{}/arp_notify", link.name),
         "1",
-    )?;
+    )];
+    if ipv6 {
+        notify.push((
+            format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", link.name),
+            "1",
+        ));
+    }
+    netns.write_sysctls(&notify)?;
     h.link()
         .set(
             LinkUnspec::new_with_index(link.index)

@@ -1,9 +1,11 @@
-//! Host side of an attachment: the bridge with the gateway address, and the veth pair whose
-//! peer is created directly inside the container netns.
+//! Host side of an attachment: the bridge with the gateway address (both gateways on a
+//! dual-stack node), forwarding, and the veth pair whose peer is created directly inside the
+//! container netns.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
+use ipnetwork::Ipv6Network;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -11,13 +13,15 @@ use super::links::{self, Link};
 use super::netns::Netns;
 use crate::error::{CniError, Result};
 
-/// Make sure bridge `name` exists, is up and carries `gateway/prefix`. Safe when many plugin
+/// Make sure bridge `name` exists, is up and carries `gateway/prefix` (and, on a dual-stack
+/// node, the IPv6 gateway `gateway6`, its prefix the subnet's). Safe when many plugin
 /// processes race to create it.
 pub async fn ensure_bridge(
     h: &Handle,
     name: &str,
     gateway: Ipv4Addr,
     prefix: u8,
+    gateway6: Option<Ipv6Network>,
     mtu: u32,
 ) -> Result<Link> {
     let bridge = match links::get_by_name(h, name).await? {
@@ -52,7 +56,10 @@ pub async fn ensure_bridge(
     }
     // Add unconditionally (EEXIST is success): listing addresses would dump every address of
     // the host netns, one per veth, and make ADD cost grow with the container count.
-    links::add_address(h, bridge.index, gateway, prefix).await?;
+    links::add_address(h, bridge.index, IpAddr::V4(gateway), prefix).await?;
+    if let Some(gw6) = gateway6 {
+        links::add_address(h, bridge.index, IpAddr::V6(gw6.ip()), gw6.prefix()).await?;
+    }
     Ok(bridge)
 }
 
@@ -136,13 +143,18 @@ pub async fn wait_forwarding(h: &Handle, name: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// Turn on IPv4 forwarding in the plugin's netns (as the reference bridge does for a gateway).
-pub fn enable_ip_forward() -> Result<()> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    let current =
-        std::fs::read_to_string(PATH).map_err(|e| CniError::io(format!("read {PATH}"), e))?;
-    if current.trim() != "1" {
-        std::fs::write(PATH, "1").map_err(|e| CniError::io(format!("write {PATH}"), e))?;
+/// Turn on IPv4 forwarding in the plugin's netns (as the reference bridge does for a gateway),
+/// and IPv6 forwarding (`net.ipv6.conf.all.forwarding`) when `ipv6` is in use.
+pub fn enable_ip_forward(ipv6: bool) -> Result<()> {
+    const V4: &str = "/proc/sys/net/ipv4/ip_forward";
+    const V6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    let paths: &[&str] = if ipv6 { &[V4, V6] } else { &[V4] };
+    for path in paths {
+        let current =
+            std::fs::read_to_string(path).map_err(|e| CniError::io(format!("read {path}"), e))?;
+        if current.trim() != "1" {
+            std::fs::write(path, "1").map_err(|e| CniError::io(format!("write {path}"), e))?;
+        }
     }
     Ok(())
 }

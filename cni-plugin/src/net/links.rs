@@ -1,7 +1,10 @@
-//! Typed netlink operations on links, addresses and routes, shared by host and container code.
+//! Typed netlink operations on links, addresses and routes (either address family), shared by
+//! host and container code.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{
     BridgePortState, InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -84,28 +87,40 @@ pub async fn delete_by_name(h: &Handle, name: &str) -> Result<bool> {
     }
 }
 
-/// IPv4 addresses (with prefix) on the link `index`.
-pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-    let nets = hostnet::netlink::ipv4_addresses(h, index)
+/// The addresses (with prefix) on the link `index`: IPv4, then global IPv6 (link-local ones
+/// are the kernel's own and left out).
+pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
+    let v4 = hostnet::netlink::ipv4_addresses(h, index)
         .await
-        .map_err(|e| CniError::kernel("list addresses", e))?;
-    Ok(nets.iter().map(|n| (n.ip(), n.prefix())).collect())
+        .map_err(|e| CniError::kernel("list IPv4 addresses", e))?;
+    let v6 = hostnet::netlink::ipv6_addresses(h, index)
+        .await
+        .map_err(|e| CniError::kernel("list IPv6 addresses", e))?;
+    Ok(v4
+        .into_iter()
+        .map(IpNetwork::V4)
+        .chain(v6.into_iter().map(IpNetwork::V6))
+        .collect())
 }
 
-/// Add `ip/prefix` to link `index`; already present is success.
-pub async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-    match h
-        .address()
-        .add(index, IpAddr::V4(ip), prefix)
-        .execute()
-        .await
-    {
+/// Add `ip/prefix` to link `index`; already present is success. An IPv6 address is added
+/// without duplicate address detection (`IFA_F_NODAD`), so it is usable at once instead of
+/// "tentative" for a second; the node's IPAM is what keeps addresses unique.
+pub async fn add_address(h: &Handle, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+    let mut req = h.address().add(index, ip, prefix);
+    if ip.is_ipv6() {
+        let msg = req.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match req.execute().await {
         Err(e) if !is_exists(&e) => Err(CniError::kernel(format!("add address {ip}/{prefix}"), e)),
         _ => Ok(()),
     }
 }
 
-pub use hostnet::netlink::Route4;
+pub use hostnet::netlink::{Route4, Route6};
 
 /// IPv4 routes of the main table.
 pub async fn routes(h: &Handle) -> Result<Vec<Route4>> {
@@ -114,24 +129,34 @@ pub async fn routes(h: &Handle) -> Result<Vec<Route4>> {
         .map_err(|e| CniError::kernel("list routes", e))
 }
 
-/// Add a route `dst/prefix via gw dev oif`; already present is success.
-pub async fn add_route(
-    h: &Handle,
-    dst: Ipv4Addr,
-    prefix: u8,
-    gw: Ipv4Addr,
-    oif: u32,
-) -> Result<()> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst, prefix)
-        .gateway(gw)
-        .output_interface(oif)
-        .build();
+/// IPv6 routes of the main table.
+pub async fn routes6(h: &Handle) -> Result<Vec<Route6>> {
+    hostnet::netlink::main_routes_v6(h)
+        .await
+        .map_err(|e| CniError::kernel("list IPv6 routes", e))
+}
+
+/// Add a route `dst via gw dev oif` (both of one family); already present is success.
+pub async fn add_route(h: &Handle, dst: IpNetwork, gw: IpAddr, oif: u32) -> Result<()> {
+    let msg = match (dst, gw) {
+        (IpNetwork::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.network(), d.prefix())
+            .gateway(g)
+            .output_interface(oif)
+            .build(),
+        (IpNetwork::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d.network(), d.prefix())
+            .gateway(g)
+            .output_interface(oif)
+            .build(),
+        _ => {
+            return Err(CniError::InvalidConfig(format!(
+                "route to {dst} via {gw}: the gateway is of another address family"
+            )));
+        }
+    };
     match h.route().add(msg).execute().await {
-        Err(e) if !is_exists(&e) => Err(CniError::kernel(
-            format!("add route {dst}/{prefix} via {gw}"),
-            e,
-        )),
+        Err(e) if !is_exists(&e) => Err(CniError::kernel(format!("add route {dst} via {gw}"), e)),
         _ => Ok(()),
     }
 }

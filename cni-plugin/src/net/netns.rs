@@ -48,13 +48,21 @@ impl Netns {
         Ok(handle)
     }
 
-    /// Writes `value` to the sysctl file `path` (under `/proc/sys/net/`) of this netns, from a
-    /// thread that has joined it: network sysctls resolve to the writer's netns.
-    pub fn write_sysctl(&self, path: &str, value: &str) -> Result<()> {
-        let (ns, path, value) = (self.path.clone(), path.to_string(), value.to_string());
+    /// Writes each `(path, value)` sysctl (files under `/proc/sys/net/`) of this netns, in
+    /// order, from one thread that has joined it: network sysctls resolve to the writer's
+    /// netns.
+    pub fn write_sysctls(&self, settings: &[(String, &str)]) -> Result<()> {
+        let ns = self.path.clone();
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(p, v)| (p.clone(), v.to_string()))
+            .collect();
         self.ns.run(move || {
-            std::fs::write(&path, &value)
-                .map_err(|e| CniError::io(format!("write {path} in {ns}"), e))
+            for (path, value) in &settings {
+                std::fs::write(path, value)
+                    .map_err(|e| CniError::io(format!("write {path} in {ns}"), e))?;
+            }
+            Ok(())
         })?
     }
 }

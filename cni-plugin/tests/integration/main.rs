@@ -5,6 +5,7 @@ mod common;
 
 mod chaining;
 mod conflists;
+mod dual_stack;
 mod errors;
 mod file_trust;
 mod lifecycle;

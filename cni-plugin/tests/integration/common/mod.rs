@@ -219,6 +219,17 @@ impl World {
         std::fs::write(self.subnet_file(), text).expect("write subnet file");
     }
 
+    /// A dual-stack subnet file as netd (and flanneld) write it: `10.244.0.0/16` with the node
+    /// subnet `10.244.3.0/24`, `fd00:10:244::/56` with `fd00:10:244:3::/64`.
+    pub fn write_dual_stack_subnet(&self, ipmasq: bool) {
+        let text = format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ={ipmasq}\n"
+        );
+        std::fs::write(self.subnet_file(), text).expect("write subnet file");
+    }
+
     /// A network config for `version` with this world's paths; `extra` keys are merged in.
     pub fn conf(&self, version: &str, extra: Value) -> Value {
         let mut conf = json!({
@@ -353,14 +364,15 @@ impl World {
         );
     }
 
-    /// Files in the network's IPAM directory that are allocations (named like addresses).
+    /// Files in the network's IPAM directory that are allocations (named like addresses of
+    /// either family).
     pub fn allocations(&self) -> Vec<String> {
         let dir = self.data_dir().join("testnet");
         let mut out: Vec<String> = std::fs::read_dir(dir)
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().to_string())
-                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
                     .collect()
             })
             .unwrap_or_default();
@@ -375,7 +387,13 @@ impl World {
 
     /// Elements of the plugin's masquerade set.
     pub fn masq_elements(&self) -> Vec<String> {
-        let out = self.in_host(&["nft", "-j", "list", "set", "ip", "netd_cni", "masq"]);
+        self.masq_elements_of("ip")
+    }
+
+    /// Elements of the masquerade set of the plugin's table of nft family `family` (`ip6`
+    /// for IPv6).
+    pub fn masq_elements_of(&self, family: &str) -> Vec<String> {
+        let out = self.in_host(&["nft", "-j", "list", "set", family, "netd_cni", "masq"]);
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let mut ips = Vec::new();
         for item in doc["nftables"].as_array().into_iter().flatten() {
@@ -406,4 +424,17 @@ pub fn result_ip(result: &Value) -> String {
         .as_str()
         .expect("ips[0].address");
     cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
+/// The container's IPv6 address from an ADD result (panics if it has none).
+pub fn result_ip6(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|cidr| cidr.split('/').next())
+        .find(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("no IPv6 address in {result}"))
+        .to_string()
 }
