@@ -352,6 +352,41 @@ fn mixed(config: &str, dual: bool) {
             },
         );
     }
+    // The operator's listing shows the IPv6 half of every record, the flannel host's too.
+    let h1 = w.host(1);
+    let leases = |json: bool| {
+        let mut args = vec!["netns", "exec", &h1, common::NETD, "leases"];
+        if json {
+            args.push("--json");
+        }
+        args.extend(["--etcd-endpoints", &w.endpoints]);
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("netd leases");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = leases(false);
+    assert_eq!(table.contains("IPV6-SUBNET"), dual, "{table}");
+    let rows: serde_json::Value = serde_json::from_str(&leases(true)).expect("leases JSON");
+    let flannel_row = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["subnet"] == format!("{F4}/24").as_str())
+        .unwrap_or_else(|| panic!("no row for the flannel host: {rows}"));
+    if dual {
+        assert_eq!(
+            flannel_row["ipv6_subnet"],
+            format!("{F6}/64").as_str(),
+            "{rows}"
+        );
+        assert_eq!(flannel_row["public_ipv6"], "2001:db8::3", "{rows}");
+        assert!(table.contains(&format!("{F6}/64")), "{table}");
+    } else {
+        assert!(flannel_row["ipv6_subnet"].is_null(), "{rows}");
+    }
     let mut cs = Vec::new();
     for i in 1..=2 {
         let (v4, v6) = netd_subnets(&w, i);
