@@ -79,6 +79,13 @@ pub async fn acquire<S: SubnetStore>(
                     break; // changed under us: list again
                 }
                 tracing::info!(subnet = %r.subnet, "using reserved subnet");
+                if !key_fits(config, r.subnet) {
+                    tracing::warn!(
+                        subnet = %r.subnet,
+                        "the reservation does not fit the network config (e.g. it has no IPv6 \
+                         subnet in a dual-stack network); it is used as it is"
+                    );
+                }
                 return Ok(OwnLease {
                     subnet: r.subnet,
                     lease: 0,

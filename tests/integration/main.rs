@@ -3,6 +3,7 @@
 
 mod demo;
 mod deploy_manifests;
+mod e2e_dual_stack;
 mod e2e_kv_cluster;
 mod e2e_membership;
 mod e2e_paths;
