@@ -8,12 +8,11 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-
-use ipnetwork::IpNetwork;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
