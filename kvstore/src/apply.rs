@@ -182,6 +182,11 @@ impl StateMachine {
                 self.members.persist(batch);
                 Ok(Applied::Nothing)
             }
+            Request::MemberUpdate(u) => {
+                self.members.update_peer_urls(u.id, &u.peer_ur_ls)?;
+                self.members.persist(batch);
+                Ok(Applied::Members(self.members.list()))
+            }
         }
     }
 }
@@ -378,6 +383,77 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn member_update_is_applied_persisted_and_snapshotted() {
+        use crate::backend::SledBackend;
+        use crate::proto::etcdserverpb::MemberUpdateRequest;
+        let member = |id: u64, url: &str| Member {
+            id,
+            name: format!("m{id}"),
+            peer_ur_ls: vec![url.into()],
+            ..Default::default()
+        };
+        let mut sm = StateMachine {
+            members: Members::new(vec![member(1, "http://a:2380"), member(2, "http://b:2380")]),
+            ..Default::default()
+        };
+        let update = |id: u64, url: &str| InternalRequest {
+            id: 7,
+            request: Some(internal_request::Request::MemberUpdate(
+                MemberUpdateRequest {
+                    id,
+                    peer_ur_ls: vec![url.into()],
+                },
+            )),
+        };
+        let mut b = WriteBatch::default();
+        match sm
+            .apply(&update(2, "http://b:2390"), &mut b)
+            .expect("update")
+        {
+            Applied::Members(list) => {
+                assert_eq!(list.len(), 2);
+                assert_eq!(list[1].peer_ur_ls, vec!["http://b:2390".to_string()]);
+                assert_eq!(list[1].name, "m2");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Refusals change nothing and write nothing.
+        let mut refused = WriteBatch::default();
+        assert!(matches!(
+            sm.apply(&update(2, "http://a:2380"), &mut refused),
+            Err(Error::PeerUrlExists)
+        ));
+        assert!(matches!(
+            sm.apply(&update(9, "http://z:2380"), &mut refused),
+            Err(Error::MemberNotFound)
+        ));
+        assert!(refused.is_empty());
+        assert_eq!(sm.members.peer_url(2), Some("http://b:2390"));
+
+        // What a restarted member loads...
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(dir.path()).expect("open");
+        be.write(b).expect("write");
+        let loaded = Members::load(be.as_ref()).expect("load").expect("members");
+        assert_eq!(loaded.peer_url(2), Some("http://b:2390"));
+        // ...and what a member catching up by snapshot installs.
+        sm.applied = 5;
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let be2 = SledBackend::open(dir2.path()).expect("open");
+        let (log, _) = crate::raft_log::RaftLog::open(be2.as_ref(), &[]).expect("log");
+        let meta = raft::eraftpb::SnapshotMetadata {
+            index: 5,
+            term: 1,
+            ..Default::default()
+        };
+        let got =
+            crate::snapshot::install(be2.as_ref(), &log, &meta, &crate::snapshot::encode(&sm))
+                .expect("install");
+        assert_eq!(got.members.peer_url(2), Some("http://b:2390"));
+        assert_eq!(got.members.peer_url(1), Some("http://a:2380"));
     }
 
     #[test]

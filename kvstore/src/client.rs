@@ -32,11 +32,12 @@ use crate::proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
     MemberAddResponse, MemberListRequest, MemberListResponse, MemberRemoveRequest,
-    MemberRemoveResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse, auth_client::AuthClient,
-    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request::RequestUnion,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    watch_request::RequestUnion,
 };
 
 /// What a client call can fail with.
@@ -466,6 +467,23 @@ impl Client {
         self.with_login(|| {
             let mut c = self.cluster_client();
             async move { c.member_remove(MemberRemoveRequest { id }).await }
+        })
+        .await
+    }
+
+    /// Gives member `id` new peer URLs (etcd's MemberUpdate); the member list after it.
+    pub async fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<MemberUpdateResponse> {
+        self.with_login(|| {
+            let mut c = self.cluster_client();
+            let peer_ur_ls = peer_urls.clone();
+            async move {
+                c.member_update(MemberUpdateRequest { id, peer_ur_ls })
+                    .await
+            }
         })
         .await
     }

@@ -1,6 +1,8 @@
 //! The HTTP side of a member, on `--listen-metrics-urls` (etcd's flag): `/health` answers
 //! `{"health":"true"}` when a leader exists and a linearizable read completes, as etcd's
-//! does; `/metrics` gives the member's state in Prometheus text format. An https:// metrics
+//! does; `/version` answers etcd's `{"etcdserver":…,"etcdcluster":…}` plus kvstore's own
+//! version (see [`crate::version`]; etcd serves it on its client URLs, whose port here speaks
+//! only gRPC); `/metrics` gives the member's state in Prometheus text format. An https:// metrics
 //! URL is served with the client TLS configuration, as etcd does.
 
 use std::convert::Infallible;
@@ -94,6 +96,13 @@ fn metrics(member: &Replica) -> String {
             "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}"
         );
     }
+    // etcd's `etcd_server_version{server_version="3.4.23"} 1`, with kvstore's own version.
+    let _ = writeln!(
+        out,
+        "# HELP kvstore_server_version Which version is running (the label), and which etcd it answers as.\n# TYPE kvstore_server_version gauge\nkvstore_server_version{{server_version=\"{}\",etcd_version=\"{}\"}} 1",
+        crate::version::KVSTORE,
+        crate::version::ETCD_SERVER
+    );
     let size = member.backend.size_on_disk();
     let _ = writeln!(
         out,
@@ -108,6 +117,7 @@ async fn respond(member: &Replica, path: &str) -> Response<Full<Bytes>> {
             let (status, body) = health(member).await;
             (status, "application/json", body)
         }
+        "/version" => (StatusCode::OK, "application/json", crate::version::json()),
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -124,7 +134,7 @@ async fn respond(member: &Replica, path: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves `/health` and `/metrics` on `listener` until the task is aborted; over TLS when
+/// Serves `/health`, `/version` and `/metrics` on `listener` until the task is aborted; over TLS when
 /// `tls` is given (an https:// metrics URL, which etcd serves with the client certificate
 /// and client-cert-auth).
 pub(crate) async fn serve(

@@ -3,8 +3,8 @@
 //! # Layout
 //! Layers as etcd's, top to bottom:
 //! - [`grpc`]: thin adapters for the KV, Watch, Lease, Cluster and Maintenance services;
-//!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health` and
-//!   `/metrics` on `--listen-metrics-urls`.
+//!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health`,
+//!   `/version` and `/metrics` on `--listen-metrics-urls`; [`version`]: the versions reported.
 //! - [`server`]: a running member; [`bootstrap`]: who it is and what it starts from;
 //!   [`replica`]: this member's replica of the store, the facade the adapters call (propose and
 //!   wait, read barrier, leases).
@@ -48,6 +48,7 @@ pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod version;
 pub mod wal;
 mod writer;
 

@@ -2,7 +2,8 @@
 //! It changes only by applying committed entries (raft conf changes add and remove
 //! members; a "publish" entry records a started member's name and client URLs), so every
 //! member holds the same list; it is persisted with the state machine and travels in
-//! snapshots. Removed ids are remembered so a removed member can never rejoin by mistake.
+//! snapshots. A member's peer URLs change by a committed "member update" entry (etcd's
+//! MemberUpdate), checked here when applied so every member decides the same. Removed ids are remembered so a removed member can never rejoin by mistake.
 
 use std::collections::BTreeSet;
 
@@ -104,6 +105,27 @@ impl Members {
         Ok(())
     }
 
+    /// Gives member `id` the peer URLs `urls`, as etcd 3.4 checks it when the change is
+    /// applied: an unknown (or removed) member is "member not found"; a URL another member
+    /// already has is "Peer URLs already exists" (the member's own current URLs may stay).
+    /// The URLs' syntax is checked before the change is proposed.
+    pub fn update_peer_urls(&mut self, id: u64, urls: &[String]) -> Result<()> {
+        let i = self
+            .list
+            .iter()
+            .position(|m| m.id == id)
+            .ok_or(Error::MemberNotFound)?;
+        if self
+            .list
+            .iter()
+            .any(|m| m.id != id && m.peer_ur_ls.iter().any(|u| urls.contains(u)))
+        {
+            return Err(Error::PeerUrlExists);
+        }
+        self.list[i].peer_ur_ls = urls.to_vec();
+        Ok(())
+    }
+
     /// The member already using one of `urls` as a peer URL.
     pub fn with_peer_url(&self, urls: &[String]) -> Option<&Member> {
         self.list
@@ -149,5 +171,37 @@ mod tests {
         let back = Members::from_stored(m.to_stored());
         assert_eq!(back.ids(), vec![1]);
         assert!(back.is_removed(3));
+    }
+
+    #[test]
+    fn update_peer_urls_as_etcd_checks_it() {
+        let mut m = Members::new(vec![member(1, "http://a"), member(2, "http://b")]);
+        let urls = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Its own URL may stay among the new ones.
+        m.update_peer_urls(2, &urls(&["http://b", "http://b2"]))
+            .expect("update");
+        assert_eq!(
+            m.get(2).map(|m| m.peer_ur_ls.clone()),
+            Some(urls(&["http://b", "http://b2"]))
+        );
+        assert_eq!(m.peer_url(2), Some("http://b"));
+        // Another member's URL is refused, and nothing changes.
+        assert!(matches!(
+            m.update_peer_urls(2, &urls(&["http://a"])),
+            Err(Error::PeerUrlExists)
+        ));
+        assert_eq!(
+            m.get(1).map(|m| m.peer_ur_ls.clone()),
+            Some(urls(&["http://a"]))
+        );
+        assert!(matches!(
+            m.update_peer_urls(9, &urls(&["http://z"])),
+            Err(Error::MemberNotFound)
+        ));
+        assert!(m.remove(1));
+        assert!(matches!(
+            m.update_peer_urls(1, &urls(&["http://z"])),
+            Err(Error::MemberNotFound)
+        ));
     }
 }

@@ -27,7 +27,7 @@ pub struct Server {
     pub client_addrs: Vec<SocketAddr>,
     /// Addresses the peer service is served on.
     pub peer_addrs: Vec<SocketAddr>,
-    /// Addresses `/health` and `/metrics` are served on.
+    /// Addresses `/health`, `/version` and `/metrics` are served on.
     pub metrics_addrs: Vec<SocketAddr>,
     /// Metrics and peer listeners, publishing: aborted when the member stops.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -340,7 +340,7 @@ struct Serving {
     serving: tokio::task::JoinHandle<Result<()>>,
 }
 
-/// Serves `/health` and `/metrics`, the peer service, and (once this member is published in
+/// Serves `/health`, `/version` and `/metrics`, the peer service, and (once this member is published in
 /// the member list) the client API.
 async fn serve(
     cfg: &Config,

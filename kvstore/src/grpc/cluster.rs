@@ -1,5 +1,6 @@
-//! The Cluster service (membership: add, remove, list, through raft conf changes) and
-//! the Maintenance service (Status, Alarm, MoveLeader).
+//! The Cluster service (membership: add and remove through raft conf changes, peer URL
+//! updates through a normal entry, list) and the Maintenance service (Status, Alarm,
+//! Hash, HashKV, MoveLeader).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,10 +14,11 @@ use crate::error::Error;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member,
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberRemoveRequest, MemberRemoveResponse, MoveLeaderRequest, MoveLeaderResponse,
-    StatusRequest, StatusResponse, alarm_request::AlarmAction, cluster_server::Cluster,
-    maintenance_server::Maintenance,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
 };
+use crate::proto::kvstorepb::internal_request;
 use crate::replica::Replica;
 
 /// The client's deadline from its `grpc-timeout` header (e.g. `4998m`), when it sent one.
@@ -35,8 +37,10 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
-/// The version reported in Status: the etcd API level this member speaks.
-pub const API_VERSION: &str = "3.4.0";
+/// Peer URLs a member can be given: at least one, each one kvstore can listen on and dial.
+fn valid_peer_urls(urls: &[String]) -> bool {
+    !urls.is_empty() && urls.iter().all(|u| config::parse_url(u).is_ok())
+}
 
 pub struct ClusterService {
     member: Arc<Replica>,
@@ -58,8 +62,7 @@ impl Cluster for ClusterService {
         if req.is_learner {
             return Err(Error::Unimplemented("kvstore: learner members are not supported").into());
         }
-        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| config::parse_url(u).is_err())
-        {
+        if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(Error::BadPeerUrls.into());
         }
         let id = {
@@ -126,6 +129,38 @@ impl Cluster for ClusterService {
             .change_membership(ConfChangeType::RemoveNode, id, None)
             .await?;
         Ok(Response::new(MemberRemoveResponse {
+            header: self.member.header(self.member.current_revision()),
+            members,
+        }))
+    }
+
+    /// etcd's MemberUpdate: new peer URLs for a member, replicated as a normal raft entry
+    /// (raft's configuration is unchanged) and checked when applied, as etcd checks its
+    /// `ConfChangeUpdateNode`: "member not found", "Peer URLs already exists". Malformed
+    /// URLs are refused as MemberAdd refuses them (etcd 3.4's server commits them, and then
+    /// its other members panic building a transport to them; its etcdctl refuses them
+    /// before sending).
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = req.into_inner();
+        if !valid_peer_urls(&req.peer_ur_ls) {
+            return Err(Error::BadPeerUrls.into());
+        }
+        let members = match self
+            .member
+            .propose(internal_request::Request::MemberUpdate(req))
+            .await?
+        {
+            crate::apply::Applied::Members(list) => list,
+            other => {
+                return Err(
+                    Error::Corrupt(format!("member update answered with {other:?}")).into(),
+                );
+            }
+        };
+        Ok(Response::new(MemberUpdateResponse {
             header: self.member.header(self.member.current_revision()),
             members,
         }))
@@ -230,7 +265,7 @@ impl Maintenance for MaintenanceService {
         }
         Ok(Response::new(StatusResponse {
             header: self.member.header(self.member.current_revision()),
-            version: API_VERSION.to_string(),
+            version: crate::version::ETCD_SERVER.to_string(),
             db_size: size,
             leader,
             // etcd 3.4 reports the committed index as the raft index.

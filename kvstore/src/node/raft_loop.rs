@@ -514,6 +514,11 @@ impl NodeLoop {
                                 Some(internal_request::Request::Publish(_)) => {
                                     members_changed = true;
                                 }
+                                Some(internal_request::Request::MemberUpdate(u)) if res.is_ok() => {
+                                    tracing::info!(member = format!("{:x}", u.id), urls = ?u.peer_ur_ls, "member peer URLs updated");
+                                    // The transport redials the member at its new URL.
+                                    members_changed = true;
+                                }
                                 _ => {}
                             }
                             answers.push((req.id, res));

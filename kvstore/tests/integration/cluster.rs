@@ -2,7 +2,7 @@
 //! applies, against a real etcd 3.4 cluster (whose behaviour is the expectation):
 //! membership views, one leader, health, reads through every member, failover under
 //! load, catch-up by snapshot, member add/remove with etcdctl, full restarts, leases
-//! across an election.
+//! across an election, the versions reported (`endpoint status`, `/version`).
 
 use crate::common;
 
@@ -599,4 +599,93 @@ fn hash_kv_kvstore() {
 #[test]
 fn hash_kv_etcd() {
     hash_kv(Kind::Etcd);
+}
+
+/// An HTTP/1.1 GET on loopback: the status code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// The versions a member reports, the same test code on both servers: `endpoint status
+/// --cluster` shows one etcd server version on every member, the one `/version` names as
+/// `etcdserver` beside the cluster version `3.4.0`. etcd serves `/version` on its client
+/// URL; kvstore, whose client port speaks only gRPC, on `--listen-metrics-urls`, where it
+/// adds its own version. kvstore answers as the etcd 3.4 release it is tested against,
+/// so both report the same etcd version.
+fn versions(kind: Kind) -> String {
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let setup: common::cluster::Setup = {
+        let ports = ports.clone();
+        Arc::new(move |i, p| {
+            p.extra.extend([
+                "--listen-metrics-urls".to_string(),
+                format!("http://127.0.0.1:{}", ports[i]),
+            ])
+        })
+    };
+    let mut c = Cluster::start_with(kind, 3, &[], setup);
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["endpoint", "status", "--cluster", "-w", "json"]))
+            .expect("status json");
+    let reported: Vec<&str> = status
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["Status"]["version"].as_str().expect("version"))
+        .collect();
+    assert_eq!(reported.len(), 3, "{kind:?}: {status}");
+    assert!(
+        reported.iter().all(|v| *v == reported[0]),
+        "{kind:?}: {reported:?}"
+    );
+    let server = reported[0].to_string();
+    let parts: Vec<u64> = server
+        .split('.')
+        .map(|p| p.parse().expect("number"))
+        .collect();
+    assert_eq!(
+        (parts.len(), parts[0], parts[1]),
+        (3, 3, 4),
+        "{kind:?}: {server}"
+    );
+    for (m, metrics_port) in c.members.iter().zip(&ports) {
+        let port = match kind {
+            Kind::Etcd => m.client_port,
+            Kind::Kvstore => *metrics_port,
+        };
+        let (code, body) = http_get(port, "/version");
+        assert_eq!(code, 200, "{kind:?}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("version json");
+        assert_eq!(v["etcdserver"], server.as_str(), "{kind:?}: {body}");
+        assert_eq!(v["etcdcluster"], "3.4.0", "{kind:?}: {body}");
+        if kind == Kind::Kvstore {
+            assert_eq!(v["kvstore"], env!("CARGO_PKG_VERSION"), "{body}");
+        }
+    }
+    server
+}
+
+#[test]
+fn versions_kvstore_and_etcd() {
+    let etcd = versions(Kind::Etcd);
+    let kvstore = versions(Kind::Kvstore);
+    assert_eq!(
+        kvstore, etcd,
+        "kvstore answers as the reference etcd's release (kvstore/src/version.rs)"
+    );
 }

@@ -13,6 +13,7 @@ mod etcdctl;
 mod hostile_http2;
 mod http;
 mod linearizability;
+mod member_update;
 mod partition;
 mod peer_tls;
 mod reconfig;
