@@ -147,6 +147,11 @@ pub async fn acquire<S: SubnetStore>(
         };
         let lease = kv.grant(ttl).await?;
         if kv.create_subnet(&candidate, attrs, lease).await? {
+            if config.ipv6.is_some() && lost_to_an_older_record(kv, config, &candidate).await? {
+                revoke_quietly(kv, lease).await;
+                tracing::info!(subnet = %candidate, attempt, "an older record holds one of these subnets; retrying");
+                continue;
+            }
             tracing::info!(subnet = %candidate, lease, "acquired new subnet lease");
             return Ok(OwnLease {
                 subnet: candidate,
@@ -159,6 +164,32 @@ pub async fn acquire<S: SubnetStore>(
     Err(Error::LeaseRace {
         attempts: RACE_RETRIES,
     })
+}
+
+/// In a dual-stack network a record's key names two subnets, so the create-if-absent on the
+/// key cannot stop two hosts from taking the same IPv4 or the same IPv6 subnet under two keys
+/// (flanneld has that race). After creating `mine`, the listing decides: when an older record
+/// (lower create revision) shares one of its subnets, `mine` is deleted and this host tries
+/// again. Both hosts look after their own create, so exactly the older record stays.
+async fn lost_to_an_older_record<S: SubnetStore>(
+    kv: &S,
+    config: &NetworkConfig,
+    mine: &SubnetKey,
+) -> Result<bool> {
+    let listing = kv.list_subnets(config).await?;
+    let Some(own) = listing.records.iter().find(|r| r.subnet == *mine) else {
+        // Gone already (deleted, or its lease revoked): not ours to keep.
+        return Ok(true);
+    };
+    let older = listing.records.iter().any(|r| {
+        r.subnet != *mine
+            && (r.subnet.v4 == mine.v4 || (r.subnet.v6.is_some() && r.subnet.v6 == mine.v6))
+            && r.create_revision < own.create_revision
+    });
+    if older {
+        kv.delete_subnet_if(mine, own.mod_revision).await?;
+    }
+    Ok(older)
 }
 
 async fn revoke_quietly<S: SubnetStore>(kv: &S, lease: i64) {
@@ -422,5 +453,100 @@ mod tests {
             .await
             .expect("acquire");
         assert_eq!(again.subnet, a.subnet);
+    }
+
+    /// Another host takes the same IPv6 subnet under another key (another IPv4 subnet) just
+    /// before this one creates its record: the create succeeds, and this host gives the subnet
+    /// up to the older record and takes another.
+    #[tokio::test]
+    async fn dual_stack_race_on_the_ipv6_subnet_keeps_the_older_record() {
+        struct SameV6 {
+            inner: MemoryStore,
+            raced: AtomicBool,
+        }
+        impl SubnetStore for SameV6 {
+            async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
+                self.inner.list_subnets(config).await
+            }
+            async fn create_subnet(
+                &self,
+                s: &SubnetKey,
+                attrs: &LeaseAttrs,
+                lease: i64,
+            ) -> Result<bool> {
+                if !self.raced.swap(true, Ordering::SeqCst) {
+                    let v6 = s.v6.expect("dual-stack key");
+                    let other = SubnetKey {
+                        v4: crate::subnet::Subnet::new(Ipv4Addr::new(10, 244, 250, 0), 24)
+                            .expect("subnet"),
+                        v6: Some(v6),
+                    };
+                    let theirs = LeaseAttrs {
+                        public_ipv6: Some("2001:db8::9".parse().expect("ip")),
+                        backend_v6_data: host(9).backend_data,
+                        ..host(9)
+                    };
+                    self.inner.put_raw(
+                        &other.key(),
+                        &serde_json::to_string(&theirs).expect("json"),
+                        0,
+                    );
+                }
+                self.inner.create_subnet(s, attrs, lease).await
+            }
+            async fn update_subnet(
+                &self,
+                s: &SubnetKey,
+                a: &LeaseAttrs,
+                l: i64,
+                m: i64,
+            ) -> Result<bool> {
+                self.inner.update_subnet(s, a, l, m).await
+            }
+            async fn delete_subnet_if(&self, s: &SubnetKey, m: i64) -> Result<bool> {
+                self.inner.delete_subnet_if(s, m).await
+            }
+            async fn grant(&self, ttl: i64) -> Result<i64> {
+                self.inner.grant(ttl).await
+            }
+            async fn revoke(&self, id: i64) -> Result<()> {
+                self.inner.revoke(id).await
+            }
+            async fn keep_alive_once(&self, id: i64) -> Result<i64> {
+                self.inner.keep_alive_once(id).await
+            }
+            type Watch = crate::store::MemoryWatch;
+            async fn watch_subnets(&self, start: i64) -> Result<Self::Watch> {
+                self.inner.watch_subnets(start).await
+            }
+        }
+        let net = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        )
+        .expect("config");
+        let kv = SameV6 {
+            inner: MemoryStore::default(),
+            raced: AtomicBool::new(false),
+        };
+        let attrs = LeaseAttrs {
+            public_ipv6: Some("2001:db8::1".parse().expect("ip")),
+            backend_v6_data: host(1).backend_data,
+            ..host(1)
+        };
+        let own = acquire(&kv, &net, &attrs, None, TIMING)
+            .await
+            .expect("acquire after losing the IPv6 subnet");
+        let listing = kv.list_subnets(&net).await.expect("list");
+        assert_eq!(listing.records.len(), 2, "{:?}", listing.records);
+        let v6s: BTreeSet<_> = listing.records.iter().map(|r| r.subnet.v6).collect();
+        assert_eq!(
+            v6s.len(),
+            2,
+            "two distinct IPv6 subnets: {:?}",
+            listing.records
+        );
+        assert!(listing.records.iter().any(|r| r.subnet == own.subnet));
+        // The lease of the record given up was revoked, not leaked.
+        assert_eq!(kv.inner.live_leases(), vec![own.lease]);
     }
 }
