@@ -354,7 +354,8 @@ impl NodeLoop {
                             id,
                         })),
                     };
-                    if self.raw.propose(vec![], req.encode_to_vec()).is_err() {
+                    let origin = self.raw.raft.term.to_be_bytes().to_vec();
+                    if self.raw.propose(origin, req.encode_to_vec()).is_err() {
                         self.revoking.remove(&id);
                     }
                 }
@@ -503,6 +504,13 @@ impl NodeLoop {
             }
             self.applied_term = self.applied_term.max(e.term);
             match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() && stale_proposal(e) => {
+                    // Proposed in an older term than the leader that appended it: a proposal
+                    // message that outlived its term (held in a queue across a partition),
+                    // which its proposer has already answered "leader changed" and proposed
+                    // again. Skipped on every member alike, so a put is never applied twice.
+                    tracing::debug!(index = e.index, term = e.term, "stale proposal skipped");
+                }
                 EntryType::EntryNormal if !e.data.is_empty() => {
                     match InternalRequest::decode(e.data.as_ref()) {
                         Ok(req) => {
@@ -684,12 +692,16 @@ impl NodeLoop {
             self.held.push(p);
             return;
         }
-        if let Err(e) = self.raw.propose(vec![], p.data.clone()) {
+        // The entry carries the term it was proposed in (its context): see `stale_proposal`.
+        let term = self.raw.raft.term;
+        if let Err(e) = self
+            .raw
+            .propose(term.to_be_bytes().to_vec(), p.data.clone())
+        {
             tracing::debug!(error = %e, "proposal dropped; holding it");
             self.held.push(p);
             return;
         }
-        let term = self.raw.raft.term;
         self.waiters.insert(p.id, Waiter { term, tx: p.tx });
     }
 
@@ -733,5 +745,19 @@ impl NodeLoop {
                 let _ = tx.send(Err(err()));
             }
         }
+    }
+}
+
+/// True when `e` was proposed in an older term than the one it was appended in. A proposal
+/// carries its proposer's term in the entry context ([`NodeLoop::propose`]); a leader appends
+/// a proposal in its own term, so the two differ only for a proposal message delivered after
+/// a leader change (forwarded late, or re-forwarded by a deposed leader). Its proposer counts
+/// it lost once an entry of a newer term is applied, and proposes it again: applying the late
+/// copy too would apply the request twice. Entries without a context (older logs, internal
+/// entries) are applied as they are.
+fn stale_proposal(e: &Entry) -> bool {
+    match <[u8; 8]>::try_from(e.context.as_ref()) {
+        Ok(b) => u64::from_be_bytes(b) != e.term,
+        Err(_) => false,
     }
 }
