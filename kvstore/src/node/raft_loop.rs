@@ -761,3 +761,25 @@ fn stale_proposal(e: &Entry) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(term: u64, context: Vec<u8>) -> Entry {
+        let mut e = Entry::default();
+        e.term = term;
+        e.context = context.into();
+        e.data = vec![1].into();
+        e
+    }
+
+    #[test]
+    fn only_a_proposal_appended_in_a_later_term_is_stale() {
+        assert!(!stale_proposal(&entry(7, 7u64.to_be_bytes().to_vec())));
+        assert!(stale_proposal(&entry(8, 7u64.to_be_bytes().to_vec())));
+        // Entries without the proposer's term (older logs, internal entries) are applied.
+        assert!(!stale_proposal(&entry(8, Vec::new())));
+        assert!(!stale_proposal(&entry(8, vec![1, 2, 3])));
+    }
+}
