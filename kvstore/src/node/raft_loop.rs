@@ -767,11 +767,12 @@ mod tests {
     use super::*;
 
     fn entry(term: u64, context: Vec<u8>) -> Entry {
-        let mut e = Entry::default();
-        e.term = term;
-        e.context = context.into();
-        e.data = vec![1].into();
-        e
+        Entry {
+            term,
+            context: context.into(),
+            data: vec![1].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
