@@ -2,11 +2,13 @@
 //! and records what changed in a write batch so the disk copy stays identical.
 //!
 //! Applying is deterministic: every member applies the same entries to the same state and
-//! gets the same answer, errors included (an error leaves the state untouched).
+//! gets the same answer, errors included (an error leaves the state untouched). An active
+//! alarm refuses requests here, before they change anything (see [`crate::alarm`]).
 
 use bytes::Bytes;
 use prost::Message;
 
+use crate::alarm::Alarms;
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
 use crate::history_chunks::HistoryChunks;
@@ -14,9 +16,10 @@ use crate::lease::Lessor;
 use crate::membership::Members;
 use crate::mvcc::{KeyRange, Mvcc, WriteTxn};
 use crate::proto::etcdserverpb::{
-    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader,
-    ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+    AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, request_op,
+    response_op,
 };
 use crate::proto::kvstorepb::{InternalRequest, StoredLease, internal_request};
 use crate::proto::mvccpb::KeyValue;
@@ -32,11 +35,13 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// A membership change: the member list after it.
     Members(Vec<Member>),
+    /// An alarm activated or deactivated (or listed): the alarms it concerned.
+    Alarm(AlarmResponse),
     /// An entry with no client request (e.g. a new leader's empty entry).
     Nothing,
 }
 
-/// Keyspace + leases + members + the raft index they reflect.
+/// Keyspace + leases + members + alarms + the raft index they reflect.
 #[derive(Debug, Default)]
 pub struct StateMachine {
     pub mvcc: Mvcc,
@@ -45,6 +50,7 @@ pub struct StateMachine {
     pub history: HistoryChunks,
     pub lessor: Lessor,
     pub members: Members,
+    pub alarms: Alarms,
     pub applied: u64,
 }
 
@@ -89,11 +95,13 @@ impl StateMachine {
             lessor.attach(id, &key);
         }
         let members = Members::load(backend)?.unwrap_or_default();
+        let alarms = Alarms::load(backend)?;
         Ok(StateMachine {
             mvcc,
             history,
             lessor,
             members,
+            alarms,
             applied,
         })
     }
@@ -110,6 +118,7 @@ impl StateMachine {
         let Some(r) = &req.request else {
             return Ok(Applied::Nothing);
         };
+        self.alarms.check(r)?;
         match r {
             Request::Put(p) => {
                 let mut txn = self.mvcc.write();
@@ -186,6 +195,14 @@ impl StateMachine {
                 self.members.update_peer_urls(u.id, &u.peer_ur_ls)?;
                 self.members.persist(batch);
                 Ok(Applied::Members(self.members.list()))
+            }
+            Request::Alarm(a) => {
+                let (mut resp, changed) = self.alarms.apply(a);
+                if changed {
+                    self.alarms.persist(batch);
+                }
+                resp.header = header(self.mvcc.current_revision());
+                Ok(Applied::Alarm(resp))
             }
         }
     }
@@ -383,6 +400,109 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn alarms_are_applied_enforced_persisted_and_snapshotted() {
+        use crate::backend::SledBackend;
+        use crate::proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmType, alarm_request};
+        let alarm =
+            |action: alarm_request::AlarmAction, member_id: u64, t: AlarmType| InternalRequest {
+                id: 3,
+                request: Some(internal_request::Request::Alarm(AlarmRequest {
+                    action: action as i32,
+                    member_id,
+                    alarm: t as i32,
+                })),
+            };
+        let nospace = AlarmMember {
+            member_id: 9,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let mut sm = StateMachine::default();
+        let mut b = WriteBatch::default();
+        sm.apply(&put_req("k", "v1", 0), &mut b).expect("put");
+        let activate = alarm(alarm_request::AlarmAction::Activate, 9, AlarmType::Nospace);
+        match sm.apply(&activate, &mut b).expect("activate") {
+            Applied::Alarm(r) => {
+                assert_eq!(r.alarms, vec![nospace]);
+                assert_eq!(r.header.map(|h| h.revision), Some(2));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        sm.seal(&mut b);
+        // A refused put changes nothing and writes nothing; a delete still runs.
+        let mut refused = WriteBatch::default();
+        assert!(matches!(
+            sm.apply(&put_req("k", "v2", 0), &mut refused),
+            Err(Error::NoSpace)
+        ));
+        sm.seal(&mut refused);
+        assert!(refused.is_empty());
+        assert_eq!(sm.mvcc.current_revision(), 2);
+        let del = InternalRequest {
+            id: 4,
+            request: Some(internal_request::Request::DeleteRange(DeleteRangeRequest {
+                key: "k".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(matches!(
+            sm.apply(&del, &mut b),
+            Ok(Applied::DeleteRange(DeleteRangeResponse { deleted: 1, .. }))
+        ));
+        sm.seal(&mut b);
+
+        // What a restarted member loads...
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(dir.path()).expect("open");
+        be.write(b).expect("write");
+        let loaded = StateMachine::load(be.as_ref()).expect("load");
+        assert_eq!(loaded.alarms.get(AlarmType::None as i32), vec![nospace]);
+        // ...and what a member catching up by snapshot installs (over a list of its own).
+        sm.applied = 5;
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let be2 = SledBackend::open(dir2.path()).expect("open");
+        let mut stale = WriteBatch::default();
+        let mut other = StateMachine::default();
+        other
+            .apply(
+                &alarm(alarm_request::AlarmAction::Activate, 1, AlarmType::Corrupt),
+                &mut stale,
+            )
+            .expect("activate");
+        be2.write(stale).expect("write");
+        let (log, _) = crate::raft_log::RaftLog::open(be2.as_ref(), &[]).expect("log");
+        let meta = raft::eraftpb::SnapshotMetadata {
+            index: 5,
+            term: 1,
+            ..Default::default()
+        };
+        let mut got =
+            crate::snapshot::install(be2.as_ref(), &log, &meta, &crate::snapshot::encode(&sm))
+                .expect("install");
+        assert_eq!(got.alarms.get(AlarmType::None as i32), vec![nospace]);
+        assert!(matches!(
+            got.apply(&put_req("k", "v3", 0), &mut WriteBatch::default()),
+            Err(Error::NoSpace)
+        ));
+
+        // DEACTIVATE lifts it at once, and the list on disk is empty.
+        let mut b = WriteBatch::default();
+        let deactivate = alarm(
+            alarm_request::AlarmAction::Deactivate,
+            9,
+            AlarmType::Nospace,
+        );
+        assert!(matches!(
+            got.apply(&deactivate, &mut b),
+            Ok(Applied::Alarm(r)) if r.alarms == vec![nospace]
+        ));
+        got.apply(&put_req("k", "v3", 0), &mut b).expect("put");
+        got.seal(&mut b);
+        be2.write(b).expect("write");
+        let reloaded = StateMachine::load(be2.as_ref()).expect("load");
+        assert!(reloaded.alarms.is_empty());
     }
 
     #[test]

@@ -27,14 +27,15 @@ pub use tonic::transport::ClientTlsConfig;
 use tonic::{Code, Status};
 
 use crate::proto::etcdserverpb::{
-    AuthenticateRequest, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
-    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    AlarmRequest, AlarmResponse, AlarmType, AuthenticateRequest, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest, WatchResponse, alarm_request::AlarmAction,
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
     watch_request::RequestUnion,
@@ -484,6 +485,26 @@ impl Client {
                 c.member_update(MemberUpdateRequest { id, peer_ur_ls })
                     .await
             }
+        })
+        .await
+    }
+
+    /// etcd's Alarm: `action` (GET, ACTIVATE, DEACTIVATE) on the alarm of type `alarm` of
+    /// member `member_id`; GET with NONE lists every alarm.
+    pub async fn alarm(
+        &self,
+        action: AlarmAction,
+        member_id: u64,
+        alarm: AlarmType,
+    ) -> Result<AlarmResponse> {
+        self.with_login(|| {
+            let mut c = self.maintenance_client();
+            let r = AlarmRequest {
+                action: action as i32,
+                member_id,
+                alarm: alarm as i32,
+            };
+            async move { c.alarm(r).await }
         })
         .await
     }

@@ -20,6 +20,12 @@ pub enum Error {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// An active NOSPACE alarm refuses what would grow the store (see `alarm`).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// An active CORRUPT alarm refuses every write (see `alarm`).
+    #[error("etcdserver: corrupt cluster")]
+    CorruptCluster,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
@@ -115,6 +121,8 @@ impl Error {
             | Error::Stopped
             | Error::Unhealthy => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::NoSpace => Code::ResourceExhausted,
+            Error::CorruptCluster => Code::DataLoss,
             Error::Storage(_)
             | Error::Raft(_)
             | Error::Corrupt(_)

@@ -1,9 +1,9 @@
 //! The HTTP side of a member, on `--listen-metrics-urls` (etcd's flag): `/health` answers
-//! `{"health":"true"}` when a leader exists and a linearizable read completes, as etcd's
-//! does; `/version` answers etcd's `{"etcdserver":…,"etcdcluster":…}` plus kvstore's own
-//! version (see [`crate::version`]; etcd serves it on its client URLs, whose port here speaks
-//! only gRPC); `/metrics` gives the member's state in Prometheus text format. An https:// metrics
-//! URL is served with the client TLS configuration, as etcd does.
+//! `{"health":"true"}` when no alarm is active, a leader exists and a linearizable read
+//! completes, as etcd's does; `/version` answers etcd's `{"etcdserver":…,"etcdcluster":…}`
+//! plus kvstore's own version (see [`crate::version`]; etcd serves it on its client URLs,
+//! whose port here speaks only gRPC); `/metrics` gives the member's state in Prometheus text
+//! format. An https:// metrics URL is served with the client TLS configuration, as etcd does.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -22,6 +22,20 @@ use tokio::net::TcpListener;
 use crate::replica::Replica;
 
 async fn health(member: &Replica) -> (StatusCode, String) {
+    // As etcd 3.4: any active alarm makes the member unhealthy.
+    let alarms = member.alarms();
+    if !alarms.is_empty() {
+        for a in &alarms {
+            tracing::warn!(
+                "/health error due to an alarm {}",
+                crate::alarm::compact_text(a)
+            );
+        }
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\"}\n".into(),
+        );
+    }
     let has_leader = member.status().leader.load(Ordering::Relaxed) != 0;
     let read = tokio::time::timeout(Duration::from_secs(1), member.read_barrier()).await;
     if has_leader && matches!(read, Ok(Ok(()))) {

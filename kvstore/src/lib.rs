@@ -12,7 +12,8 @@
 //! - [`peer`]: the peer service and transport (raft messages, snapshots, forwarding).
 //! - [`apply`]: the deterministic state machine applying committed requests.
 //! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table; [`membership`]:
-//!   the replicated member list; [`snapshot`]: the state machine as one transferable blob.
+//!   the replicated member list; [`alarm`]: the replicated alarms and what they refuse;
+//!   [`snapshot`]: the state machine as one transferable blob.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace;
 //!   [`history_chunks`]: how the keyspace's history sits in it.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
@@ -23,6 +24,7 @@
 //! Every write, even on a single member, goes through raft; with one voter nothing goes
 //! on the network.
 
+pub mod alarm;
 pub mod apply;
 pub mod backend;
 pub mod bootstrap;

@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::node::{Msg, RaftStatus, RequestIds, Shared};
 use crate::peer::client::PeerClients;
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, ResponseHeader,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, LeaseKeepAliveRequest,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, ResponseHeader,
+    alarm_request::AlarmAction,
 };
 use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
 
@@ -249,6 +251,45 @@ impl Replica {
 
     pub fn state(&self) -> &RwLock<StateMachine> {
         &self.shared.sm
+    }
+
+    /// etcd's Alarm. ACTIVATE and DEACTIVATE are replicated through raft and answered once
+    /// applied, with the alarm they changed; GET reads this member's list after a
+    /// linearizable read barrier (etcd proposes a GET too: the barrier gives the same
+    /// guarantee without a log entry). A quota or corruption check raises its alarm through
+    /// here: an ACTIVATE with its own member id (see [`crate::alarm`]).
+    pub async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse> {
+        let mut resp = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                self.read_barrier().await?;
+                AlarmResponse {
+                    header: None,
+                    alarms: self.shared.sm.read().alarms.get(req.alarm),
+                }
+            }
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                match self.propose(internal_request::Request::Alarm(req)).await? {
+                    Applied::Alarm(r) => r,
+                    other => {
+                        return Err(Error::Corrupt(format!("alarm answered with {other:?}")));
+                    }
+                }
+            }
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "kvstore: unknown alarm action {}",
+                    req.action
+                )));
+            }
+        };
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// Every active alarm on this member's replica, as `Status.errors` and `/health` report
+    /// them.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.shared.sm.read().alarms.get(AlarmType::None as i32)
     }
 
     /// A receiver that changes whenever the current revision does.

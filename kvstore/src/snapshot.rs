@@ -1,7 +1,7 @@
-//! State-machine snapshots: the whole keyspace history since compaction, the lease table
-//! and the member list, taken at one applied index. A leader sends one to a member whose
-//! next entry was truncated from its log (a member that was down, or a new one); the
-//! receiver replaces its state machine and raft log with it in one atomic batch.
+//! State-machine snapshots: the whole keyspace history since compaction, the lease table,
+//! the member list and the alarms, taken at one applied index. A leader sends one to a
+//! member whose next entry was truncated from its log (a member that was down, or a new
+//! one); the receiver replaces its state machine and raft log with it in one atomic batch.
 
 use prost::Message;
 use raft::eraftpb::SnapshotMetadata;
@@ -32,6 +32,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
         revisions,
         leases,
         members: Some(sm.members.to_stored()),
+        alarms: Some(sm.alarms.to_stored()),
     }
     .encode_to_vec()
 }
@@ -70,6 +71,9 @@ pub fn install(
     }
     if let Some(m) = snap.members {
         batch.put(keys::MEMBERS, m.encode_to_vec());
+    }
+    if let Some(a) = snap.alarms {
+        batch.put(keys::ALARMS, a.encode_to_vec());
     }
     batch.put(keys::COMPACTED, snap.compacted.to_be_bytes().to_vec());
     batch.put(keys::APPLIED, (snap.applied as i64).to_be_bytes().to_vec());

@@ -15,8 +15,8 @@ use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member,
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
+    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse, cluster_server::Cluster,
+    maintenance_server::Maintenance,
 };
 use crate::proto::kvstorepb::internal_request;
 use crate::replica::Replica;
@@ -189,19 +189,10 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// etcd's Alarm: GET, ACTIVATE and DEACTIVATE of the replicated alarm list
+    /// ([`Replica::alarm`], [`crate::alarm`]).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let req = req.into_inner();
-        match AlarmAction::try_from(req.action) {
-            // No alarm is ever raised (no quota, no corruption check), so the list is empty
-            // and disarming is a no-op.
-            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => {
-                Ok(Response::new(AlarmResponse {
-                    header: self.member.header(self.member.current_revision()),
-                    alarms: Vec::new(),
-                }))
-            }
-            _ => Err(Error::Unimplemented("kvstore: raising alarms is not supported").into()),
-        }
+        Ok(Response::new(self.member.alarm(req.into_inner()).await?))
     }
 
     /// etcd's HashKV: a checksum of this member's keyspace history up to a revision, equal on
@@ -263,6 +254,8 @@ impl Maintenance for MaintenanceService {
         if leader == 0 {
             errors.push(Error::NoLeader.to_string());
         }
+        // As etcd 3.4: each active alarm, as it prints one (`memberID:… alarm:NOSPACE `).
+        errors.extend(self.member.alarms().iter().map(crate::alarm::compact_text));
         Ok(Response::new(StatusResponse {
             header: self.member.header(self.member.current_revision()),
             version: crate::version::ETCD_SERVER.to_string(),

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod alarm;
 mod client;
 mod cluster;
 mod disk;
