@@ -65,37 +65,6 @@ pub struct Route4 {
     pub oif: Option<u32>,
 }
 
-/// The IPv4 routes of the main table.
-pub async fn main_routes_v4(h: &Handle) -> Result<Vec<Route4>, rtnetlink::Error> {
-    let msgs: Vec<_> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await?;
-    Ok(msgs
-        .iter()
-        .filter(|m| m.header.table == MAIN_TABLE && m.header.address_family == AddressFamily::Inet)
-        .map(|m| {
-            let mut r = Route4 {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix: m.header.destination_prefix_length,
-                gw: None,
-                oif: None,
-            };
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gw = Some(*g),
-                    RouteAttribute::Oif(i) => r.oif = Some(*i),
-                    _ => {}
-                }
-            }
-            r
-        })
-        .collect())
-}
-
 /// One IPv6 route of the main table, as netd and the plugin read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route6 {
@@ -105,28 +74,36 @@ pub struct Route6 {
     pub oif: Option<u32>,
 }
 
-/// The IPv6 routes of the main table.
-pub async fn main_routes_v6(h: &Handle) -> Result<Vec<Route6>, rtnetlink::Error> {
-    let msgs: Vec<_> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await?;
+/// A main-table route of either family: destination (none for a default route), prefix,
+/// gateway, output interface.
+struct RawRoute {
+    dst: Option<RouteAddress>,
+    prefix: u8,
+    gw: Option<RouteAddress>,
+    oif: Option<u32>,
+}
+
+/// The main table's routes of the family `request` asks for.
+async fn main_routes(
+    h: &Handle,
+    request: netlink_packet_route::route::RouteMessage,
+) -> Result<Vec<RawRoute>, rtnetlink::Error> {
+    let family = request.header.address_family;
+    let msgs: Vec<_> = h.route().get(request).execute().try_collect().await?;
     Ok(msgs
         .iter()
-        .filter(|m| m.header.table == MAIN_TABLE && m.header.address_family == AddressFamily::Inet6)
+        .filter(|m| m.header.table == MAIN_TABLE && m.header.address_family == family)
         .map(|m| {
-            let mut r = Route6 {
-                dst: Ipv6Addr::UNSPECIFIED,
+            let mut r = RawRoute {
+                dst: None,
                 prefix: m.header.destination_prefix_length,
                 gw: None,
                 oif: None,
             };
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gw = Some(*g),
+                    RouteAttribute::Destination(d) => r.dst = Some(d.clone()),
+                    RouteAttribute::Gateway(g) => r.gw = Some(g.clone()),
                     RouteAttribute::Oif(i) => r.oif = Some(*i),
                     _ => {}
                 }
@@ -136,9 +113,52 @@ pub async fn main_routes_v6(h: &Handle) -> Result<Vec<Route6>, rtnetlink::Error>
         .collect())
 }
 
-/// The global IPv6 addresses (with their prefixes) on link `index`; link-local ones
-/// (`fe80::/10`) are left out.
-pub async fn ipv6_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv6Network>, rtnetlink::Error> {
+/// The IPv4 routes of the main table.
+pub async fn main_routes_v4(h: &Handle) -> Result<Vec<Route4>, rtnetlink::Error> {
+    let v4 = |a: Option<RouteAddress>| match a {
+        Some(RouteAddress::Inet(v)) => Some(v),
+        _ => None,
+    };
+    Ok(
+        main_routes(h, RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .await?
+            .into_iter()
+            .map(|r| Route4 {
+                dst: v4(r.dst).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                prefix: r.prefix,
+                gw: v4(r.gw),
+                oif: r.oif,
+            })
+            .collect(),
+    )
+}
+
+/// The IPv6 routes of the main table.
+pub async fn main_routes_v6(h: &Handle) -> Result<Vec<Route6>, rtnetlink::Error> {
+    let v6 = |a: Option<RouteAddress>| match a {
+        Some(RouteAddress::Inet6(v)) => Some(v),
+        _ => None,
+    };
+    Ok(
+        main_routes(h, RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .await?
+            .into_iter()
+            .map(|r| Route6 {
+                dst: v6(r.dst).unwrap_or(Ipv6Addr::UNSPECIFIED),
+                prefix: r.prefix,
+                gw: v6(r.gw),
+                oif: r.oif,
+            })
+            .collect(),
+    )
+}
+
+/// The addresses of one family (with their prefixes) on link `index`.
+async fn addresses(
+    h: &Handle,
+    index: u32,
+    family: AddressFamily,
+) -> Result<Vec<(IpAddr, u8)>, rtnetlink::Error> {
     let msgs: Vec<_> = h
         .address()
         .get()
@@ -146,54 +166,43 @@ pub async fn ipv6_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv6Network>, 
         .execute()
         .try_collect()
         .await?;
-    let mut out = Vec::new();
-    for m in msgs {
-        if m.header.index != index || m.header.family != AddressFamily::Inet6 {
-            continue;
-        }
-        let addr = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(IpAddr::V6(v)) | AddressAttribute::Local(IpAddr::V6(v)) => {
-                Some(*v)
-            }
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.index == index && m.header.family == family)
+        .filter_map(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => {
+                    Some((*ip, m.header.prefix_len))
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+/// The global IPv6 addresses (with their prefixes) on link `index`; link-local ones
+/// (`fe80::/10`) are left out.
+pub async fn ipv6_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv6Network>, rtnetlink::Error> {
+    Ok(addresses(h, index, AddressFamily::Inet6)
+        .await?
+        .into_iter()
+        .filter_map(|(ip, len)| match ip {
+            IpAddr::V6(a) if (a.segments()[0] & 0xffc0) != 0xfe80 => Ipv6Network::new(a, len).ok(),
             _ => None,
-        });
-        if let Some(a) = addr
-            && (a.segments()[0] & 0xffc0) != 0xfe80
-            && let Ok(n) = Ipv6Network::new(a, m.header.prefix_len)
-        {
-            out.push(n);
-        }
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The IPv4 addresses (with their prefixes) on link `index`.
 pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>, rtnetlink::Error> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await?;
-    let mut out = Vec::new();
-    for m in msgs {
-        if m.header.index != index || m.header.family != AddressFamily::Inet {
-            continue;
-        }
-        let addr = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) => {
-                Some(*v)
-            }
-            _ => None,
-        });
-        if let Some(a) = addr
-            && let Ok(n) = Ipv4Network::new(a, m.header.prefix_len)
-        {
-            out.push(n);
-        }
-    }
-    Ok(out)
+    Ok(addresses(h, index, AddressFamily::Inet)
+        .await?
+        .into_iter()
+        .filter_map(|(ip, len)| match ip {
+            IpAddr::V4(a) => Ipv4Network::new(a, len).ok(),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]

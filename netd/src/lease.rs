@@ -320,13 +320,25 @@ mod tests {
         assert_ne!(back.lease, own.lease);
     }
 
-    /// A store where another host creates the same subnet just before this one does, once.
-    struct Racing {
+    /// A store where another host writes a record (`theirs`, given this host's candidate key)
+    /// just before this host's first create.
+    struct RaceOnce<F> {
         inner: MemoryStore,
         raced: AtomicBool,
+        theirs: F,
     }
 
-    impl SubnetStore for Racing {
+    impl<F: Fn(&SubnetKey) -> (SubnetKey, LeaseAttrs)> RaceOnce<F> {
+        fn new(theirs: F) -> Self {
+            RaceOnce {
+                inner: MemoryStore::default(),
+                raced: AtomicBool::new(false),
+                theirs,
+            }
+        }
+    }
+
+    impl<F: Fn(&SubnetKey) -> (SubnetKey, LeaseAttrs) + Send + Sync> SubnetStore for RaceOnce<F> {
         async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
             self.inner.list_subnets(config).await
         }
@@ -337,8 +349,9 @@ mod tests {
             lease: i64,
         ) -> Result<bool> {
             if !self.raced.swap(true, Ordering::SeqCst) {
-                let theirs = serde_json::to_string(&host(9)).expect("json");
-                self.inner.put_raw(&s.key(), &theirs, 0);
+                let (key, theirs) = (self.theirs)(s);
+                let theirs = serde_json::to_string(&theirs).expect("json");
+                self.inner.put_raw(&key.key(), &theirs, 0);
             }
             self.inner.create_subnet(s, attrs, lease).await
         }
@@ -371,10 +384,8 @@ mod tests {
 
     #[tokio::test]
     async fn conflict_on_create_retries_with_another_subnet() {
-        let kv = Racing {
-            inner: MemoryStore::default(),
-            raced: AtomicBool::new(false),
-        };
+        // Another host creates the same subnet just before this one does.
+        let kv = RaceOnce::new(|s: &SubnetKey| (*s, host(9)));
         let wanted = SubnetKey::from_key("10.244.42.0-24").expect("subnet");
         let own = acquire(&kv, &config(), &host(1), Some(wanted), TIMING)
             .await
@@ -460,74 +471,23 @@ mod tests {
     /// up to the older record and takes another.
     #[tokio::test]
     async fn dual_stack_race_on_the_ipv6_subnet_keeps_the_older_record() {
-        struct SameV6 {
-            inner: MemoryStore,
-            raced: AtomicBool,
-        }
-        impl SubnetStore for SameV6 {
-            async fn list_subnets(&self, config: &NetworkConfig) -> Result<Listing> {
-                self.inner.list_subnets(config).await
-            }
-            async fn create_subnet(
-                &self,
-                s: &SubnetKey,
-                attrs: &LeaseAttrs,
-                lease: i64,
-            ) -> Result<bool> {
-                if !self.raced.swap(true, Ordering::SeqCst) {
-                    let v6 = s.v6.expect("dual-stack key");
-                    let other = SubnetKey {
-                        v4: crate::subnet::Subnet::new(Ipv4Addr::new(10, 244, 250, 0), 24)
-                            .expect("subnet"),
-                        v6: Some(v6),
-                    };
-                    let theirs = LeaseAttrs {
-                        public_ipv6: Some("2001:db8::9".parse().expect("ip")),
-                        backend_v6_data: host(9).backend_data,
-                        ..host(9)
-                    };
-                    self.inner.put_raw(
-                        &other.key(),
-                        &serde_json::to_string(&theirs).expect("json"),
-                        0,
-                    );
-                }
-                self.inner.create_subnet(s, attrs, lease).await
-            }
-            async fn update_subnet(
-                &self,
-                s: &SubnetKey,
-                a: &LeaseAttrs,
-                l: i64,
-                m: i64,
-            ) -> Result<bool> {
-                self.inner.update_subnet(s, a, l, m).await
-            }
-            async fn delete_subnet_if(&self, s: &SubnetKey, m: i64) -> Result<bool> {
-                self.inner.delete_subnet_if(s, m).await
-            }
-            async fn grant(&self, ttl: i64) -> Result<i64> {
-                self.inner.grant(ttl).await
-            }
-            async fn revoke(&self, id: i64) -> Result<()> {
-                self.inner.revoke(id).await
-            }
-            async fn keep_alive_once(&self, id: i64) -> Result<i64> {
-                self.inner.keep_alive_once(id).await
-            }
-            type Watch = crate::store::MemoryWatch;
-            async fn watch_subnets(&self, start: i64) -> Result<Self::Watch> {
-                self.inner.watch_subnets(start).await
-            }
-        }
         let net = NetworkConfig::parse(
             r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
         )
         .expect("config");
-        let kv = SameV6 {
-            inner: MemoryStore::default(),
-            raced: AtomicBool::new(false),
-        };
+        // Another host takes the same IPv6 subnet, with another IPv4 subnet, just before.
+        let kv = RaceOnce::new(|s: &SubnetKey| {
+            let other = SubnetKey {
+                v4: crate::subnet::Subnet::new(Ipv4Addr::new(10, 244, 250, 0), 24).expect("subnet"),
+                v6: s.v6,
+            };
+            let theirs = LeaseAttrs {
+                public_ipv6: Some("2001:db8::9".parse().expect("ip")),
+                backend_v6_data: host(9).backend_data,
+                ..host(9)
+            };
+            (other, theirs)
+        });
         let attrs = LeaseAttrs {
             public_ipv6: Some("2001:db8::1".parse().expect("ip")),
             backend_v6_data: host(1).backend_data,

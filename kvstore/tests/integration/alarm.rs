@@ -74,29 +74,10 @@ fn range_op(key: &str) -> request_op::Request {
     })
 }
 
-/// An HTTP/1.1 GET of `/health` on loopback `port`: the status code and the body.
+/// `/health` on loopback `port`: the status code and the body.
 fn health(port: u16) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    (code, body)
+    let (code, body) = common::http_get(port, "/health");
+    (code, body.trim().to_string())
 }
 
 /// `Status.errors` of every member, from `etcdctl endpoint status --cluster -w json`.

@@ -601,26 +601,6 @@ fn hash_kv_etcd() {
     hash_kv(Kind::Etcd);
 }
 
-/// An HTTP/1.1 GET on loopback: the status code and the body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
-}
-
 /// The versions a member reports, the same test code on both servers: `endpoint status
 /// --cluster` shows one etcd server version on every member, the one `/version` names as
 /// `etcdserver` beside the cluster version `3.4.0`. etcd serves `/version` on its client
@@ -668,7 +648,7 @@ fn versions(kind: Kind) -> String {
             Kind::Etcd => m.client_port,
             Kind::Kvstore => *metrics_port,
         };
-        let (code, body) = http_get(port, "/version");
+        let (code, body) = common::http_get(port, "/version");
         assert_eq!(code, 200, "{kind:?}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("version json");
         assert_eq!(v["etcdserver"], server.as_str(), "{kind:?}: {body}");

@@ -3,27 +3,7 @@
 
 use crate::common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use common::{Kind, Proc, free_port};
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, out)
-}
 
 fn start(kind: Kind) -> (Proc, u16) {
     let port = free_port();
@@ -38,7 +18,7 @@ fn start(kind: Kind) -> (Proc, u16) {
 fn health_on_kvstore_and_etcd() {
     for kind in [Kind::Kvstore, Kind::Etcd] {
         let (_p, port) = start(kind);
-        let (code, body) = get(port, "/health");
+        let (code, body) = common::http_get(port, "/health");
         assert_eq!(code, 200, "{kind:?}: {body}");
         assert!(body.contains("{\"health\":\"true\""), "{kind:?}: {body}");
     }
@@ -49,7 +29,7 @@ fn metrics_report_the_member() {
     let (p, port) = start(Kind::Kvstore);
     p.ok(&["put", "a", "1"]);
     p.ok(&["put", "b", "2"]);
-    let (code, body) = get(port, "/metrics");
+    let (code, body) = common::http_get(port, "/metrics");
     assert_eq!(code, 200, "{body}");
     for line in [
         "kvstore_server_has_leader 1",
@@ -63,5 +43,5 @@ fn metrics_report_the_member() {
             "missing {line:?} in {body}"
         );
     }
-    assert_eq!(get(port, "/nope").0, 404);
+    assert_eq!(common::http_get(port, "/nope").0, 404);
 }

@@ -78,44 +78,45 @@ impl NetlinkDataplane {
     }
 
     async fn observe_routes(&self, state: &mut KernelState) -> Result<()> {
-        let routes = hostnet::netlink::main_routes_v4(&self.handle)
+        // Every main-table route of the families netd routes: (destination, gateway, device).
+        let mut routes: Vec<(IpNetwork, Option<IpAddr>, Option<u32>)> = Vec::new();
+        for r in hostnet::netlink::main_routes_v4(&self.handle)
             .await
-            .map_err(|e| Error::netlink("list routes", e))?;
-        for r in routes {
-            let Ok(dst) = Ipv4Network::new(r.dst, r.prefix) else {
-                continue;
-            };
-            if !(self.network.contains(dst.network()) && dst.prefix() >= self.network.prefix()) {
-                continue;
+            .map_err(|e| Error::netlink("list routes", e))?
+        {
+            if let Ok(dst) = Ipv4Network::new(r.dst, r.prefix) {
+                routes.push((dst.into(), r.gw.map(IpAddr::V4), r.oif));
             }
-            let Some(via) = self.via(r.oif, r.gw.is_some(), false) else {
-                continue;
-            };
-            let gateway = IpAddr::V4(r.gw.unwrap_or(Ipv4Addr::UNSPECIFIED));
-            state
-                .routes
-                .insert(IpNetwork::V4(dst), NextHop { gateway, via });
         }
-        let Some(net6) = self.network6 else {
-            return Ok(());
-        };
-        let routes = hostnet::netlink::main_routes_v6(&self.handle)
-            .await
-            .map_err(|e| Error::netlink("list IPv6 routes", e))?;
-        for r in routes {
-            let Ok(dst) = Ipv6Network::new(r.dst, r.prefix) else {
-                continue;
+        if self.network6.is_some() {
+            for r in hostnet::netlink::main_routes_v6(&self.handle)
+                .await
+                .map_err(|e| Error::netlink("list IPv6 routes", e))?
+            {
+                if let Ok(dst) = Ipv6Network::new(r.dst, r.prefix) {
+                    routes.push((dst.into(), r.gw.map(IpAddr::V6), r.oif));
+                }
+            }
+        }
+        for (dst, gw, oif) in routes {
+            let network: Option<IpNetwork> = match dst {
+                IpNetwork::V4(_) => Some(self.network.into()),
+                IpNetwork::V6(_) => self.network6.map(Into::into),
             };
-            if !(net6.contains(dst.network()) && dst.prefix() >= net6.prefix()) {
+            let Some(network) = network else { continue };
+            if !(network.contains(dst.network()) && dst.prefix() >= network.prefix()) {
                 continue;
             }
-            let Some(via) = self.via(r.oif, r.gw.is_some(), true) else {
+            let Some(via) = self.via(oif, gw.is_some(), dst.is_ipv6()) else {
                 continue;
             };
-            let gateway = IpAddr::V6(r.gw.unwrap_or(Ipv6Addr::UNSPECIFIED));
-            state
-                .routes
-                .insert(IpNetwork::V6(dst), NextHop { gateway, via });
+            let unspecified = if dst.is_ipv6() {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            let gateway = gw.unwrap_or(unspecified);
+            state.routes.insert(dst, NextHop { gateway, via });
         }
         Ok(())
     }

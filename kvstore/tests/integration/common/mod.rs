@@ -45,6 +45,26 @@ pub fn assert_none_lost<T: std::fmt::Debug>(label: &str, acked: &[T], kept: impl
     );
 }
 
+/// An HTTP/1.1 GET of `path` on loopback `port` (a metrics URL): the status code and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
 /// A free TCP port on loopback, below the kernel's ephemeral range (32768 and up), so
 /// that no outgoing connection (members dial each other) can take it before the server
 /// binds it.
