@@ -1,9 +1,11 @@
-//! The HTTP side of a member, on `--listen-metrics-urls` (etcd's flag): `/health` answers
+//! The plain HTTP paths of a member, answered alike on `--listen-metrics-urls` (etcd's flag)
+//! and on the client port beside gRPC and the JSON gateway ([`respond`]): `/health` answers
 //! `{"health":"true"}` when no alarm is active, a leader exists and a linearizable read
-//! completes, as etcd's does; `/version` answers etcd's `{"etcdserver":…,"etcdcluster":…}`
-//! plus kvstore's own version (see [`crate::version`]; etcd serves it on its client URLs,
-//! whose port here speaks only gRPC); `/metrics` gives the member's state in Prometheus text
-//! format. An https:// metrics URL is served with the client TLS configuration, as etcd does.
+//! completes, as etcd's does; `/readyz` and `/livez` are etcd 3.6's probes (ready: as
+//! `/health`; live: the process answers); `/version` answers etcd's
+//! `{"etcdserver":…,"etcdcluster":…}` plus kvstore's own version (see [`crate::version`]);
+//! `/metrics` gives the member's state in Prometheus text format. An https:// metrics URL is
+//! served with the client TLS configuration, as etcd does.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -33,17 +35,17 @@ async fn health(member: &Replica) -> (StatusCode, String) {
         }
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "{\"health\":\"false\"}\n".into(),
+            "{\"health\":\"false\"}".into(),
         );
     }
     let has_leader = member.status().leader.load(Ordering::Relaxed) != 0;
     let read = tokio::time::timeout(Duration::from_secs(1), member.read_barrier()).await;
     if has_leader && matches!(read, Ok(Ok(()))) {
-        (StatusCode::OK, "{\"health\":\"true\"}\n".into())
+        (StatusCode::OK, "{\"health\":\"true\"}".into())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "{\"health\":\"false\"}\n".into(),
+            "{\"health\":\"false\"}".into(),
         )
     }
 }
@@ -125,19 +127,35 @@ fn metrics(member: &Replica) -> String {
     out
 }
 
-async fn respond(member: &Replica, path: &str) -> Response<Full<Bytes>> {
+/// The answer to a GET of `path` (any path: unknown ones answer 404 as Go's mux does).
+pub(crate) async fn respond(member: &Replica, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
+        // etcd writes the JSON without a content type; Go's server sniffs it as text.
         "/health" => {
             let (status, body) = health(member).await;
-            (status, "application/json", body)
+            (status, "text/plain; charset=utf-8", body)
         }
+        // etcd 3.6's probes (k8s style): the body is "ok", or which check failed.
+        "/livez" => (StatusCode::OK, "text/plain; charset=utf-8", "ok".into()),
+        "/readyz" => match health(member).await {
+            (StatusCode::OK, _) => (StatusCode::OK, "text/plain; charset=utf-8", "ok".into()),
+            (status, _) => (
+                status,
+                "text/plain; charset=utf-8",
+                "[-]linearizable_read failed: reason withheld\nreadyz check failed\n".into(),
+            ),
+        },
         "/version" => (StatusCode::OK, "application/json", crate::version::json()),
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics(member),
         ),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "404 page not found\n".into(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -148,7 +166,7 @@ async fn respond(member: &Replica, path: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves `/health`, `/version` and `/metrics` on `listener` until the task is aborted; over TLS when
+/// Serves [`respond`]'s paths on `listener` until the task is aborted; over TLS when
 /// `tls` is given (an https:// metrics URL, which etcd serves with the client certificate
 /// and client-cert-auth).
 pub(crate) async fn serve(
