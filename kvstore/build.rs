@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/kv.proto",
+        "proto/auth.proto",
         "proto/rpc.proto",
         "proto/internal.proto",
         "proto/peer.proto",

@@ -3,12 +3,14 @@
 //!
 //! Applying is deterministic: every member applies the same entries to the same state and
 //! gets the same answer, errors included (an error leaves the state untouched). An active
-//! alarm refuses requests here, before they change anything (see [`crate::alarm`]).
+//! alarm refuses requests here, before they change anything (see [`crate::alarm`]), and so
+//! does a client's missing permission while authentication is on (see [`crate::auth`]).
 
 use bytes::Bytes;
 use prost::Message;
 
 use crate::alarm::Alarms;
+use crate::auth::{AuthStore, Changed, tokens::Tokens};
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
 use crate::history_chunks::HistoryChunks;
@@ -37,6 +39,11 @@ pub enum Applied {
     Members(Vec<Member>),
     /// An alarm activated or deactivated (or listed): the alarms it concerned.
     Alarm(AlarmResponse),
+    /// An Auth service write; a login's token (empty for the others).
+    Auth {
+        revision: i64,
+        token: String,
+    },
     /// An entry with no client request (e.g. a new leader's empty entry).
     Nothing,
 }
@@ -51,6 +58,11 @@ pub struct StateMachine {
     pub lessor: Lessor,
     pub members: Members,
     pub alarms: Alarms,
+    /// Users, roles and whether authentication is on.
+    pub auth: AuthStore,
+    /// This member's login tokens: not replicated state (see [`crate::auth::tokens`]), but
+    /// filled as logins are applied.
+    pub tokens: Tokens,
     pub applied: u64,
 }
 
@@ -96,12 +108,15 @@ impl StateMachine {
         }
         let members = Members::load(backend)?.unwrap_or_default();
         let alarms = Alarms::load(backend)?;
+        let auth = AuthStore::load(backend)?;
         Ok(StateMachine {
             mvcc,
             history,
             lessor,
             members,
             alarms,
+            auth,
+            tokens: Tokens::default(),
             applied,
         })
     }
@@ -118,6 +133,9 @@ impl StateMachine {
         let Some(r) = &req.request else {
             return Ok(Applied::Nothing);
         };
+        if let Some(who) = &req.auth {
+            self.auth.check(r, Some(&who.username), &self.lessor)?;
+        }
         self.alarms.check(r)?;
         match r {
             Request::Put(p) => {
@@ -203,6 +221,37 @@ impl StateMachine {
                 }
                 resp.header = header(self.mvcc.current_revision());
                 Ok(Applied::Alarm(resp))
+            }
+            Request::AuthEnable(_)
+            | Request::AuthDisable(_)
+            | Request::Authenticate(_)
+            | Request::UserAdd(_)
+            | Request::UserDelete(_)
+            | Request::UserChangePassword(_)
+            | Request::UserGrantRole(_)
+            | Request::UserRevokeRole(_)
+            | Request::RoleAdd(_)
+            | Request::RoleDelete(_)
+            | Request::RoleGrantPermission(_)
+            | Request::RoleRevokePermission(_) => {
+                let mut token = String::new();
+                match self.auth.apply(r, req.id)? {
+                    Changed::Nothing => {}
+                    Changed::TokensOf(user) => self.tokens.invalidate(&user),
+                    Changed::AllTokens => self.tokens.clear(),
+                    Changed::Token { token: t, user } => {
+                        self.tokens.insert(t.clone(), user);
+                        token = t;
+                    }
+                }
+                // A login changes no replicated state.
+                if !matches!(r, Request::Authenticate(_)) {
+                    self.auth.persist(batch);
+                }
+                Ok(Applied::Auth {
+                    revision: self.mvcc.current_revision(),
+                    token,
+                })
             }
         }
     }
@@ -392,6 +441,7 @@ mod tests {
 
     fn put_req(k: &str, v: &str, lease: i64) -> InternalRequest {
         InternalRequest {
+            auth: None,
             id: 1,
             request: Some(internal_request::Request::Put(PutRequest {
                 key: Bytes::copy_from_slice(k.as_bytes()),
@@ -408,6 +458,7 @@ mod tests {
         use crate::proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmType, alarm_request};
         let alarm =
             |action: alarm_request::AlarmAction, member_id: u64, t: AlarmType| InternalRequest {
+                auth: None,
                 id: 3,
                 request: Some(internal_request::Request::Alarm(AlarmRequest {
                     action: action as i32,
@@ -441,6 +492,7 @@ mod tests {
         assert!(refused.is_empty());
         assert_eq!(sm.mvcc.current_revision(), 2);
         let del = InternalRequest {
+            auth: None,
             id: 4,
             request: Some(internal_request::Request::DeleteRange(DeleteRangeRequest {
                 key: "k".into(),
@@ -520,6 +572,7 @@ mod tests {
             ..Default::default()
         };
         let update = |id: u64, url: &str| InternalRequest {
+            auth: None,
             id: 7,
             request: Some(internal_request::Request::MemberUpdate(
                 MemberUpdateRequest {
@@ -582,6 +635,7 @@ mod tests {
         let mut b = WriteBatch::default();
         sm.apply(&put_req("k", "v1", 0), &mut b).expect("put");
         let cas = |expect: &str| InternalRequest {
+            auth: None,
             id: 2,
             request: Some(internal_request::Request::Txn(TxnRequest {
                 compare: vec![Compare {
@@ -618,6 +672,7 @@ mod tests {
             Err(Error::LeaseNotFound)
         ));
         let grant = InternalRequest {
+            auth: None,
             id: 3,
             request: Some(internal_request::Request::LeaseGrant(LeaseGrantRequest {
                 ttl: 10,
@@ -629,6 +684,7 @@ mod tests {
         sm.apply(&put_req("l", "x", 42), &mut b)
             .expect("put with lease");
         let revoke = InternalRequest {
+            auth: None,
             id: 4,
             request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
                 id: 42,

@@ -133,6 +133,8 @@ pub mod keys {
     pub const MEMBERS: &[u8] = b"m/members";
     /// The replicated alarm list (see `alarm`).
     pub const ALARMS: &[u8] = b"m/alarms";
+    /// The replicated users, roles and enabled flag (see `auth`).
+    pub const AUTH: &[u8] = b"m/auth";
     /// Everything under this prefix belongs to the state machine (with CHUNK_ and LEASE_).
     pub const META_PREFIX: &[u8] = b"m/";
     /// This member's id and its cluster's: identity, never replaced by a snapshot.

@@ -26,6 +26,11 @@ pub mod defaults {
     /// etcd's: no limit short of 2^32-1.
     pub const MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
     pub const STRICT_RECONFIG_CHECK: bool = true;
+    pub const AUTH_TOKEN: &str = "simple";
+    /// Seconds an unused simple token stays valid (etcd's).
+    pub const AUTH_TOKEN_TTL: u64 = 300;
+    /// bcrypt's cost for password hashes (etcd's, bcrypt's default).
+    pub const BCRYPT_COST: u32 = 10;
 }
 
 /// A kvstore member.
@@ -133,6 +138,18 @@ pub struct Config {
           default_value_t = defaults::STRICT_RECONFIG_CHECK, action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
+    /// Kind of token a login returns: `simple` (etcd's default; JWT is not supported).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = defaults::AUTH_TOKEN, help_heading = "Authentication")]
+    pub auth_token: String,
+
+    /// Seconds an unused simple token stays valid; each request renews it.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = defaults::AUTH_TOKEN_TTL, help_heading = "Authentication")]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of password hashes (4 to 31; each step doubles the work of a login).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = defaults::BCRYPT_COST, help_heading = "Authentication")]
+    pub bcrypt_cost: u32,
+
     /// Certificate (PEM) served on https:// client and metrics URLs.
     #[arg(long, env = "ETCD_CERT_FILE", help_heading = "Client TLS")]
     pub cert_file: Option<PathBuf>,
@@ -193,6 +210,9 @@ impl Default for Config {
             max_txn_ops: defaults::MAX_TXN_OPS,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
             strict_reconfig_check: defaults::STRICT_RECONFIG_CHECK,
+            auth_token: defaults::AUTH_TOKEN.into(),
+            auth_token_ttl: defaults::AUTH_TOKEN_TTL,
+            bcrypt_cost: defaults::BCRYPT_COST,
             cert_file: None,
             key_file: None,
             trusted_ca_file: None,
@@ -359,6 +379,18 @@ impl Config {
     /// Checks the whole configuration; the error is one line for the operator.
     pub fn validate(&self) -> Result<()> {
         self.validate_tls()?;
+        let kind = self.auth_token.split(',').next().unwrap_or_default();
+        if kind != "simple" {
+            return Err(Error::Config(format!(
+                "--auth-token {kind}: kvstore supports only simple tokens"
+            )));
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(Error::Config(format!(
+                "--bcrypt-cost {}: must be between 4 and 31",
+                self.bcrypt_cost
+            )));
+        }
         for u in self
             .listen_client_urls
             .iter()

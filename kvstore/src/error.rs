@@ -62,6 +62,44 @@ pub enum Error {
     /// (`--strict-reconfig-check`).
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    // Authentication and permissions (etcd's `auth` errors as its gRPC layer words them).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// etcd 3.4 has no gRPC mapping for this one: its clients see Unknown with the auth text.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -105,7 +143,24 @@ impl Error {
             | Error::DuplicateKey
             | Error::RequestTooLarge
             | Error::InvalidArgument(_)
-            | Error::BadPeerUrls => Code::InvalidArgument,
+            | Error::BadPeerUrls
+            | Error::UserEmpty
+            | Error::RoleEmpty
+            | Error::AuthFailed
+            | Error::PermissionNotGiven
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision => Code::InvalidArgument,
+            Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted
+            | Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::InvalidAuthToken => Code::Unauthenticated,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
             Error::LeaseExists
             | Error::MemberExists
@@ -113,7 +168,7 @@ impl Error {
             | Error::NotLeader
             | Error::BadLeaderTransferee => Code::FailedPrecondition,
             // etcd 3.4 maps no code to this one: its clients see Unknown.
-            Error::UnhealthyCluster => Code::Unknown,
+            Error::UnhealthyCluster | Error::NoPasswordUser => Code::Unknown,
             Error::NoLeader
             | Error::Timeout
             | Error::LeaderChanged

@@ -96,6 +96,7 @@ pub fn client_requests(data: &[u8]) {
             let req = InternalRequest {
                 id,
                 request: Some(request),
+                auth: None,
             };
             let _ = sm.apply(&req, &mut batch);
             sm.seal(&mut batch);

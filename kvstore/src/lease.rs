@@ -57,6 +57,11 @@ impl Lessor {
         self.leases.contains_key(&id)
     }
 
+    /// The keys attached to lease `id` (none for an unknown lease).
+    pub fn keys(&self, id: i64) -> impl Iterator<Item = &Bytes> {
+        self.leases.get(&id).into_iter().flat_map(|l| l.keys.iter())
+    }
+
     /// Attaches `key` to lease `id` (no-op for lease 0).
     pub fn attach(&mut self, id: i64, key: &Bytes) {
         if let Some(l) = self.leases.get_mut(&id) {

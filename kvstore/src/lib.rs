@@ -26,6 +26,7 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod auth;
 pub mod backend;
 pub mod bootstrap;
 pub mod catch_up;

@@ -21,7 +21,7 @@ use crate::proto::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, ResponseHeader,
     alarm_request::AlarmAction,
 };
-use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_request};
+use crate::proto::kvstorepb::{ClientAuth, ConfChangeContext, InternalRequest, internal_request};
 
 /// Pause between attempts of a request waiting for a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -36,6 +36,8 @@ pub struct Replica {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_txn_ops: usize,
+    /// bcrypt cost of new password hashes (`--bcrypt-cost`).
+    pub(crate) bcrypt_cost: u32,
     /// HTTP/2 streams one client connection may have open (`--max-concurrent-streams`).
     pub(crate) max_concurrent_streams: u32,
     /// How long a request waits for raft before etcd's "request timed out".
@@ -105,12 +107,27 @@ impl Replica {
         true
     }
 
-    /// Replicates `request` through raft and waits until it is applied.
+    /// Replicates `request`, which the members make themselves, through raft and waits
+    /// until it is applied.
     pub async fn propose(&self, request: internal_request::Request) -> Result<Applied> {
+        self.propose_as(request, None).await
+    }
+
+    /// Replicates a client's `request` through raft and waits until it is applied. `user`
+    /// is whom the client authenticated as (see [`crate::auth`]); a client request always
+    /// carries it (empty without credentials), so apply checks it while auth is on.
+    pub async fn propose_as(
+        &self,
+        request: internal_request::Request,
+        user: Option<&str>,
+    ) -> Result<Applied> {
         let id = self.ids.next();
         let data = prost::Message::encode_to_vec(&InternalRequest {
             id,
             request: Some(request),
+            auth: user.map(|u| ClientAuth {
+                username: u.to_string(),
+            }),
         });
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);

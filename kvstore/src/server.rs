@@ -51,7 +51,9 @@ impl Server {
         let listeners = Listeners::bind(&cfg, &tls).await?;
         let backend: Arc<dyn Backend> = SledBackend::open(&dir.join("db"))?;
         let wal = crate::wal::recover(&dir.join("wal"), backend.as_ref())?;
-        let start = crate::bootstrap::start(&cfg, backend.as_ref(), &listeners.dialer).await?;
+        let mut start = crate::bootstrap::start(&cfg, backend.as_ref(), &listeners.dialer).await?;
+        start.sm.tokens =
+            crate::auth::tokens::Tokens::new(std::time::Duration::from_secs(cfg.auth_token_ttl));
         let (me, cluster_id) = (start.me, start.cluster_id);
         let raw = raft_node(&cfg, &start)?;
         let request_timeout = cfg.request_timeout();
@@ -65,6 +67,7 @@ impl Server {
             backend,
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
+            bcrypt_cost: cfg.bcrypt_cost,
             request_timeout,
             peers: peer::client::PeerClients::new(listeners.dialer.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,

@@ -1,5 +1,5 @@
 //! State-machine snapshots: the whole keyspace history since compaction, the lease table,
-//! the member list and the alarms, taken at one applied index. A leader sends one to a
+//! the member list, the alarms and the auth state, taken at one applied index. A leader sends one to a
 //! member whose next entry was truncated from its log (a member that was down, or a new
 //! one); the receiver replaces its state machine and raft log with it in one atomic batch.
 
@@ -33,6 +33,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
         leases,
         members: Some(sm.members.to_stored()),
         alarms: Some(sm.alarms.to_stored()),
+        auth: Some(sm.auth.to_stored()),
     }
     .encode_to_vec()
 }
@@ -75,6 +76,9 @@ pub fn install(
     if let Some(a) = snap.alarms {
         batch.put(keys::ALARMS, a.encode_to_vec());
     }
+    if let Some(a) = snap.auth {
+        batch.put(keys::AUTH, a.encode_to_vec());
+    }
     batch.put(keys::COMPACTED, snap.compacted.to_be_bytes().to_vec());
     batch.put(keys::APPLIED, (snap.applied as i64).to_be_bytes().to_vec());
     log.install_snapshot(meta, &mut batch)?;
@@ -102,6 +106,7 @@ mod tests {
         };
         let mut b = WriteBatch::default();
         let req = |r| InternalRequest {
+            auth: None,
             id: 1,
             request: Some(r),
         };

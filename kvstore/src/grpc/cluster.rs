@@ -37,6 +37,14 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// Refuses a caller without the root role while authentication is on (etcd's
+/// `IsAdminPermitted`, which guards membership changes, Hash and HashKV).
+fn admin<T>(member: &Replica, req: &Request<T>) -> Result<(), Status> {
+    let who = super::caller::caller(member, req.metadata())?;
+    member.state().read().auth.admin(who.as_deref())?;
+    Ok(())
+}
+
 /// Peer URLs a member can be given: at least one, each one kvstore can listen on and dial.
 fn valid_peer_urls(urls: &[String]) -> bool {
     !urls.is_empty() && urls.iter().all(|u| config::parse_url(u).is_ok())
@@ -58,6 +66,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        admin(&self.member, &req)?;
         let req = req.into_inner();
         if req.is_learner {
             return Err(Error::Unimplemented("kvstore: learner members are not supported").into());
@@ -113,6 +122,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        admin(&self.member, &req)?;
         let id = req.into_inner().id;
         {
             let sm = self.member.state().read();
@@ -144,13 +154,17 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let who = super::caller::caller(&self.member, req.metadata())?;
         let req = req.into_inner();
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(Error::BadPeerUrls.into());
         }
         let members = match self
             .member
-            .propose(internal_request::Request::MemberUpdate(req))
+            .propose_as(
+                internal_request::Request::MemberUpdate(req),
+                Some(who.as_deref().unwrap_or("")),
+            )
             .await?
         {
             crate::apply::Applied::Members(list) => list,
@@ -201,6 +215,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        admin(&self.member, &req)?;
         let rev = req.into_inner().revision;
         let (hash, compact_revision, current) = {
             let sm = self.member.shared.sm.read();
@@ -218,7 +233,8 @@ impl Maintenance for MaintenanceService {
     }
 
     /// etcd's Hash (meant for tests): here, the keyspace's HashKV at the latest revision.
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        admin(&self.member, &req)?;
         let (hash, current) = {
             let sm = self.member.shared.sm.read();
             (sm.mvcc.hash_kv(0)?, sm.mvcc.current_revision())

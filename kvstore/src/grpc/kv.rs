@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::caller::caller;
 use super::validate;
 use crate::apply::Applied;
+use crate::auth::perms::Access;
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -31,6 +33,7 @@ fn unexpected(a: Applied) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let who = caller(&self.member, req.metadata())?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::range(&req)?;
@@ -38,6 +41,10 @@ impl Kv for KvService {
             self.member.read_barrier().await?;
         }
         let sm = self.member.state().read();
+        // Checked against the state the read sees (after the barrier): a permission revoked
+        // before the read began is gone.
+        sm.auth
+            .allowed(who.as_deref(), Access::Read, &req.key, &req.range_end)?;
         let current = sm.mvcc.current_revision();
         let res = sm.mvcc.range(&req, current)?;
         drop(sm);
@@ -50,10 +57,15 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let who = caller(&self.member, req.metadata())?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::put(&req)?;
-        match self.member.propose(Internal::Put(req)).await? {
+        match self
+            .member
+            .propose_as(Internal::Put(req), Some(who.as_deref().unwrap_or("")))
+            .await?
+        {
             Applied::Put(mut r) => {
                 self.member.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -66,10 +78,18 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let who = caller(&self.member, req.metadata())?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::delete_range(&req)?;
-        match self.member.propose(Internal::DeleteRange(req)).await? {
+        match self
+            .member
+            .propose_as(
+                Internal::DeleteRange(req),
+                Some(who.as_deref().unwrap_or("")),
+            )
+            .await?
+        {
             Applied::DeleteRange(mut r) => {
                 self.member.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -79,10 +99,15 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let who = caller(&self.member, req.metadata())?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::txn(&req, self.member.max_txn_ops)?;
-        match self.member.propose(Internal::Txn(req)).await? {
+        match self
+            .member
+            .propose_as(Internal::Txn(req), Some(who.as_deref().unwrap_or("")))
+            .await?
+        {
             Applied::Txn(mut r) => {
                 self.member.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -95,6 +120,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let who = caller(&self.member, req.metadata())?;
         let req = req.into_inner();
         {
             // Fail fast without a raft round trip; apply checks again.
@@ -106,7 +132,14 @@ impl Kv for KvService {
                 return Err(Error::FutureRevision.into());
             }
         }
-        match self.member.propose(Internal::Compaction(req)).await? {
+        match self
+            .member
+            .propose_as(
+                Internal::Compaction(req),
+                Some(who.as_deref().unwrap_or("")),
+            )
+            .await?
+        {
             Applied::Compact(mut r) => {
                 self.member.fill(&mut r.header);
                 Ok(Response::new(r))

@@ -40,6 +40,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = super::caller::caller(&self.member, req.metadata())?;
         let mut req = req.into_inner();
         if req.ttl > MAX_TTL {
             return Err(Error::LeaseTtlTooLarge.into());
@@ -48,7 +49,14 @@ impl Lease for LeaseService {
             // Chosen before proposing so every member applies the same id.
             req.id = rand::rng().random_range(1..i64::MAX);
         }
-        match self.member.propose(Internal::LeaseGrant(req)).await? {
+        match self
+            .member
+            .propose_as(
+                Internal::LeaseGrant(req),
+                Some(who.as_deref().unwrap_or("")),
+            )
+            .await?
+        {
             Applied::LeaseGrant(mut r) => {
                 self.member.fill(&mut r.header);
                 Ok(Response::new(r))
@@ -63,9 +71,13 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = super::caller::caller(&self.member, req.metadata())?;
         match self
             .member
-            .propose(Internal::LeaseRevoke(req.into_inner()))
+            .propose_as(
+                Internal::LeaseRevoke(req.into_inner()),
+                Some(who.as_deref().unwrap_or("")),
+            )
             .await?
         {
             Applied::LeaseRevoke(mut r) => {

@@ -1,7 +1,9 @@
 //! gRPC adapters: thin translations between the etcd v3 services and the `Member`
 //! facade. Errors become gRPC statuses only through `From<Error> for Status`.
 
+mod auth;
 pub(crate) mod authority;
+pub(crate) mod caller;
 mod cluster;
 mod kv;
 mod lease;
@@ -19,8 +21,8 @@ use tonic::transport::server::Router;
 
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::replica::Replica;
 
@@ -71,6 +73,7 @@ fn routes(member: &Arc<Replica>) -> Router {
         .add_service(MaintenanceServer::new(cluster::MaintenanceService::new(
             member.clone(),
         )))
+        .add_service(AuthServer::new(auth::AuthService::new(member.clone())))
 }
 
 /// Serves the client API on every listener (over TLS where it has a TLS configuration)

@@ -66,9 +66,10 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let token = super::caller::token(req.metadata());
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(serve_stream(self.member.clone(), inbound, tx));
+        tokio::spawn(serve_stream(self.member.clone(), inbound, tx, token));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -81,7 +82,33 @@ struct Watcher {
     next: Arc<AtomicI64>,
 }
 
-async fn serve_stream(member: Arc<Replica>, mut inbound: Streaming<WatchRequest>, tx: Tx) {
+/// Whether the stream's user may watch what `c` asks for (etcd's `isWatchPermitted`); the
+/// reason to cancel it with if not.
+fn watch_refused(member: &Replica, token: Option<&str>, c: &WatchCreateRequest) -> Option<String> {
+    use crate::error::Error;
+    let checked = super::caller::user_of(member, token).and_then(|who| {
+        member.state().read().auth.allowed(
+            who.as_deref(),
+            crate::auth::perms::Access::Read,
+            &c.key,
+            &c.range_end,
+        )
+    });
+    match checked {
+        Ok(()) => None,
+        Err(e @ (Error::InvalidAuthToken | Error::UserEmpty | Error::AuthOldRevision)) => {
+            Some(e.to_string())
+        }
+        Err(_) => Some(Error::PermissionDenied.to_string()),
+    }
+}
+
+async fn serve_stream(
+    member: Arc<Replica>,
+    mut inbound: Streaming<WatchRequest>,
+    tx: Tx,
+    token: Option<String>,
+) {
     let mut watchers: HashMap<i64, Watcher> = HashMap::new();
     let mut next_id: i64 = 0;
     let mut stopping = member.shared.stopping.subscribe();
@@ -94,7 +121,21 @@ async fn serve_stream(member: Arc<Replica>, mut inbound: Streaming<WatchRequest>
         let Some(Ok(req)) = msg else { break };
         let ok = match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
-                create(&member, &tx, &mut watchers, &mut next_id, c).await
+                match watch_refused(&member, token.as_deref(), &c) {
+                    None => create(&member, &tx, &mut watchers, &mut next_id, c).await,
+                    Some(reason) => {
+                        // As etcd: created and canceled at once, with no watch id.
+                        let resp = WatchResponse {
+                            header: member.header(member.current_revision()),
+                            watch_id: -1,
+                            created: true,
+                            canceled: true,
+                            cancel_reason: reason,
+                            ..Default::default()
+                        };
+                        tx.send(Ok(resp)).await.is_ok()
+                    }
+                }
             }
             Some(RequestUnion::CancelRequest(c)) => {
                 if let Some(w) = watchers.remove(&c.watch_id) {

@@ -353,6 +353,7 @@ impl NodeLoop {
                         request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
                             id,
                         })),
+                        auth: None,
                     };
                     let origin = self.raw.raft.term.to_be_bytes().to_vec();
                     if self.raw.propose(origin, req.encode_to_vec()).is_err() {
@@ -480,7 +481,13 @@ impl NodeLoop {
             "snapshot installed"
         );
         self.applied_term = self.applied_term.max(meta.term);
-        *self.shared.sm.write() = sm;
+        let mut guard = self.shared.sm.write();
+        // Login tokens are this member's, not part of the snapshot: keep them (a token of a
+        // user the snapshot no longer has fails its permission checks).
+        let mut sm = sm;
+        sm.tokens = std::mem::take(&mut guard.tokens);
+        *guard = sm;
+        drop(guard);
         self.update_peers();
         Ok(())
     }
