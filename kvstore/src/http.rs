@@ -8,7 +8,6 @@
 //! served with the client TLS configuration, as etcd does.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -51,80 +50,7 @@ async fn health(member: &Replica) -> (StatusCode, String) {
 }
 
 fn metrics(member: &Replica) -> String {
-    let s = member.status();
-    let (revision, compacted, keys, leases) = {
-        let sm = member.state().read();
-        (
-            sm.mvcc.current_revision(),
-            sm.mvcc.compact_revision(),
-            sm.mvcc.live_keys(),
-            sm.lessor.ids().len(),
-        )
-    };
-    let leader = s.leader.load(Ordering::Relaxed);
-    let gauges: [(&str, &str, f64); 9] = [
-        (
-            "kvstore_server_has_leader",
-            "1 if the member knows a leader",
-            f64::from(u8::from(leader != 0)),
-        ),
-        (
-            "kvstore_server_is_leader",
-            "1 if this member leads",
-            f64::from(u8::from(leader == member.member_id)),
-        ),
-        (
-            "kvstore_raft_term",
-            "current raft term",
-            s.term.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "kvstore_raft_applied_index",
-            "last applied raft index",
-            s.applied.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "kvstore_raft_committed_index",
-            "last committed raft index",
-            s.commit.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "kvstore_mvcc_current_revision",
-            "revision of the latest write",
-            revision as f64,
-        ),
-        (
-            "kvstore_mvcc_compact_revision",
-            "revision history was compacted at",
-            compacted as f64,
-        ),
-        ("kvstore_mvcc_keys", "live keys", keys as f64),
-        (
-            "kvstore_leases",
-            "leases granted and not revoked",
-            leases as f64,
-        ),
-    ];
-    let mut out = String::new();
-    for (name, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
-    // etcd's `etcd_server_version{server_version="3.4.23"} 1`, with kvstore's own version.
-    let _ = writeln!(
-        out,
-        "# HELP kvstore_server_version Which version is running (the label), and which etcd it answers as.\n# TYPE kvstore_server_version gauge\nkvstore_server_version{{server_version=\"{}\",etcd_version=\"{}\"}} 1",
-        crate::version::KVSTORE,
-        crate::version::ETCD_SERVER
-    );
-    let size = member.backend.size_on_disk();
-    let _ = writeln!(
-        out,
-        "# HELP kvstore_db_size_bytes bytes the storage occupies on disk.\n# TYPE kvstore_db_size_bytes gauge\nkvstore_db_size_bytes {size}"
-    );
-    out
+    crate::metrics::render(member)
 }
 
 /// The answer to a GET of `path` (any path: unknown ones answer 404 as Go's mux does).

@@ -5,6 +5,8 @@
 //! - [`grpc`]: thin adapters for the KV, Watch, Lease, Cluster and Maintenance services;
 //!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health`,
 //!   `/version` and `/metrics` on `--listen-metrics-urls`; [`version`]: the versions reported.
+//! - [`metrics`]: what `/metrics` shows, with etcd's metric names, types and buckets, counted
+//!   where the work happens.
 //! - [`server`]: a running member; [`bootstrap`]: who it is and what it starts from;
 //!   [`replica`]: this member's replica of the store, the facade the adapters call (propose and
 //!   wait, read barrier, leases).
@@ -41,6 +43,7 @@ pub mod history_chunks;
 mod http;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod peer;

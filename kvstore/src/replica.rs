@@ -373,7 +373,11 @@ impl Replica {
         if self.leader() != self.member_id {
             return Err(Error::NoLeader);
         }
-        Ok(self.shared.sm.write().lessor.renew(id).unwrap_or(0))
+        let ttl = self.shared.sm.write().lessor.renew(id);
+        if ttl.is_some() {
+            self.shared.metrics.lease.renewed.inc();
+        }
+        Ok(ttl.unwrap_or(0))
     }
 
     /// A lease's remaining time, as the leader (which alone counts down) sees it.

@@ -286,6 +286,7 @@ fn start_raft_thread(
         revision: rev_tx,
         stopping,
         removed: Default::default(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     });
     let ids = Arc::new(RequestIds::new(me));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -295,6 +296,7 @@ fn start_raft_thread(
         tx.clone(),
         tokio::runtime::Handle::current(),
         dialer.clone(),
+        shared.metrics.clone(),
     ));
     let node_loop = NodeLoop::new(
         raw,

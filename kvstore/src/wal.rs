@@ -15,11 +15,17 @@
 //! over kind and payload. Reading a segment stops at the first zero length, short
 //! record or bad checksum: the torn tail of a write a crash interrupted, never
 //! acknowledged (the segment after it, if any, was started by a later run).
+//!
+//! Each fsync's latency and the bytes written are what `/metrics` reports as etcd's
+//! `etcd_disk_wal_fsync_duration_seconds` and `etcd_disk_wal_write_bytes_total`, once the
+//! raft loop hands the journal its member's metrics ([`Wal::count_into`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
@@ -187,9 +193,26 @@ pub struct Wal {
     file: Option<File>,
     offset: u64,
     buf: Vec<u8>,
+    /// Where fsync latencies and written bytes are counted (none before the raft loop runs).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Wal {
+    /// Counts this journal's fsyncs and writes in `metrics` from now on.
+    pub fn count_into(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// `fdatasync` of `f`, timed.
+    fn sync_file(&self, f: &File) -> Result<()> {
+        let start = Instant::now();
+        f.sync_data()?;
+        if let Some(m) = &self.metrics {
+            m.disk.wal_fsync.observe_since(start);
+        }
+        Ok(())
+    }
+
     /// Opens the journal in `dir` (created if missing) and returns the records it holds,
     /// oldest first. Nothing is written until [`Wal::reset`] (after the records are
     /// safely in the backend) starts a new segment.
@@ -209,6 +232,7 @@ impl Wal {
             file: None,
             offset: 0,
             buf: Vec::new(),
+            metrics: None,
         };
         Ok((wal, records))
     }
@@ -223,7 +247,7 @@ impl Wal {
     /// this call.
     pub fn rotate(&mut self) -> Result<u64> {
         if let Some(f) = &self.file {
-            f.sync_data()?;
+            self.sync_file(f)?;
         }
         let seq = self.seq + 1;
         let file = OpenOptions::new()
@@ -264,13 +288,16 @@ impl Wal {
             .ok_or_else(|| Error::Corrupt("journal has no open segment".into()))?;
         file.write_all_at(&self.buf, self.offset)?;
         self.offset += self.buf.len() as u64;
+        if let Some(m) = &self.metrics {
+            m.disk.wal_write_bytes.add(self.buf.len() as u64);
+        }
         Ok(rotated)
     }
 
     /// Makes every record written so far durable.
     pub fn sync(&self) -> Result<()> {
         if let Some(f) = &self.file {
-            f.sync_data()?;
+            self.sync_file(f)?;
         }
         Ok(())
     }

@@ -6,6 +6,10 @@
 //! every `Ready`. Log truncations, journal checkpoints (which first flush the backend)
 //! and barriers take their turn in the same order, after the writes before them.
 //!
+//! Each backend commit (a gathered batch, or a flush) is timed into
+//! `etcd_disk_backend_commit_duration_seconds`, the latency etcd reports for its bolt
+//! commits.
+//!
 //! Nothing here needs to be durable when it is queued: the journal already holds it
 //! (see `wal`). A failed write stops the thread, and the raft loop's next call returns
 //! the error, so the member stops rather than serve state it could not store.
@@ -19,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::backend::{Backend, WriteBatch};
 use crate::error::{Error, Result};
+use crate::metrics::prom::Histogram;
 
 /// How long writes are gathered before they go to the backend as one batch.
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -51,14 +56,22 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(backend: Arc<dyn Backend>) -> std::io::Result<Writer> {
+    /// Starts the writer thread for `backend`, timing its commits into `commits`.
+    pub fn spawn(
+        backend: Arc<dyn Backend>,
+        commits: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Writer> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let failed = Arc::new(Mutex::new(None));
         let report = failed.clone();
         let thread = std::thread::Builder::new()
             .name("backend-writer".into())
             .spawn(move || {
-                if let Err(e) = run(backend.as_ref(), rx) {
+                let timed = Timed {
+                    backend: backend.as_ref(),
+                    commits: &commits.disk.backend_commit,
+                };
+                if let Err(e) = run(&timed, rx) {
                     tracing::error!(error = %e, "backend write failed; the member stops");
                     *report.lock() = Some(e.to_string());
                 }
@@ -121,7 +134,29 @@ impl Drop for Writer {
     }
 }
 
-fn run(backend: &dyn Backend, rx: Receiver<Job>) -> Result<()> {
+/// The backend, its writes and flushes timed.
+struct Timed<'a> {
+    backend: &'a dyn Backend,
+    commits: &'a Histogram,
+}
+
+impl Timed<'_> {
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        let start = Instant::now();
+        self.backend.write(batch)?;
+        self.commits.observe_since(start);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let start = Instant::now();
+        self.backend.sync()?;
+        self.commits.observe_since(start);
+        Ok(())
+    }
+}
+
+fn run(backend: &Timed<'_>, rx: Receiver<Job>) -> Result<()> {
     let mut pending = WriteBatch::default();
     // When the oldest write in `pending` arrived.
     let mut since: Option<Instant> = None;
@@ -193,7 +228,7 @@ mod tests {
     fn writes_land_in_order_and_merge() {
         let dir = tempfile::tempdir().expect("tempdir");
         let be = SledBackend::open(dir.path()).expect("open");
-        let w = Writer::spawn(be.clone()).expect("spawn");
+        let w = Writer::spawn(be.clone(), Arc::new(crate::metrics::Metrics::new())).expect("spawn");
         for i in 0..100u32 {
             let mut b = WriteBatch::default();
             b.put(b"k".to_vec(), i.to_be_bytes().to_vec());
@@ -223,7 +258,7 @@ mod tests {
         let wal_dir = dir.path().join("wal");
         let mut wal = crate::wal::recover(&wal_dir, be.as_ref()).expect("wal");
         let next = wal.rotate().expect("rotate");
-        let w = Writer::spawn(be.clone()).expect("spawn");
+        let w = Writer::spawn(be.clone(), Arc::new(crate::metrics::Metrics::new())).expect("spawn");
         w.checkpoint(wal_dir.clone(), next).expect("checkpoint");
         w.barrier().expect("barrier");
         let left = std::fs::read_dir(&wal_dir).expect("dir").count();

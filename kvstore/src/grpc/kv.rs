@@ -48,6 +48,7 @@ impl Kv for KvService {
         let current = sm.mvcc.current_revision();
         let res = sm.mvcc.range(&req, current)?;
         drop(sm);
+        self.member.metrics().mvcc.range.inc();
         Ok(Response::new(RangeResponse {
             header: self.member.header(current),
             kvs: res.kvs,

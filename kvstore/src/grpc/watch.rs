@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Held;
 use crate::mvcc::{EventLimit, Events, KeyRange};
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
@@ -112,6 +113,7 @@ async fn serve_stream(
     let mut watchers: HashMap<i64, Watcher> = HashMap::new();
     let mut next_id: i64 = 0;
     let mut stopping = member.shared.stopping.subscribe();
+    let _counted = Held::new(member.shared.metrics.clone(), |m| &m.mvcc.watch_streams);
     loop {
         let msg = tokio::select! {
             m = inbound.next() => m,
@@ -279,11 +281,19 @@ fn step(
 async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI64>) {
     let mut revisions = member.revisions();
     let mut last_sent = tokio::time::Instant::now();
+    let _counted = Held::new(member.shared.metrics.clone(), |m| &m.mvcc.watchers);
+    // Counted as a slow (etcd: unsynced) watcher while it catches up from far behind.
+    let mut slow: Option<Held> = None;
     loop {
         let from = next.load(Ordering::Acquire);
+        let behind = member.current_revision() - from >= CATCH_UP_DISTANCE;
+        if behind != slow.is_some() {
+            slow =
+                behind.then(|| Held::new(member.shared.metrics.clone(), |m| &m.mvcc.slow_watchers));
+        }
         // A watcher far behind walks on the catch-up worker, in turn with the others; a live
         // one, a few revisions behind, right here.
-        let (found, current, compacted) = if member.current_revision() - from >= CATCH_UP_DISTANCE {
+        let (found, current, compacted) = if behind {
             let (m, range, prev_kv) = (member.clone(), spec.range.clone(), spec.prev_kv);
             match member
                 .catch_up
@@ -320,6 +330,7 @@ async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI
                 })
                 .collect();
             if !events.is_empty() {
+                let sent = events.len() as u64;
                 let resp = WatchResponse {
                     header: member.header(upto),
                     watch_id: spec.id,
@@ -329,6 +340,7 @@ async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
+                member.metrics().mvcc.events.add(sent);
                 last_sent = tokio::time::Instant::now();
             }
             next.store(upto + 1, Ordering::Release);

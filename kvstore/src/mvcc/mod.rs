@@ -70,6 +70,8 @@ pub struct Mvcc {
     log: BTreeMap<i64, Slots>,
     current: i64,
     compacted: i64,
+    /// Key and value bytes of the records held (what `/metrics` reports in use).
+    stored: u64,
 }
 
 impl Default for Mvcc {
@@ -80,6 +82,7 @@ impl Default for Mvcc {
             // etcd's store starts at revision 1, so the first write is revision 2.
             current: 1,
             compacted: 0,
+            stored: 0,
         }
     }
 }
@@ -93,6 +96,11 @@ impl Mvcc {
     /// The revision history was compacted at (0 when never compacted).
     pub fn compact_revision(&self) -> i64 {
         self.compacted
+    }
+
+    /// Bytes of the keys and values of every record the history holds.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored
     }
 
     /// Number of live keys.
@@ -198,9 +206,13 @@ impl Mvcc {
 
     /// Stores `rec` at `rev` in the log (its key's history is updated by the caller).
     fn put_log(&mut self, rev: Rev, rec: Record) {
+        self.stored += record_bytes(&rec);
         let slots = self.log.entry(rev.main).or_default();
         match slots.binary_search_by_key(&rev.sub, |(sub, _)| *sub) {
-            Ok(at) => slots[at].1 = rec,
+            Ok(at) => {
+                let old = std::mem::replace(&mut slots[at].1, rec);
+                self.stored = self.stored.saturating_sub(record_bytes(&old));
+            }
             Err(at) => {
                 if slots.capacity() == 0 {
                     slots.reserve_exact(1);
@@ -332,7 +344,8 @@ impl Mvcc {
         for r in &removed {
             if let Some(slots) = self.log.get_mut(&r.main) {
                 if let Ok(at) = slots.binary_search_by_key(&r.sub, |(sub, _)| *sub) {
-                    slots.remove(at);
+                    let (_, gone) = slots.remove(at);
+                    self.stored = self.stored.saturating_sub(record_bytes(&gone));
                 }
                 if slots.is_empty() {
                     self.log.remove(&r.main);
@@ -360,6 +373,11 @@ fn visible_in<'a>(
         .binary_search_by_key(&e.rev.sub, |(sub, _)| *sub)
         .ok()?;
     Some(&slots[at].1.kv)
+}
+
+/// What a record counts in [`Mvcc::stored_bytes`].
+fn record_bytes(rec: &Record) -> u64 {
+    (rec.kv.key.len() + rec.kv.value.len()) as u64
 }
 
 /// Adds a record's position to its key's history.

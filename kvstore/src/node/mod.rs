@@ -79,6 +79,8 @@ pub struct Shared {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Set when this member applied its own removal from the cluster.
     pub removed: std::sync::atomic::AtomicBool,
+    /// What `/metrics` reports (see [`crate::metrics`]).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Tunables of the loop.

@@ -105,9 +105,10 @@ impl NodeLoop {
         ids: Arc<RequestIds>,
         transport: Arc<Transport>,
         me: u64,
-        wal: Wal,
+        mut wal: Wal,
     ) -> Result<NodeLoop> {
-        let writer = Writer::spawn(backend.clone())?;
+        let writer = Writer::spawn(backend.clone(), shared.metrics.clone())?;
+        wal.count_into(shared.metrics.clone());
         let activity = crate::reconfig::PeerActivity::new(opts.peer_timeout);
         let source = shared.clone();
         log.set_snapshot_source(Box::new(move || {
@@ -288,6 +289,7 @@ impl NodeLoop {
 
     fn start_read(&mut self) {
         if self.raw.raft.leader_id == raft::INVALID_ID {
+            self.shared.metrics.server.read_indexes_failed.inc();
             for tx in self.pending_reads.drain(..) {
                 let _ = tx.send(Err(Error::NoLeader));
             }
@@ -322,6 +324,7 @@ impl NodeLoop {
             .map(|(k, _)| k.clone())
             .collect();
         for k in expired {
+            self.shared.metrics.server.slow_read_indexes.inc();
             if let Some(b) = self.inflight_reads.remove(&k) {
                 for tx in b.waiters {
                     let _ = tx.send(Err(Error::Timeout));
@@ -348,6 +351,7 @@ impl NodeLoop {
             for id in expired {
                 if self.revoking.insert(id) {
                     tracing::info!(lease = format!("{id:016x}"), "lease expired; revoking");
+                    self.shared.metrics.lease.expired.inc();
                     let req = InternalRequest {
                         id: self.ids.next(),
                         request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
@@ -469,6 +473,8 @@ impl NodeLoop {
         let meta = snap.get_metadata();
         // Journaled first: a replay then knows the records before it describe a log the
         // snapshot replaced (see `wal::recover`).
+        let in_progress = &self.shared.metrics.server.snapshot_apply_in_progress;
+        in_progress.set(1);
         self.wal.append(&[RecordRef::Snapshot(meta)])?;
         self.wal.sync()?;
         let sm = crate::snapshot::install(self.backend.as_ref(), &self.log, meta, snap.get_data())?;
@@ -480,6 +486,7 @@ impl NodeLoop {
             revision = sm.mvcc.current_revision(),
             "snapshot installed"
         );
+        in_progress.set(0);
         self.applied_term = self.applied_term.max(meta.term);
         let mut guard = self.shared.sm.write();
         // Login tokens are this member's, not part of the snapshot: keep them (a token of a
@@ -521,7 +528,11 @@ impl NodeLoop {
                 EntryType::EntryNormal if !e.data.is_empty() => {
                     match InternalRequest::decode(e.data.as_ref()) {
                         Ok(req) => {
+                            let started = Instant::now();
                             let res = guard.apply(&req, batch);
+                            if let Some(r) = &req.request {
+                                shared.metrics.applied(r, &res, started.elapsed());
+                            }
                             match &req.request {
                                 Some(internal_request::Request::LeaseRevoke(r)) => {
                                     self.revoking.remove(&r.id);
@@ -634,6 +645,7 @@ impl NodeLoop {
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
+            self.shared.metrics.server.proposals_failed.inc();
             if let Some(w) = self.waiters.remove(&id) {
                 let _ = w.tx.send(Err(Error::LeaderChanged));
             }
@@ -643,8 +655,15 @@ impl NodeLoop {
     fn publish_status(&self) {
         let s = &self.shared.status;
         let r = &self.raw.raft;
+        let m = &self.shared.metrics.server;
         s.term.store(r.term, Ordering::Relaxed);
-        s.leader.store(r.leader_id, Ordering::Relaxed);
+        // etcd counts every change to a known leader (the first one included).
+        let before = s.leader.swap(r.leader_id, Ordering::Relaxed);
+        if r.leader_id != raft::INVALID_ID && r.leader_id != before {
+            m.leader_changes.inc();
+        }
+        m.proposals_pending
+            .set((self.waiters.len() + self.held.len()) as i64);
         s.last_index
             .store(r.raft_log.last_index(), Ordering::Relaxed);
         s.commit.store(r.raft_log.committed, Ordering::Relaxed);
@@ -721,6 +740,7 @@ impl NodeLoop {
             .into_iter()
             .partition(|p| p.tx.is_closed() || now.duration_since(p.since) >= limit);
         for p in expired {
+            self.shared.metrics.server.proposals_failed.inc();
             let _ = p.tx.send(Err(Error::NoLeader));
         }
         if !self.takes_proposals() {

@@ -66,12 +66,22 @@ impl PeerService {
 impl Peer for PeerService {
     async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Ack>, Status> {
         let mut batches = req.into_inner();
+        // The sender's counters, looked up once per stream (one stream per sending peer).
+        let mut from: Option<(u64, Arc<crate::metrics::peer::PeerStats>)> = None;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
             for b in batch.messages {
                 let m = Message::parse_from_bytes(&b)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+                let stats = match &from {
+                    Some((id, s)) if *id == m.from => s,
+                    _ => {
+                        let s = self.member.metrics().peers.get(m.from);
+                        &from.insert((m.from, s)).1
+                    }
+                };
+                stats.received_bytes.add(b.len() as u64);
                 self.deliver(m)?;
             }
         }
@@ -102,6 +112,8 @@ impl Peer for PeerService {
             bytes = data.len(),
             "snapshot received"
         );
+        let stats = self.member.metrics().peers.get(m.from);
+        stats.received_bytes.add(data.len() as u64);
         m.mut_snapshot().set_data(data.into());
         self.deliver(m)?;
         Ok(Response::new(Ack {}))

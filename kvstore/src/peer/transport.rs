@@ -6,11 +6,14 @@
 //! tolerates loss.
 //! Snapshot messages go out of band: a task streams the state-machine data in chunks
 //! and reports the outcome back to raft.
+//! What goes out is counted per peer (bytes sent, batches dropped, a dropped leader
+//! heartbeat), and a prober measures each peer's round-trip time: the `etcd_network_peer_*`
+//! and `etcd_server_heartbeat_send_failures_total` metrics (see [`crate::metrics`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use protobuf::Message as PbMessage;
@@ -18,13 +21,19 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
 use super::conn::{self, Dialer};
+use crate::metrics::Metrics;
+use crate::metrics::peer::PeerStats;
 use crate::node::Msg;
-use crate::proto::peerpb::{RaftBatch, SnapshotChunk};
+use crate::proto::peerpb::{MembersRequest, RaftBatch, SnapshotChunk};
 
 /// Batches buffered towards one peer's stream before new ones are dropped.
 const STREAM_QUEUE: usize = 256;
 /// Size of one snapshot chunk.
 const CHUNK: usize = 1024 * 1024;
+/// How often a peer's round-trip time is measured (etcd probes every 4 s).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// The first measurement, soon after the peer is added.
+const FIRST_PROBE: Duration = Duration::from_secs(1);
 
 /// The way into a peer's current stream (none while it is being reopened).
 type StreamSlot = Arc<Mutex<Option<mpsc::Sender<RaftBatch>>>>;
@@ -33,8 +42,12 @@ struct Peer {
     url: String,
     stream: StreamSlot,
     task: tokio::task::JoinHandle<()>,
+    /// Measures the peer's round-trip time.
+    probe: tokio::task::JoinHandle<()>,
     /// A snapshot is being streamed to this peer.
     snapshot_busy: Arc<AtomicBool>,
+    /// What this member counts about the peer.
+    stats: Arc<PeerStats>,
 }
 
 /// The raft thread's way out to the other members.
@@ -45,17 +58,19 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     dialer: Dialer,
     peers: Mutex<HashMap<u64, Peer>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Transport {
     /// A transport for member `me`; `raft` receives delivery failures; `dialer` reaches
-    /// the peers (TLS for https:// peer URLs).
+    /// the peers (TLS for https:// peer URLs); what goes out is counted in `metrics`.
     pub fn new(
         me: u64,
         cluster_id: u64,
         raft: std::sync::mpsc::Sender<Msg>,
         runtime: tokio::runtime::Handle,
         dialer: Dialer,
+        metrics: Arc<Metrics>,
     ) -> Transport {
         Transport {
             me,
@@ -64,6 +79,7 @@ impl Transport {
             runtime,
             dialer,
             peers: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -74,6 +90,7 @@ impl Transport {
             let keep = members.iter().any(|(m, url)| m == id && *url == p.url);
             if !keep {
                 p.task.abort();
+                p.probe.abort();
             }
             keep
         });
@@ -89,13 +106,19 @@ impl Transport {
                 stream.clone(),
                 self.raft.clone(),
             ));
+            let stats = self.metrics.peers.get(*id);
+            let probe =
+                self.runtime
+                    .spawn(probe_peer(self.dialer.clone(), url.clone(), stats.clone()));
             peers.insert(
                 *id,
                 Peer {
                     url: url.clone(),
                     stream,
                     task,
+                    probe,
                     snapshot_busy: Arc::new(AtomicBool::new(false)),
+                    stats,
                 },
             );
         }
@@ -108,7 +131,8 @@ impl Transport {
             return;
         }
         let peers = self.peers.lock();
-        let mut batches: Vec<(u64, Vec<bytes::Bytes>)> = Vec::new();
+        // Per peer: the encoded messages, and whether a leader heartbeat is among them.
+        let mut batches: Vec<(u64, Vec<bytes::Bytes>, bool)> = Vec::new();
         for m in msgs {
             let to = m.to;
             let Some(p) = peers.get(&to) else {
@@ -127,6 +151,7 @@ impl Transport {
                     m,
                     self.raft.clone(),
                     p.snapshot_busy.clone(),
+                    p.stats.clone(),
                 ));
                 continue;
             }
@@ -137,13 +162,18 @@ impl Transport {
                     continue;
                 }
             };
-            match batches.iter_mut().find(|(id, _)| *id == to) {
-                Some((_, b)) => b.push(bytes),
-                None => batches.push((to, vec![bytes])),
+            let heartbeat = m.get_msg_type() == MessageType::MsgHeartbeat;
+            match batches.iter_mut().find(|(id, _, _)| *id == to) {
+                Some((_, b, h)) => {
+                    b.push(bytes);
+                    *h |= heartbeat;
+                }
+                None => batches.push((to, vec![bytes], heartbeat)),
             }
         }
-        for (to, messages) in batches {
+        for (to, messages, heartbeat) in batches {
             let Some(p) = peers.get(&to) else { continue };
+            let len: usize = messages.iter().map(bytes::Bytes::len).sum();
             let batch = RaftBatch {
                 cluster_id: self.cluster_id,
                 messages,
@@ -152,7 +182,13 @@ impl Transport {
                 Some(tx) => tx.try_send(batch).is_ok(),
                 None => false,
             };
-            if !sent {
+            if sent {
+                p.stats.sent_bytes.add(len as u64);
+            } else {
+                p.stats.sent_failures.inc();
+                if heartbeat {
+                    self.metrics.server.heartbeat_send_failures.inc();
+                }
                 let _ = self.raft.send(Msg::Unreachable(to));
             }
         }
@@ -175,6 +211,7 @@ impl Drop for Transport {
     fn drop(&mut self) {
         for p in self.peers.lock().values() {
             p.task.abort();
+            p.probe.abort();
         }
     }
 }
@@ -246,6 +283,25 @@ async fn run_peer(
     }
 }
 
+/// Measures the round-trip time to the peer at `url` every [`PROBE_INTERVAL`] with a small
+/// call of the peer service (the member list), as etcd's prober does with its own.
+async fn probe_peer(dialer: Dialer, url: String, stats: Arc<PeerStats>) {
+    let Ok(client) = dialer.client(&url) else {
+        return;
+    };
+    let mut wait = FIRST_PROBE;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = PROBE_INTERVAL;
+        let mut c = client.clone();
+        let start = Instant::now();
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_INTERVAL, c.members(MembersRequest {})).await
+        {
+            stats.round_trip.observe_since(start);
+        }
+    }
+}
+
 /// Streams one snapshot message and its data to a peer, then reports the outcome.
 async fn send_snapshot(
     dialer: Dialer,
@@ -254,6 +310,7 @@ async fn send_snapshot(
     mut m: Message,
     raft: std::sync::mpsc::Sender<Msg>,
     busy: Arc<AtomicBool>,
+    stats: Arc<PeerStats>,
 ) {
     let to = m.to;
     let data = bytes::Bytes::copy_from_slice(m.get_snapshot().get_data());
@@ -282,6 +339,10 @@ async fn send_snapshot(
     }
     .await;
     busy.store(false, Ordering::Release);
+    match &res {
+        Ok(_) => stats.sent_bytes.add(data.len() as u64),
+        Err(_) => stats.sent_failures.inc(),
+    }
     match &res {
         Ok(_) => tracing::info!(
             peer = format!("{to:x}"),

@@ -1,5 +1,6 @@
-//! `/health` and `/metrics` on `--listen-metrics-urls`: health as etcd answers it (checked
-//! against etcd 3.4 too), and the member's state as Prometheus gauges.
+//! `/health` and `/metrics` on `--listen-metrics-urls`: health as etcd answers it, and a few
+//! of the member's metrics under etcd's names, checked against etcd 3.4 too (`metrics`
+//! compares the whole scrape).
 
 use crate::common;
 
@@ -26,22 +27,24 @@ fn health_on_kvstore_and_etcd() {
 
 #[test]
 fn metrics_report_the_member() {
-    let (p, port) = start(Kind::Kvstore);
-    p.ok(&["put", "a", "1"]);
-    p.ok(&["put", "b", "2"]);
-    let (code, body) = common::http_get(port, "/metrics");
-    assert_eq!(code, 200, "{body}");
-    for line in [
-        "kvstore_server_has_leader 1",
-        "kvstore_server_is_leader 1",
-        "kvstore_mvcc_current_revision 3",
-        "kvstore_mvcc_keys 2",
-        "# TYPE kvstore_raft_applied_index gauge",
-    ] {
-        assert!(
-            body.lines().any(|l| l == line),
-            "missing {line:?} in {body}"
-        );
+    for kind in [Kind::Kvstore, Kind::Etcd] {
+        let (p, port) = start(kind);
+        p.ok(&["put", "a", "1"]);
+        p.ok(&["put", "b", "2"]);
+        let (code, body) = common::http_get(port, "/metrics");
+        assert_eq!(code, 200, "{kind:?}: {body}");
+        for line in [
+            "etcd_server_has_leader 1",
+            "etcd_server_is_leader 1",
+            "etcd_debugging_mvcc_current_revision 3",
+            "etcd_debugging_mvcc_keys_total 2",
+            "# TYPE etcd_server_proposals_applied_total gauge",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "{kind:?}: missing {line:?} in {body}"
+            );
+        }
+        assert_eq!(common::http_get(port, "/nope").0, 404);
     }
-    assert_eq!(common::http_get(port, "/nope").0, 404);
 }
