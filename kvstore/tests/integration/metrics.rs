@@ -77,10 +77,17 @@ fn parse(text: &str) -> Scrape {
     out
 }
 
+/// A GET of `/metrics` over HTTP/1.0, so that the body is never chunked (Go's server chunks
+/// a long HTTP/1.1 answer).
 fn scrape(port: u16) -> Scrape {
-    let (code, body) = common::http_get(port, "/metrics");
-    assert_eq!(code, 200, "{body}");
-    parse(&body)
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("headers end");
+    assert!(head.contains(" 200 "), "{head}");
+    parse(body)
 }
 
 /// The value of the sample `name` with `labels` (all of them) in `s`.
@@ -356,7 +363,7 @@ fn families_and_values_move(kind: Kind) {
     c.members[follower].ok(&["get", "k1"]);
     c.members[follower].ok(&["get", "k", "--prefix"]);
     c.members[leader].ok(&["del", "k0"]);
-    let txn = c.members[leader].etcdctl_stdin(&["txn"], "\nput t1 a\nput t2 b\n\n");
+    let txn = c.members[leader].etcdctl_stdin(&["txn"], "\nput t1 a\nput t2 b\n\n\n");
     assert!(txn.status.success(), "{kind:?}: txn failed");
     let lease = c.members[leader].ok(&["lease", "grant", "100"]);
     assert!(lease.contains("granted"), "{lease}");
