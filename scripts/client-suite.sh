@@ -31,10 +31,11 @@
 set -euo pipefail
 
 ETCD3_VERSION=0.12.0
-# etcd3 0.12.0's generated protobuf modules need the protobuf 3 runtime; hypothesis 4 lets the
+# etcd3 0.12.0's generated protobuf modules need the protobuf 3 runtime, its locks tenacity 6 (its
+# own pin; tenacity 9 changed the wait callback it uses); hypothesis 4 lets the
 # suite's @given tests use function-scoped fixtures, as they were written for.
 PY_PACKAGES=(
-  "etcd3==$ETCD3_VERSION" protobuf==3.20.3 grpcio==1.85.4 six==1.17.0 tenacity==9.2.1
+  "etcd3==$ETCD3_VERSION" protobuf==3.20.3 grpcio==1.85.4 six==1.17.0 tenacity==6.1.0
   pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==4.56.3 mock==5.2.0
 )
 PER_TEST_TIMEOUT=180   # seconds, pytest-timeout
@@ -239,7 +240,9 @@ def outcomes(kind):
             bad = case.find("error")
         if bad is not None:
             msg = (bad.get("message") or bad.text or "").strip().splitlines()
-            out[name] = ("failed", msg[0][:160] if msg else "")
+            # a gRPC error's useful line is its status and details
+            grpc = [l.strip() for l in msg if "status = " in l or "details = " in l]
+            out[name] = ("failed", (" ".join(grpc[:2]) or (msg[0] if msg else ""))[:160])
         elif case.find("skipped") is not None:
             out[name] = ("skipped", "")
         else:
