@@ -3,8 +3,10 @@
 //! # Layout
 //! Layers as etcd's, top to bottom:
 //! - [`grpc`]: thin adapters for the KV, Watch, Lease, Cluster and Maintenance services;
-//!   the one place errors become gRPC statuses is [`error`]. `http` serves `/health`,
-//!   `/version` and `/metrics` on `--listen-metrics-urls`; [`version`]: the versions reported.
+//!   the one place errors become gRPC statuses is [`error`]. `gateway`: etcd's HTTP/JSON
+//!   gateway on the client port, calling those services in process. `http` answers `/health`,
+//!   `/version`, `/metrics` (on `--listen-metrics-urls` and the client port); [`version`]: the
+//!   versions reported.
 //! - [`metrics`]: what `/metrics` shows, with etcd's metric names, types and buckets, counted
 //!   where the work happens.
 //! - [`server`]: a running member; [`bootstrap`]: who it is and what it starts from;
@@ -38,6 +40,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+mod gateway;
 mod grpc;
 pub mod history_chunks;
 mod http;

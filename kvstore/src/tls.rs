@@ -260,7 +260,7 @@ impl MemberTls {
     /// http://.
     pub fn grpc_for(&self, url: &str) -> Result<Option<Arc<rustls::ServerConfig>>> {
         match &self.client {
-            Some(t) if is_https(url) => t.rustls_server(&[b"h2"]).map(Some),
+            Some(t) if is_https(url) => t.rustls_server(&[b"h2", b"http/1.1"]).map(Some),
             _ => Ok(None),
         }
     }

@@ -1,13 +1,16 @@
 //! gRPC adapters: thin translations between the etcd v3 services and the `Member`
-//! facade. Errors become gRPC statuses only through `From<Error> for Status`.
+//! facade. Errors become gRPC statuses only through `From<Error> for Status`. The client
+//! port serves these services and, on the same listeners, the JSON gateway
+//! ([`crate::gateway`]), which calls them in process ([`services`]); [`incoming`] tells the
+//! two kinds of connection apart.
 
 mod auth;
 pub(crate) mod authority;
 pub(crate) mod caller;
 mod cluster;
+mod incoming;
 mod kv;
 mod lease;
-mod tls_incoming;
 pub(crate) mod validate;
 mod watch;
 
@@ -15,11 +18,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::transport::server::Router;
 
 use crate::error::{Error, Result};
+use crate::gateway::Gateway;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -27,7 +30,7 @@ use crate::proto::etcdserverpb::{
 use crate::replica::Replica;
 
 /// gRPC framing on top of the largest request (etcd: max-request-bytes + 512 KiB).
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// What tonic itself will decode. Messages between the etcd limit and this one are
 /// refused by `check_size` with grpc-go's code and message, as etcd refuses them.
 const DECODE_LIMIT: usize = 64 * 1024 * 1024;
@@ -47,15 +50,11 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// The etcd v3 services of `member`, on a fresh server builder.
-fn routes(member: &Arc<Replica>) -> Router {
+/// The etcd v3 services of `member`: what the client port serves over gRPC, and what the
+/// JSON gateway calls. A service added here is served both ways.
+pub(crate) fn services(member: &Arc<Replica>) -> Routes {
     let max = DECODE_LIMIT;
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // The bounds the `:authority` adapter enforces are the ones the server advertises.
-        .max_frame_size(Some(authority::MAX_FRAME as u32))
-        .http2_max_header_list_size(Some(authority::MAX_HEADER_LIST as u32))
-        .max_concurrent_streams(Some(member.max_concurrent_streams))
+    Routes::builder()
         .add_service(
             KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max),
         )
@@ -74,6 +73,40 @@ fn routes(member: &Arc<Replica>) -> Router {
             member.clone(),
         )))
         .add_service(AuthServer::new(auth::AuthService::new(member.clone())))
+        .clone()
+        .routes()
+}
+
+/// The gRPC server of the client port: `services`, with HTTP/2 requests that are not gRPC
+/// (e.g. curl's JSON over https, which ALPN puts on HTTP/2) answered by the gateway, as
+/// etcd answers them.
+fn routes(member: &Arc<Replica>, services: Routes, gateway: Arc<Gateway>) -> Router {
+    let fallback = move |req: axum::extract::Request| {
+        let gateway = gateway.clone();
+        async move {
+            let grpc = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            if grpc {
+                // A gRPC method nobody serves, as tonic answers it.
+                let (parts, ()) = tonic::Status::unimplemented("")
+                    .into_http::<()>()
+                    .into_parts();
+                return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+            }
+            let req = crate::gateway::incoming(req);
+            gateway.handle(req).await.map(axum::body::Body::new)
+        }
+    };
+    let router = services.into_axum_router().fallback(fallback);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // The bounds the `:authority` adapter enforces are the ones the server advertises.
+        .max_frame_size(Some(authority::MAX_FRAME as u32))
+        .http2_max_header_list_size(Some(authority::MAX_HEADER_LIST as u32))
+        .max_concurrent_streams(Some(member.max_concurrent_streams))
+        .add_routes(Routes::from(router))
 }
 
 /// Serves the client API on every listener (over TLS where it has a TLS configuration)
@@ -85,26 +118,23 @@ pub(crate) async fn serve(
     shutdown: oneshot::Receiver<()>,
 ) -> Result<()> {
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let services = services(&member);
+    let gateway = Gateway::new(member.clone(), services.clone());
     let mut tasks = Vec::new();
     for (l, tls) in listeners {
-        let router = routes(&member);
+        let router = routes(&member, services.clone(), gateway.clone());
         let mut stop = stop_tx.subscribe();
         let stopped = async move {
             let _ = stop.recv().await;
         };
+        let (gw, stop) = (gateway.clone(), stop_tx.clone());
         tasks.push(match tls {
             Some(tls) => {
-                let incoming = tls_incoming::incoming(l, tls);
+                let incoming = incoming::tls(l, tls, gw, stop);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
             None => {
-                // Small request/response RPCs: never let Nagle hold a reply back.
-                let incoming = TcpListenerStream::new(l).map(|s| {
-                    s.map(|s| {
-                        let _ = s.set_nodelay(true);
-                        authority::AuthorityFix::new(s)
-                    })
-                });
+                let incoming = incoming::plain(l, gw, stop);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
         });
