@@ -15,7 +15,7 @@ set -euo pipefail
 set_name=${1:-}
 demo_packages=(iproute2 nftables)
 demo_tools=(ip nft)
-test_packages=("${demo_packages[@]}" etcd-server etcd-client iputils-ping containernetworking-plugins busybox-static iperf3 podman runc)
+test_packages=("${demo_packages[@]}" etcd-server etcd-client python3-etcd3gw iputils-ping containernetworking-plugins busybox-static iperf3 podman runc)
 test_tools=("${demo_tools[@]}" etcd etcdctl ping iptables-save /usr/lib/cni/bridge /usr/lib/cni/host-local busybox iperf3 podman runc)
 case "$set_name" in
   demo) packages=("${demo_packages[@]}"); tools=("${demo_tools[@]}") ;;

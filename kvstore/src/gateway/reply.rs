@@ -18,14 +18,14 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
-/// The HTTP status grpc-gateway 1.x gives a gRPC code (its `HTTPStatusFromCode`).
+/// The HTTP status etcd 3.4's grpc-gateway gives a gRPC code (its `HTTPStatusFromCode`, as
+/// etcd 3.4.23 answers: FailedPrecondition is 412 there, not the 400 of later 1.x releases).
 pub(crate) fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(http_status(Code::OutOfRange), StatusCode::BAD_REQUEST);
         assert_eq!(
             http_status(Code::FailedPrecondition),
-            StatusCode::BAD_REQUEST
+            StatusCode::PRECONDITION_FAILED
         );
         assert_eq!(
             http_status(Code::Unavailable),
