@@ -10,6 +10,7 @@ mod cluster;
 mod disk;
 mod durability;
 mod errors;
+mod gateway;
 mod etcdctl;
 mod hostile_http2;
 mod http;
