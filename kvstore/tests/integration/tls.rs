@@ -435,7 +435,32 @@ macro_rules! tls_against_both_async {
     };
 }
 
+/// The JSON gateway over https, on HTTP/1.1 and on HTTP/2 (what curl's ALPN picks by default).
+fn json_gateway_over_https(kind: Kind) {
+    let pki = Pki::new();
+    let p = start(kind, &pki, true, &[]);
+    p.ok(&["put", "j", "1"]);
+    for version in ["--http1.1", "--http2"] {
+        let mut curl = Command::new("curl");
+        curl.args(["-s", version, "-d", r#"{"key":"ag=="}"#]);
+        // etcdctl's `--flag=value` as curl takes them: `--flag value`.
+        for f in pki.good_ctl() {
+            curl.args(f.splitn(2, '=').collect::<Vec<_>>());
+        }
+        let out = curl
+            .arg(format!("{}/v3/kv/range", p.url()))
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.contains(r#""value":"MQ==""#),
+            "{kind:?} {version}: {body}"
+        );
+    }
+}
+
 tls_against_both!(
+    json_gateway_over_https,
     client_certificate_from_our_ca_works,
     url_endpoint_commands_work,
     no_client_certificate_is_refused,
