@@ -80,7 +80,11 @@ pub(crate) fn services(member: &Arc<Replica>) -> Routes {
 /// The gRPC server of the client port: `services`, with HTTP/2 requests that are not gRPC
 /// (e.g. curl's JSON over https, which ALPN puts on HTTP/2) answered by the gateway, as
 /// etcd answers them.
-fn routes(member: &Arc<Replica>, services: Routes, gateway: Arc<Gateway>) -> Router {
+fn routes(
+    member: &Arc<Replica>,
+    services: Routes,
+    gateway: Arc<Gateway>,
+) -> Router<tower_layer::Stack<crate::metrics::GrpcLayer, tower_layer::Identity>> {
     let fallback = move |req: axum::extract::Request| {
         let gateway = gateway.clone();
         async move {
@@ -106,6 +110,10 @@ fn routes(member: &Arc<Replica>, services: Routes, gateway: Arc<Gateway>) -> Rou
         .max_frame_size(Some(authority::MAX_FRAME as u32))
         .http2_max_header_list_size(Some(authority::MAX_HEADER_LIST as u32))
         .max_concurrent_streams(Some(member.max_concurrent_streams))
+        // grpc_server_started/handled/msg_*: every gRPC call on the client port counted.
+        .layer(crate::metrics::GrpcLayer::new(
+            member.shared.metrics.clone(),
+        ))
         .add_routes(Routes::from(router))
 }
 

@@ -95,13 +95,18 @@ fn watch_refused(member: &Replica, token: Option<&str>, c: &WatchCreateRequest) 
             &c.range_end,
         )
     });
-    match checked {
-        Ok(()) => None,
-        Err(e @ (Error::InvalidAuthToken | Error::UserEmpty | Error::AuthOldRevision)) => {
-            Some(e.to_string())
-        }
-        Err(_) => Some(Error::PermissionDenied.to_string()),
-    }
+    let e = match checked {
+        Ok(()) => return None,
+        Err(e @ (Error::InvalidAuthToken | Error::UserEmpty | Error::AuthOldRevision)) => e,
+        Err(_) => Error::PermissionDenied,
+    };
+    // etcd words the reason as its client prints the gRPC error: code and description.
+    let status = tonic::Status::from(e);
+    Some(format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    ))
 }
 
 async fn serve_stream(

@@ -328,7 +328,7 @@ async fn unserved_rpcs_are_unimplemented() {
     >::default();
     for path in [
         "/etcdserverpb.Maintenance/Defragment",
-        "/etcdserverpb.Auth/AuthEnable",
+        "/etcdserverpb.KV/NoSuchMethod",
     ] {
         grpc.ready().await.expect("ready");
         let r = grpc

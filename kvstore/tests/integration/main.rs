@@ -5,17 +5,19 @@
 mod common;
 
 mod alarm;
+mod auth;
 mod client;
 mod cluster;
 mod disk;
 mod durability;
 mod errors;
-mod gateway;
 mod etcdctl;
+mod gateway;
 mod hostile_http2;
 mod http;
 mod linearizability;
 mod member_update;
+mod metrics;
 mod partition;
 mod peer_tls;
 mod reconfig;

@@ -283,10 +283,6 @@ const GRPC: &[(&str, &str, &[&str], &[f64])] = &[
     ),
 ];
 
-/// Whether kvstore's client server counts gRPC calls yet: the layer exists and is unit-tested
-/// (`metrics::grpc`), but the client server (`grpc/mod.rs`) does not install it yet.
-const KVSTORE_COUNTS_GRPC: bool = false;
-
 /// Checks `s` has every family of `table` with its type, label names and buckets.
 fn assert_shapes(kind: Kind, s: &Scrape, table: &[(&str, &str, &[&str], &[f64])]) {
     for (name, want_kind, want_labels, want_buckets) in table {
@@ -496,7 +492,7 @@ fn families_and_values_move(kind: Kind) {
             "etcd_disk_backend_commit_duration_seconds_count"
         ) > 0.0
     );
-    if kind == Kind::Etcd || KVSTORE_COUNTS_GRPC {
+    {
         assert_shapes(kind, &after[follower], GRPC);
         let started = |s: &Scrape| {
             value(s, "grpc_server_started_total", &[("grpc_method", "Range")]).unwrap_or(0.0)
