@@ -46,6 +46,9 @@ pub struct Replica {
     /// Refuse membership changes that would break a quorum (etcd's
     /// `--strict-reconfig-check`).
     pub(crate) strict_reconfig_check: bool,
+    /// Client certificates' Common Names name users (`--client-cert-auth`; see
+    /// [`crate::grpc::caller`]).
+    pub(crate) client_cert_auth: bool,
     /// Where watchers far behind walk the history (see [`crate::catch_up`]).
     pub(crate) catch_up: crate::catch_up::CatchUp,
 }

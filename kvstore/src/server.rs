@@ -71,6 +71,7 @@ impl Server {
             request_timeout,
             peers: peer::client::PeerClients::new(listeners.dialer.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,
+            client_cert_auth: cfg.client_cert_auth,
             catch_up: crate::catch_up::CatchUp::start()?,
             max_concurrent_streams: cfg.max_concurrent_streams,
         });

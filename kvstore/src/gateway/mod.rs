@@ -2,7 +2,8 @@
 //! `/v3beta/<path>`) with a JSON request message answers the JSON response message, as
 //! grpc-gateway 1.x does in etcd. Each path calls the member's own gRPC service in process
 //! ([`call`]), so every check, limit and error of the gRPC API applies unchanged; the
-//! `Authorization` header goes along as the gRPC `token` metadata. Streaming methods (Watch,
+//! `Authorization` header goes along as the gRPC `token` metadata (a client certificate
+//! cannot name the user here; see [`Gateway::handle`]'s refusal). Streaming methods (Watch,
 //! LeaseKeepAlive) read a stream of JSON messages from the request body and answer
 //! newline-separated `{"result":…}` objects. Any other path is [`crate::http::respond`]'s
 //! (`/health`, `/version`, `/metrics`, `/readyz`, `/livez`).
@@ -75,10 +76,34 @@ impl Gateway {
         // `Send` for every lifetime where the HTTP servers require it.
         Box::pin(async move {
             let (parts, body) = req.into_parts();
+            if let Some(refused) = self.cert_name_refused(&parts) {
+                return refused;
+            }
             let mut resp = self.route(parts, body).await;
             reply::cors(&mut resp);
             resp
         })
+    }
+
+    /// etcd's refusal of a `/v3/` request whose client certificate has a Common Name while
+    /// client certificates name users and authentication is on: the gateway's calls cannot
+    /// run as that name ([`crate::grpc::caller`]), and etcd says so rather than run them as
+    /// nobody. Answered before anything else, without CORS headers, as etcd does.
+    fn cert_name_refused(&self, parts: &Parts) -> Option<Response<Body>> {
+        let path = parts.uri.path();
+        if !self.member.client_cert_auth
+            || !(path.starts_with("/v3/") || path.starts_with("/v3beta/"))
+        {
+            return None;
+        }
+        let name = crate::grpc::caller::cert_name(parts.extensions.get())?;
+        if name.is_empty() || !self.member.state().read().auth.enabled() {
+            return None;
+        }
+        Some(reply::text_saying(
+            StatusCode::BAD_REQUEST,
+            "CommonName of client sending a request against gateway will be ignored and not used as expected",
+        ))
     }
 
     async fn route(self: Arc<Self>, parts: Parts, body: body::Incoming) -> Response<Body> {

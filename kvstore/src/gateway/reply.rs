@@ -93,10 +93,12 @@ pub(crate) fn stream_error(status: &Status) -> Bytes {
 
 /// A plain-text error as Go's `http.Error` writes it (the gateway's 404 and 405).
 pub(crate) fn text(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(full(format!(
-        "{}\n",
-        status.canonical_reason().unwrap_or("")
-    )));
+    text_saying(status, status.canonical_reason().unwrap_or(""))
+}
+
+/// Like [`text`], saying `msg`.
+pub(crate) fn text_saying(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{msg}\n")));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

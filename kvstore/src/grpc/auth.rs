@@ -38,7 +38,7 @@ impl AuthService {
 
     /// Proposes an auth change as the request's caller; the header of its answer.
     async fn change<T>(&self, req: &Request<T>, r: Internal) -> Result<Option<ResponseHeader>> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, req)?;
         match self
             .member
             .propose_as(r, Some(who.as_deref().unwrap_or("")))
@@ -52,7 +52,7 @@ impl AuthService {
     /// Refuses early (before hashing a password) a change the caller may not make; apply
     /// checks again.
     fn admin_here<T>(&self, req: &Request<T>) -> Result<()> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, req)?;
         self.member.state().read().auth.admin(who.as_deref())
     }
 
@@ -63,7 +63,7 @@ impl AuthService {
         req: &Request<T>,
         f: impl FnOnce(&auth::AuthStore, Option<&str>) -> Result<R>,
     ) -> Result<R> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, req)?;
         self.member.read_barrier().await?;
         let sm = self.member.state().read();
         f(&sm.auth, who.as_deref())

@@ -40,7 +40,7 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
 /// Refuses a caller without the root role while authentication is on (etcd's
 /// `IsAdminPermitted`, which guards membership changes, Hash and HashKV).
 fn admin<T>(member: &Replica, req: &Request<T>) -> Result<(), Status> {
-    let who = super::caller::caller(member, req.metadata())?;
+    let who = super::caller::caller(member, req)?;
     member.state().read().auth.admin(who.as_deref())?;
     Ok(())
 }
@@ -154,7 +154,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let who = super::caller::caller(&self.member, req.metadata())?;
+        let who = super::caller::caller(&self.member, &req)?;
         let req = req.into_inner();
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(Error::BadPeerUrls.into());

@@ -153,7 +153,7 @@ impl<S> Clone for Dispatch<S> {
 
 impl<S> Dispatch<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
     /// Hands `io` to the server for `kind`, once it knows (`alpn` is the protocol TLS agreed on).
     async fn dispatch(self, mut io: S, alpn: Option<Vec<u8>>) {
@@ -175,12 +175,16 @@ where
     }
 }
 
-/// Serves the gateway on one HTTP/1.1 connection until it closes or the member stops.
+/// Serves the gateway on one HTTP/1.1 connection until it closes or the member stops. Each
+/// request carries the connection's info (its client certificate) in its extensions, as
+/// tonic's requests do.
 async fn serve_http1<S>(gateway: Arc<Gateway>, io: S, mut stop: broadcast::Receiver<()>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
+    let info = io.connect_info();
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(info.clone());
         let gw = gateway.clone();
         let req = crate::gateway::incoming(req);
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
@@ -206,7 +210,7 @@ fn accept<S, H, F>(
     handshake: H,
 ) -> ReceiverStream<std::io::Result<Conn<S>>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     H: Fn(TcpStream) -> F + Send + 'static,
     F: Future<Output = Option<(S, Option<Vec<u8>>)>> + Send + 'static,
 {

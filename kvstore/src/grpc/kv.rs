@@ -33,7 +33,7 @@ fn unexpected(a: Applied) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, &req)?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::range(&req)?;
@@ -58,7 +58,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, &req)?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::put(&req)?;
@@ -79,7 +79,7 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, &req)?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::delete_range(&req)?;
@@ -100,7 +100,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, &req)?;
         let req = req.into_inner();
         super::check_size(&self.member, &req)?;
         validate::txn(&req, self.member.max_txn_ops)?;
@@ -121,7 +121,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let who = caller(&self.member, req.metadata())?;
+        let who = caller(&self.member, &req)?;
         let req = req.into_inner();
         {
             // Fail fast without a raft round trip; apply checks again.

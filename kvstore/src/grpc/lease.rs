@@ -40,7 +40,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let who = super::caller::caller(&self.member, req.metadata())?;
+        let who = super::caller::caller(&self.member, &req)?;
         let mut req = req.into_inner();
         if req.ttl > MAX_TTL {
             return Err(Error::LeaseTtlTooLarge.into());
@@ -71,7 +71,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let who = super::caller::caller(&self.member, req.metadata())?;
+        let who = super::caller::caller(&self.member, &req)?;
         match self
             .member
             .propose_as(

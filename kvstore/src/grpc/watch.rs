@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::caller::Credentials;
 use crate::metrics::Held;
 use crate::mvcc::{EventLimit, Events, KeyRange};
 use crate::proto::etcdserverpb::{
@@ -67,10 +68,10 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let token = super::caller::token(req.metadata());
+        let creds = Credentials::of(&self.member, &req);
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(serve_stream(self.member.clone(), inbound, tx, token));
+        tokio::spawn(serve_stream(self.member.clone(), inbound, tx, creds));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -85,9 +86,9 @@ struct Watcher {
 
 /// Whether the stream's user may watch what `c` asks for (etcd's `isWatchPermitted`); the
 /// reason to cancel it with if not.
-fn watch_refused(member: &Replica, token: Option<&str>, c: &WatchCreateRequest) -> Option<String> {
+fn watch_refused(member: &Replica, creds: &Credentials, c: &WatchCreateRequest) -> Option<String> {
     use crate::error::Error;
-    let checked = super::caller::user_of(member, token).and_then(|who| {
+    let checked = super::caller::user_of(member, creds).and_then(|who| {
         member.state().read().auth.allowed(
             who.as_deref(),
             crate::auth::perms::Access::Read,
@@ -113,7 +114,7 @@ async fn serve_stream(
     member: Arc<Replica>,
     mut inbound: Streaming<WatchRequest>,
     tx: Tx,
-    token: Option<String>,
+    creds: Credentials,
 ) {
     let mut watchers: HashMap<i64, Watcher> = HashMap::new();
     let mut next_id: i64 = 0;
@@ -128,7 +129,7 @@ async fn serve_stream(
         let Some(Ok(req)) = msg else { break };
         let ok = match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
-                match watch_refused(&member, token.as_deref(), &c) {
+                match watch_refused(&member, &creds, &c) {
                     None => create(&member, &tx, &mut watchers, &mut next_id, c).await,
                     Some(reason) => {
                         // As etcd: created and canceled at once, with no watch id.

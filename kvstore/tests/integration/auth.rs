@@ -21,12 +21,12 @@ use kvstore::proto::etcdserverpb::{
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 
-const DENIED: &str = "Error: etcdserver: permission denied";
+pub(crate) const DENIED: &str = "Error: etcdserver: permission denied";
 const NO_USER: &str = "Error: etcdserver: user name is empty";
 
 /// Root, a role `app` with readwrite on the prefix `app/`, a role `reader` with read on the
 /// prefix `cfg/`, alice (app) and bob (reader); auth enabled. Asserts etcdctl's words.
-fn set_up(p: &Proc) {
+pub(crate) fn set_up(p: &Proc) {
     assert_eq!(
         p.ok(&["user", "add", "root:rootpw"]).trim(),
         "User root created"
@@ -84,7 +84,7 @@ fn fails_as(p: &Proc, user: &str, args: &[&str]) -> String {
 }
 
 /// etcdctl's error line: the last line of stderr (etcd's client logs its retries above it).
-fn last_line(stderr: &str) -> String {
+pub(crate) fn last_line(stderr: &str) -> String {
     stderr.trim().lines().last().unwrap_or_default().to_string()
 }
 
@@ -219,7 +219,7 @@ fn etcdctl_auth_commands_and_access(p: &Proc) {
     assert_eq!(p.ok(&["user", "list"]), "alice\nbob\nroot\n");
 }
 
-fn err_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+pub(crate) fn err_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
     match r {
         Err(s) => (s.code(), s.message().to_string()),
         Ok(v) => panic!("unexpectedly succeeded: {v:?}"),
@@ -227,7 +227,7 @@ fn err_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
 }
 
 /// A request carrying `token`.
-fn with_token<T>(msg: T, token: &AsciiMetadataValue) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(msg: T, token: &AsciiMetadataValue) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("token", token.clone());
     r

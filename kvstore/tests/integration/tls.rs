@@ -3,7 +3,9 @@
 //! another CA, it is refused; a server certificate from another CA is not trusted; plaintext
 //! to the TLS port fails promptly and leaves the server serving; a trusted CA alone already
 //! requires client certificates (etcd 3.4's behaviour); the `etcd-client` crate works
-//! over TLS; https metrics URLs serve /health with the same rules. Certificates come from the
+//! over TLS; https metrics URLs serve /health with the same rules; with client-cert-auth and
+//! auth on, a request without a token runs as its certificate's Common Name (etcdctl, gRPC
+//! statuses, watches; the gateway refuses such requests). Certificates come from the
 //! project's own CA helper (`kvstore::certs`), so these tests also prove real etcd and Go's
 //! TLS accept what it issues.
 
@@ -61,11 +63,29 @@ impl Pki {
 
     /// etcdctl's flags for the good client.
     fn good_ctl(&self) -> Vec<String> {
+        self.ctl_as("client")
+    }
+
+    /// etcdctl's flags for the client certificate `<name>.pem` of our CA.
+    fn ctl_as(&self, name: &str) -> Vec<String> {
         vec![
             format!("--cacert={}", self.ours("ca.pem")),
-            format!("--cert={}", self.ours("client.pem")),
-            format!("--key={}", self.ours("client-key.pem")),
+            format!("--cert={}", self.ours(&format!("{name}.pem"))),
+            format!("--key={}", self.ours(&format!("{name}-key.pem"))),
         ]
+    }
+
+    /// Issues (our CA) and writes client certificates whose Common Names are `names`.
+    fn issue_clients(&self, names: &[&str]) {
+        let ca = Ca::load(self.ours.path())
+            .expect("load CA")
+            .expect("our CA");
+        for name in names {
+            ca.issue(Role::Client, name, &[], 2)
+                .expect("client cert")
+                .write(self.ours.path(), name)
+                .expect("write client cert");
+        }
     }
 
     /// Server flags: our member certificate, our CA, and client-cert-auth when asked.
@@ -459,7 +479,193 @@ fn json_gateway_over_https(kind: Kind) {
     }
 }
 
+/// A TLS server of `kind` with client-cert-auth, `auth::set_up`'s users and roles (root; alice
+/// with readwrite on `app/`) and auth on, and client certificates named root, alice and
+/// mallory (no such user). Its etcdctl runs present root's certificate and no token.
+fn cert_users(kind: Kind, client_cert_auth: bool) -> (Pki, Proc) {
+    let pki = Pki::new();
+    pki.issue_clients(&["root", "alice", "mallory"]);
+    let flags = pki.server_flags(client_cert_auth);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let ctl = pki.ctl_as("root");
+    let ctl: Vec<&str> = ctl.iter().map(String::as_str).collect();
+    let p = Proc::start_with_scheme(kind, "https", &flags, &ctl);
+    crate::auth::set_up(&p);
+    (pki, p)
+}
+
+/// With client-cert-auth, a request without a token runs as its certificate's Common Name; a
+/// token wins over the certificate.
+fn client_certificate_names_the_user(kind: Kind) {
+    use crate::auth::{DENIED, last_line};
+    let (pki, p) = cert_users(kind, true);
+    let run = |name: &str, args: &[&str]| etcdctl_as(&p.url(), &pki.ctl_as(name), args);
+    let ok = |name: &str, args: &[&str]| {
+        let out = run(name, args);
+        assert!(
+            out.status.success(),
+            "{kind:?} as {name}: {args:?}: {out:?}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fails = |name: &str, args: &[&str]| {
+        let out = run(name, args);
+        assert!(
+            !out.status.success(),
+            "{kind:?} as {name}: {args:?} was let through"
+        );
+        last_line(&String::from_utf8_lossy(&out.stderr))
+    };
+    // root's certificate: anything, auth management too.
+    assert_eq!(ok("root", &["put", "zz", "1"]).trim(), "OK");
+    assert!(ok("root", &["user", "list"]).contains("alice"), "{kind:?}");
+    // alice's: her prefix only.
+    assert_eq!(ok("alice", &["put", "app/x", "2"]).trim(), "OK");
+    assert_eq!(ok("alice", &["get", "app/x", "--print-value-only"]), "2\n");
+    assert_eq!(fails("alice", &["put", "zz", "3"]), DENIED);
+    assert_eq!(fails("alice", &["get", "zz"]), DENIED);
+    assert_eq!(fails("alice", &["user", "list"]), DENIED);
+    // A token says who it is, whatever the certificate.
+    assert_eq!(
+        ok("alice", &["--user=root:rootpw", "put", "zz", "4"]).trim(),
+        "OK"
+    );
+    assert_eq!(
+        fails("root", &["--user=alice:alicepw", "put", "zz", "5"]),
+        DENIED
+    );
+    // A Common Name that is no user: denied, and no user for what only root may do.
+    assert_eq!(fails("mallory", &["put", "app/x", "6"]), DENIED);
+    assert_eq!(fails("mallory", &["get", "app/x"]), DENIED);
+    assert_eq!(
+        fails("mallory", &["user", "list"]),
+        "Error: etcdserver: user name not found"
+    );
+    assert_eq!(ok("root", &["get", "zz", "--print-value-only"]), "4\n");
+    assert_eq!(ok("root", &["get", "app/x", "--print-value-only"]), "2\n");
+}
+
+/// A trusted CA without client-cert-auth requires certificates but takes no user from them;
+/// with it, a JSON request whose certificate names a user is refused while auth is on (etcd:
+/// the gateway cannot pass the name on).
+fn certificate_names_no_user_without_client_cert_auth_nor_on_the_gateway(kind: Kind) {
+    use crate::auth::last_line;
+    let json = |p: &Proc, pki: &Pki, version: &str| {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            version,
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            r#"{"key":"ag=="}"#,
+        ]);
+        for f in pki.ctl_as("alice") {
+            curl.args(f.splitn(2, '=').collect::<Vec<_>>());
+        }
+        let out = curl
+            .arg(format!("{}/v3/kv/range", p.url()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (pki, p) = cert_users(kind, false);
+    assert_eq!(
+        last_line(&p.fails(&["put", "x", "1"])),
+        "Error: etcdserver: user name is empty"
+    );
+    for version in ["--http1.1", "--http2"] {
+        let got = json(&p, &pki, version);
+        assert!(
+            got.ends_with("\n400") && got.contains("user name is empty"),
+            "{kind:?} {version}: {got}"
+        );
+    }
+    let (pki, p) = cert_users(kind, true);
+    for version in ["--http1.1", "--http2"] {
+        assert_eq!(
+            json(&p, &pki, version),
+            "CommonName of client sending a request against gateway will be ignored and not used as expected\n\n400",
+            "{kind:?} {version}"
+        );
+    }
+    // Not while authentication is off.
+    p.ok(&["auth", "disable"]);
+    for version in ["--http1.1", "--http2"] {
+        let got = json(&p, &pki, version);
+        assert!(got.ends_with("\n200"), "{kind:?} {version}: {got}");
+    }
+}
+
+/// The same over gRPC with the statuses etcd answers, and the watch check.
+async fn client_certificate_user_over_grpc(kind: Kind) {
+    use crate::auth::{err_of, with_token};
+    use kvstore::client::req;
+    use kvstore::proto::etcdserverpb::{
+        WatchRequest, kv_client::KvClient, watch_client::WatchClient, watch_request,
+    };
+    use tokio_stream::StreamExt;
+    use tonic::Code;
+
+    let (pki, p) = cert_users(kind, true);
+    let channel = |name: &str| {
+        let ca = pki.ours.path().join("ca.pem");
+        let cert = pki.ours.path().join(format!("{name}.pem"));
+        let key = pki.ours.path().join(format!("{name}-key.pem"));
+        let tls = kvstore::tls::client_config(&ca, Some((&cert, &key))).expect("client TLS");
+        let ep = tonic::transport::Endpoint::from_shared(p.url())
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("TLS config");
+        async move { ep.connect().await.expect("connect") }
+    };
+    let denied = (
+        Code::PermissionDenied,
+        "etcdserver: permission denied".to_string(),
+    );
+
+    let mut alice = KvClient::new(channel("alice").await);
+    alice.put(req::put("app/g", "v")).await.expect("put app/g");
+    assert_eq!(err_of(alice.put(req::put("zz", "v")).await), denied);
+    // An unknown token is refused, not replaced by the certificate.
+    let bogus = "bogus.1".parse().expect("ascii");
+    assert_eq!(
+        err_of(alice.put(with_token(req::put("app/g", "w"), &bogus)).await),
+        (
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token".into()
+        )
+    );
+    let mut mallory = KvClient::new(channel("mallory").await);
+    assert_eq!(err_of(mallory.put(req::put("app/g", "m")).await), denied);
+
+    // Watches are checked as the certificate's user too.
+    let mut watch = WatchClient::new(channel("alice").await);
+    for (key, allowed) in [("app/", true), ("zz", false)] {
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                req::watch_prefix(key, 0),
+            )),
+        };
+        let mut stream = watch
+            .watch(tokio_stream::iter([create]).chain(tokio_stream::pending()))
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("in time")
+            .expect("message")
+            .expect("a response");
+        assert!(first.created, "{kind:?} {key}: {first:?}");
+        assert_eq!(first.canceled, !allowed, "{kind:?} {key}: {first:?}");
+    }
+    assert_eq!(p.ok(&["get", "app/g", "--print-value-only"]), "v\n");
+}
+
 tls_against_both!(
+    client_certificate_names_the_user,
+    certificate_names_no_user_without_client_cert_auth_nor_on_the_gateway,
     json_gateway_over_https,
     client_certificate_from_our_ca_works,
     url_endpoint_commands_work,
@@ -472,6 +678,7 @@ tls_against_both!(
 );
 
 tls_against_both_async!(
+    client_certificate_user_over_grpc,
     https_metrics_url_serves_health_with_client_cert_auth,
     client_over_tls,
 );
