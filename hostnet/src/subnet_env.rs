@@ -11,9 +11,10 @@
 //! FLANNEL_IPMASQ=false
 //! ```
 //! `FLANNEL_SUBNET` holds the gateway address with the subnet's prefix. The IPv6 pair is
-//! there only in a dual-stack network (flannel's `EnableIPv6`), in flannel's order: after the
+//! there only when the network has IPv6 (flannel's `EnableIPv6`), in flannel's order: after the
 //! IPv4 lines, before `FLANNEL_MTU`; `FLANNEL_IPV6_SUBNET` holds the IPv6 gateway the same way.
-//! IPv4 is always required (an IPv6-only file is not supported yet).
+//! An IPv6-only network (`"EnableIPv4": false`) has no IPv4 pair, as flannel's
+//! `WriteSubnetFile` leaves it out; a file names at least one pair.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -26,18 +27,25 @@ use crate::error::{Error, Result};
 /// What the node's subnet file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
+    /// The IPv4 side (`FLANNEL_NETWORK`, `FLANNEL_SUBNET`); `None` in an IPv6-only network.
+    pub ipv4: Option<Ipv4Env>,
+    pub mtu: u32,
+    /// True when netd masquerades itself, so the plugin must not.
+    pub ipmasq: bool,
+    /// The IPv6 side (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`); `None` when the network
+    /// is IPv4 only.
+    pub ipv6: Option<Ipv6Env>,
+}
+
+/// The IPv4 half of a node's subnet file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Env {
     /// The whole cluster network (`FLANNEL_NETWORK`).
     pub network: Ipv4Network,
     /// The node subnet, network address form (`10.244.3.0/24`).
     pub subnet: Ipv4Network,
     /// Gateway address on the bridge (`10.244.3.1`).
     pub gateway: Ipv4Addr,
-    pub mtu: u32,
-    /// True when netd masquerades itself, so the plugin must not.
-    pub ipmasq: bool,
-    /// The IPv6 side of a dual-stack network (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`);
-    /// `None` when the network is IPv4 only.
-    pub ipv6: Option<Ipv6Env>,
 }
 
 /// The IPv6 half of a dual-stack node's subnet file.
@@ -62,13 +70,31 @@ impl SubnetEnv {
     pub fn new(network: Ipv4Network, subnet: Ipv4Network, mtu: u32, ipmasq: bool) -> SubnetEnv {
         let base = subnet.network();
         SubnetEnv {
-            network,
-            subnet: Ipv4Network::new(base, subnet.prefix()).unwrap_or(subnet),
-            gateway: Ipv4Addr::from(u32::from(base).wrapping_add(1)),
+            ipv4: Some(Ipv4Env {
+                network,
+                subnet: Ipv4Network::new(base, subnet.prefix()).unwrap_or(subnet),
+                gateway: Ipv4Addr::from(u32::from(base).wrapping_add(1)),
+            }),
             mtu,
             ipmasq,
             ipv6: None,
         }
+    }
+
+    /// The file of an IPv6-only node: no IPv4 pair, `subnet` of the IPv6 `network`.
+    pub fn ipv6_only(
+        network: Ipv6Network,
+        subnet: Ipv6Network,
+        mtu: u32,
+        ipmasq: bool,
+    ) -> SubnetEnv {
+        SubnetEnv {
+            ipv4: None,
+            mtu,
+            ipmasq,
+            ipv6: None,
+        }
+        .with_ipv6(network, subnet)
     }
 
     /// The same file for a dual-stack node: `subnet` (any address inside it) of the IPv6
@@ -87,12 +113,15 @@ impl SubnetEnv {
 
     /// The file's text, in flannel's order.
     pub fn render(&self) -> String {
-        let mut text = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
-            self.network,
-            self.gateway,
-            self.subnet.prefix()
-        );
+        let mut text = String::new();
+        if let Some(v4) = &self.ipv4 {
+            text.push_str(&format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+                v4.network,
+                v4.gateway,
+                v4.subnet.prefix()
+            ));
+        }
         if let Some(v6) = &self.ipv6 {
             text.push_str(&format!(
                 "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
@@ -167,27 +196,22 @@ impl SubnetEnv {
                 _ => {}
             }
         }
-        let network = network.ok_or("FLANNEL_NETWORK missing")?;
-        let with_gw = subnet.ok_or("FLANNEL_SUBNET missing")?;
         let mtu = mtu.ok_or("FLANNEL_MTU missing")?;
-        if with_gw.prefix() > MAX_PREFIX_V4 {
-            return Err(format!(
-                "FLANNEL_SUBNET {with_gw} is too small (max /{MAX_PREFIX_V4})"
-            ));
-        }
-        let subnet = Ipv4Network::new(with_gw.network(), with_gw.prefix())
-            .map_err(|e| format!("FLANNEL_SUBNET {with_gw}: {e}"))?;
-        let gateway = with_gw.ip();
-        if gateway == subnet.network() || gateway == subnet.broadcast() {
-            return Err(format!(
-                "FLANNEL_SUBNET {with_gw} must name a host address (the gateway)"
-            ));
-        }
-        if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
-            return Err(format!(
-                "FLANNEL_SUBNET {with_gw} is outside FLANNEL_NETWORK {network}"
-            ));
-        }
+        let ipv4 = match (network, subnet) {
+            (Some(network), Some(with_gw)) => Some(parse_ipv4(network, with_gw)?),
+            (None, None) if network6.is_some() || subnet6.is_some() => None,
+            (None, None) => {
+                return Err(
+                    "FLANNEL_NETWORK missing (and no FLANNEL_IPV6_NETWORK: the file names no \
+                     subnet)"
+                        .into(),
+                );
+            }
+            (Some(_), None) => return Err("FLANNEL_SUBNET missing".into()),
+            (None, Some(_)) => {
+                return Err("FLANNEL_NETWORK missing (FLANNEL_SUBNET given without it)".into());
+            }
+        };
         let ipv6 = match (network6, subnet6) {
             (None, None) => None,
             (Some(network), Some(with_gw)) => Some(parse_ipv6(network, with_gw)?),
@@ -199,9 +223,7 @@ impl SubnetEnv {
             }
         };
         Ok(SubnetEnv {
-            network,
-            subnet,
-            gateway,
+            ipv4,
             mtu,
             ipmasq: ipmasq.unwrap_or(false),
             ipv6,
@@ -228,6 +250,34 @@ impl SubnetEnv {
             .map_err(|e| Error::io("write", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
     }
+}
+
+/// The IPv4 pair's checks: `with_gw` is the gateway with the subnet's prefix, the subnet lies
+/// inside `network` and leaves room for a container.
+fn parse_ipv4(network: Ipv4Network, with_gw: Ipv4Network) -> std::result::Result<Ipv4Env, String> {
+    if with_gw.prefix() > MAX_PREFIX_V4 {
+        return Err(format!(
+            "FLANNEL_SUBNET {with_gw} is too small (max /{MAX_PREFIX_V4})"
+        ));
+    }
+    let subnet = Ipv4Network::new(with_gw.network(), with_gw.prefix())
+        .map_err(|e| format!("FLANNEL_SUBNET {with_gw}: {e}"))?;
+    let gateway = with_gw.ip();
+    if gateway == subnet.network() || gateway == subnet.broadcast() {
+        return Err(format!(
+            "FLANNEL_SUBNET {with_gw} must name a host address (the gateway)"
+        ));
+    }
+    if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
+        return Err(format!(
+            "FLANNEL_SUBNET {with_gw} is outside FLANNEL_NETWORK {network}"
+        ));
+    }
+    Ok(Ipv4Env {
+        network,
+        subnet,
+        gateway,
+    })
 }
 
 /// The IPv6 pair's checks, as `FLANNEL_SUBNET`'s: `with_gw` is the gateway with the subnet's
@@ -272,7 +322,10 @@ mod tests {
             1450,
             true,
         );
-        assert_eq!(env.gateway, Ipv4Addr::new(10, 244, 3, 1));
+        assert_eq!(
+            env.ipv4.map(|v4| v4.gateway),
+            Some(Ipv4Addr::new(10, 244, 3, 1))
+        );
         assert_eq!(env.render(), FILE);
         assert_eq!(SubnetEnv::parse(FILE), Ok(env));
     }
@@ -303,7 +356,8 @@ mod tests {
             "fd00:10:244:3::1".parse::<Ipv6Addr>().expect("literal")
         );
         // Any address of the subnet names it; the file holds its network-address form.
-        let same = SubnetEnv::new(env.network, env.subnet, 1430, false)
+        let v4 = env.ipv4.expect("dual-stack");
+        let same = SubnetEnv::new(v4.network, v4.subnet, 1430, false)
             .with_ipv6(v6.network, "fd00:10:244:3::99/64".parse().expect("literal"));
         assert_eq!(same, env);
         // The smallest IPv6 subnet there is room in: gateway and one container.
@@ -344,6 +398,41 @@ mod tests {
         ] {
             let e = SubnetEnv::parse(&format!("{base}{v6}")).expect_err(v6);
             assert!(e.contains(why), "{v6}: {e}");
+        }
+    }
+
+    #[test]
+    fn ipv6_only_render_and_parse_agree() {
+        let env = SubnetEnv::ipv6_only(
+            "fd00:10:244::/56".parse().expect("literal"),
+            "fd00:10:244:3::/64".parse().expect("literal"),
+            1430,
+            true,
+        );
+        let text = env.render();
+        // flannel's WriteSubnetFile without EnableIPv4: no FLANNEL_NETWORK, no FLANNEL_SUBNET.
+        assert_eq!(
+            text,
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        let back = SubnetEnv::parse(&text).expect("parses");
+        assert_eq!(back, env);
+        assert_eq!(back.ipv4, None);
+        for (text, why) in [
+            ("FLANNEL_MTU=1450\n", "names no subnet"),
+            (
+                "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00::/56\n\
+                 FLANNEL_IPV6_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n",
+                "FLANNEL_NETWORK missing",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_MTU=1450\n",
+                "without FLANNEL_IPV6_SUBNET",
+            ),
+        ] {
+            let e = SubnetEnv::parse(text).expect_err(text);
+            assert!(e.contains(why), "{text:?}: {e}");
         }
     }
 

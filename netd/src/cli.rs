@@ -202,18 +202,20 @@ impl KvArgs {
 /// The daemon's own flags.
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
-    /// Interface (name or IPv4 address) to use for inter-host traffic; repeat it to try several
-    /// in order, the first that exists wins. Default: the interface of the default route.
+    /// Interface (name, or IPv4 or IPv6 address) to use for inter-host traffic; repeat it to
+    /// try several in order, the first that exists wins. Default: the interface of the default
+    /// route (the IPv6 one in an IPv6-only network).
     #[arg(long, env = "NETD_IFACE", value_name = "IFACE")]
     pub iface: Vec<String>,
-    /// Regular expression matched against interface names and IPv4 addresses; repeat it to
+    /// Regular expression matched against interface names and IP addresses; repeat it to
     /// try several in order, after every --iface.
     #[arg(long, env = "NETD_IFACE_REGEX", value_name = "REGEX")]
     pub iface_regex: Vec<String>,
     /// Use the interface this address is reached through (as `ip route get ADDR` shows it).
     #[arg(long, env = "NETD_IFACE_CAN_REACH", value_name = "ADDR")]
     pub iface_can_reach: Option<Ipv4Addr>,
-    /// IPv4 address other hosts use to reach this one; default: the interface's address.
+    /// IPv4 address other hosts use to reach this one; default: the interface's address. Not
+    /// used in an IPv6-only network (records then say 0.0.0.0, as flanneld's).
     #[arg(long, env = "NETD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// Where to write the subnet file for the CNI plugin.
@@ -223,7 +225,7 @@ pub struct DaemonArgs {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
-    /// IPv6 address other hosts use to reach this one in a dual-stack network (EnableIPv6);
+    /// IPv6 address other hosts use to reach this one in a network with IPv6 (EnableIPv6);
     /// default: the interface's first global IPv6 address.
     #[arg(long, env = "NETD_PUBLIC_IPV6")]
     pub public_ipv6: Option<std::net::Ipv6Addr>,

@@ -57,21 +57,33 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
             for w in crate::netconf::warnings(&text) {
                 eprintln!("netd: warning: {w}");
             }
-            let ipv6 = cfg.ipv6.as_ref().map_or(String::new(), |c6| {
-                format!(
-                    ", IPv6 network {} subnets /{} ({} available)",
+            let mut nets = Vec::new();
+            if let Some(c4) = &cfg.ipv4 {
+                nets.push(format!(
+                    "network {} subnets /{} ({} available)",
+                    c4.network,
+                    c4.subnet_len,
+                    c4.subnet_count()
+                ));
+            }
+            if let Some(c6) = &cfg.ipv6 {
+                let only = if cfg.ipv4.is_none() {
+                    " (IPv6-only)"
+                } else {
+                    ""
+                };
+                nets.push(format!(
+                    "IPv6 network {} subnets /{} ({} available){only}",
                     c6.network,
                     c6.subnet_len,
                     c6.subnet_count()
-                )
-            });
+                ));
+            }
             writeln!(
                 out,
-                "stored {}: network {} subnets /{} ({} available){ipv6}, backend {}",
+                "stored {}: {}, backend {}",
                 kv.config_key(),
-                cfg.network,
-                cfg.subnet_len,
-                cfg.subnet_count(),
+                nets.join(", "),
                 cfg.backend.type_name()
             )
             .map_err(|e| Error::file("stdout", e))?;
@@ -84,12 +96,15 @@ pub async fn config(args: &KvArgs, action: &ConfigAction, out: &mut impl Write) 
 #[derive(Debug, Serialize)]
 struct Row {
     key: String,
+    /// The IPv4 subnet; null for an IPv6-only record (`0.0.0.0-0&...`).
     subnet: Option<String>,
-    /// The IPv6 subnet of a dual-stack record.
+    /// The IPv6 subnet of a dual-stack or IPv6-only record.
     ipv6_subnet: Option<String>,
+    /// Null for an IPv6-only record (whose PublicIP is flannel's 0.0.0.0).
     public_ip: Option<String>,
     public_ipv6: Option<String>,
     backend: Option<String>,
+    /// The IPv4 device's VtepMAC; the IPv6 device's in an IPv6-only record.
     vtep_mac: Option<String>,
     /// KV lease id in hex, as etcdctl prints it; null for a reservation.
     lease: Option<String>,
@@ -128,8 +143,11 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
                     .ok()
                     .and_then(|s| s.v6)
                     .map(|s| s.to_string()),
-                subnet: subnet.ok().map(|s| s.v4.to_string()),
-                public_ip: attrs.as_ref().map(|a| a.public_ip.to_string()),
+                public_ip: attrs
+                    .as_ref()
+                    .filter(|_| !matches!(&subnet, Ok(s) if s.v4.is_none()))
+                    .map(|a| a.public_ip.to_string()),
+                subnet: subnet.ok().and_then(|s| s.v4).map(|s| s.to_string()),
                 public_ipv6: attrs
                     .as_ref()
                     .and_then(|a| a.public_ipv6)
@@ -137,7 +155,7 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
                 backend: attrs.as_ref().map(|a| a.backend_type.clone()),
                 vtep_mac: attrs
                     .as_ref()
-                    .and_then(|a| a.backend_data.as_ref())
+                    .and_then(|a| a.backend_data.as_ref().or(a.backend_v6_data.as_ref()))
                     .map(|d| d.vtep_mac.to_string()),
                 lease: (lease != 0).then(|| format!("{lease:016x}")),
                 expires_in: ttls.get(&lease).copied(),
@@ -153,7 +171,7 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
         writeln!(out).map_err(w)?;
         return Ok(());
     }
-    // The IPv6 columns appear when some record is dual-stack.
+    // The IPv6 columns appear when some record has an IPv6 subnet.
     let dual = rows.iter().any(|r| r.ipv6_subnet.is_some());
     let v6_columns = |subnet: &str, ip: &str| {
         if dual {
@@ -188,7 +206,11 @@ pub async fn leases(args: &KvArgs, json: bool, out: &mut impl Write) -> Result<(
         writeln!(
             out,
             "{:<20} {:<16} {}{:<8} {:<18} {:<17} {:<10} {}",
-            r.subnet.unwrap_or(r.key),
+            match (r.subnet, &r.error) {
+                (Some(s), _) => s,
+                (None, None) => "-".into(),
+                (None, Some(_)) => r.key,
+            },
             r.public_ip.unwrap_or_else(|| "-".into()),
             v6_columns(
                 r.ipv6_subnet.as_deref().unwrap_or("-"),

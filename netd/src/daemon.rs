@@ -17,6 +17,7 @@ use rtnetlink::Handle;
 use tokio::sync::mpsc;
 
 use crate::cli::Config;
+use crate::dataplane::Families;
 use crate::dataplane::device::{self, Underlay};
 use crate::dataplane::netlink::NetlinkDataplane;
 use crate::error::{Error, Result};
@@ -97,7 +98,7 @@ async fn apply_own_subnet(
     own: &OwnLease,
 ) -> Result<()> {
     ensure_vtep_addresses(h, net, backend, own).await?;
-    masq::enable_forwarding(net.ipv6.is_some(), &underlay.name)?;
+    masq::enable_forwarding(net.ipv4.is_some(), net.ipv6.is_some(), &underlay.name)?;
     let rules = config.daemon.nft_rules();
     if rules.any() {
         masq::install(masq_scope(net, own), rules)?;
@@ -117,9 +118,9 @@ async fn ensure_vtep_addresses(
     backend: &Overlay,
     own: &OwnLease,
 ) -> Result<()> {
-    if let Some((_, dev)) = &backend.vxlan {
-        let addr = IpAddr::V4(own.subnet.v4.addr());
-        device::ensure_vtep_address(h, dev.index, addr, IpNetwork::V4(net.network)).await?;
+    if let (Some((_, dev)), Some(v4), Some(c4)) = (&backend.vxlan, own.subnet.v4, &net.ipv4) {
+        let addr = IpAddr::V4(v4.addr());
+        device::ensure_vtep_address(h, dev.index, addr, IpNetwork::V4(c4.network)).await?;
     }
     if let (Some((_, dev)), Some(v6), Some(c6)) = (&backend.vxlan6, own.subnet.v6, &net.ipv6) {
         let addr = IpAddr::V6(v6.addr());
@@ -129,7 +130,9 @@ async fn ensure_vtep_addresses(
 }
 
 async fn ensure_blackholes(h: &Handle, own: &OwnLease) -> Result<()> {
-    device::ensure_blackhole(h, IpNetwork::V4(own.subnet.v4.0)).await?;
+    if let Some(v4) = own.subnet.v4 {
+        device::ensure_blackhole(h, IpNetwork::V4(v4.0)).await?;
+    }
     if let Some(v6) = own.subnet.v6 {
         device::ensure_blackhole(h, IpNetwork::V6(v6.0)).await?;
     }
@@ -138,8 +141,8 @@ async fn ensure_blackholes(h: &Handle, own: &OwnLease) -> Result<()> {
 
 fn masq_scope(net: &NetworkConfig, own: &OwnLease) -> masq::Scope {
     masq::Scope {
-        network: net.network,
-        network6: net.ipv6.as_ref().map(|c| c.network),
+        network: net.network4(),
+        network6: net.network6(),
         subnet: own.subnet,
     }
 }
@@ -150,12 +153,16 @@ fn write_subnet_file(
     backend: &Overlay,
     own: &OwnLease,
 ) -> Result<()> {
-    let mut env = SubnetEnv::new(
-        net.network,
-        own.subnet.v4.0,
-        backend.mtu,
-        config.daemon.ip_masq,
-    );
+    // As flannel's WriteSubnetFile: the pair of each family the network has.
+    let mut env = SubnetEnv {
+        ipv4: None,
+        mtu: backend.mtu,
+        ipmasq: config.daemon.ip_masq,
+        ipv6: None,
+    };
+    if let (Some(c4), Some(v4)) = (&net.ipv4, own.subnet.v4) {
+        env = SubnetEnv::new(c4.network, v4.0, backend.mtu, config.daemon.ip_masq);
+    }
     if let (Some(c6), Some(v6)) = (&net.ipv6, own.subnet.v6) {
         env = env.with_ipv6(c6.network, v6.0);
     }
@@ -194,9 +201,10 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     .await;
     let net = retry("reading the network config", || kv.get_config()).await;
     tracing::info!(
-        network = %net.network,
-        subnet_len = net.subnet_len,
-        ipv6_network = ?net.ipv6.as_ref().map(|c| c.network),
+        network = ?net.network4(),
+        subnet_len = ?net.ipv4.as_ref().map(|c| c.subnet_len),
+        ipv6_network = ?net.network6(),
+        ipv6_subnet_len = ?net.ipv6.as_ref().map(|c| c.subnet_len),
         backend = net.backend.type_name(),
         "network config"
     );
@@ -204,11 +212,18 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let (conn, h, _) =
         rtnetlink::new_connection().map_err(|e| Error::Kernel(format!("netlink socket: {e}")))?;
     tokio::spawn(conn);
-    let underlay = device::choose_underlay(&h, &config.daemon.iface_choice()?).await?;
-    let public_ip = config.daemon.public_ip.unwrap_or(underlay.addr);
-    tracing::info!(iface = %underlay.name, local = %underlay.addr, local6 = ?underlay.v6.map(|n| n.ip()), %public_ip, "underlay");
-    let backend =
-        overlay::set_up(&h, &net, &underlay, public_ip, config.daemon.public_ipv6).await?;
+    let underlay =
+        device::choose_underlay(&h, &config.daemon.iface_choice()?, net.ipv4.is_some()).await?;
+    tracing::info!(iface = %underlay.name, local = ?underlay.v4.map(|n| n.ip()), local6 = ?underlay.v6.map(|n| n.ip()), public_ip = ?config.daemon.public_ip, public_ipv6 = ?config.daemon.public_ipv6, "underlay");
+    let backend = overlay::set_up(
+        &h,
+        &net,
+        &underlay,
+        config.daemon.public_ip,
+        config.daemon.public_ipv6,
+    )
+    .await?;
+    let families = Families::of(&net);
 
     let timing = LeaseTiming {
         ttl: Duration::from_secs(config.daemon.subnet_lease_ttl),
@@ -227,9 +242,9 @@ async fn main(config: &Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     let peers = Peers::new(
         dp,
         backend.mode.clone(),
-        net.ipv6.is_some(),
+        families,
         own.subnet,
-        public_ip,
+        backend.attrs.host_ip(families.v4),
         metrics.clone(),
     );
 
@@ -288,7 +303,10 @@ fn dataplane(
     underlay: &Underlay,
 ) -> NetlinkDataplane {
     let overlay = backend.vxlan.as_ref().map(|(_, d)| d.index);
-    let dp = NetlinkDataplane::new(h.clone(), overlay, underlay.index, net.network);
+    let dp = match net.network4() {
+        Some(n) => NetlinkDataplane::new(h.clone(), overlay, underlay.index, n),
+        None => NetlinkDataplane::ipv6_only(h.clone(), underlay.index),
+    };
     match &net.ipv6 {
         Some(c6) => dp.with_ipv6(c6.network, backend.vxlan6.as_ref().map(|(_, d)| d.index)),
         None => dp,

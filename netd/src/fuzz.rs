@@ -18,7 +18,8 @@ pub fn network_config_and_record(data: &[u8]) {
         NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
             .expect("the default config parses")
     });
-    let _ = config.subnet_count();
+    let _ = config.ipv4.as_ref().map(|c| c.subnet_count());
+    let _ = config.ipv6.as_ref().map(|c| c.subnet_count());
     let (key, value) = record.split_once('\n').unwrap_or((record, ""));
     let _ = parse_record(&config, key, value.as_bytes(), 1, 1, 1);
 }

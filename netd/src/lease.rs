@@ -57,11 +57,13 @@ pub async fn acquire<S: SubnetStore>(
     let ttl = timing.ttl.as_secs().max(1) as i64;
     for attempt in 1..=RACE_RETRIES {
         let listing = kv.list_subnets(config).await?;
-        // 1. A record that already names this host.
+        // 1. A record that already names this host (by PublicIP; by PublicIPv6 in an
+        // IPv6-only network, where every PublicIP is 0.0.0.0).
+        let ipv4 = config.ipv4.is_some();
         let mut mine: Vec<_> = listing
             .records
             .iter()
-            .filter(|r| r.attrs.public_ip == attrs.public_ip)
+            .filter(|r| r.attrs.same_host(attrs, ipv4))
             .collect();
         mine.sort_by_key(|r| (Some(r.subnet) != previous, r.subnet));
         for r in mine {
@@ -123,13 +125,14 @@ pub async fn acquire<S: SubnetStore>(
                 keys.push(s);
             }
         }
-        let taken: BTreeSet<Ipv4Addr> = keys.iter().map(|k| k.v4.addr()).collect();
+        let taken: BTreeSet<Ipv4Addr> =
+            keys.iter().filter_map(|k| k.v4).map(|s| s.addr()).collect();
         let taken6: BTreeSet<Ipv6Addr> =
             keys.iter().filter_map(|k| k.v6).map(|s| s.addr()).collect();
         let candidate = match previous {
             Some(p)
                 if key_fits(config, p)
-                    && !taken.contains(&p.v4.addr())
+                    && p.v4.is_none_or(|s| !taken.contains(&s.addr()))
                     && p.v6.is_none_or(|s| !taken6.contains(&s.addr())) =>
             {
                 p
@@ -137,7 +140,10 @@ pub async fn acquire<S: SubnetStore>(
             _ => {
                 let mut rng = rand::rng();
                 SubnetKey {
-                    v4: pick_free(config, &taken, &mut rng)?,
+                    v4: match &config.ipv4 {
+                        Some(c4) => Some(pick_free(c4, &taken, &mut rng)?),
+                        None => None,
+                    },
                     v6: match &config.ipv6 {
                         Some(c6) => Some(pick_free6(c6, &taken6, &mut rng)?),
                         None => None,
@@ -183,7 +189,8 @@ async fn lost_to_an_older_record<S: SubnetStore>(
     };
     let older = listing.records.iter().any(|r| {
         r.subnet != *mine
-            && (r.subnet.v4 == mine.v4 || (r.subnet.v6.is_some() && r.subnet.v6 == mine.v6))
+            && ((r.subnet.v4.is_some() && r.subnet.v4 == mine.v4)
+                || (r.subnet.v6.is_some() && r.subnet.v6 == mine.v6))
             && r.create_revision < own.create_revision
     });
     if older {
@@ -478,7 +485,9 @@ mod tests {
         // Another host takes the same IPv6 subnet, with another IPv4 subnet, just before.
         let kv = RaceOnce::new(|s: &SubnetKey| {
             let other = SubnetKey {
-                v4: crate::subnet::Subnet::new(Ipv4Addr::new(10, 244, 250, 0), 24).expect("subnet"),
+                v4: Some(
+                    crate::subnet::Subnet::new(Ipv4Addr::new(10, 244, 250, 0), 24).expect("subnet"),
+                ),
                 v6: s.v6,
             };
             let theirs = LeaseAttrs {
@@ -508,5 +517,50 @@ mod tests {
         assert!(listing.records.iter().any(|r| r.subnet == own.subnet));
         // The lease of the record given up was revoked, not leaked.
         assert_eq!(kv.inner.live_leases(), vec![own.lease]);
+    }
+
+    /// IPv6-only (`"EnableIPv4": false`): records keyed `0.0.0.0-0&<v6>-<len>` with PublicIP
+    /// 0.0.0.0, as flanneld writes them; hosts are told apart by PublicIPv6, so a restart
+    /// finds its own record and two hosts never share one.
+    #[tokio::test]
+    async fn ipv6_only_hosts_are_known_by_their_public_ipv6() {
+        let net = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        )
+        .expect("config");
+        let v6host = |n: u8| LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n.into())),
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr([2, 0, 0, 0, 6, n]),
+            }),
+        };
+        let kv = MemoryStore::default();
+        let a = acquire(&kv, &net, &v6host(1), None, TIMING)
+            .await
+            .expect("acquire");
+        let b = acquire(&kv, &net, &v6host(2), None, TIMING)
+            .await
+            .expect("acquire");
+        assert_eq!((a.subnet.v4, b.subnet.v4), (None, None));
+        assert_ne!(a.subnet.v6, b.subnet.v6);
+        let keys = kv.keys();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(
+            keys.iter()
+                .all(|(k, _)| k.starts_with("0.0.0.0-0&fd00:10:244:")),
+            "{keys:?}"
+        );
+        let listing = kv.list_subnets(&net).await.expect("list");
+        assert!(listing.rejected.is_empty(), "{:?}", listing.rejected);
+        // A restart of host 2 (no subnet file) finds its own record, not host 1's.
+        let again = acquire(&kv, &net, &v6host(2), None, TIMING)
+            .await
+            .expect("again");
+        assert_eq!(again, b);
+        assert_eq!(kv.keys().len(), 2);
     }
 }

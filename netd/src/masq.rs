@@ -1,6 +1,6 @@
-//! IP masquerade and forward rules in nftables, owned by netd: one table per family, `ip netd`
-//! and, in a dual-stack network, `ip6 netd`, replaced atomically (both in one `nft -f -`
-//! script) and deleted when neither rule set is wanted.
+//! IP masquerade and forward rules in nftables, owned by netd: one table per family the network
+//! has, `ip netd` and `ip6 netd`, replaced atomically (both in one `nft -f -` script); a
+//! family's table is deleted when the network lacks that family or no rule set is wanted.
 //!
 //! Same policy as flannel's `--ip-masq`: traffic inside the cluster network is never NATed;
 //! traffic from the cluster network to the outside (except multicast) is masqueraded (with
@@ -38,7 +38,8 @@ impl Rules {
 /// The networks the rules are about: the cluster network and this host's subnet, per family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
-    pub network: Ipv4Network,
+    /// `None` in an IPv6-only network.
+    pub network: Option<Ipv4Network>,
     pub network6: Option<Ipv6Network>,
     pub subnet: SubnetKey,
 }
@@ -90,14 +91,10 @@ fn table(
 
 /// The nft script that (re)creates the tables.
 pub fn ruleset(scope: Scope, rules: Rules) -> String {
-    let mut out = table(
-        "ip",
-        "ip",
-        &scope.network,
-        &scope.subnet.v4,
-        "224.0.0.0/4",
-        rules,
-    );
+    let mut out = String::new();
+    if let (Some(net), Some(sub)) = (scope.network, scope.subnet.v4) {
+        out.push_str(&table("ip", "ip", &net, &sub, "224.0.0.0/4", rules));
+    }
     if let (Some(net6), Some(sub6)) = (scope.network6, scope.subnet.v6) {
         out.push_str(&table("ip6", "ip6", &net6, &sub6, "ff00::/8", rules));
     }
@@ -118,9 +115,16 @@ pub fn install(scope: Scope, rules: Rules) -> Result<()> {
     if !rules.any() {
         return remove();
     }
-    if scope.network6.is_none() {
-        // A dual-stack run before may have left its IPv6 table.
-        nft(&format!("table ip6 {TABLE}\ndelete table ip6 {TABLE}\n"))?;
+    // A run with another config before may have left the table of a family not in use now.
+    for (family, used) in [
+        ("ip", scope.network.is_some()),
+        ("ip6", scope.network6.is_some()),
+    ] {
+        if !used {
+            nft(&format!(
+                "table {family} {TABLE}\ndelete table {family} {TABLE}\n"
+            ))?;
+        }
     }
     nft(&ruleset(scope, rules))
 }
@@ -131,7 +135,7 @@ pub fn ensure(scope: Scope, rules: Rules) -> Result<()> {
         return Ok(());
     }
     let present = |family: &str| hostnet::nft::run(&["list", "table", family, TABLE], None).is_ok();
-    if present("ip") && (scope.network6.is_none() || present("ip6")) {
+    if (scope.network.is_none() || present("ip")) && (scope.network6.is_none() || present("ip6")) {
         return Ok(());
     }
     tracing::warn!("netd's nftables table is missing; re-installing it");
@@ -145,19 +149,21 @@ pub fn remove() -> Result<()> {
     ))
 }
 
-/// Enables IPv4 forwarding in this network namespace, and IPv6 forwarding when `ipv6` (no write
-/// when it is already on, so a read-only /proc/sys with forwarding enabled is fine). Before
+/// Enables IPv4 forwarding in this network namespace when `ipv4`, and IPv6 forwarding when
+/// `ipv6` (no write when it is already on, so a read-only /proc/sys with forwarding enabled is fine). Before
 /// turning IPv6 forwarding on, `accept_ra` 1 on the underlay `iface` becomes 2, so that the host
 /// keeps taking its IPv6 default route from router adverts (the kernel ignores them on a
 /// forwarding host otherwise).
-pub fn enable_forwarding(ipv6: bool, iface: &str) -> Result<()> {
+pub fn enable_forwarding(ipv4: bool, ipv6: bool, iface: &str) -> Result<()> {
     let on = |path: &str| -> Result<()> {
         if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
             return Ok(());
         }
         std::fs::write(path, "1").map_err(|e| Error::file(path, e))
     };
-    on("/proc/sys/net/ipv4/ip_forward")?;
+    if ipv4 {
+        on("/proc/sys/net/ipv4/ip_forward")?;
+    }
     if ipv6 {
         let ra = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
         if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
@@ -178,7 +184,7 @@ mod tests {
             forward: true,
         };
         let scope = super::Scope {
-            network: "10.244.0.0/16".parse().unwrap(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
             network6: None,
             subnet: crate::subnet::SubnetKey::from_key("10.244.3.0-24").unwrap(),
         };
@@ -217,5 +223,15 @@ mod tests {
         );
         assert!(r.contains("ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return"));
         assert!(r.contains("ip6 daddr fd00:10:244::/56 accept"));
+        // IPv6-only: the ip6 table alone.
+        let v6only = super::Scope {
+            network: None,
+            subnet: crate::subnet::SubnetKey::from_key("0.0.0.0-0&fd00:10:244:3::-64").unwrap(),
+            ..dual
+        };
+        let r = super::ruleset(v6only, all);
+        assert!(r.starts_with("table ip6 netd\n"), "{r}");
+        assert!(!r.contains("table ip netd"), "{r}");
+        assert!(r.contains("ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return"));
     }
 }

@@ -20,9 +20,23 @@ pub const DEFAULT_VNI: u32 = 1;
 /// Default VXLAN UDP port (the Linux kernel's and flannel's).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 
-/// The validated cluster network config.
+/// The validated cluster network config: an IPv4 network, an IPv6 network, or both
+/// (flannel's `EnableIPv4`, on by default, and `EnableIPv6`); never neither.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// The IPv4 network (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`); `None` in an
+    /// IPv6-only network (`"EnableIPv4": false`).
+    pub ipv4: Option<Ipv4Config>,
+    /// Which dataplane programs routes to peers.
+    pub backend: BackendConfig,
+    /// The IPv6 network (`EnableIPv6`); `None`: IPv4 only.
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// The IPv4 network of a config: `Network`, `SubnetLen`, `SubnetMin` and `SubnetMax` with
+/// flannel's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Config {
     /// The whole cluster network every host subnet is carved from.
     pub network: Ipv4Network,
     /// Prefix length of each host's subnet.
@@ -31,13 +45,17 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     /// Last subnet (network address) that may be handed out.
     pub subnet_max: Ipv4Addr,
-    /// Which dataplane programs routes to peers.
-    pub backend: BackendConfig,
-    /// The IPv6 half of a dual-stack network (`EnableIPv6`); `None`: IPv4 only.
-    pub ipv6: Option<Ipv6Config>,
 }
 
-/// The IPv6 network of a dual-stack config: `IPv6Network`, `IPv6SubnetLen`,
+impl Ipv4Config {
+    /// How many subnets lie between SubnetMin and SubnetMax, inclusive.
+    pub fn subnet_count(&self) -> u64 {
+        let size = u64::from(subnet_size(self.subnet_len));
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / size + 1
+    }
+}
+
+/// The IPv6 network of a dual-stack or IPv6-only config: `IPv6Network`, `IPv6SubnetLen`,
 /// `IPv6SubnetMin` and `IPv6SubnetMax` with flannel's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ipv6Config {
@@ -254,13 +272,6 @@ impl NetworkConfig {
         let (obj, _) = config_object(text)?;
         let raw: RawConfig = serde_json::from_value(serde_json::Value::Object(obj))
             .map_err(|e| format!("bad JSON: {e}"))?;
-        if raw.enable_ipv4 == Some(false) {
-            return Err(
-                "EnableIPv4=false (IPv6-only) is not supported by netd yet; dual-stack \
-                 (EnableIPv6 beside IPv4) is"
-                    .into(),
-            );
-        }
         // flannel reads the IPv6 fields only with EnableIPv6 (`warnings` names them otherwise).
         let ipv6 = if raw.enable_ipv6 == Some(true) {
             Some(parse_ipv6(
@@ -275,58 +286,25 @@ impl NetworkConfig {
         // EnableNFTables only selects flannel's masquerade implementation; netd always uses
         // nftables ([`warnings`] says so when it is false).
         let _ = raw.enable_nftables;
-        let network_text = raw.network.ok_or("Network is required")?;
-        let network: Ipv4Network = network_text
-            .parse()
-            .map_err(|e| format!("Network {network_text:?}: {e}"))?;
-        if network.ip() != network.network() {
-            return Err(format!(
-                "Network {network} is not aligned (did you mean {}/{}?)",
-                network.network(),
-                network.prefix()
-            ));
-        }
-        if network.prefix() > 28 {
-            return Err(format!(
-                "Network {network} is too small: prefix must be /28 or shorter"
-            ));
-        }
-        let subnet_len = match raw.subnet_len {
-            Some(len) => len,
-            None if network.prefix() <= 22 => 24,
-            None => network.prefix() + 2,
+        // flannel: EnableIPv4 defaults to true; false makes an IPv6-only network, whose IPv4
+        // fields nobody reads (`warnings` names them).
+        let ipv4 = if raw.enable_ipv4 != Some(false) {
+            Some(parse_ipv4(
+                raw.network,
+                raw.subnet_len,
+                raw.subnet_min,
+                raw.subnet_max,
+            )?)
+        } else if ipv6.is_none() {
+            return Err(
+                "EnableIPv4 is false and EnableIPv6 is not true: the config enables no \
+                 address family (an IPv6-only network needs \"EnableIPv6\": true and \
+                 IPv6Network)"
+                    .into(),
+            );
+        } else {
+            None
         };
-        if subnet_len > 30 {
-            return Err(format!("SubnetLen {subnet_len} must be at most 30"));
-        }
-        // flannel: the first subnet is never handed out, so the network must hold four.
-        if subnet_len < network.prefix() + 2 {
-            return Err(format!(
-                "SubnetLen {subnet_len} leaves Network {network} fewer than four subnets \
-                 (it must be /{} or longer)",
-                network.prefix() + 2
-            ));
-        }
-        let size = subnet_size(subnet_len);
-        let first = u32::from(network.network());
-        let last = u32::from(network.broadcast()) - (size - 1);
-        let subnet_min = parse_bound("SubnetMin", raw.subnet_min, first + size)?;
-        let subnet_max = parse_bound("SubnetMax", raw.subnet_max, last)?;
-        for (name, addr) in [("SubnetMin", subnet_min), ("SubnetMax", subnet_max)] {
-            if !network.contains(addr) {
-                return Err(format!("{name} {addr} is outside Network {network}"));
-            }
-            if u32::from(addr) % size != 0 {
-                return Err(format!(
-                    "{name} {addr} is not aligned to SubnetLen {subnet_len}"
-                ));
-            }
-        }
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(format!(
-                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
-            ));
-        }
         let backend = parse_backend(raw.backend)?;
         // IPv6 needs an MTU of 1280 on the IPv6 VXLAN device, 70 below the underlay's.
         if let (Some(_), BackendConfig::Vxlan(VxlanConfig { mtu: Some(mtu), .. })) =
@@ -340,20 +318,93 @@ impl NetworkConfig {
             ));
         }
         Ok(NetworkConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4,
             backend,
             ipv6,
         })
     }
 
-    /// How many subnets lie between SubnetMin and SubnetMax, inclusive.
-    pub fn subnet_count(&self) -> u64 {
-        let size = u64::from(subnet_size(self.subnet_len));
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / size + 1
+    /// The IPv4 cluster network, if the config has one.
+    pub fn network4(&self) -> Option<Ipv4Network> {
+        self.ipv4.as_ref().map(|c| c.network)
     }
+
+    /// The IPv6 cluster network, if the config has one.
+    pub fn network6(&self) -> Option<Ipv6Network> {
+        self.ipv6.as_ref().map(|c| c.network)
+    }
+}
+
+/// The IPv4 half of the config, with flannel's defaults and checks (`CheckNetworkConfig`):
+/// SubnetLen defaults to 24 for a Network of /22 or shorter, else prefix+2; the network must
+/// hold four subnets; the first subnet is never handed out.
+fn parse_ipv4(
+    network: Option<String>,
+    subnet_len: Option<u8>,
+    min: Option<String>,
+    max: Option<String>,
+) -> Result<Ipv4Config, String> {
+    let network_text = network.ok_or(
+        "Network is required (or \"EnableIPv4\": false with EnableIPv6 for an IPv6-only \
+         network)",
+    )?;
+    let network: Ipv4Network = network_text
+        .parse()
+        .map_err(|e| format!("Network {network_text:?}: {e}"))?;
+    if network.ip() != network.network() {
+        return Err(format!(
+            "Network {network} is not aligned (did you mean {}/{}?)",
+            network.network(),
+            network.prefix()
+        ));
+    }
+    if network.prefix() > 28 {
+        return Err(format!(
+            "Network {network} is too small: prefix must be /28 or shorter"
+        ));
+    }
+    let subnet_len = match subnet_len {
+        Some(len) => len,
+        None if network.prefix() <= 22 => 24,
+        None => network.prefix() + 2,
+    };
+    if subnet_len > 30 {
+        return Err(format!("SubnetLen {subnet_len} must be at most 30"));
+    }
+    // flannel: the first subnet is never handed out, so the network must hold four.
+    if subnet_len < network.prefix() + 2 {
+        return Err(format!(
+            "SubnetLen {subnet_len} leaves Network {network} fewer than four subnets \
+             (it must be /{} or longer)",
+            network.prefix() + 2
+        ));
+    }
+    let size = subnet_size(subnet_len);
+    let first = u32::from(network.network());
+    let last = u32::from(network.broadcast()) - (size - 1);
+    let subnet_min = parse_bound("SubnetMin", min, first + size)?;
+    let subnet_max = parse_bound("SubnetMax", max, last)?;
+    for (name, addr) in [("SubnetMin", subnet_min), ("SubnetMax", subnet_max)] {
+        if !network.contains(addr) {
+            return Err(format!("{name} {addr} is outside Network {network}"));
+        }
+        if u32::from(addr) % size != 0 {
+            return Err(format!(
+                "{name} {addr} is not aligned to SubnetLen {subnet_len}"
+            ));
+        }
+    }
+    if u32::from(subnet_min) > u32::from(subnet_max) {
+        return Err(format!(
+            "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
+        ));
+    }
+    Ok(Ipv4Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
 }
 
 /// What an operator should know about a valid config text, one line each: fields flannel
@@ -394,6 +445,19 @@ pub fn warnings(text: &str) -> Vec<String> {
                  (flannel would use iptables); the rules have the same effect"
                     .into(),
             );
+        }
+        if obj.get("EnableIPv4") == Some(&serde_json::Value::Bool(false)) {
+            let set: Vec<&str> = ["Network", "SubnetLen", "SubnetMin", "SubnetMax"]
+                .into_iter()
+                .filter(|f| obj.get(*f).is_some_and(|v| !v.is_null()))
+                .collect();
+            if !set.is_empty() {
+                out.push(format!(
+                    "{} set but EnableIPv4 is false: the network is IPv6-only and they are \
+                     ignored (as in flannel)",
+                    set.join(", ")
+                ));
+            }
         }
     }
     out
@@ -547,13 +611,17 @@ fn parse_backend(value: Option<serde_json::Value>) -> Result<BackendConfig, Stri
 mod tests {
     use super::*;
 
+    fn v4(c: &NetworkConfig) -> &Ipv4Config {
+        c.ipv4.as_ref().expect("an IPv4 network")
+    }
+
     #[test]
     fn defaults_follow_flannel() {
         let c = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(v4(&c).subnet_len, 24);
+        assert_eq!(v4(&c).subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(v4(&c).subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(v4(&c).subnet_count(), 255);
         assert_eq!(
             c.backend,
             BackendConfig::Vxlan(VxlanConfig {
@@ -581,8 +649,8 @@ mod tests {
             r#"{"network":"10.9.0.0/16","subnetlen":25,"BACKEND":{"type":"vxlan","vni":2,"mtu":1400,"gbp":true,"directrouting":true}}"#,
         )
         .unwrap();
-        assert_eq!(c.network.to_string(), "10.9.0.0/16");
-        assert_eq!(c.subnet_len, 25);
+        assert_eq!(v4(&c).network.to_string(), "10.9.0.0/16");
+        assert_eq!(v4(&c).subnet_len, 25);
         assert_eq!(
             c.backend,
             BackendConfig::Vxlan(VxlanConfig {
@@ -665,12 +733,51 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_as_flannel_reads_it() {
+        // flannel's own IPv6-only example (pkg/subnet/config_test.go), keys in any case.
+        let text = r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#;
+        let c = NetworkConfig::parse(text).unwrap();
+        assert_eq!(c.ipv4, None);
+        assert_eq!(c.network4(), None);
+        let v6 = c.ipv6.clone().unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "fc00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            v6.subnet_max,
+            "fc00:0:0:ffff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(c.network6(), Some("fc00::/48".parse().unwrap()));
+        assert!(warnings(text).iter().all(|w| !w.contains("EnableIPv4")));
+        // IPv4 fields beside EnableIPv4=false are read by nobody, and the operator is told.
+        let text = r#"{"EnableIPv4":false,"Network":"10.0.0.0/16","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":124,"Backend":{"Type":"host-gw"}}"#;
+        let c = NetworkConfig::parse(text).unwrap();
+        assert_eq!(c.ipv4, None);
+        assert_eq!(c.ipv6.unwrap().subnet_len, 124);
+        assert_eq!(c.backend, BackendConfig::HostGw);
+        let w = warnings(text);
+        assert!(
+            w.iter()
+                .any(|l| l.contains("Network, SubnetLen set but EnableIPv4 is false")),
+            "{w:?}"
+        );
+        // EnableIPv4 true is the default, written out.
+        let c = NetworkConfig::parse(r#"{"EnableIPv4":true,"Network":"10.0.0.0/16"}"#).unwrap();
+        assert_eq!(c.network4(), Some("10.0.0.0/16".parse().unwrap()));
+        // The IPv6 MTU floor holds for an IPv6-only network too.
+        let e = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"MTU":1300}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("too small for IPv6"), "{e}");
+    }
+
+    #[test]
     fn small_network_gets_prefix_plus_two() {
         let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/26"}"#).unwrap();
-        assert_eq!(c.subnet_len, 28);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 1, 0, 16));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 1, 0, 48));
-        assert_eq!(c.subnet_count(), 3);
+        assert_eq!(v4(&c).subnet_len, 28);
+        assert_eq!(v4(&c).subnet_min, Ipv4Addr::new(10, 1, 0, 16));
+        assert_eq!(v4(&c).subnet_max, Ipv4Addr::new(10, 1, 0, 48));
+        assert_eq!(v4(&c).subnet_count(), 3);
     }
 
     #[test]
@@ -680,8 +787,8 @@ mod tests {
                "Backend":{"Type":"host-gw"}}"#,
         )
         .unwrap();
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_count(), 4);
+        assert_eq!(v4(&c).subnet_len, 26);
+        assert_eq!(v4(&c).subnet_count(), 4);
         assert_eq!(c.backend, BackendConfig::HostGw);
         let c = NetworkConfig::parse(
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"DirectRouting":true}}"#,
@@ -747,8 +854,13 @@ mod tests {
                 "IPv6Network",
             ),
             (
-                r#"{"Network":"10.0.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#,
-                "IPv6-only",
+                r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
+                "no address family",
+            ),
+            (r#"{"EnableIPv4":false,"EnableIPv6":true}"#, "IPv6Network"),
+            (
+                r#"{"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#,
+                "EnableIPv4",
             ),
             (
                 r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::1/48"}"#,

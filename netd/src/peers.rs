@@ -13,13 +13,13 @@
 //! to every peer at once.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dataplane::{
-    Dataplane, Entry, KernelState, RoutingMode, apply_plan, diff, peer_entries, program_peer,
-    remove_peer,
+    Dataplane, Entry, Families, KernelState, RoutingMode, apply_plan, diff, peer_entries,
+    program_peer, remove_peer,
 };
 use crate::metrics::Metrics;
 use crate::subnet::{PeerRecord, SubnetKey};
@@ -40,11 +40,12 @@ pub enum OwnRecord {
 pub struct Peers<D> {
     dp: D,
     mode: RoutingMode,
-    /// This node routes IPv6 (a dual-stack network): peers' IPv6 subnets get entries too.
-    ipv6: bool,
-    /// This host's subnet and public IP: never programmed as a peer.
+    /// The families this node routes: a peer's subnet of each gets entries.
+    families: Families,
+    /// This host's subnet and public IP (its PublicIPv6 in an IPv6-only network): never
+    /// programmed as a peer.
     own_subnet: SubnetKey,
-    own_ip: Ipv4Addr,
+    own_ip: IpAddr,
     records: BTreeMap<SubnetKey, PeerRecord>,
     programmed: Programmed,
     metrics: Arc<Metrics>,
@@ -128,15 +129,15 @@ impl<D: Dataplane> Peers<D> {
     pub fn new(
         dp: D,
         mode: RoutingMode,
-        ipv6: bool,
+        families: Families,
         own_subnet: SubnetKey,
-        own_ip: Ipv4Addr,
+        own_ip: IpAddr,
         metrics: Arc<Metrics>,
     ) -> Self {
         Peers {
             dp,
             mode,
-            ipv6,
+            families,
             own_subnet,
             own_ip,
             records: BTreeMap::new(),
@@ -171,13 +172,13 @@ impl<D: Dataplane> Peers<D> {
         if p.subnet == self.own_subnet {
             return Err("own subnet".into());
         }
-        if p.attrs.public_ip == self.own_ip {
+        if p.attrs.host_ip(self.families.v4) == self.own_ip {
             return Err(format!(
-                "record names this host's own PublicIP {}",
+                "record names this host's own public IP {}",
                 self.own_ip
             ));
         }
-        peer_entries(&self.mode, self.ipv6, p)
+        peer_entries(&self.mode, self.families, p)
     }
 
     /// Desired kernel state for all known peers. Peers claim in [`rank`] order; one whose
@@ -294,10 +295,11 @@ impl<D: Dataplane> Peers<D> {
     }
 
     fn check_own(&self, r: PeerRecord) -> OwnRecord {
-        if r.attrs.public_ip != self.own_ip {
+        let ip = r.attrs.host_ip(self.families.v4);
+        if ip != self.own_ip {
             OwnRecord::Lost(format!(
-                "record for {} now names {} instead of this host",
-                r.subnet, r.attrs.public_ip
+                "record for {} now names {ip} instead of this host",
+                r.subnet
             ))
         } else {
             OwnRecord::Updated(r)
@@ -337,7 +339,7 @@ impl<D: Dataplane> Peers<D> {
                 self.metrics
                     .peer_program_seconds
                     .observe(start.elapsed().as_secs_f64());
-                tracing::info!(%subnet, public_ip = %rec.attrs.public_ip, "peer programmed");
+                tracing::info!(%subnet, public_ip = %rec.attrs.host_ip(self.families.v4), "peer programmed");
                 self.programmed.insert(subnet, new);
             }
             Err(e) => {
@@ -353,6 +355,8 @@ impl<D: Dataplane> Peers<D> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::dataplane::memory::MemoryDataplane;
     use crate::subnet::{LeaseAttrs, MacAddr, Subnet, VxlanData};
@@ -382,12 +386,12 @@ mod tests {
             RoutingMode::Vxlan {
                 vni: 1,
                 direct: false,
-                segment: "192.0.2.0/24".parse().unwrap(),
+                segment: Some("192.0.2.0/24".parse().unwrap()),
                 segment6: None,
             },
-            false,
+            Families::V4,
             SubnetKey::v4(Subnet::new(Ipv4Addr::new(10, 244, 1, 0), 24).unwrap()),
-            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(192, 0, 2, 1).into(),
             Arc::new(Metrics::new()),
         )
     }
@@ -457,7 +461,7 @@ mod tests {
             let s = p.dp.snapshot();
             s.fdb_v4(&MacAddr([2, 0, 0, 0, 0, 2])) == Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)))
                 && s.routes
-                    .contains_key(&ipnetwork::IpNetwork::V4(rec(2, 2, 2).subnet.v4.0))
+                    .contains_key(&ipnetwork::IpNetwork::V4(rec(2, 2, 2).subnet.v4.unwrap().0))
         };
         let mut copy = rec(0, 9, 2);
         copy.create_revision = 50;
@@ -497,7 +501,7 @@ mod tests {
         assert!(
             p.dp.snapshot()
                 .routes
-                .contains_key(&ipnetwork::IpNetwork::V4(copy.subnet.v4.0))
+                .contains_key(&ipnetwork::IpNetwork::V4(copy.subnet.v4.unwrap().0))
         );
 
         // A record copying only peer 2's PublicIP claims nothing of peer 2's.

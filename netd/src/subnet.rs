@@ -1,4 +1,5 @@
-//! Subnet records: the key format (`10.244.3.0-24`, dual-stack `10.244.3.0-24&fd00:0:0:3::-64`),
+//! Subnet records: the key format (`10.244.3.0-24`, dual-stack `10.244.3.0-24&fd00:0:0:3::-64`,
+//! IPv6-only `0.0.0.0-0&fd00:0:0:3::-64`),
 //! the JSON value (flannel's `LeaseAttrs`), checking a record against the network config, and
 //! picking a free subnet of either family.
 //!
@@ -14,7 +15,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::netconf::{Ipv6Config, NetworkConfig, subnet_size, subnet_size6};
+use crate::netconf::{Ipv4Config, Ipv6Config, NetworkConfig, subnet_size, subnet_size6};
 
 /// One host's subnet, e.g. `10.244.3.0/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,36 +108,64 @@ impl fmt::Display for Subnet6 {
     }
 }
 
-/// What a subnet record is keyed by: the IPv4 subnet and, in a dual-stack network, the IPv6
-/// one. Two records differing only in their IPv6 part are two records.
+/// What a subnet record is keyed by: the IPv4 subnet and the IPv6 one, each present when the
+/// network has that family (flannel's `EnableIPv4`, `EnableIPv6`); at least one is. Two
+/// records differing only in one part are two records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SubnetKey {
-    pub v4: Subnet,
+    /// `None` only in an IPv6-only network.
+    pub v4: Option<Subnet>,
     pub v6: Option<Subnet6>,
 }
+
+/// The IPv4 part flannel's `MakeSubnetKey` writes for a lease without an IPv4 subnet (its
+/// empty `IP4Net`): an IPv6-only key is `0.0.0.0-0&fd00:10:244:3::-64`.
+const NO_V4_PART: &str = "0.0.0.0-0";
 
 impl SubnetKey {
     /// An IPv4-only key.
     pub fn v4(v4: Subnet) -> Self {
-        SubnetKey { v4, v6: None }
-    }
-
-    /// The KV key suffix, flannel's `MakeSubnetKey`: `10.244.3.0-24`, or
-    /// `10.244.3.0-24&fd00:10:244:3::-64` (the IPv6 address in its shortest form).
-    pub fn key(&self) -> String {
-        match self.v6 {
-            None => self.v4.key(),
-            Some(v6) => format!("{}&{}-{}", self.v4.key(), v6.addr(), v6.prefix()),
+        SubnetKey {
+            v4: Some(v4),
+            v6: None,
         }
     }
 
-    /// Parses a key suffix as flannel's `ParseSubnetKey` reads it.
+    /// An IPv6-only key.
+    pub fn v6(v6: Subnet6) -> Self {
+        SubnetKey {
+            v4: None,
+            v6: Some(v6),
+        }
+    }
+
+    /// The KV key suffix, flannel's `MakeSubnetKey`: `10.244.3.0-24`,
+    /// `10.244.3.0-24&fd00:10:244:3::-64` (the IPv6 address in its shortest form), or for an
+    /// IPv6-only network `0.0.0.0-0&fd00:10:244:3::-64`.
+    pub fn key(&self) -> String {
+        let v4 = self.v4.map_or(NO_V4_PART.to_string(), |s| s.key());
+        match self.v6 {
+            None => v4,
+            Some(v6) => format!("{v4}&{}-{}", v6.addr(), v6.prefix()),
+        }
+    }
+
+    /// Parses a key suffix as flannel's `ParseSubnetKey` reads it; `0.0.0.0-0` before an
+    /// IPv6 part means no IPv4 subnet (an IPv6-only record).
     pub fn from_key(key: &str) -> Result<Self, String> {
         let (v4, v6) = match key.split_once('&') {
             Some((a, b)) => (a, Some(b)),
             None => (key, None),
         };
-        let v4 = Subnet::from_key_part(key, v4)?;
+        let v4 = match (v4, v6) {
+            (NO_V4_PART, Some(_)) => None,
+            (NO_V4_PART, None) => {
+                return Err(format!(
+                    "key {key:?} names no subnet (0.0.0.0/0 and no IPv6 part)"
+                ));
+            }
+            (part, _) => Some(Subnet::from_key_part(key, part)?),
+        };
         let v6 = match v6 {
             None => None,
             Some(part) => {
@@ -156,9 +185,11 @@ impl SubnetKey {
 
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.v6 {
-            None => write!(f, "{}", self.v4),
-            Some(v6) => write!(f, "{},{v6}", self.v4),
+        match (self.v4, self.v6) {
+            (Some(v4), None) => write!(f, "{v4}"),
+            (Some(v4), Some(v6)) => write!(f, "{v4},{v6}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => write!(f, "0.0.0.0/0"),
         }
     }
 }
@@ -240,6 +271,8 @@ impl<'de> Deserialize<'de> for MacAddr {
 /// The JSON value of a subnet record, flannel's `LeaseAttrs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
+    /// `0.0.0.0` in an IPv6-only network, as flannel writes it (its zero `IP4`): the host is
+    /// then known by `PublicIPv6`.
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
     #[serde(
@@ -263,6 +296,26 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_v6_data: Option<VxlanData>,
+}
+
+impl LeaseAttrs {
+    /// True when both records name the same host: by PublicIP, or in an IPv6-only network
+    /// (`ipv4` false), where every PublicIP is `0.0.0.0`, by PublicIPv6.
+    pub fn same_host(&self, other: &LeaseAttrs, ipv4: bool) -> bool {
+        if ipv4 {
+            self.public_ip == other.public_ip
+        } else {
+            self.public_ipv6.is_some() && self.public_ipv6 == other.public_ipv6
+        }
+    }
+
+    /// The address the host is known by, for messages: PublicIP, or PublicIPv6 without IPv4.
+    pub fn host_ip(&self, ipv4: bool) -> std::net::IpAddr {
+        match (ipv4, self.public_ipv6) {
+            (false, Some(ip6)) => ip6.into(),
+            _ => self.public_ip.into(),
+        }
+    }
 }
 
 /// `BackendData` of a vxlan record.
@@ -313,33 +366,51 @@ pub fn parse_record(
         reason,
     };
     let subnet = SubnetKey::from_key(key_suffix).map_err(bad)?;
-    check_subnet(config, subnet.v4).map_err(bad)?;
-    if let (Some(v6), Some(c6)) = (subnet.v6, &config.ipv6) {
-        check_subnet6(c6, v6).map_err(bad)?;
+    // The halves this node routes are checked; a half of a family it does not route is
+    // ignored (an IPv4-only node reads a dual-stack record as an IPv4 one).
+    match (&config.ipv4, subnet.v4) {
+        (Some(c4), Some(v4)) => check_subnet(c4, v4).map_err(bad)?,
+        (Some(_), None) => {
+            return Err(bad(
+                "IPv6-only record (no IPv4 subnet) in a network with IPv4".into(),
+            ));
+        }
+        (None, _) => {}
+    }
+    match (&config.ipv6, subnet.v6) {
+        (Some(c6), Some(v6)) => check_subnet6(c6, v6).map_err(bad)?,
+        (Some(_), None) if config.ipv4.is_none() => {
+            return Err(bad(
+                "record without an IPv6 subnet in an IPv6-only network".into()
+            ));
+        }
+        _ => {}
     }
     let attrs: LeaseAttrs =
         serde_json::from_slice(value).map_err(|e| bad(format!("bad JSON value: {e}")))?;
-    let ip = attrs.public_ip;
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
-        return Err(bad(format!("PublicIP {ip} is not a unicast host address")));
-    }
-    if config.network.contains(ip) {
-        return Err(bad(format!(
-            "PublicIP {ip} lies inside the cluster network {}",
-            config.network
-        )));
-    }
-    if attrs.backend_type == "vxlan" {
-        match &attrs.backend_data {
-            Some(d) if d.vtep_mac.is_unicast() => {}
-            Some(d) => return Err(bad(format!("VtepMAC {} is not unicast", d.vtep_mac))),
-            None => return Err(bad("vxlan record without BackendData.VtepMAC".into())),
+    if let Some(c4) = &config.ipv4 {
+        let ip = attrs.public_ip;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(bad(format!("PublicIP {ip} is not a unicast host address")));
+        }
+        if c4.network.contains(ip) {
+            return Err(bad(format!(
+                "PublicIP {ip} lies inside the cluster network {}",
+                c4.network
+            )));
+        }
+        if attrs.backend_type == "vxlan" {
+            match &attrs.backend_data {
+                Some(d) if d.vtep_mac.is_unicast() => {}
+                Some(d) => return Err(bad(format!("VtepMAC {} is not unicast", d.vtep_mac))),
+                None => return Err(bad("vxlan record without BackendData.VtepMAC".into())),
+            }
         }
     }
     // The IPv6 half is checked only where this node routes IPv6 (and the record has a v6 subnet).
     if let (Some(_), Some(c6)) = (subnet.v6, &config.ipv6) {
         let Some(ip6) = attrs.public_ipv6 else {
-            return Err(bad("dual-stack record without PublicIPv6".into()));
+            return Err(bad("record with an IPv6 subnet but no PublicIPv6".into()));
         };
         if ip6.is_unspecified() || ip6.is_loopback() || ip6.is_multicast() {
             return Err(bad(format!(
@@ -358,7 +429,7 @@ pub fn parse_record(
                 Some(d) => return Err(bad(format!("v6 VtepMAC {} is not unicast", d.vtep_mac))),
                 None => {
                     return Err(bad(
-                        "dual-stack vxlan record without BackendV6Data.VtepMAC".into()
+                        "vxlan record with an IPv6 subnet but no BackendV6Data.VtepMAC".into(),
                     ));
                 }
             }
@@ -374,7 +445,7 @@ pub fn parse_record(
 }
 
 /// Checks that `subnet` is one whole `SubnetLen` block inside the cluster network.
-pub fn check_subnet(config: &NetworkConfig, subnet: Subnet) -> Result<(), String> {
+pub fn check_subnet(config: &Ipv4Config, subnet: Subnet) -> Result<(), String> {
     if subnet.prefix() != config.subnet_len {
         return Err(format!(
             "subnet {subnet} does not have the configured length /{}",
@@ -408,15 +479,18 @@ pub fn check_subnet6(config: &Ipv6Config, subnet: Subnet6) -> Result<(), String>
 }
 
 /// True when a record's key fits this config as flannel judges it (`isSubnetConfigCompat` and
-/// `isIPv6SubnetConfigCompat`): the IPv4 subnet in range and, exactly when IPv6 is on, an
-/// IPv6 subnet in range.
+/// `isIPv6SubnetConfigCompat`): exactly when IPv4 is on, an IPv4 subnet in range, and exactly
+/// when IPv6 is on, an IPv6 subnet in range.
 pub fn key_fits(config: &NetworkConfig, key: SubnetKey) -> bool {
-    in_allocatable_range(config, key.v4)
-        && match (&config.ipv6, key.v6) {
-            (None, None) => true,
-            (Some(c6), Some(v6)) => in_allocatable_range6(c6, v6),
-            _ => false,
-        }
+    (match (&config.ipv4, key.v4) {
+        (None, None) => true,
+        (Some(c4), Some(v4)) => in_allocatable_range(c4, v4),
+        _ => false,
+    }) && match (&config.ipv6, key.v6) {
+        (None, None) => true,
+        (Some(c6), Some(v6)) => in_allocatable_range6(c6, v6),
+        _ => false,
+    }
 }
 
 /// True when `subnet` may be handed out: valid and between IPv6SubnetMin and IPv6SubnetMax.
@@ -428,7 +502,7 @@ pub fn in_allocatable_range6(config: &Ipv6Config, subnet: Subnet6) -> bool {
 }
 
 /// True when `subnet` may be handed out: valid and between SubnetMin and SubnetMax.
-pub fn in_allocatable_range(config: &NetworkConfig, subnet: Subnet) -> bool {
+pub fn in_allocatable_range(config: &Ipv4Config, subnet: Subnet) -> bool {
     let a = u32::from(subnet.addr());
     check_subnet(config, subnet).is_ok()
         && a >= u32::from(config.subnet_min)
@@ -439,7 +513,7 @@ pub fn in_allocatable_range(config: &NetworkConfig, subnet: Subnet) -> bool {
 ///
 /// `taken` holds the network addresses of every existing record (leases and reservations).
 pub fn pick_free(
-    config: &NetworkConfig,
+    config: &Ipv4Config,
     taken: &BTreeSet<Ipv4Addr>,
     rng: &mut impl Rng,
 ) -> Result<Subnet> {
@@ -454,7 +528,7 @@ pub fn pick_free(
     Subnet::new(Ipv4Addr::from(addr as u32), config.subnet_len).map_err(Error::Kernel)
 }
 
-/// The same for the IPv6 network of a dual-stack config.
+/// The same for the IPv6 network.
 pub fn pick_free6(
     config: &Ipv6Config,
     taken: &BTreeSet<Ipv6Addr>,
@@ -515,7 +589,7 @@ mod tests {
     fn key_round_trip() {
         let s = SubnetKey::from_key("10.244.3.0-24").unwrap();
         assert_eq!(s.key(), "10.244.3.0-24");
-        assert_eq!(s.v4.gateway(), Ipv4Addr::new(10, 244, 3, 1));
+        assert_eq!(s.v4.unwrap().gateway(), Ipv4Addr::new(10, 244, 3, 1));
         assert_eq!(s.to_string(), "10.244.3.0/24");
         assert_eq!(s.v6, None);
         let d = SubnetKey::from_key("10.5.52.0-24&fc00::-64").unwrap();
@@ -578,7 +652,7 @@ mod tests {
 
         let cases: [(&str, &[u8], &str); 8] = [
             ("10.245.3.0-24", good, "outside"),
-            ("0.0.0.0-0", good, "length"),
+            ("0.0.0.0-0", good, "names no subnet"),
             ("10.244.3.0-25", good, "length"),
             ("10.244.3.0-24", b"{not json", "JSON"),
             ("10.244.3.0-24", br#"{"PublicIP":"10.244.9.9","BackendType":"host-gw"}"#, "inside"),
@@ -601,6 +675,7 @@ mod tests {
     #[test]
     fn pick_free_is_uniform_over_free_subnets_and_exhausts() {
         let c = cfg(r#"{"Network":"10.1.0.0/26"}"#); // subnets .16 .32 .48 (/28)
+        let c = c.ipv4.unwrap();
         let mut rng = StdRng::seed_from_u64(7);
         let mut taken = BTreeSet::new();
         taken.insert(Ipv4Addr::new(10, 1, 0, 32));
@@ -706,8 +781,77 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_keys_and_records_as_flannel_writes_them() {
+        // flannel's MakeSubnetKey with an empty IPv4 net, and ParseSubnetKey reading it back.
+        let k = SubnetKey::from_key("0.0.0.0-0&fd00:10:244:3::-64").unwrap();
+        assert_eq!(k.v4, None);
+        assert_eq!(k, SubnetKey::v6(k.v6.unwrap()));
+        assert_eq!(k.key(), "0.0.0.0-0&fd00:10:244:3::-64");
+        assert_eq!(k.to_string(), "fd00:10:244:3::/64");
+        assert!(SubnetKey::from_key("0.0.0.0-0").is_err());
+        assert!(SubnetKey::from_key("0.0.0.0-0&").is_err());
+        let c = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#);
+        // The record flanneld's vxlan backend writes without IPv4: PublicIP is its zero
+        // address, no BackendData.
+        let good = br#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+        let r = parse_record(&c, "0.0.0.0-0&fd00:10:244:3::-64", good, 7, 8, 9).unwrap();
+        assert_eq!(r.attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            r.attrs.host_ip(false),
+            "2001:db8::3".parse::<std::net::IpAddr>().unwrap()
+        );
+        let json = serde_json::to_string(&r.attrs).unwrap();
+        assert!(json.contains(r#""PublicIP":"0.0.0.0""#), "{json}");
+        assert!(!json.contains(r#""BackendData""#), "{json}");
+        assert!(key_fits(&c, r.subnet));
+        let cases: [(&str, &[u8], &str); 4] = [
+            ("10.244.3.0-24", good, "IPv6-only network"),
+            ("0.0.0.0-0&fd00:10:245:3::-64", good, "outside"),
+            (
+                "0.0.0.0-0&fd00:10:244:3::-64",
+                br#"{"PublicIP":"0.0.0.0","BackendType":"host-gw"}"#,
+                "PublicIPv6",
+            ),
+            (
+                "0.0.0.0-0&fd00:10:244:3::-64",
+                br#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::3","BackendType":"vxlan"}"#,
+                "BackendV6Data",
+            ),
+        ];
+        for (key, value, want) in cases {
+            let e = parse_record(&c, key, value, 1, 1, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{key}: {e} should mention {want}");
+        }
+        // A dual-stack record read by an IPv6-only node: its IPv6 half is used, but its key
+        // does not fit (it would not be reused as this node's own).
+        let dual = SubnetKey::from_key("10.244.3.0-24&fd00:10:244:3::-64").unwrap();
+        assert!(!key_fits(&c, dual));
+        // An IPv6-only record is refused where the network has IPv4.
+        let c46 = cfg(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+        );
+        let e = parse_record(&c46, "0.0.0.0-0&fd00:10:244:3::-64", good, 1, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no IPv4 subnet"), "{e}");
+        assert!(!key_fits(&c46, k));
+        // Host identity: by PublicIPv6 when every PublicIP is 0.0.0.0.
+        let mut other = r.attrs.clone();
+        assert!(other.same_host(&r.attrs, false));
+        other.public_ipv6 = Some("2001:db8::4".parse().unwrap());
+        assert!(!other.same_host(&r.attrs, false));
+        assert!(
+            other.same_host(&r.attrs, true),
+            "both PublicIPs are 0.0.0.0"
+        );
+    }
+
+    #[test]
     fn pick_free_large_network() {
         let c = cfg(r#"{"Network":"10.0.0.0/8","SubnetLen":30}"#);
+        let c = c.ipv4.unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let taken: BTreeSet<_> = (1..1000u32)
             .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 4))

@@ -114,7 +114,8 @@ pub fn result_ip6(result: &str) -> Result<Option<Ipv6Addr>> {
 /// through the contract netd and netd-cni share ([`hostnet::subnet_env`]).
 pub fn parse_subnet(text: &str) -> Option<(Ipv4Addr, u8)> {
     let env = hostnet::subnet_env::SubnetEnv::parse(text).ok()?;
-    Some((env.subnet.network(), env.subnet.prefix()))
+    let v4 = env.ipv4?;
+    Some((v4.subnet.network(), v4.subnet.prefix()))
 }
 
 /// The node's IPv6 subnet of a dual-stack subnet file (`FLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64`

@@ -39,6 +39,10 @@ pub const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-
 pub const VXLAN_DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
 /// A dual-stack host-gw network config.
 pub const HOST_GW_DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+/// An IPv6-only network (flannel's `"EnableIPv4": false`) over VXLAN.
+pub const VXLAN_V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+/// The same with host-gw.
+pub const HOST_GW_V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
 
 /// Fails (never skips) when something a world needs is missing.
 pub fn require_prerequisites() -> Result<()> {
@@ -62,8 +66,9 @@ pub struct Container {
     /// Its network namespace (also its container id).
     pub ns: String,
     pub host: usize,
+    /// Its IPv4 address; `0.0.0.0` in an IPv6-only network.
     pub ip: Ipv4Addr,
-    /// Its IPv6 address, in a dual-stack network.
+    /// Its IPv6 address, in a dual-stack or IPv6-only network.
     pub ip6: Option<Ipv6Addr>,
     pub attachment: Attachment,
 }
@@ -78,6 +83,9 @@ pub struct World {
     counter: u32,
     /// Hosts 1..=kv_members run an embedded KV member.
     kv_members: usize,
+    /// The stored network config has IPv4 (false: IPv6-only, `"EnableIPv4": false`); hosts
+    /// are then ready and routed by their IPv6 subnets.
+    ipv4: bool,
 }
 
 impl World {
@@ -106,6 +114,7 @@ impl World {
             containers: Vec::new(),
             counter: 0,
             kv_members: members,
+            ipv4: true,
         };
         w.lab.add_underlay()?;
         for i in 1..=hosts {
@@ -124,7 +133,11 @@ impl World {
         }
         let all: Vec<usize> = (1..=hosts).collect();
         for i in 1..=hosts {
-            w.wait_routes(i, &all)?;
+            if w.ipv4 {
+                w.wait_routes(i, &all)?;
+            } else {
+                w.wait_routes6(i, &all)?;
+            }
         }
         Ok(w)
     }
@@ -261,6 +274,8 @@ impl World {
 
     /// Stores the network config once the embedded KV store answers (within 30 s).
     fn set_config(&mut self, json: &str) -> Result<()> {
+        self.ipv4 = serde_json::from_str::<serde_json::Value>(json)
+            .map_or(true, |v| v["EnableIPv4"] != serde_json::Value::Bool(false));
         let t0 = Instant::now();
         loop {
             match self.netd_cmd(&["config", "set", json]) {
@@ -296,14 +311,18 @@ impl World {
         cni::parse_subnet(&text)
     }
 
-    /// Waits (30 s) until netd on host `i` answers /readyz 200; returns its subnet.
-    pub fn wait_ready(&mut self, i: usize) -> Result<(Ipv4Addr, u8)> {
+    /// Waits (30 s) until netd on host `i` answers /readyz 200 and its subnet file names its
+    /// subnet (the IPv6 one in an IPv6-only network).
+    pub fn wait_ready(&mut self, i: usize) -> Result<()> {
         let t0 = Instant::now();
         loop {
-            if self.healthz(i, "/readyz").is_some_and(|(c, _)| c == 200)
-                && let Some(s) = self.subnet(i)
-            {
-                return Ok(s);
+            let has_subnet = if self.ipv4 {
+                self.subnet(i).is_some()
+            } else {
+                self.subnet6(i).is_some()
+            };
+            if has_subnet && self.healthz(i, "/readyz").is_some_and(|(c, _)| c == 200) {
+                return Ok(());
             }
             ensure!(
                 self.netd_running(i),
@@ -383,7 +402,12 @@ impl World {
         };
         // Recorded even when ADD failed: DEL is idempotent and undoes a half-done ADD.
         self.containers.push(c.clone());
-        let ip = cni::result_ip(&added?)?;
+        let added = added?;
+        let ip = match cni::result_ip(&added) {
+            Ok(ip) => ip,
+            Err(_) if !self.ipv4 => Ipv4Addr::UNSPECIFIED,
+            Err(e) => return Err(e),
+        };
         let ip6 = global_ipv6(&c.ns, "eth0")?;
         let last = self.containers.len() - 1;
         self.containers[last].ip = ip;
@@ -470,14 +494,23 @@ impl World {
 
     /// Deletes host `i`'s subnet record from the KV, as an operator removes a host for good.
     pub fn delete_record(&self, i: usize) -> Result<()> {
-        let (net, len) = self.subnet(i).context("host has no subnet")?;
-        let v4 = format!("{net}-{len}");
-        // A dual-stack record's key goes on with `&<v6>-<len>`.
+        // A dual-stack record's key goes on with `&<v6>-<len>`; an IPv6-only one is
+        // `0.0.0.0-0&<v6>-<len>`.
+        let (v4, v6) = match self.subnet(i) {
+            Some((net, len)) => (format!("{net}-{len}"), None),
+            None => {
+                let (net6, len6) = self.subnet6(i).context("host has no subnet")?;
+                ("0.0.0.0-0".to_string(), Some(format!("&{net6}-{len6}")))
+            }
+        };
         let suffix = self
             .records()?
             .into_keys()
-            .find(|k| *k == v4 || k.starts_with(&format!("{v4}&")))
-            .with_context(|| format!("no record for {v4}"))?;
+            .find(|k| match &v6 {
+                None => *k == v4 || k.starts_with(&format!("{v4}&")),
+                Some(v6) => *k == format!("{v4}{v6}"),
+            })
+            .with_context(|| format!("no record for {v4}{}", v6.as_deref().unwrap_or("")))?;
         let key = format!("{KV_PREFIX}/subnets/{suffix}");
         let out = self.etcdctl(&["del", &key])?;
         ensure!(

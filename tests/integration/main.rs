@@ -4,6 +4,7 @@
 mod demo;
 mod deploy_manifests;
 mod e2e_dual_stack;
+mod e2e_ipv6_only;
 mod e2e_kv_cluster;
 mod e2e_membership;
 mod e2e_paths;

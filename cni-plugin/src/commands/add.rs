@@ -1,7 +1,7 @@
-//! ADD: bridge, veth pair, addresses (IPv4, and IPv6 on a dual-stack node), routes,
-//! masquerade; everything rolled back on failure.
+//! ADD: bridge, veth pair, addresses (one per family the node's subnet file names: IPv4,
+//! IPv6, or both), routes, masquerade; everything rolled back on failure.
 
-use ipnetwork::{IpNetwork, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
 use super::{addresses, container_routes, gateways, masq_enabled, masq_families};
@@ -78,33 +78,38 @@ impl Attach<'_> {
         let ipam_result = self.ipam.add(inv, env)?;
         self.progress.allocated = true;
         let addrs = addresses(&ipam_result);
-        let first = addrs
-            .iter()
-            .copied()
-            .find(IpNetwork::is_ipv4)
-            .ok_or_else(|| CniError::Delegate {
+        let first = addrs.iter().copied().find(IpNetwork::is_ipv4);
+        let first6 = addrs.iter().copied().find(IpNetwork::is_ipv6);
+        // The address of each family the node has a subnet of must be there.
+        let missing = match (
+            env.ipv4.is_some() && first.is_none(),
+            env.ipv6.is_some() && first6.is_none(),
+        ) {
+            (true, _) => Some("IPv4"),
+            (false, true) if env.ipv4.is_none() => Some("IPv6"),
+            _ => None,
+        };
+        if let Some(family) = missing {
+            return Err(CniError::Delegate {
                 plugin: conf.ipam_plugin.clone().unwrap_or_default(),
                 code: crate::error::code::DELEGATE,
-                msg: "IPAM returned no IPv4 address".into(),
-            })?;
-        let first6 = addrs.iter().copied().find(IpNetwork::is_ipv6);
+                msg: format!("IPAM returned no {family} address"),
+            });
+        }
         let gws = gateways(&ipam_result, env);
 
         let h = &self.host_h;
+        let gateway = env
+            .ipv4
+            .map(|v4| Ipv4Network::new(v4.gateway, v4.subnet.prefix()))
+            .transpose()
+            .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
         let gateway6 = env
             .ipv6
             .map(|v6| Ipv6Network::new(v6.gateway, v6.subnet.prefix()))
             .transpose()
             .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
-        let bridge = host::ensure_bridge(
-            h,
-            &conf.bridge,
-            env.gateway,
-            env.subnet.prefix(),
-            gateway6,
-            mtu,
-        )
-        .await?;
+        let bridge = host::ensure_bridge(h, &conf.bridge, gateway, gateway6, mtu).await?;
         host::enable_ip_forward(env.ipv6.is_some() || first6.is_some())?;
         let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
         // Creating the pair is one atomic RTM_NEWLINK: on failure nothing of ours exists (and
@@ -126,7 +131,10 @@ impl Attach<'_> {
         if masq_enabled(conf, Some(env)) {
             self.progress.masq_added = true;
             let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-            let mut entries = vec![(first.ip(), IpNetwork::V4(env.network))];
+            let mut entries = Vec::new();
+            if let (Some(a), Some(v4)) = (first, &env.ipv4) {
+                entries.push((a.ip(), IpNetwork::V4(v4.network)));
+            }
             if let (Some(a), Some(v6)) = (first6, &env.ipv6) {
                 entries.push((a.ip(), IpNetwork::V6(v6.network)));
             }

@@ -59,8 +59,14 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     if masq_enabled(conf, Some(&env)) {
         let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
         let present = masq::list(masq_families(Some(&env)))?;
-        // ADD masquerades the IPv4 address, and the IPv6 one on a dual-stack node.
-        let masqueraded = addrs.iter().filter(|a| a.is_ipv4() || env.ipv6.is_some());
+        // ADD masquerades the address of each family the node's subnet file names.
+        let masqueraded = addrs.iter().filter(|a| {
+            if a.is_ipv4() {
+                env.ipv4.is_some()
+            } else {
+                env.ipv6.is_some()
+            }
+        });
         for a in masqueraded {
             let ip = a.ip().to_string();
             if !present.iter().any(|(p, c)| *p == ip && *c == comment) {

@@ -24,7 +24,8 @@ pub fn masq_enabled(conf: &NetConf, env: Option<&SubnetEnv>) -> bool {
         .unwrap_or_else(|| env.is_none_or(|e| !e.ipmasq))
 }
 
-/// The masquerade tables to clean: the IPv6 one too unless the node is known to be IPv4 only.
+/// The masquerade tables to clean: the IPv6 one too unless the node is known to be IPv4 only
+/// (an IPv6-only node's `ip` table is empty, or absent, which is the same to the cleaner).
 pub fn masq_families(env: Option<&SubnetEnv>) -> Families {
     match env {
         Some(e) if e.ipv6.is_none() => Families::Ipv4,
@@ -49,7 +50,7 @@ pub fn gateways(result: &CniResult, env: &SubnetEnv) -> Vec<IpAddr> {
             .filter_map(|ip| ip.gateway)
             .find(|g| g.is_ipv6() == v6);
         let from_env = match v6 {
-            false => Some(IpAddr::V4(env.gateway)),
+            false => env.ipv4.map(|e| IpAddr::V4(e.gateway)),
             true => env.ipv6.map(|e| IpAddr::V6(e.gateway)),
         };
         if has { from_ipam.or(from_env) } else { None }
@@ -78,7 +79,7 @@ pub fn container_routes(
                 (true, IpAddr::V6(_)) => {
                     IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).ok()?)
                 }
-                (false, IpAddr::V4(_)) => IpNetwork::V4(env.network),
+                (false, IpAddr::V4(_)) => IpNetwork::V4(env.ipv4?.network),
                 (false, IpAddr::V6(_)) => IpNetwork::V6(env.ipv6?.network),
             };
             Some(RouteSpec { dst, gw })

@@ -55,7 +55,10 @@ pub fn delegate_config(conf: &NetConf, subnet: Option<&SubnetEnv>) -> Value {
             .collect();
         ipam.insert("ranges".into(), Value::Array(ranges));
         if !ipam.contains_key("routes") {
-            let mut routes = vec![json!({"dst": env.network.to_string()})];
+            let mut routes = Vec::new();
+            if let Some(v4) = &env.ipv4 {
+                routes.push(json!({"dst": v4.network.to_string()}));
+            }
             if let Some(v6) = &env.ipv6 {
                 routes.push(json!({"dst": v6.network.to_string()}));
             }
@@ -171,6 +174,20 @@ mod tests {
             both["ipam"]["routes"],
             json!([{"dst": "10.244.0.0/16"}, {"dst": "fd00:10:244::/56"}])
         );
+        // IPv6-only (a subnet file with the IPv6 pair alone, which flannel's cni-plugin
+        // accepts too): one range set and one route, both IPv6.
+        let only6 = SubnetEnv::ipv6_only(
+            "fd00:10:244::/56".parse().expect("literal"),
+            "fd00:10:244:3::/64".parse().expect("literal"),
+            1450,
+            false,
+        );
+        let v6 = delegate_config(&c, Some(&only6));
+        assert_eq!(
+            v6["ipam"]["ranges"],
+            json!([[{"subnet": "fd00:10:244:3::/64", "gateway": "fd00:10:244:3::1"}]])
+        );
+        assert_eq!(v6["ipam"]["routes"], json!([{"dst": "fd00:10:244::/56"}]));
         // Everything else of the config goes through untouched.
         assert_eq!(both["name"], "n");
         assert_eq!(both["ipam"]["dataDir"], "/x");

@@ -25,30 +25,30 @@ pub enum Ipam<'a> {
     Delegate { conf: &'a NetConf, plugin: String },
 }
 
-/// The node's ranges, in host-local's order: IPv4 (range 0), then IPv6 (range 1) on a
-/// dual-stack node.
+/// The node's ranges, in host-local's order (flannel's `ranges` for it): IPv4 (range 0),
+/// then IPv6 (range 1 on a dual-stack node, range 0 on an IPv6-only one).
 pub fn ranges(env: &SubnetEnv) -> Vec<Range> {
-    let mut out = vec![Range {
-        subnet: IpNetwork::V4(env.subnet),
-        gateway: IpAddr::V4(env.gateway),
-        index: 0,
-    }];
-    if let Some(v6) = &env.ipv6 {
-        out.push(Range {
-            subnet: IpNetwork::V6(v6.subnet),
-            gateway: IpAddr::V6(v6.gateway),
-            index: 1,
-        });
-    }
-    out
+    let v4 = env
+        .ipv4
+        .map(|v4| (IpNetwork::V4(v4.subnet), IpAddr::V4(v4.gateway)));
+    let v6 = env
+        .ipv6
+        .map(|v6| (IpNetwork::V6(v6.subnet), IpAddr::V6(v6.gateway)));
+    [v4, v6]
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, (subnet, gateway))| Range {
+            subnet,
+            gateway,
+            index,
+        })
+        .collect()
 }
 
 /// The address families a node's containers get.
 pub fn families(env: &SubnetEnv) -> Vec<Family> {
-    match env.ipv6 {
-        Some(_) => vec![Family::V4, Family::V6],
-        None => vec![Family::V4],
-    }
+    ranges(env).iter().map(|r| Family::of(&r.gateway)).collect()
 }
 
 /// `CNI_ARGS` `IP=`: the addresses asked for, at most one per family, comma-separated as
@@ -271,5 +271,20 @@ mod tests {
             "fd00:10:244:3::1".parse::<IpAddr>().expect("literal")
         );
         assert_eq!(families(&dual), vec![Family::V4, Family::V6]);
+        // IPv6-only: the IPv6 range alone, range 0 as host-local numbers `ranges: [[v6]]`.
+        let only6 = SubnetEnv::ipv6_only(
+            "fd00:10:244::/56".parse().expect("literal"),
+            "fd00:10:244:3::/64".parse().expect("literal"),
+            1450,
+            false,
+        );
+        let r = ranges(&only6);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].index, 0);
+        assert_eq!(
+            r[0].subnet,
+            "fd00:10:244:3::/64".parse::<IpNetwork>().expect("literal")
+        );
+        assert_eq!(families(&only6), vec![Family::V6]);
     }
 }

@@ -2,10 +2,10 @@
 //! dual-stack node), forwarding, and the veth pair whose peer is created directly inside the
 //! container netns.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
-use ipnetwork::Ipv6Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -19,11 +19,11 @@ use crate::error::{CniError, Result};
 pub async fn ensure_bridge(
     h: &Handle,
     name: &str,
-    gateway: Ipv4Addr,
-    prefix: u8,
+    gateway: Option<Ipv4Network>,
     gateway6: Option<Ipv6Network>,
     mtu: u32,
 ) -> Result<Link> {
+    let mac = bridge_mac(gateway.map(|g| g.ip()), gateway6.map(|g| g.ip()));
     let bridge = match links::get_by_name(h, name).await? {
         Some(b) => b,
         None => {
@@ -32,7 +32,7 @@ pub async fn ensure_bridge(
                 .add(
                     LinkBridge::new(name)
                         .mtu(mtu)
-                        .address(bridge_mac(gateway).to_vec())
+                        .address(mac.to_vec())
                         .up()
                         .build(),
                 )
@@ -56,18 +56,28 @@ pub async fn ensure_bridge(
     }
     // Add unconditionally (EEXIST is success): listing addresses would dump every address of
     // the host netns, one per veth, and make ADD cost grow with the container count.
-    links::add_address(h, bridge.index, IpAddr::V4(gateway), prefix).await?;
+    if let Some(gw) = gateway {
+        links::add_address(h, bridge.index, IpAddr::V4(gw.ip()), gw.prefix()).await?;
+    }
     if let Some(gw6) = gateway6 {
         links::add_address(h, bridge.index, IpAddr::V6(gw6.ip()), gw6.prefix()).await?;
     }
     Ok(bridge)
 }
 
-/// A fixed, locally administered MAC for the bridge (`0a:58:` + gateway address). Without an
-/// explicit address the kernel would switch the bridge to its lowest port's MAC, changing it
-/// under the containers' ARP caches whenever ports come and go.
-fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = gateway.octets();
+/// A fixed, locally administered MAC for the bridge (`0a:58:` + the IPv4 gateway address, or
+/// the last four bytes of the IPv6 one on an IPv6-only node). Without an explicit address the
+/// kernel would switch the bridge to its lowest port's MAC, changing it under the containers'
+/// neighbour caches whenever ports come and go.
+fn bridge_mac(gateway: Option<Ipv4Addr>, gateway6: Option<Ipv6Addr>) -> [u8; 6] {
+    let [a, b, c, d] = match (gateway, gateway6) {
+        (Some(g), _) => g.octets(),
+        (None, Some(g6)) => {
+            let o = g6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+        (None, None) => [0; 4],
+    };
     [0x0a, 0x58, a, b, c, d]
 }
 

@@ -296,3 +296,80 @@ fn dual_stack_through_host_local() {
         .unwrap_or_default();
     assert!(left.is_empty(), "host-local kept {left:?}");
 }
+
+/// An IPv6-only node (the subnet file has the IPv6 pair alone, as netd and flanneld write it
+/// for `"EnableIPv4": false`): the container gets an IPv6 address and default route and no
+/// IPv4; the store uses range 0; masquerade is the `ip6` table's alone; CHECK and DEL work.
+#[test]
+fn ipv6_only_add_check_del() {
+    let mut w = World::new("v6only");
+    std::fs::write(
+        w.subnet_file(),
+        "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+         FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("write subnet file");
+    let conf = w.conf("1.0.0", json!({}));
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let res1 = w.run("ADD", "v6-one", &c1, &conf).ok().clone();
+    let res2 = w.run("ADD", "v6-two", &c2, &conf).ok().clone();
+    assert_eq!(res1["ips"].as_array().map(Vec::len), Some(1), "{res1}");
+    assert_eq!(res1["ips"][0]["gateway"], "fd00:10:244:3::1", "{res1}");
+    assert_eq!(
+        res1["routes"],
+        json!([{"dst": "::/0", "gw": "fd00:10:244:3::1"}])
+    );
+    let (ip6_1, ip6_2) = (result_ip6(&res1), result_ip6(&res2));
+    assert!(ip6_1.starts_with("fd00:10:244:3::") && ip6_1 != ip6_2);
+    let a4 = common::must(&[
+        "ip",
+        "netns",
+        "exec",
+        ns(&c1),
+        "ip",
+        "-4",
+        "addr",
+        "show",
+        "dev",
+        "eth0",
+    ]);
+    assert!(a4.trim().is_empty(), "no IPv4 address: {a4}");
+    assert!(!addr6(ns(&c1), "eth0").contains("tentative"));
+    let r6 = common::must(&["ip", "netns", "exec", ns(&c1), "ip", "-6", "route"]);
+    assert!(r6.contains("default via fd00:10:244:3::1 dev eth0"), "{r6}");
+    // The bridge holds the IPv6 gateway only, with a MAC from its last four bytes.
+    let br4 = common::must(&[
+        "ip", "netns", "exec", &w.host, "ip", "-4", "addr", "show", "dev", "cni0",
+    ]);
+    assert!(br4.trim().is_empty(), "{br4}");
+    let link = common::must(&["ip", "netns", "exec", &w.host, "ip", "link", "show", "cni0"]);
+    assert!(link.contains("0a:58:00:00:00:01"), "{link}");
+    assert!(w.ping(Some(&c1), &ip6_2), "c1 cannot reach c2 over IPv6");
+    let server: std::net::Ipv6Addr = ip6_2.parse().expect("IPv6 address");
+    testbed::traffic::echo(ns(&c1), ns(&c2), server, 64 * 1024).expect("TCP over IPv6");
+    // host-local's layout with ranges [[v6]]: the IPv6 range is range 0.
+    let dir = w.data_dir().join("testnet");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("last_reserved_ip.0")).ok(),
+        Some(ip6_2.clone())
+    );
+    assert!(w.masq_elements().is_empty(), "{:?}", w.masq_elements());
+    let mut m6 = w.masq_elements_of("ip6");
+    m6.sort();
+    let mut want6 = vec![ip6_1.clone(), ip6_2.clone()];
+    want6.sort();
+    assert_eq!(m6, want6);
+    let mut check = conf.clone();
+    check["prevResult"] = res1.clone();
+    w.run("CHECK", "v6-one", &c1, &check).ok();
+    w.run("CHECK", "v6-one", &c1, &conf).ok();
+    w.run("DEL", "v6-one", &c1, &conf).ok();
+    w.run("DEL", "v6-one", &c1, &conf).ok();
+    assert_eq!(w.allocations(), vec![ip6_2.clone()]);
+    assert_eq!(w.masq_elements_of("ip6"), vec![ip6_2]);
+    w.run("DEL", "v6-two", &c2, &conf).ok();
+    assert!(w.allocations().is_empty(), "{:?}", w.allocations());
+    w.assert_detached(&c1, "eth0");
+    w.assert_detached(&c2, "eth0");
+}

@@ -21,10 +21,10 @@ use crate::subnet::MacAddr;
 pub struct Underlay {
     pub name: String,
     pub index: u32,
-    /// The interface address used as the local VXLAN address (and, by default, the public IP).
-    pub addr: Ipv4Addr,
-    /// The connected network of that address: peers inside it are on the same L2 segment.
-    pub segment: Ipv4Network,
+    /// The interface's IPv4 address with its connected network (peers inside it are on the
+    /// same L2 segment): the local address of `flannel.<VNI>` and, by default, the public IP.
+    /// `None` on an interface without IPv4, which only an IPv6-only network can use.
+    pub v4: Option<Ipv4Network>,
     /// The interface's first global IPv6 address and its connected network, if it has one.
     pub v6: Option<Ipv6Network>,
     pub mtu: u32,
@@ -118,20 +118,38 @@ pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>> 
         .map_err(|e| Error::netlink("list addresses", e))
 }
 
-/// Finds the underlay: `iface` may be an interface name or one of its IPv4 addresses; without it,
-/// the interface of the IPv4 default route is used.
+/// Finds the underlay: `iface` may be an interface name or one of its IPv4 or IPv6 addresses;
+/// without it, the interface of the IPv4 default route is used.
 pub async fn find_underlay(h: &Handle, iface: Option<&str>) -> Result<Underlay> {
-    let link = match iface {
-        Some(spec) => match spec.parse::<Ipv4Addr>() {
-            Ok(ip) => link_with_address(h, ip).await?,
-            Err(_) => link_by_name(h, spec)
-                .await?
-                .ok_or_else(|| Error::Interface(format!("interface {spec} not found")))?,
-        },
-        None => {
-            let index = default_route_oif(h).await?.ok_or_else(|| {
+    find_underlay_for(h, iface, true).await
+}
+
+/// [`find_underlay`] for a network that needs IPv4 (`need_v4`) or not (IPv6-only): an
+/// interface without an IPv4 address is refused when it is needed, and without `iface` an
+/// IPv6-only network takes the interface of the IPv6 default route (of the IPv4 one when
+/// there is none).
+async fn find_underlay_for(h: &Handle, iface: Option<&str>, need_v4: bool) -> Result<Underlay> {
+    let wanted = iface.and_then(|s| s.parse::<IpAddr>().ok());
+    let link = match (iface, wanted) {
+        (Some(_), Some(ip)) => link_with_address(h, ip).await?,
+        (Some(spec), None) => link_by_name(h, spec)
+            .await?
+            .ok_or_else(|| Error::Interface(format!("interface {spec} not found")))?,
+        (None, _) => {
+            let v4 = default_route_oif(h).await?;
+            let index = if need_v4 {
+                v4
+            } else {
+                default_route6_oif(h).await?.or(v4)
+            };
+            let index = index.ok_or_else(|| {
                 Error::Interface(
-                    "no IPv4 default route to pick an interface from; pass --iface".into(),
+                    if need_v4 {
+                        "no IPv4 default route to pick an interface from; pass --iface"
+                    } else {
+                        "no IPv6 (or IPv4) default route to pick an interface from; pass --iface"
+                    }
+                    .into(),
                 )
             })?;
             link_by_index(h, index).await?
@@ -139,24 +157,29 @@ pub async fn find_underlay(h: &Handle, iface: Option<&str>) -> Result<Underlay> 
     };
     let index = link.header.index;
     let name = link_name(&link);
-    let addrs = ipv4_addresses(h, index).await?;
-    let wanted = iface.and_then(|s| s.parse::<Ipv4Addr>().ok());
-    let net = addrs
-        .iter()
-        .find(|n| wanted.is_none_or(|w| n.ip() == w))
-        .ok_or_else(|| Error::Interface(format!("interface {name} has no IPv4 address")))?;
-    let segment = Ipv4Network::new(net.network(), net.prefix())
-        .map_err(|e| Error::Interface(format!("{name}: {e}")))?;
+    let v4 = ipv4_addresses(h, index)
+        .await?
+        .into_iter()
+        .find(|n| wanted.is_none_or(|w| !w.is_ipv4() || IpAddr::V4(n.ip()) == w));
     let v6 = hostnet::netlink::ipv6_addresses(h, index)
         .await
         .map_err(|e| Error::netlink("list IPv6 addresses", e))?
-        .first()
-        .copied();
+        .into_iter()
+        .find(|n| wanted.is_none_or(|w| !w.is_ipv6() || IpAddr::V6(n.ip()) == w));
+    if need_v4 && v4.is_none() {
+        return Err(Error::Interface(format!(
+            "interface {name} has no IPv4 address"
+        )));
+    }
+    if v4.is_none() && v6.is_none() {
+        return Err(Error::Interface(format!(
+            "interface {name} has no IPv4 or global IPv6 address"
+        )));
+    }
     Ok(Underlay {
         name,
         index,
-        addr: net.ip(),
-        segment,
+        v4,
         v6,
         mtu: link_mtu(&link),
     })
@@ -172,14 +195,15 @@ pub struct IfaceChoice {
     pub can_reach: Option<Ipv4Addr>,
 }
 
-/// Finds the underlay per `choice`; the error names every candidate tried.
-pub async fn choose_underlay(h: &Handle, choice: &IfaceChoice) -> Result<Underlay> {
+/// Finds the underlay per `choice`; the error names every candidate tried. `need_v4`: the
+/// network has IPv4, so the underlay needs an IPv4 address (an IPv6-only network's does not).
+pub async fn choose_underlay(h: &Handle, choice: &IfaceChoice, need_v4: bool) -> Result<Underlay> {
     if choice.ifaces.is_empty() && choice.regexes.is_empty() && choice.can_reach.is_none() {
-        return find_underlay(h, None).await;
+        return find_underlay_for(h, None, need_v4).await;
     }
     let mut tried = Vec::new();
     for spec in &choice.ifaces {
-        match find_underlay(h, Some(spec)).await {
+        match find_underlay_for(h, Some(spec), need_v4).await {
             Ok(u) => return Ok(u),
             Err(e) => tried.push(e.to_string()),
         }
@@ -190,26 +214,37 @@ pub async fn choose_underlay(h: &Handle, choice: &IfaceChoice) -> Result<Underla
             for l in &links {
                 let name = link_name(l);
                 if re.is_match(&name) {
-                    match find_underlay(h, Some(&name)).await {
+                    match find_underlay_for(h, Some(&name), need_v4).await {
                         Ok(u) => return Ok(u),
                         Err(e) => tried.push(e.to_string()),
                     }
                     continue;
                 }
-                for net in ipv4_addresses(h, l.header.index).await? {
-                    if re.is_match(&net.ip().to_string()) {
-                        return find_underlay(h, Some(&net.ip().to_string())).await;
+                let v6 = hostnet::netlink::ipv6_addresses(h, l.header.index)
+                    .await
+                    .map_err(|e| Error::netlink("list IPv6 addresses", e))?;
+                let addrs = ipv4_addresses(h, l.header.index)
+                    .await?
+                    .into_iter()
+                    .map(|n| n.ip().to_string())
+                    .chain(v6.into_iter().map(|n| n.ip().to_string()));
+                for addr in addrs {
+                    if re.is_match(&addr) {
+                        match find_underlay_for(h, Some(&addr), need_v4).await {
+                            Ok(u) => return Ok(u),
+                            Err(e) => tried.push(e.to_string()),
+                        }
                     }
                 }
             }
-            tried.push(format!("no interface name or IPv4 address matches {re}"));
+            tried.push(format!("no interface name or IP address matches {re}"));
         }
     }
     if let Some(target) = choice.can_reach {
         match route_oif_to(h, target).await? {
             Some(index) => {
                 let name = link_name(&link_by_index(h, index).await?);
-                return find_underlay(h, Some(&name)).await;
+                return find_underlay_for(h, Some(&name), need_v4).await;
             }
             None => tried.push(format!("no route reaches {target}")),
         }
@@ -244,13 +279,20 @@ async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>> {
         .map_err(|e| Error::netlink("list links", e))
 }
 
-async fn link_with_address(h: &Handle, ip: Ipv4Addr) -> Result<LinkMessage> {
+async fn link_with_address(h: &Handle, ip: IpAddr) -> Result<LinkMessage> {
     for l in all_links(h).await? {
-        if ipv4_addresses(h, l.header.index)
-            .await?
-            .iter()
-            .any(|n| n.ip() == ip)
-        {
+        let found = match ip {
+            IpAddr::V4(ip) => ipv4_addresses(h, l.header.index)
+                .await?
+                .iter()
+                .any(|n| n.ip() == ip),
+            IpAddr::V6(ip) => hostnet::netlink::ipv6_addresses(h, l.header.index)
+                .await
+                .map_err(|e| Error::netlink("list IPv6 addresses", e))?
+                .iter()
+                .any(|n| n.ip() == ip),
+        };
+        if found {
             return Ok(l);
         }
     }
@@ -261,6 +303,13 @@ async fn default_route_oif(h: &Handle) -> Result<Option<u32>> {
     let routes = hostnet::netlink::main_routes_v4(h)
         .await
         .map_err(|e| Error::netlink("list routes", e))?;
+    Ok(routes.iter().find(|r| r.prefix == 0).and_then(|r| r.oif))
+}
+
+async fn default_route6_oif(h: &Handle) -> Result<Option<u32>> {
+    let routes = hostnet::netlink::main_routes_v6(h)
+        .await
+        .map_err(|e| Error::netlink("list IPv6 routes", e))?;
     Ok(routes.iter().find(|r| r.prefix == 0).and_then(|r| r.oif))
 }
 

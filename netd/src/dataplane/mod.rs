@@ -65,26 +65,63 @@ pub enum RoutingMode {
     Vxlan {
         vni: u32,
         direct: bool,
-        segment: Ipv4Network,
+        segment: Option<Ipv4Network>,
         segment6: Option<Ipv6Network>,
     },
     /// host-gw: every peer gets a direct route.
     HostGw,
 }
 
+/// The address families this node routes: the network config's (IPv4, IPv6, or both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    /// An IPv4-only network.
+    pub const V4: Families = Families {
+        v4: true,
+        v6: false,
+    };
+    /// A dual-stack network.
+    pub const DUAL: Families = Families { v4: true, v6: true };
+    /// An IPv6-only network (`"EnableIPv4": false`).
+    pub const V6: Families = Families {
+        v4: false,
+        v6: true,
+    };
+
+    /// The families of a network config.
+    pub fn of(net: &crate::netconf::NetworkConfig) -> Families {
+        Families {
+            v4: net.ipv4.is_some(),
+            v6: net.ipv6.is_some(),
+        }
+    }
+}
+
 /// The entries a peer needs, in programming order; `Err(reason)` when the record does not suit
-/// this backend, e.g. a host-gw record seen by a vxlan node. `ipv6` says whether this node
-/// routes IPv6: then a peer's IPv6 subnet gets its own entries beside the IPv4 ones.
+/// this backend, e.g. a host-gw record seen by a vxlan node. `families` says which of a peer's
+/// subnets this node routes: each family's subnet gets its own entries.
 pub fn peer_entries(
     mode: &RoutingMode,
-    ipv6: bool,
+    families: Families,
     peer: &PeerRecord,
 ) -> Result<Vec<Entry>, String> {
-    // The IPv6 half: the record's v6 subnet and public address, when both ends route IPv6.
-    let v6 = match (ipv6, peer.subnet.v6, peer.attrs.public_ipv6) {
+    // Each half: the record's subnet and public address, when both ends route that family.
+    let v4 = match (families.v4, peer.subnet.v4) {
+        (true, Some(s)) => Some((s, peer.attrs.public_ip)),
+        _ => None,
+    };
+    let v6 = match (families.v6, peer.subnet.v6, peer.attrs.public_ipv6) {
         (true, Some(s), Some(ip)) => Some((s, ip)),
         _ => None,
     };
+    if v4.is_none() && v6.is_none() {
+        return Err("the record has no subnet of a family this node routes".into());
+    }
     let direct = |dst: IpNetwork, gateway: IpAddr| Entry::Route {
         dst,
         hop: NextHop {
@@ -92,8 +129,6 @@ pub fn peer_entries(
             via: Via::Underlay,
         },
     };
-    let v4_dst = IpNetwork::V4(peer.subnet.v4.0);
-    let v4_ip = IpAddr::V4(peer.attrs.public_ip);
     match mode {
         RoutingMode::HostGw => {
             if peer.attrs.backend_type != "host-gw" {
@@ -102,7 +137,10 @@ pub fn peer_entries(
                     peer.attrs.backend_type
                 ));
             }
-            let mut out = vec![direct(v4_dst, v4_ip)];
+            let mut out = Vec::with_capacity(2);
+            if let Some((s, ip)) = v4 {
+                out.push(direct(IpNetwork::V4(s.0), IpAddr::V4(ip)));
+            }
             if let Some((s, ip)) = v6 {
                 out.push(direct(IpNetwork::V6(s.0), IpAddr::V6(ip)));
             }
@@ -114,10 +152,12 @@ pub fn peer_entries(
             segment,
             segment6,
         } => {
-            let data = match (&*peer.attrs.backend_type, &peer.attrs.backend_data) {
-                ("vxlan", Some(d)) => d,
-                (t, _) => return Err(format!("backend type {t:?} differs from this node's vxlan")),
-            };
+            if peer.attrs.backend_type != "vxlan" {
+                return Err(format!(
+                    "backend type {:?} differs from this node's vxlan",
+                    peer.attrs.backend_type
+                ));
+            }
             let check_vni = |d: &VxlanData| {
                 if d.vni != 0 && d.vni != *vni {
                     Err(format!("VNI {} differs from this node's VNI {vni}", d.vni))
@@ -125,7 +165,6 @@ pub fn peer_entries(
                     Ok(())
                 }
             };
-            check_vni(data)?;
             let encap = |vtep: IpAddr, dst: IpNetwork, public: IpAddr, mac: MacAddr| {
                 [
                     Entry::Neigh { ip: vtep, mac },
@@ -140,19 +179,25 @@ pub fn peer_entries(
                 ]
             };
             let mut out = Vec::with_capacity(6);
-            if *direct_routing && segment.contains(peer.attrs.public_ip) {
-                out.push(direct(v4_dst, v4_ip));
-            } else {
-                out.extend(encap(
-                    IpAddr::V4(peer.subnet.v4.addr()),
-                    v4_dst,
-                    v4_ip,
-                    data.vtep_mac,
-                ));
+            if let Some((s, ip)) = v4 {
+                let Some(data) = &peer.attrs.backend_data else {
+                    return Err("vxlan record without BackendData".into());
+                };
+                check_vni(data)?;
+                if *direct_routing && segment.is_some_and(|seg| seg.contains(ip)) {
+                    out.push(direct(IpNetwork::V4(s.0), IpAddr::V4(ip)));
+                } else {
+                    out.extend(encap(
+                        IpAddr::V4(s.addr()),
+                        IpNetwork::V4(s.0),
+                        IpAddr::V4(ip),
+                        data.vtep_mac,
+                    ));
+                }
             }
             if let Some((s, ip)) = v6 {
                 let Some(d6) = &peer.attrs.backend_v6_data else {
-                    return Err("dual-stack record without BackendV6Data".into());
+                    return Err("vxlan record with an IPv6 subnet but no BackendV6Data".into());
                 };
                 check_vni(d6)?;
                 if *direct_routing && segment6.is_some_and(|seg| seg.contains(ip)) {

@@ -30,8 +30,9 @@ pub struct NetlinkDataplane {
     /// Index of `flannel-v6.<VNI>`; `None` for host-gw or without IPv6.
     overlay6: Option<u32>,
     underlay: u32,
-    network: Ipv4Network,
-    /// The IPv6 cluster network of a dual-stack config.
+    /// The IPv4 cluster network; `None` in an IPv6-only network.
+    network: Option<Ipv4Network>,
+    /// The IPv6 cluster network of a dual-stack or IPv6-only config.
     network6: Option<Ipv6Network>,
 }
 
@@ -42,7 +43,20 @@ impl NetlinkDataplane {
             overlay,
             overlay6: None,
             underlay,
-            network,
+            network: Some(network),
+            network6: None,
+        }
+    }
+
+    /// A dataplane of an IPv6-only network: it owns no IPv4 object; [`Self::with_ipv6`]
+    /// names the IPv6 network and device.
+    pub fn ipv6_only(handle: Handle, underlay: u32) -> Self {
+        NetlinkDataplane {
+            handle,
+            overlay: None,
+            overlay6: None,
+            underlay,
+            network: None,
             network6: None,
         }
     }
@@ -80,12 +94,14 @@ impl NetlinkDataplane {
     async fn observe_routes(&self, state: &mut KernelState) -> Result<()> {
         // Every main-table route of the families netd routes: (destination, gateway, device).
         let mut routes: Vec<(IpNetwork, Option<IpAddr>, Option<u32>)> = Vec::new();
-        for r in hostnet::netlink::main_routes_v4(&self.handle)
-            .await
-            .map_err(|e| Error::netlink("list routes", e))?
-        {
-            if let Ok(dst) = Ipv4Network::new(r.dst, r.prefix) {
-                routes.push((dst.into(), r.gw.map(IpAddr::V4), r.oif));
+        if self.network.is_some() {
+            for r in hostnet::netlink::main_routes_v4(&self.handle)
+                .await
+                .map_err(|e| Error::netlink("list routes", e))?
+            {
+                if let Ok(dst) = Ipv4Network::new(r.dst, r.prefix) {
+                    routes.push((dst.into(), r.gw.map(IpAddr::V4), r.oif));
+                }
             }
         }
         if self.network6.is_some() {
@@ -100,7 +116,7 @@ impl NetlinkDataplane {
         }
         for (dst, gw, oif) in routes {
             let network: Option<IpNetwork> = match dst {
-                IpNetwork::V4(_) => Some(self.network.into()),
+                IpNetwork::V4(_) => self.network.map(Into::into),
                 IpNetwork::V6(_) => self.network6.map(Into::into),
             };
             let Some(network) = network else { continue };

@@ -37,7 +37,7 @@ fn vxlan(direct: bool) -> RoutingMode {
     RoutingMode::Vxlan {
         vni: 1,
         direct,
-        segment: "192.0.2.0/24".parse().unwrap(),
+        segment: Some("192.0.2.0/24".parse().unwrap()),
         segment6: Some("2001:db8::/64".parse().unwrap()),
     }
 }
@@ -45,7 +45,7 @@ fn vxlan(direct: bool) -> RoutingMode {
 fn desired(mode: &RoutingMode, peers: &[PeerRecord]) -> KernelState {
     let mut s = KernelState::default();
     for p in peers {
-        for e in peer_entries(mode, false, p).unwrap() {
+        for e in peer_entries(mode, Families::V4, p).unwrap() {
             assert!(s.insert(e));
         }
     }
@@ -55,7 +55,7 @@ fn desired(mode: &RoutingMode, peers: &[PeerRecord]) -> KernelState {
 #[test]
 fn vxlan_peer_gets_neigh_fdb_route_in_order() {
     let p = peer(3, Ipv4Addr::new(198, 51, 100, 3), mac(3));
-    let e = peer_entries(&vxlan(false), false, &p).unwrap();
+    let e = peer_entries(&vxlan(false), Families::V4, &p).unwrap();
     assert!(matches!(e[0], Entry::Neigh { ip, .. } if ip == v4(Ipv4Addr::new(10, 244, 3, 0))));
     assert!(matches!(e[1], Entry::Fdb { dst, .. } if dst == v4(Ipv4Addr::new(198, 51, 100, 3))));
     assert!(matches!(
@@ -69,13 +69,16 @@ fn vxlan_peer_gets_neigh_fdb_route_in_order() {
         }
     ));
     // DirectRouting only applies to peers on the same segment.
-    assert_eq!(peer_entries(&vxlan(true), false, &p).unwrap().len(), 3);
+    assert_eq!(
+        peer_entries(&vxlan(true), Families::V4, &p).unwrap().len(),
+        3
+    );
     let near = peer(4, Ipv4Addr::new(192, 0, 2, 4), mac(4));
-    let d = peer_entries(&vxlan(true), false, &near).unwrap();
+    let d = peer_entries(&vxlan(true), Families::V4, &near).unwrap();
     assert_eq!(
         d,
         vec![Entry::Route {
-            dst: IpNetwork::V4(near.subnet.v4.0),
+            dst: IpNetwork::V4(near.subnet.v4.unwrap().0),
             hop: NextHop {
                 gateway: v4(Ipv4Addr::new(192, 0, 2, 4)),
                 via: Via::Underlay
@@ -88,15 +91,15 @@ fn vxlan_peer_gets_neigh_fdb_route_in_order() {
 fn mismatched_backend_or_vni_is_refused() {
     let mut p = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
     p.attrs.backend_type = "host-gw".into();
-    assert!(peer_entries(&vxlan(false), false, &p).is_err());
+    assert!(peer_entries(&vxlan(false), Families::V4, &p).is_err());
     let mut q = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
-    assert!(peer_entries(&RoutingMode::HostGw, false, &q).is_err());
+    assert!(peer_entries(&RoutingMode::HostGw, Families::V4, &q).is_err());
     q.attrs.backend_data = Some(VxlanData {
         vni: 9,
         vtep_mac: mac(3),
     });
     assert!(
-        peer_entries(&vxlan(false), false, &q)
+        peer_entries(&vxlan(false), Families::V4, &q)
             .unwrap_err()
             .contains("VNI")
     );
@@ -131,7 +134,7 @@ async fn program_remove_and_reconcile_in_memory() {
     let dp = MemoryDataplane::default();
     let mode = vxlan(false);
     let p = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
-    let first = peer_entries(&mode, false, &p).unwrap();
+    let first = peer_entries(&mode, Families::V4, &p).unwrap();
     program_peer(&dp, &[], &first).await.unwrap();
     assert_eq!(dp.snapshot().len(), 3);
 
@@ -141,7 +144,7 @@ async fn program_remove_and_reconcile_in_memory() {
         vni: 1,
         vtep_mac: mac(30),
     });
-    let second = peer_entries(&mode, false, &p2).unwrap();
+    let second = peer_entries(&mode, Families::V4, &p2).unwrap();
     program_peer(&dp, &first, &second).await.unwrap();
     let s = dp.snapshot();
     assert_eq!(s.len(), 3);
@@ -157,9 +160,13 @@ async fn program_remove_and_reconcile_in_memory() {
 
     // Reconcile removes stale entries left behind and adds missing ones.
     let stale = peer(7, Ipv4Addr::new(192, 0, 2, 7), mac(7));
-    program_peer(&dp, &[], &peer_entries(&mode, false, &stale).unwrap())
-        .await
-        .unwrap();
+    program_peer(
+        &dp,
+        &[],
+        &peer_entries(&mode, Families::V4, &stale).unwrap(),
+    )
+    .await
+    .unwrap();
     let want = desired(&mode, std::slice::from_ref(&p));
     let plan = diff(&want, &dp.observe().await.unwrap());
     assert_eq!(apply_plan(&dp, &plan).await, 0);
@@ -170,7 +177,7 @@ async fn program_remove_and_reconcile_in_memory() {
 async fn failed_step_rolls_back_earlier_steps() {
     let dp = MemoryDataplane::default();
     let p = peer(3, Ipv4Addr::new(192, 0, 2, 3), mac(3));
-    let entries = peer_entries(&vxlan(false), false, &p).unwrap();
+    let entries = peer_entries(&vxlan(false), Families::V4, &p).unwrap();
     *dp.fail_on.lock().unwrap() = Some(entries[2]); // the route fails
     assert!(program_peer(&dp, &[], &entries).await.is_err());
     assert!(dp.snapshot().is_empty(), "neighbour and FDB rolled back");
@@ -206,8 +213,11 @@ fn dual_stack_peer_gets_entries_for_both_families() {
         vtep_mac: mac(0x63),
     });
     // A node without IPv6 programs the IPv4 half only.
-    assert_eq!(peer_entries(&vxlan(false), false, &p).unwrap().len(), 3);
-    let e = peer_entries(&vxlan(false), true, &p).unwrap();
+    assert_eq!(
+        peer_entries(&vxlan(false), Families::V4, &p).unwrap().len(),
+        3
+    );
+    let e = peer_entries(&vxlan(false), Families::DUAL, &p).unwrap();
     assert_eq!(e.len(), 6, "{e:?}");
     let kinds: Vec<u8> = e
         .iter()
@@ -234,14 +244,14 @@ fn dual_stack_peer_gets_entries_for_both_families() {
     let mut same = p.clone();
     same.attrs.backend_v6_data = same.attrs.backend_data.clone();
     let mut st = KernelState::default();
-    for x in peer_entries(&vxlan(false), true, &same).unwrap() {
+    for x in peer_entries(&vxlan(false), Families::DUAL, &same).unwrap() {
         assert!(st.insert(x), "{x:?}");
     }
     assert_eq!(st.fdb.len(), 2);
     // DirectRouting: the IPv6 peer on the same IPv6 segment gets a direct route, the IPv4
     // half (another segment) stays encapsulated.
     p.attrs.public_ipv6 = Some("2001:db8::3".parse().unwrap());
-    let d = peer_entries(&vxlan(true), true, &p).unwrap();
+    let d = peer_entries(&vxlan(true), Families::DUAL, &p).unwrap();
     assert_eq!(d.len(), 4, "{d:?}");
     assert!(d.contains(&Entry::Route {
         dst: IpNetwork::V6(s6.0),
@@ -252,10 +262,84 @@ fn dual_stack_peer_gets_entries_for_both_families() {
     }));
     // host-gw: one direct route per family.
     p.attrs.backend_type = "host-gw".into();
-    let h = peer_entries(&RoutingMode::HostGw, true, &p).unwrap();
+    let h = peer_entries(&RoutingMode::HostGw, Families::DUAL, &p).unwrap();
     assert_eq!(h.len(), 2);
     // A dual-stack record without its v6 VtepMAC is refused.
     p.attrs.backend_type = "vxlan".into();
     p.attrs.backend_v6_data = None;
-    assert!(peer_entries(&vxlan(false), true, &p).is_err());
+    assert!(peer_entries(&vxlan(false), Families::DUAL, &p).is_err());
+}
+
+#[test]
+fn ipv6_only_peer_gets_ipv6_entries_only() {
+    // A record as flanneld writes it without IPv4: PublicIP 0.0.0.0, no BackendData.
+    let s6 = Subnet6::new("fd00:10:244:5::".parse().unwrap(), 64).unwrap();
+    let p = PeerRecord {
+        subnet: SubnetKey::v6(s6),
+        attrs: LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some("2001:db8::5".parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: Some(VxlanData {
+                vni: 1,
+                vtep_mac: mac(0x65),
+            }),
+        },
+        lease: 5,
+        create_revision: 1,
+        mod_revision: 1,
+    };
+    let vtep6 = IpAddr::V6("fd00:10:244:5::".parse::<Ipv6Addr>().unwrap());
+    let mode = RoutingMode::Vxlan {
+        vni: 1,
+        direct: false,
+        segment: None,
+        segment6: Some("2001:db8::/64".parse().unwrap()),
+    };
+    let e = peer_entries(&mode, Families::V6, &p).unwrap();
+    assert_eq!(
+        e,
+        vec![
+            Entry::Neigh {
+                ip: vtep6,
+                mac: mac(0x65)
+            },
+            Entry::Fdb {
+                mac: mac(0x65),
+                dst: IpAddr::V6("2001:db8::5".parse().unwrap())
+            },
+            Entry::Route {
+                dst: IpNetwork::V6(s6.0),
+                hop: NextHop {
+                    gateway: vtep6,
+                    via: Via::Overlay
+                }
+            },
+        ]
+    );
+    // DirectRouting on the same IPv6 segment: one direct route.
+    let direct = RoutingMode::Vxlan {
+        vni: 1,
+        direct: true,
+        segment: None,
+        segment6: Some("2001:db8::/64".parse().unwrap()),
+    };
+    assert_eq!(peer_entries(&direct, Families::V6, &p).unwrap().len(), 1);
+    // host-gw: a route via the peer's PublicIPv6.
+    let mut h = p.clone();
+    h.attrs.backend_type = "host-gw".into();
+    h.attrs.backend_v6_data = None;
+    assert_eq!(
+        peer_entries(&RoutingMode::HostGw, Families::V6, &h).unwrap(),
+        vec![Entry::Route {
+            dst: IpNetwork::V6(s6.0),
+            hop: NextHop {
+                gateway: IpAddr::V6("2001:db8::5".parse().unwrap()),
+                via: Via::Underlay
+            }
+        }]
+    );
+    // An IPv4-only node has nothing to program for it.
+    assert!(peer_entries(&vxlan(false), Families::V4, &p).is_err());
 }

@@ -19,6 +19,21 @@ fn vxlan_device_and_entries_in_a_namespace() {
     let ns = w.host(1);
     // A route inside the network that netd does not own (no gateway, other device).
     run(&["ip", "-n", &ns, "link", "add", "cni0", "type", "bridge"]);
+    run(&[
+        "ip", "-n", &ns, "link", "add", "v6only0", "type", "veth", "peer", "name", "v6only1",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "2001:db8:77::1/64",
+        "dev",
+        "v6only0",
+        "nodad",
+    ]);
+    run(&["ip", "-n", &ns, "link", "set", "v6only0", "up"]);
     run(&["ip", "-n", &ns, "link", "set", "cni0", "up"]);
     run(&[
         "ip",
@@ -46,8 +61,12 @@ fn vxlan_device_and_entries_in_a_namespace() {
             let under = device::find_underlay(&h, Some("eth0"))
                 .await
                 .expect("underlay");
-            assert_eq!(under.addr, Ipv4Addr::new(192, 0, 2, 1));
-            assert_eq!(under.segment.to_string(), "192.0.2.0/24");
+            let v4 = under.v4.expect("an IPv4 address");
+            assert_eq!(v4.ip(), Ipv4Addr::new(192, 0, 2, 1));
+            assert_eq!(
+                (v4.network().to_string(), v4.prefix()),
+                ("192.0.2.0".into(), 24)
+            );
             let by_ip = device::find_underlay(&h, Some("192.0.2.1"))
                 .await
                 .expect("by address");
@@ -67,7 +86,7 @@ fn vxlan_device_and_entries_in_a_namespace() {
             };
             let pick = |c: device::IfaceChoice| {
                 let h = h.clone();
-                async move { device::choose_underlay(&h, &c).await }
+                async move { device::choose_underlay(&h, &c, true).await }
             };
             let u = pick(choose(&["nope0", "eth0"], &[], None))
                 .await
@@ -80,7 +99,7 @@ fn vxlan_device_and_entries_in_a_namespace() {
             let u = pick(choose(&[], &[r"^192\.0\.2\."], None))
                 .await
                 .expect("regex on addresses");
-            assert_eq!(u.addr, Ipv4Addr::new(192, 0, 2, 1));
+            assert_eq!(u.v4.map(|n| n.ip()), Some(Ipv4Addr::new(192, 0, 2, 1)));
             let gw = Ipv4Addr::new(192, 0, 2, 254);
             let u = pick(choose(&[], &[], Some(gw))).await.expect("can reach");
             assert_eq!(u.name, "eth0");
@@ -94,12 +113,39 @@ fn vxlan_device_and_entries_in_a_namespace() {
                 "{e}"
             );
 
+            // An interface with IPv6 alone: refused where IPv4 is needed, the underlay of an
+            // IPv6-only network (by name and by address).
+            let only6 = device::IfaceChoice {
+                ifaces: vec!["v6only0".into()],
+                ..Default::default()
+            };
+            let e = device::choose_underlay(&h, &only6, true)
+                .await
+                .expect_err("no IPv4");
+            assert!(e.to_string().contains("no IPv4 address"), "{e}");
+            let u = device::choose_underlay(&h, &only6, false)
+                .await
+                .expect("IPv6-only underlay");
+            assert_eq!(u.v4, None);
+            assert_eq!(
+                u.v6.map(|n| n.ip()),
+                Some("2001:db8:77::1".parse::<Ipv6Addr>().expect("literal"))
+            );
+            let by6 = device::IfaceChoice {
+                ifaces: vec!["2001:db8:77::1".into()],
+                ..Default::default()
+            };
+            let u6 = device::choose_underlay(&h, &by6, false)
+                .await
+                .expect("by IPv6 address");
+            assert_eq!(u6.index, u.index);
+
             let spec = VxlanSpec {
                 vni: 1,
                 port: 8472,
                 learning: false,
                 gbp: false,
-                local: IpAddr::V4(under.addr),
+                local: IpAddr::V4(v4.ip()),
                 underlay_index: under.index,
                 mtu: under.mtu - 50,
             };
