@@ -6,6 +6,8 @@
 //! kvbench --compare                                   # kvstore vs etcd 3.4, side by side
 //! kvbench --cluster 3                                 # the same with 3-member clusters
 //! kvbench --endpoint https://127.0.0.1:2379 --tls-dir pki   # over TLS (netd certs layout)
+//! kvbench --compare --auth                            # both with authentication on
+//! kvbench --endpoint http://127.0.0.1:2379 --auth --user bench:secret
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
 //! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
@@ -18,6 +20,11 @@
 //! watchers are spread the same way and the writer talks to the first member. Memory is
 //! measured last, on a fresh server (cluster) of each kind loaded with `--memory-keys`
 //! puts: the largest resident set among its members.
+//! `--auth` sets up, on every server kvbench starts, what an operator would with etcdctl:
+//! user `root` with role `root`, a role `bench` that may read and write the benchmark's key
+//! prefixes and nothing else, a user `bench` with that role; then enables authentication,
+//! logs in as `bench` once per server and sends that token with every request of every
+//! client. Against `--endpoint`, it logs in as `--user` instead (auth set up by its owner).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,12 +32,19 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
+use kvstore::client::req::prefix_end;
+use kvstore::proto::authpb::{Permission, permission};
 use kvstore::proto::etcdserverpb::{
-    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient,
-    watch_client::WatchClient, watch_request::RequestUnion,
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest, auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient,
+    watch_request::RequestUnion,
 };
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
@@ -71,13 +85,26 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Keys put into fresh servers before measuring their resident memory (compare and
-    /// cluster modes; 0 skips it).
+    /// cluster modes, not with --auth; 0 skips it).
     #[arg(long, default_value_t = 100_000)]
     memory_keys: usize,
     /// TLS towards an https:// --endpoint: DIR/ca.pem, plus DIR/client.pem and
     /// DIR/client-key.pem when present (as `netd certs --client client` writes them).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Authentication on: on the servers kvbench starts it adds users root and `bench`
+    /// (readwrite on the benchmark's key prefixes only), enables auth and sends `bench`'s
+    /// token with every request; with --endpoint, give --user. Skips the memory phase.
+    #[arg(long)]
+    auth: bool,
+    /// With --auth and --endpoint: the user to log in as.
+    #[arg(
+        long,
+        value_name = "NAME:PASSWORD",
+        requires = "auth",
+        conflicts_with_all = ["compare", "cluster"]
+    )]
+    user: Option<String>,
 }
 
 /// Client TLS from --tls-dir, applied to every channel.
@@ -103,34 +130,62 @@ fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
     }
 }
 
-async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+/// Sends the auth token, if any, with every request (etcd's gRPC metadata `token`).
+#[derive(Clone, Default)]
+struct Token(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// One connection to one member; every request on it carries the token.
+type Conn = InterceptedService<Channel, Token>;
+
+async fn connect(endpoint: &str, token: &Token) -> anyhow::Result<Conn> {
     let mut ep = Channel::from_shared(endpoint.to_string())?;
     if let Some(tls) = TLS.get() {
         ep = ep.tls_config(tls.clone())?;
     }
-    Ok(ep.connect().await?)
+    Ok(InterceptedService::new(ep.connect().await?, token.clone()))
 }
+
+/// Every key the put and range workloads use starts with this: `key` makes 8 digits below
+/// 100,000. The watch fan-out's keys start with `WATCH_PREFIX`. With --auth, the `bench`
+/// user may read and write under these two prefixes and nowhere else.
+const KEY_PREFIX: &str = "000";
+const WATCH_PREFIX: &str = "fanout";
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("{:08}", i % 100_000))
 }
 
+/// Names the likely cause when a server refuses the token: kvbench logs in once per server
+/// and does not renew the token (etcd's simple tokens live 300 s unused).
+fn explain(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) if s.code() == tonic::Code::Unauthenticated => {
+            e.context("the server refused kvbench's auth token (it is not renewed)")
+        }
+        _ => e,
+    }
+}
+
 /// `requests` operations spread over `clients` connections; `op(client, i)` does one.
-async fn load<F, Fut>(
-    endpoints: &[String],
-    clients: usize,
-    requests: usize,
-    op: F,
-) -> anyhow::Result<Stats>
+async fn load<F, Fut>(t: &Target, clients: usize, requests: usize, op: F) -> anyhow::Result<Stats>
 where
-    F: Fn(KvClient<Channel>, usize) -> Fut + Send + Sync + 'static,
+    F: Fn(KvClient<Conn>, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let op = Arc::new(op);
     let mut conns = Vec::new();
     for c in 0..clients {
         conns.push(KvClient::new(
-            channel(&endpoints[c % endpoints.len()]).await?,
+            connect(&t.endpoints[c % t.endpoints.len()], &t.token).await?,
         ));
     }
     let per = requests / clients;
@@ -142,7 +197,7 @@ where
             let mut lat = Vec::with_capacity(per);
             for i in 0..per {
                 let t = Instant::now();
-                op(client.clone(), c * per + i).await?;
+                op(client.clone(), c * per + i).await.map_err(explain)?;
                 lat.push(t.elapsed());
             }
             anyhow::Ok(lat)
@@ -155,9 +210,9 @@ where
     Ok(stats(all, start.elapsed()))
 }
 
-async fn put_load(endpoints: &[String], clients: usize, requests: usize) -> anyhow::Result<Stats> {
+async fn put_load(t: &Target, clients: usize, requests: usize) -> anyhow::Result<Stats> {
     let value = Bytes::from(vec![b'v'; 256]);
-    load(endpoints, clients, requests, move |mut c, i| {
+    load(t, clients, requests, move |mut c, i| {
         let value = value.clone();
         async move {
             c.put(PutRequest {
@@ -173,12 +228,12 @@ async fn put_load(endpoints: &[String], clients: usize, requests: usize) -> anyh
 }
 
 async fn range_load(
-    endpoints: &[String],
+    t: &Target,
     clients: usize,
     requests: usize,
     serializable: bool,
 ) -> anyhow::Result<Stats> {
-    load(endpoints, clients, requests, move |mut c, i| async move {
+    load(t, clients, requests, move |mut c, i| async move {
         c.range(RangeRequest {
             key: key(i % 1000),
             serializable,
@@ -193,29 +248,26 @@ async fn range_load(
 /// `watchers` watch one prefix; one writer puts `events` keys, 2 ms apart; latency is from
 /// just before each put to each watcher's receipt of the event. Watcher i watches at
 /// member i mod N; the writer writes at the first member.
-async fn watch_fanout(
-    endpoints: &[String],
-    watchers: usize,
-    events: usize,
-) -> anyhow::Result<Stats> {
-    let prefix = format!("fanout{}/", std::process::id());
+async fn watch_fanout(t: &Target, watchers: usize, events: usize) -> anyhow::Result<Stats> {
+    let prefix = format!("{WATCH_PREFIX}{}/", std::process::id());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let mut ready = Vec::new();
     for w in 0..watchers {
-        let mut w = WatchClient::new(channel(&endpoints[w % endpoints.len()]).await?);
+        let mut w = WatchClient::new(connect(&t.endpoints[w % t.endpoints.len()], &t.token).await?);
         let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
         req_tx
             .send(WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                     key: Bytes::from(prefix.clone()),
-                    range_end: Bytes::from(format!("{}0", &prefix[..prefix.len() - 1])),
+                    range_end: prefix_end(prefix.as_bytes()),
                     ..Default::default()
                 })),
             })
             .await?;
         let mut stream = w
             .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-            .await?
+            .await
+            .map_err(|s| explain(s.into()))?
             .into_inner();
         let created = stream.message().await?;
         anyhow::ensure!(created.is_some_and(|c| c.created), "watch not created");
@@ -234,7 +286,7 @@ async fn watch_fanout(
         }));
     }
     drop(tx);
-    let mut kv = KvClient::new(channel(&endpoints[0]).await?);
+    let mut kv = KvClient::new(connect(&t.endpoints[0], &t.token).await?);
     let mut sent = Vec::with_capacity(events);
     let start = Instant::now();
     for i in 0..events {
@@ -244,7 +296,8 @@ async fn watch_fanout(
             value: Bytes::from(i.to_string()),
             ..Default::default()
         })
-        .await?;
+        .await
+        .map_err(|s| explain(s.into()))?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut lat = Vec::with_capacity(events * watchers);
@@ -320,13 +373,13 @@ fn workloads(a: &Args) -> Vec<(String, Workload)> {
         .collect()
 }
 
-async fn run(w: Workload, endpoints: &[String], a: &Args) -> anyhow::Result<Stats> {
+async fn run(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Stats> {
     match w {
-        Workload::Put { clients, requests } => put_load(endpoints, clients, requests).await,
+        Workload::Put { clients, requests } => put_load(t, clients, requests).await,
         Workload::Range { serializable } => {
-            range_load(endpoints, a.clients, a.requests * 2, serializable).await
+            range_load(t, a.clients, a.requests * 2, serializable).await
         }
-        Workload::Watch => watch_fanout(endpoints, a.watchers, a.watch_events).await,
+        Workload::Watch => watch_fanout(t, a.watchers, a.watch_events).await,
     }
 }
 
@@ -339,10 +392,12 @@ fn median(w: Workload, mut runs: Vec<Stats>) -> Stats {
     runs.get(runs.len() / 2).cloned().unwrap_or_default()
 }
 
-/// One server under test: its name and its members' client endpoints.
+/// One server under test: its name, its members' client endpoints and the token its
+/// clients send (none without --auth).
 struct Target {
     name: String,
     endpoints: Vec<String>,
+    token: Token,
 }
 
 /// Runs every selected workload `--rounds` times on each target, alternating between the
@@ -361,7 +416,7 @@ async fn run_all(targets: &[Target], a: &Args) -> anyhow::Result<Vec<Report>> {
         let mut runs = vec![Vec::new(); targets.len()];
         for round in 0..a.rounds.max(1) {
             for (t, runs) in targets.iter().zip(&mut runs) {
-                let s = run(*w, &t.endpoints, a).await?;
+                let s = run(*w, t, a).await?;
                 eprintln!("   {name}, round {}: {}: {s:?}", round + 1, t.name);
                 runs.push(s);
             }
@@ -382,8 +437,12 @@ async fn memory_after(
     clients: usize,
 ) -> anyhow::Result<f64> {
     let servers = start_ready(bin, members).await?;
-    let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
-    put_load(&endpoints, clients, keys).await?;
+    let target = Target {
+        name: bin.display().to_string(),
+        endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
+        token: Token::default(),
+    };
+    put_load(&target, clients, keys).await?;
     servers
         .iter()
         .filter_map(|s| rss(s.child.id()))
@@ -480,7 +539,7 @@ async fn wait_ready(server: &mut Server) -> anyhow::Result<()> {
             let log = std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default();
             anyhow::bail!("{endpoint} exited ({st}): {log}");
         }
-        if let Ok(ch) = channel(&endpoint).await
+        if let Ok(ch) = connect(&endpoint, &Token::default()).await
             && KvClient::new(ch)
                 .range(RangeRequest {
                     key: Bytes::from("ready"),
@@ -493,6 +552,84 @@ async fn wait_ready(server: &mut Server) -> anyhow::Result<()> {
         }
         anyhow::ensure!(Instant::now() < deadline, "{endpoint} never became ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Password of root and `bench` on the throwaway servers kvbench starts.
+const PASSWORD: &str = "kvbench";
+
+/// Sets auth up on a cluster kvbench started, as etcdctl would: user root with role root,
+/// role `bench` with readwrite on each benchmark prefix, user `bench` with that role; then
+/// enables auth and returns `bench`'s token once every member accepts it.
+async fn enable_auth(endpoints: &[String]) -> anyhow::Result<Token> {
+    let mut auth = AuthClient::new(connect(&endpoints[0], &Token::default()).await?);
+    for (user, role) in [("root", "root"), ("bench", "bench")] {
+        auth.role_add(AuthRoleAddRequest { name: role.into() })
+            .await?;
+        auth.user_add(AuthUserAddRequest {
+            name: user.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await?;
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .await?;
+    }
+    for prefix in [KEY_PREFIX, WATCH_PREFIX] {
+        auth.role_grant_permission(AuthRoleGrantPermissionRequest {
+            name: "bench".into(),
+            perm: Some(Permission {
+                perm_type: permission::Type::Readwrite.into(),
+                key: Bytes::from(prefix),
+                range_end: prefix_end(prefix.as_bytes()),
+            }),
+        })
+        .await?;
+    }
+    auth.auth_enable(AuthEnableRequest {}).await?;
+    let token = login(&endpoints[0], "bench", PASSWORD).await?;
+    for ep in endpoints {
+        wait_token(ep, &token).await?;
+    }
+    Ok(token)
+}
+
+/// Logs in at `endpoint`.
+async fn login(endpoint: &str, name: &str, password: &str) -> anyhow::Result<Token> {
+    let token = AuthClient::new(connect(endpoint, &Token::default()).await?)
+        .authenticate(AuthenticateRequest {
+            name: name.into(),
+            password: password.into(),
+        })
+        .await
+        .with_context(|| format!("logging in as {name} at {endpoint}"))?
+        .into_inner()
+        .token;
+    Ok(Token(Some(token.parse().with_context(|| {
+        format!("{endpoint} answered a token that is not ASCII")
+    })?)))
+}
+
+/// Waits until the member takes `token`: a member knows a login once it applied it.
+async fn wait_token(endpoint: &str, token: &Token) -> anyhow::Result<()> {
+    let mut kv = KvClient::new(connect(endpoint, token).await?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = kv.range(RangeRequest {
+            key: key(0),
+            serializable: true,
+            ..Default::default()
+        });
+        match read.await {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::Unauthenticated && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => return Err(s).with_context(|| format!("{endpoint} refuses bench's token")),
+        }
     }
 }
 
@@ -558,9 +695,22 @@ async fn main() -> anyhow::Result<()> {
         (_, Some(n)) if n > 0 => n,
         (true, _) => 1,
         _ => {
+            let token = match (a.auth, &a.user) {
+                (false, _) => Token::default(),
+                (true, Some(user)) => {
+                    let (name, password) =
+                        user.split_once(':').context("--user takes NAME:PASSWORD")?;
+                    login(&a.endpoint, name, password).await?
+                }
+                (true, None) => anyhow::bail!(
+                    "--auth with --endpoint needs --user NAME:PASSWORD (kvbench sets up auth \
+                     only on the servers it starts)"
+                ),
+            };
             let target = Target {
                 name: "endpoint".to_string(),
                 endpoints: vec![a.endpoint.clone()],
+                token,
             };
             let reports = run_all(std::slice::from_ref(&target), &a).await?;
             print(&reports, a.memory_keys);
@@ -592,13 +742,25 @@ async fn main() -> anyhow::Result<()> {
     let mut targets = Vec::new();
     for (label, bin) in &bins {
         let servers = start_ready(bin, members).await?;
+        let endpoints: Vec<String> = servers.iter().map(|s| s.endpoint.clone()).collect();
+        let token = if a.auth {
+            enable_auth(&endpoints)
+                .await
+                .with_context(|| format!("setting up auth on {label}"))?
+        } else {
+            Token::default()
+        };
+        let mut name = label.clone();
+        if members > 1 {
+            name += &format!(" x{members}");
+        }
+        if a.auth {
+            name += " auth";
+        }
         targets.push(Target {
-            name: if members > 1 {
-                format!("{label} x{members}")
-            } else {
-                label.clone()
-            },
-            endpoints: servers.iter().map(|s| s.endpoint.clone()).collect(),
+            name,
+            endpoints,
+            token,
         });
         running.push(servers);
     }
@@ -606,7 +768,8 @@ async fn main() -> anyhow::Result<()> {
     drop(running);
     // Memory after `memory_keys` keys, on fresh servers, one kind at a time: the
     // workloads above leave different amounts of history behind with each `--rounds`.
-    if a.memory_keys > 0 {
+    // Not with --auth: those fresh servers would run without it.
+    if a.memory_keys > 0 && !a.auth {
         for (r, (_, bin)) in reports.iter_mut().zip(&bins) {
             r.rss_mb = Some(memory_after(bin, members, a.memory_keys, a.clients).await?);
         }
