@@ -13,7 +13,6 @@ use crate::alarm::Alarms;
 use crate::auth::{AuthStore, Changed, tokens::Tokens};
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
-use crate::history_chunks::HistoryChunks;
 use crate::lease::Lessor;
 use crate::membership::Members;
 use crate::mvcc::{KeyRange, Mvcc, WriteTxn};
@@ -52,9 +51,6 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct StateMachine {
     pub mvcc: Mvcc,
-    /// The keyspace's records on disk; what `apply` writes joins its open chunk, which
-    /// the caller writes with `seal` once done with a run of entries.
-    pub history: HistoryChunks,
     pub lessor: Lessor,
     pub members: Members,
     pub alarms: Alarms,
@@ -74,8 +70,10 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 }
 
 impl StateMachine {
-    /// Loads the state machine from disk.
+    /// Loads the state machine from disk (a data dir of the older chunked layout is
+    /// converted first, see [`crate::history`]).
     pub fn load(backend: &dyn Backend) -> Result<StateMachine> {
+        crate::history::migrate_chunks(backend)?;
         let compacted = match backend.get(keys::COMPACTED)? {
             Some(v) => decode_i64(&v)?,
             None => 0,
@@ -84,8 +82,7 @@ impl StateMachine {
             Some(v) => decode_i64(&v)? as u64,
             None => 0,
         };
-        let (history, records) = HistoryChunks::load(backend)?;
-        let mvcc = Mvcc::restore(records, compacted)?;
+        let mvcc = Mvcc::load(backend.share(), compacted)?;
         let mut lessor = Lessor::default();
         for (_, v) in backend.scan_prefix(keys::LEASE_PREFIX)? {
             let l = StoredLease::decode(v.as_slice())?;
@@ -93,16 +90,16 @@ impl StateMachine {
         }
         // Attachments are derived from the live keys' lease field.
         let mut attached = Vec::new();
-        mvcc.scan_at(
+        mvcc.scan_entries(
             &KeyRange::new(&Bytes::from_static(b"\0"), &Bytes::from_static(b"\0")),
             mvcc.current_revision(),
-            |kv| {
-                if kv.lease != 0 {
-                    attached.push((kv.lease, kv.key.clone()));
+            |key, e| {
+                if e.lease != 0 {
+                    attached.push((e.lease, key.clone()));
                 }
-                true
+                Ok(true)
             },
-        );
+        )?;
         for (id, key) in attached {
             lessor.attach(id, &key);
         }
@@ -111,7 +108,6 @@ impl StateMachine {
         let auth = AuthStore::load(backend)?;
         Ok(StateMachine {
             mvcc,
-            history,
             lessor,
             members,
             alarms,
@@ -121,13 +117,13 @@ impl StateMachine {
         })
     }
 
-    /// Adds the records applied since the last seal to `batch`, as one chunk.
-    pub fn seal(&mut self, batch: &mut WriteBatch) {
-        self.history.seal(batch);
+    /// Lets the keyspace drop from memory the records the backend has been given (see
+    /// [`Mvcc::release_written`]); called after each run of applied entries.
+    pub fn release_written(&mut self) {
+        self.mvcc.release_written();
     }
 
-    /// Applies one request, adding its disk writes to `batch`, except the keyspace
-    /// records: those join the open chunk, which `seal` adds to a batch.
+    /// Applies one request, adding its disk writes to `batch`.
     pub fn apply(&mut self, req: &InternalRequest, batch: &mut WriteBatch) -> Result<Applied> {
         use internal_request::Request;
         let Some(r) = &req.request else {
@@ -141,9 +137,9 @@ impl StateMachine {
             Request::Put(p) => {
                 let mut txn = self.mvcc.write();
                 check_put(&txn, &self.lessor, p)?;
-                let resp = put(&mut txn, &mut self.lessor, p);
+                let resp = put(&mut txn, &mut self.lessor, p)?;
                 let rev = txn.read_rev();
-                self.history.add(txn.finish(), batch);
+                crate::history::persist(txn.finish(), batch);
                 Ok(Applied::Put(PutResponse {
                     header: header(rev),
                     ..resp
@@ -151,9 +147,9 @@ impl StateMachine {
             }
             Request::DeleteRange(d) => {
                 let mut txn = self.mvcc.write();
-                let resp = delete(&mut txn, &mut self.lessor, d);
+                let resp = delete(&mut txn, &mut self.lessor, d)?;
                 let rev = txn.read_rev();
-                self.history.add(txn.finish(), batch);
+                crate::history::persist(txn.finish(), batch);
                 Ok(Applied::DeleteRange(DeleteRangeResponse {
                     header: header(rev),
                     ..resp
@@ -163,15 +159,16 @@ impl StateMachine {
                 let mut txn = self.mvcc.write();
                 let resp = run_txn(&mut txn, &mut self.lessor, t)?;
                 let rev = txn.read_rev();
-                self.history.add(txn.finish(), batch);
+                crate::history::persist(txn.finish(), batch);
                 Ok(Applied::Txn(TxnResponse {
                     header: header(rev),
                     ..resp
                 }))
             }
             Request::Compaction(c) => {
-                let removed = self.mvcc.compact(c.revision)?;
-                self.history.compacted(&removed, &self.mvcc, batch);
+                for r in self.mvcc.compact(c.revision)? {
+                    batch.delete(keys::rev(r.main, r.sub));
+                }
                 batch.put(keys::COMPACTED, c.revision.to_be_bytes().to_vec());
                 Ok(Applied::Compact(CompactionResponse {
                     header: header(self.mvcc.current_revision()),
@@ -196,10 +193,10 @@ impl StateMachine {
                 batch.delete(keys::lease(r.id));
                 let mut txn = self.mvcc.write();
                 for key in keys_attached {
-                    txn.delete_range(&KeyRange::Single(key));
+                    txn.delete_range(&KeyRange::Single(key), false)?;
                 }
                 let rev = txn.read_rev();
-                self.history.add(txn.finish(), batch);
+                crate::history::persist(txn.finish(), batch);
                 Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
                     header: header(rev),
                 }))
@@ -266,7 +263,7 @@ fn decode_i64(b: &[u8]) -> Result<i64> {
 
 /// Checks a put against the current state before anything is written.
 fn check_put(txn: &WriteTxn<'_>, lessor: &Lessor, p: &PutRequest) -> Result<()> {
-    if (p.ignore_value || p.ignore_lease) && txn.get(&p.key).is_none() {
+    if (p.ignore_value || p.ignore_lease) && !txn.exists(&p.key) {
         return Err(Error::KeyNotFound);
     }
     if !p.ignore_lease && p.lease != 0 && !lessor.exists(p.lease) {
@@ -275,11 +272,11 @@ fn check_put(txn: &WriteTxn<'_>, lessor: &Lessor, p: &PutRequest) -> Result<()> 
     Ok(())
 }
 
-fn put(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, p: &PutRequest) -> PutResponse {
+fn put(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, p: &PutRequest) -> Result<PutResponse> {
     let (mut value, mut lease) = (p.value.clone(), p.lease);
     if p.ignore_value || p.ignore_lease {
         // check_put made sure the key exists.
-        if let Some(prev) = txn.get(&p.key) {
+        if let Some(prev) = txn.get(&p.key)? {
             if p.ignore_value {
                 value = prev.value.clone();
             }
@@ -288,52 +285,69 @@ fn put(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, p: &PutRequest) -> PutRespon
             }
         }
     }
-    let prev = txn.put(p.key.clone(), value, lease);
+    let prev = txn.put(p.key.clone(), value, lease, p.prev_kv)?;
     if let Some(prev) = &prev
         && prev.lease != lease
     {
         lessor.detach(prev.lease, &prev.key);
     }
     lessor.attach(lease, &p.key);
-    PutResponse {
+    Ok(PutResponse {
         header: None,
         prev_kv: if p.prev_kv { prev } else { None },
-    }
+    })
 }
 
 fn delete(
     txn: &mut WriteTxn<'_>,
     lessor: &mut Lessor,
     d: &DeleteRangeRequest,
-) -> DeleteRangeResponse {
-    let deleted = txn.delete_range(&KeyRange::new(&d.key, &d.range_end));
+) -> Result<DeleteRangeResponse> {
+    let deleted = txn.delete_range(&KeyRange::new(&d.key, &d.range_end), d.prev_kv)?;
     for kv in &deleted {
         lessor.detach(kv.lease, &kv.key);
     }
-    DeleteRangeResponse {
+    Ok(DeleteRangeResponse {
         header: None,
         deleted: deleted.len() as i64,
         prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
-    }
+    })
 }
 
-fn compare_holds(txn: &WriteTxn<'_>, c: &Compare) -> bool {
+/// True when every compare holds.
+fn all_hold(txn: &WriteTxn<'_>, compares: &[Compare]) -> Result<bool> {
+    for c in compares {
+        if !compare_holds(txn, c)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn compare_holds(txn: &WriteTxn<'_>, c: &Compare) -> Result<bool> {
     let range = KeyRange::new(&c.key, &c.range_end);
-    let mut kvs = Vec::new();
-    txn.view().scan_at(&range, txn.read_rev(), |kv| {
-        kvs.push(kv.clone());
-        true
-    });
     let target =
         compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version);
-    if kvs.is_empty() {
+    // Only a value compare reads values.
+    let (mut any, mut all) = (false, true);
+    txn.view().scan_at(
+        &range,
+        txn.read_rev(),
+        target == compare::CompareTarget::Value,
+        |kv| {
+            any = true;
+            all = compare_kv(c, target, &kv);
+            all
+        },
+    )?;
+    if !any {
         // A missing key compares as zeros, except that a value compare always fails.
         if target == compare::CompareTarget::Value {
-            return false;
+            return Ok(false);
         }
-        return compare_kv(c, target, &KeyValue::default());
+        return Ok(compare_kv(c, target, &KeyValue::default()));
     }
-    kvs.iter().all(|kv| compare_kv(c, target, kv))
+    Ok(all)
 }
 
 fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
@@ -377,7 +391,7 @@ fn check_ops(txn: &WriteTxn<'_>, lessor: &Lessor, ops: &[RequestOp]) -> Result<(
         match &op.request {
             Some(request_op::Request::RequestPut(p)) => check_put(txn, lessor, p)?,
             Some(request_op::Request::RequestTxn(t)) => {
-                let branch = if t.compare.iter().all(|c| compare_holds(txn, c)) {
+                let branch = if all_hold(txn, &t.compare)? {
                     &t.success
                 } else {
                     &t.failure
@@ -391,7 +405,7 @@ fn check_ops(txn: &WriteTxn<'_>, lessor: &Lessor, ops: &[RequestOp]) -> Result<(
 }
 
 fn run_txn(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, t: &TxnRequest) -> Result<TxnResponse> {
-    let succeeded = t.compare.iter().all(|c| compare_holds(txn, c));
+    let succeeded = all_hold(txn, &t.compare)?;
     let ops = if succeeded { &t.success } else { &t.failure };
     check_ops(txn, lessor, ops)?;
     let mut responses = Vec::with_capacity(ops.len());
@@ -407,12 +421,12 @@ fn run_txn(txn: &mut WriteTxn<'_>, lessor: &mut Lessor, t: &TxnRequest) -> Resul
                 })
             }
             Some(request_op::Request::RequestPut(p)) => {
-                let mut r = put(txn, lessor, p);
+                let mut r = put(txn, lessor, p)?;
                 r.header = header(txn.read_rev());
                 response_op::Response::ResponsePut(r)
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                let mut r = delete(txn, lessor, d);
+                let mut r = delete(txn, lessor, d)?;
                 r.header = header(txn.read_rev());
                 response_op::Response::ResponseDeleteRange(r)
             }
@@ -481,14 +495,14 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        sm.seal(&mut b);
+        sm.release_written();
         // A refused put changes nothing and writes nothing; a delete still runs.
         let mut refused = WriteBatch::default();
         assert!(matches!(
             sm.apply(&put_req("k", "v2", 0), &mut refused),
             Err(Error::NoSpace)
         ));
-        sm.seal(&mut refused);
+        sm.release_written();
         assert!(refused.is_empty());
         assert_eq!(sm.mvcc.current_revision(), 2);
         let del = InternalRequest {
@@ -503,7 +517,7 @@ mod tests {
             sm.apply(&del, &mut b),
             Ok(Applied::DeleteRange(DeleteRangeResponse { deleted: 1, .. }))
         ));
-        sm.seal(&mut b);
+        sm.release_written();
 
         // What a restarted member loads...
         let dir = tempfile::tempdir().expect("tempdir");
@@ -530,9 +544,13 @@ mod tests {
             term: 1,
             ..Default::default()
         };
-        let mut got =
-            crate::snapshot::install(be2.as_ref(), &log, &meta, &crate::snapshot::encode(&sm))
-                .expect("install");
+        let mut got = crate::snapshot::install(
+            be2.as_ref(),
+            &log,
+            &meta,
+            &crate::snapshot::encode(&sm).expect("encode"),
+        )
+        .expect("install");
         assert_eq!(got.alarms.get(AlarmType::None as i32), vec![nospace]);
         assert!(matches!(
             got.apply(&put_req("k", "v3", 0), &mut WriteBatch::default()),
@@ -551,7 +569,7 @@ mod tests {
             Ok(Applied::Alarm(r)) if r.alarms == vec![nospace]
         ));
         got.apply(&put_req("k", "v3", 0), &mut b).expect("put");
-        got.seal(&mut b);
+        got.release_written();
         be2.write(b).expect("write");
         let reloaded = StateMachine::load(be2.as_ref()).expect("load");
         assert!(reloaded.alarms.is_empty());
@@ -622,9 +640,13 @@ mod tests {
             term: 1,
             ..Default::default()
         };
-        let got =
-            crate::snapshot::install(be2.as_ref(), &log, &meta, &crate::snapshot::encode(&sm))
-                .expect("install");
+        let got = crate::snapshot::install(
+            be2.as_ref(),
+            &log,
+            &meta,
+            &crate::snapshot::encode(&sm).expect("encode"),
+        )
+        .expect("install");
         assert_eq!(got.members.peer_url(2), Some("http://b:2390"));
         assert_eq!(got.members.peer_url(1), Some("http://a:2380"));
     }
@@ -691,6 +713,11 @@ mod tests {
             })),
         };
         sm.apply(&revoke, &mut b).expect("revoke");
-        assert!(sm.mvcc.get_at(b"l", sm.mvcc.current_revision()).is_none());
+        assert!(
+            sm.mvcc
+                .get_at(b"l", sm.mvcc.current_revision())
+                .expect("read")
+                .is_none()
+        );
     }
 }

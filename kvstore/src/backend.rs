@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::error::Result;
 
@@ -11,6 +12,10 @@ use crate::error::Result;
 #[derive(Default, Debug)]
 pub struct WriteBatch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The highest keyspace revision whose records the batch writes (0: none); once the
+    /// batch is in the backend, the keyspace may stop holding those records in memory
+    /// (see [`crate::mvcc`]).
+    revision: i64,
 }
 
 impl WriteBatch {
@@ -33,13 +38,27 @@ impl WriteBatch {
 
     /// Appends `other`'s writes after these.
     pub fn extend(&mut self, other: WriteBatch) {
+        self.revision = self.revision.max(other.revision);
         if self.ops.is_empty() {
             self.ops = other.ops;
         } else {
             self.ops.extend(other.ops);
         }
     }
+
+    /// Notes that the batch writes the records of keyspace revision `rev`.
+    pub fn note_revision(&mut self, rev: i64) {
+        self.revision = self.revision.max(rev);
+    }
+
+    /// The highest keyspace revision whose records the batch writes (0: none).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
 }
+
+/// What a scan calls with each key and value; false stops it.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
 /// An ordered, durable key-value engine.
 pub trait Backend: Send + Sync + 'static {
@@ -47,21 +66,39 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Calls `f` with every pair whose key is in `from..to`, in key order, until it returns
+    /// false; nothing is gathered in memory (the keyspace's records are scanned this way).
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        f: &mut Visit<'_>,
+    ) -> Result<()>;
     /// Applies `batch` atomically (all or nothing after a crash). Not yet durable.
     fn write(&self, batch: WriteBatch) -> Result<()>;
     /// Makes every write issued so far durable (fsync).
     fn sync(&self) -> Result<()>;
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
+    /// The highest keyspace revision ([`WriteBatch::revision`]) of the batches written so
+    /// far: readers find those records here from now on.
+    fn written_revision(&self) -> i64;
+    /// Another handle on the same engine.
+    fn share(&self) -> Arc<dyn Backend>;
 }
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// The sled engine.
+#[derive(Clone)]
 pub struct SledBackend {
     db: sled::Db,
     /// sled's data file, opened a second time: sled's own flush ends in
     /// `sync_file_range`, which neither commits the file's metadata nor flushes the
     /// drive's write cache, so `sync` follows it with an `fdatasync` of this file.
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
+    written: Arc<AtomicI64>,
 }
 
 impl SledBackend {
@@ -69,14 +106,37 @@ impl SledBackend {
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
         let db = sled::Config::new()
             .path(dir)
-            // sled caches 1 GiB by default. Nothing is read back from it while running (the
-            // state machine and the raft log since its truncation point are in memory), so
-            // a small cache only slows the start-up scan.
-            .cache_capacity(8 * 1024 * 1024)
+            // sled caches 1 GiB by default. What is read back while running is the values
+            // of keys not written lately (the keyspace holds its key index in memory, and
+            // the records of its latest revisions), so a modest cache keeps hot values
+            // without holding the data set.
+            .cache_capacity(CACHE_BYTES)
             .flush_every_ms(Some(500))
             .open()?;
-        let file = std::fs::File::open(dir.join("db"))?;
-        Ok(Arc::new(SledBackend { db, file }))
+        let file = Arc::new(std::fs::File::open(dir.join("db"))?);
+        Ok(Arc::new(SledBackend {
+            db,
+            file,
+            written: Arc::new(AtomicI64::new(0)),
+        }))
+    }
+}
+
+impl SledBackend {
+    /// Fails once the data file has no name left (its data dir was deleted under the
+    /// running member): what is written after that would be lost at the next start, so
+    /// the writer stops and the member with it, rather than acknowledge writes into a
+    /// file nobody can open again.
+    fn check_linked(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.file.metadata()?.nlink() == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the backend's data file was deleted",
+            )
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -94,7 +154,23 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        f: &mut Visit<'_>,
+    ) -> Result<()> {
+        for item in self.db.range(from..to) {
+            let (k, v) = item?;
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.check_linked()?;
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {
@@ -103,10 +179,12 @@ impl Backend for SledBackend {
             }
         }
         self.db.apply_batch(b)?;
+        self.written.fetch_max(batch.revision, Ordering::Release);
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
+        self.check_linked()?;
         self.db.flush()?;
         self.file.sync_data()?;
         Ok(())
@@ -114,6 +192,14 @@ impl Backend for SledBackend {
 
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn written_revision(&self) -> i64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn share(&self) -> Arc<dyn Backend> {
+        Arc::new(self.clone())
     }
 }
 
@@ -123,7 +209,13 @@ pub mod keys {
     pub const CONF_STATE: &[u8] = b"r/c";
     pub const SNAPSHOT_META: &[u8] = b"r/s";
     pub const LOG_PREFIX: &[u8] = b"r/l/";
-    /// Runs of revision records, each under its first main revision (see `history`).
+    /// The keyspace's records, one per revision position: `v/` + main + sub, both
+    /// big-endian (see `history`).
+    pub const REV_PREFIX: &[u8] = b"v/";
+    /// The key right after every record's.
+    pub const REV_END: &[u8] = b"v0";
+    /// Runs of revision records under their first main revision, the layout before one key
+    /// per record: converted at start (see `history`).
     pub const CHUNK_PREFIX: &[u8] = b"c/";
     /// One record per key, the layout before chunks: refused at load.
     pub const LEGACY_REV_PREFIX: &[u8] = b"k/";
@@ -143,6 +235,23 @@ pub mod keys {
 
     pub fn log(index: u64) -> Vec<u8> {
         [LOG_PREFIX, &index.to_be_bytes()].concat()
+    }
+
+    /// The key of the record at revision `main`.`sub`.
+    pub fn rev(main: i64, sub: i64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(REV_PREFIX.len() + 16);
+        k.extend_from_slice(REV_PREFIX);
+        k.extend_from_slice(&main.to_be_bytes());
+        k.extend_from_slice(&sub.to_be_bytes());
+        k
+    }
+
+    /// The revision position a record key names, if it is one.
+    pub fn parse_rev(key: &[u8]) -> Option<(i64, i64)> {
+        let rest = key.strip_prefix(REV_PREFIX)?;
+        let main: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+        let sub: [u8; 8] = rest.get(8..)?.try_into().ok()?;
+        Some((i64::from_be_bytes(main), i64::from_be_bytes(sub)))
     }
 
     pub fn chunk(first_main: i64) -> Vec<u8> {

@@ -15,11 +15,12 @@
 //! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
 //! - [`peer`]: the peer service and transport (raft messages, snapshots, forwarding).
 //! - [`apply`]: the deterministic state machine applying committed requests.
-//! - [`mvcc`]: the multi-version keyspace; [`lease`]: the lease table; [`membership`]:
+//! - [`mvcc`]: the multi-version keyspace (its key index in memory, its records in the
+//!   backend); [`lease`]: the lease table; [`membership`]:
 //!   the replicated member list; [`alarm`]: the replicated alarms and what they refuse;
 //!   [`snapshot`]: the state machine as one transferable blob.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace;
-//!   [`history_chunks`]: how the keyspace's history sits in it.
+//!   [`history`]: how the keyspace's records sit in it.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
 //!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
 //! - [`client`]: an etcd v3 client (kvstore's or etcd's servers alike) that netd, the tools and
@@ -42,7 +43,7 @@ pub mod error;
 pub mod fuzz;
 mod gateway;
 mod grpc;
-pub mod history_chunks;
+pub mod history;
 mod http;
 pub mod lease;
 pub mod membership;

@@ -71,7 +71,7 @@ pub(crate) fn decode_segment(mut b: &[u8]) -> Result<Vec<Entry>> {
 }
 
 /// Produces the state machine's snapshot data and the applied index it was taken at.
-pub type SnapshotSource = Box<dyn Fn() -> (u64, Vec<u8>) + Send + Sync>;
+pub type SnapshotSource = Box<dyn Fn() -> Result<(u64, Vec<u8>)> + Send + Sync>;
 
 /// The raft log and its state. Cloning shares the same log.
 #[derive(Clone)]
@@ -405,7 +405,13 @@ impl raft::Storage for RaftLog {
         let Some(source) = self.source.get() else {
             return Err(unavailable);
         };
-        let (applied, data) = source();
+        let (applied, data) = match source() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a state-machine snapshot");
+                return Err(unavailable);
+            }
+        };
         let c = self.core.read();
         let term = if applied == c.snap_index {
             c.snap_term

@@ -9,24 +9,23 @@ use raft::eraftpb::SnapshotMetadata;
 use crate::apply::StateMachine;
 use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
-use crate::history_chunks::{self, HistoryChunks};
 use crate::proto::kvstorepb::{StateSnapshot, StoredLease};
 use crate::raft_log::RaftLog;
 
 /// Encodes the state machine as it is now (the caller holds it still: the raft thread).
-pub fn encode(sm: &StateMachine) -> Vec<u8> {
-    let revisions = sm
-        .mvcc
-        .records()
-        .map(|(rev, rec)| history_chunks::stored(rev, rec.clone()))
-        .collect();
+pub fn encode(sm: &StateMachine) -> Result<Vec<u8>> {
+    let mut revisions = Vec::new();
+    sm.mvcc.walk(i64::MIN, i64::MAX, |rev, rec| {
+        revisions.push(crate::history::stored(rev, rec.clone()));
+        Ok(true)
+    })?;
     let leases = sm
         .lessor
         .ttls()
         .into_iter()
         .map(|(id, ttl)| StoredLease { id, ttl })
         .collect();
-    StateSnapshot {
+    Ok(StateSnapshot {
         applied: sm.applied,
         compacted: sm.mvcc.compact_revision(),
         revisions,
@@ -35,7 +34,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
         alarms: Some(sm.alarms.to_stored()),
         auth: Some(sm.auth.to_stored()),
     }
-    .encode_to_vec()
+    .encode_to_vec())
 }
 
 /// Replaces the state machine and the raft log on disk with snapshot `data` taken at
@@ -54,19 +53,31 @@ pub fn install(
         )));
     }
     let mut batch = WriteBatch::default();
-    for prefix in [keys::CHUNK_PREFIX, keys::LEASE_PREFIX, keys::META_PREFIX] {
-        for (k, _) in backend.scan_prefix(prefix)? {
-            batch.delete(k);
-        }
+    for (prefix, end) in [
+        (keys::REV_PREFIX, keys::REV_END),
+        (keys::CHUNK_PREFIX, b"c0".as_slice()),
+        (keys::LEASE_PREFIX, b"e0"),
+        (keys::META_PREFIX, b"m0"),
+    ] {
+        backend.scan(prefix, end, &mut |k, _| {
+            batch.delete(k.to_vec());
+            Ok(true)
+        })?;
     }
-    let mut chunks = HistoryChunks::default();
+    if !(0..i64::MAX).contains(&snap.compacted) {
+        return Err(Error::Corrupt(format!(
+            "snapshot compaction point {}",
+            snap.compacted
+        )));
+    }
+    let mut records = Vec::with_capacity(snap.revisions.len());
     for r in snap.revisions {
-        if r.record.as_ref().and_then(|s| s.kv.as_ref()).is_none() {
-            return Err(Error::Corrupt("snapshot revision without a record".into()));
-        }
-        chunks.push(r, &mut batch);
+        let (rev, rec) = crate::history::record(r)?;
+        // Checked before anything is written.
+        crate::mvcc::check_position(rev)?;
+        records.push((rev, rec));
     }
-    chunks.seal(&mut batch);
+    crate::history::persist(records, &mut batch);
     for l in snap.leases {
         batch.put(keys::lease(l.id), l.encode_to_vec());
     }
@@ -128,7 +139,7 @@ mod tests {
             .expect("put");
         }
         sm.applied = 9;
-        let data = encode(&sm);
+        let data = encode(&sm).expect("encode");
 
         let dir = tempfile::tempdir().expect("tempdir");
         let be = SledBackend::open(dir.path()).expect("open");
@@ -141,7 +152,10 @@ mod tests {
         let got = install(be.as_ref(), &log, &meta, &data).expect("install");
         assert_eq!(got.applied, 9);
         assert_eq!(got.mvcc.current_revision(), 3);
-        assert_eq!(got.mvcc.get_at(b"k", 2).map(|kv| kv.version), Some(1));
+        assert_eq!(
+            got.mvcc.get_at(b"k", 2).expect("read").map(|kv| kv.version),
+            Some(1)
+        );
         assert_eq!(got.lessor.time_to_live(5).map(|t| t.2.len()), Some(1));
         assert_eq!(got.members.ids(), vec![7]);
         assert_eq!(log.span(), (10, 9));

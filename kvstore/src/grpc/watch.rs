@@ -262,26 +262,27 @@ struct Spec {
 }
 
 /// One bounded step of a watcher's walk from `from`: the events found, the newest revision,
-/// and the compaction point if `from` fell behind it.
+/// and the compaction point if `from` fell behind it; an error if the history could not be
+/// read from the backend.
 fn step(
     member: &Replica,
     from: i64,
     range: &KeyRange,
     prev_kv: bool,
-) -> (Events, i64, Option<i64>) {
+) -> crate::error::Result<(Events, i64, Option<i64>)> {
     let sm = member.state().read();
     let current = sm.mvcc.current_revision();
     let compacted = sm.mvcc.compact_revision();
-    if from < compacted {
+    Ok(if from < compacted {
         (Events::default(), current, Some(compacted))
     } else if from <= current {
         let found = sm
             .mvcc
-            .events(from, current, range, prev_kv, RESPONSE_LIMIT);
+            .events(from, current, range, prev_kv, RESPONSE_LIMIT)?;
         (found, current, None)
     } else {
         (Events::default(), current, None)
-    }
+    })
 }
 
 async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI64>) {
@@ -299,7 +300,7 @@ async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI
         }
         // A watcher far behind walks on the catch-up worker, in turn with the others; a live
         // one, a few revisions behind, right here.
-        let (found, current, compacted) = if behind {
+        let stepped = if behind {
             let (m, range, prev_kv) = (member.clone(), spec.range.clone(), spec.prev_kv);
             match member
                 .catch_up
@@ -311,6 +312,14 @@ async fn run_watcher(member: Arc<Replica>, tx: Tx, spec: Spec, next: Arc<AtomicI
             }
         } else {
             step(&member, from, &spec.range, spec.prev_kv)
+        };
+        let (found, current, compacted) = match stepped {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(watch_id = spec.id, from, error = %e, "watch cannot read the history");
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
         };
         if let Some(compacted) = compacted {
             let resp = WatchResponse {

@@ -2,22 +2,40 @@
 //! its history (create/mod revision, version) until compaction, reads can ask for any
 //! revision at or after the compaction point.
 //!
-//! Layout (as etcd's): `index` maps each key to the revisions that touched it; `log` maps
-//! each main revision to the records written at it (one per sub-revision). The record
-//! itself is stored once, in `log`; watchers read history straight from `log`.
+//! Layout (as etcd's): `index`, in memory, maps each key to the revisions that touched it,
+//! each with what a read needs besides the value (create and mod revision, version, lease,
+//! tombstone), as etcd's treeIndex; so counts, keys-only reads, comparisons other than by
+//! value and a put's bookkeeping never touch the disk. The records themselves (the
+//! key-value written at each revision position) live in the backend, one key each (see
+//! [`crate::history`]), and the latest ones also in `tail`, in memory: every record the
+//! backend may not hold yet (the backend writer trails the state machine by up to a
+//! batch), and the most recent beyond those up to `TAIL_BYTES`, from which watchers of
+//! the present and reads of fresh values are served. Memory then grows with the number of
+//! keys and revisions, not with the size of the values or of the history's records.
+//!
+//! A keyspace with no backend (unit tests, fuzzing, a snapshot being checked) keeps every
+//! record in `tail`.
 
 pub mod keyrange;
 mod range;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use keyrange::KeyRange;
 pub use range::RangeResult;
 
+use crate::backend::{Backend, keys};
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+
+/// Bytes of the latest records kept in memory beyond those the backend may not hold yet.
+const TAIL_BYTES: u64 = 16 * 1024 * 1024;
+/// What a record in `tail` costs besides its key and value (its position, its key-value's
+/// other fields, the slot).
+const RECORD_OVERHEAD: u64 = 128;
 
 /// One record in the history: the key-value written at a revision, or a tombstone.
 #[derive(Debug, Clone)]
@@ -53,10 +71,42 @@ pub struct Rev {
     pub sub: i64,
 }
 
+/// One revision of a key, as the index holds it: everything of its record but the key
+/// (the index's) and the value (the backend's).
 #[derive(Debug, Clone, Copy)]
-struct IndexEntry {
-    rev: Rev,
-    tombstone: bool,
+pub struct IndexEntry {
+    pub rev: Rev,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    /// Bytes of the record's key and value.
+    size: u32,
+    pub tombstone: bool,
+}
+
+impl IndexEntry {
+    fn of(rev: Rev, rec: &Record) -> IndexEntry {
+        IndexEntry {
+            rev,
+            create_revision: rec.kv.create_revision,
+            version: rec.kv.version,
+            lease: rec.kv.lease,
+            size: u32::try_from(record_bytes(rec)).unwrap_or(u32::MAX),
+            tombstone: rec.tombstone,
+        }
+    }
+
+    /// The key-value this entry describes, without its value.
+    pub fn key_value(&self, key: &Bytes) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.rev.main,
+            version: self.version,
+            value: Bytes::new(),
+            lease: self.lease,
+        }
+    }
 }
 
 /// The records of one main revision, by sub-revision, ascending. Sparse: a sub-revision
@@ -64,21 +114,41 @@ struct IndexEntry {
 type Slots = Vec<(i64, Record)>;
 
 /// The keyspace.
-#[derive(Debug)]
 pub struct Mvcc {
     index: BTreeMap<Bytes, Vec<IndexEntry>>,
-    log: BTreeMap<i64, Slots>,
+    /// The latest records (see the module's doc): every record at a main revision at or
+    /// after `tail_from`; the backend holds every one before it.
+    tail: BTreeMap<i64, Slots>,
+    tail_from: i64,
+    tail_bytes: u64,
+    store: Option<Arc<dyn Backend>>,
     current: i64,
     compacted: i64,
     /// Key and value bytes of the records held (what `/metrics` reports in use).
     stored: u64,
 }
 
+impl std::fmt::Debug for Mvcc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mvcc")
+            .field("keys", &self.index.len())
+            .field("tail_revisions", &self.tail.len())
+            .field("tail_from", &self.tail_from)
+            .field("on_disk", &self.store.is_some())
+            .field("current", &self.current)
+            .field("compacted", &self.compacted)
+            .finish()
+    }
+}
+
 impl Default for Mvcc {
     fn default() -> Self {
         Mvcc {
             index: BTreeMap::new(),
-            log: BTreeMap::new(),
+            tail: BTreeMap::new(),
+            tail_from: 0,
+            tail_bytes: 0,
+            store: None,
             // etcd's store starts at revision 1, so the first write is revision 2.
             current: 1,
             compacted: 0,
@@ -111,6 +181,11 @@ impl Mvcc {
             .count()
     }
 
+    /// Records held in memory (the tail), and their bytes as counted against `TAIL_BYTES`.
+    pub fn records_in_memory(&self) -> (usize, u64) {
+        (self.tail.values().map(Vec::len).sum(), self.tail_bytes)
+    }
+
     /// A checksum of the history held up to main revision `rev` (0: the latest), for
     /// comparing members (etcd's HashKV): every record's position, tombstone flag and
     /// key-value, in revision order. Members that applied the same log hold the same records
@@ -128,7 +203,7 @@ impl Mvcc {
             rev
         };
         let mut h = crc32fast::Hasher::new();
-        for (at, r) in self.records_in(..=rev) {
+        self.walk(i64::MIN, rev, |at, r| {
             h.update(&at.main.to_be_bytes());
             h.update(&at.sub.to_be_bytes());
             h.update(&[u8::from(r.tombstone)]);
@@ -140,56 +215,82 @@ impl Mvcc {
             for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
                 h.update(&n.to_be_bytes());
             }
-        }
+            Ok(true)
+        })?;
         Ok(h.finalize())
     }
 
-    /// Every record held (history since the compaction point), in revision order.
-    pub fn records(&self) -> impl Iterator<Item = (Rev, &Record)> {
-        self.records_in(..)
-    }
-
-    /// The records held at main revisions inside `mains`, in revision order.
-    pub fn records_in(
+    /// Calls `f` with every record held at a main revision in `from..=to`, in revision order,
+    /// until it returns false: those before the tail from the backend, the rest from memory.
+    pub fn walk(
         &self,
-        mains: impl std::ops::RangeBounds<i64>,
-    ) -> impl Iterator<Item = (Rev, &Record)> {
-        self.log.range(mains).flat_map(|(main, slots)| {
-            slots.iter().map(move |(sub, r)| {
-                (
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(Rev, &Record) -> Result<bool>,
+    ) -> Result<()> {
+        if from > to {
+            return Ok(());
+        }
+        if from < self.tail_from
+            && let Some(store) = &self.store
+        {
+            let disk_to = to.min(self.tail_from - 1);
+            let lo = keys::rev(from.max(0), 0);
+            let hi = match disk_to.checked_add(1) {
+                Some(end) => keys::rev(end, 0),
+                None => keys::REV_END.to_vec(),
+            };
+            let mut go_on = true;
+            store.scan(&lo, &hi, &mut |k, v| {
+                let (main, sub) = keys::parse_rev(k)
+                    .ok_or_else(|| Error::Corrupt(format!("record key of {} bytes", k.len())))?;
+                let rev = Rev { main, sub };
+                let rec = crate::history::decode(v, rev)?;
+                // A compaction deletes its records from the backend a batch later than from
+                // the index: below the compaction point, only what the index holds counts.
+                if main <= self.compacted && !self.holds(&rec.kv.key, rev) {
+                    return Ok(true);
+                }
+                go_on = f(rev, &rec)?;
+                Ok(go_on)
+            })?;
+            if !go_on {
+                return Ok(());
+            }
+        }
+        for (main, slots) in self.tail.range(from.max(self.tail_from)..=to) {
+            for (sub, r) in slots {
+                if !f(
                     Rev {
                         main: *main,
                         sub: *sub,
                     },
                     r,
-                )
-            })
-        })
+                )? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Rebuilds the keyspace from stored records (any order) and the compaction point. The
-    /// records come from disk or from another member's snapshot: a position no history can
-    /// hold (a revision below 1 or at the very top of the range, where the next revision would
-    /// overflow; a record index below 0; a compaction point outside the range) is refused as
-    /// corruption.
+    /// True when `key`'s history still holds a record at `rev`.
+    fn holds(&self, key: &[u8], rev: Rev) -> bool {
+        self.index
+            .get(key)
+            .is_some_and(|h| h.binary_search_by_key(&rev, |e| e.rev).is_ok())
+    }
+
+    /// Rebuilds a keyspace in memory (no backend) from records (any order) and the
+    /// compaction point. The records come from another member's snapshot or a fuzzer: a
+    /// position no history can hold (a revision below 1 or at the very top of the range,
+    /// where the next revision would overflow; a record index below 0; a compaction point
+    /// outside the range) is refused as corruption.
     pub fn restore(records: Vec<(Rev, Record)>, compacted: i64) -> Result<Mvcc> {
-        let mut m = Mvcc {
-            compacted,
-            current: compacted.max(1),
-            ..Mvcc::default()
-        };
+        let mut m = Mvcc::empty(compacted)?;
         let mut records = records;
-        if !(0..i64::MAX).contains(&compacted) {
-            return Err(Error::Corrupt(format!("compaction point {compacted}")));
-        }
-        if let Some((rev, _)) = records
-            .iter()
-            .find(|(rev, _)| rev.main < 1 || rev.main == i64::MAX || rev.sub < 0)
-        {
-            return Err(Error::Corrupt(format!(
-                "stored record at revision {}.{}",
-                rev.main, rev.sub
-            )));
+        for (rev, _) in &records {
+            check_position(*rev)?;
         }
         records.sort_by_key(|(rev, _)| *rev);
         for (rev, rec) in records {
@@ -198,19 +299,62 @@ impl Mvcc {
         Ok(m)
     }
 
-    fn insert(&mut self, rev: Rev, rec: Record) {
-        let hist = self.index.entry(rec.kv.key.clone()).or_default();
-        push_history(hist, rev, rec.tombstone);
-        self.put_log(rev, rec);
+    /// Loads the keyspace of `store`: the key index from every record on disk (the values
+    /// are read and dropped), nothing in memory but the index.
+    pub fn load(store: Arc<dyn Backend>, compacted: i64) -> Result<Mvcc> {
+        let mut m = Mvcc::empty(compacted)?;
+        let mut last: Option<Rev> = None;
+        store.scan(keys::REV_PREFIX, keys::REV_END, &mut |k, v| {
+            let (main, sub) = keys::parse_rev(k)
+                .ok_or_else(|| Error::Corrupt(format!("record key of {} bytes", k.len())))?;
+            let rev = Rev { main, sub };
+            check_position(rev)?;
+            if last.is_some_and(|l| l >= rev) {
+                return Err(Error::Corrupt(format!("record {main}.{sub} out of order")));
+            }
+            last = Some(rev);
+            let rec = crate::history::decode(v, rev)?;
+            let entry = IndexEntry::of(rev, &rec);
+            m.stored += u64::from(entry.size);
+            let hist = m.index.entry(rec.kv.key).or_default();
+            push_history(hist, entry);
+            m.current = m.current.max(main);
+            Ok(true)
+        })?;
+        m.tail_from = m.current + 1;
+        m.store = Some(store);
+        Ok(m)
     }
 
-    /// Stores `rec` at `rev` in the log (its key's history is updated by the caller).
-    fn put_log(&mut self, rev: Rev, rec: Record) {
-        self.stored += record_bytes(&rec);
-        let slots = self.log.entry(rev.main).or_default();
+    fn empty(compacted: i64) -> Result<Mvcc> {
+        if !(0..i64::MAX).contains(&compacted) {
+            return Err(Error::Corrupt(format!("compaction point {compacted}")));
+        }
+        Ok(Mvcc {
+            compacted,
+            current: compacted.max(1),
+            ..Mvcc::default()
+        })
+    }
+
+    fn insert(&mut self, rev: Rev, rec: Record) {
+        let entry = IndexEntry::of(rev, &rec);
+        let hist = self.index.entry(rec.kv.key.clone()).or_default();
+        push_history(hist, entry);
+        self.stored += u64::from(entry.size);
+        self.put_tail(rev, rec);
+    }
+
+    /// Holds `rec` at `rev` in the tail (its key's history is updated by the caller).
+    fn put_tail(&mut self, rev: Rev, rec: Record) {
+        self.tail_bytes += record_bytes(&rec) + RECORD_OVERHEAD;
+        let slots = self.tail.entry(rev.main).or_default();
         match slots.binary_search_by_key(&rev.sub, |(sub, _)| *sub) {
             Ok(at) => {
                 let old = std::mem::replace(&mut slots[at].1, rec);
+                self.tail_bytes = self
+                    .tail_bytes
+                    .saturating_sub(record_bytes(&old) + RECORD_OVERHEAD);
                 self.stored = self.stored.saturating_sub(record_bytes(&old));
             }
             Err(at) => {
@@ -221,6 +365,29 @@ impl Mvcc {
             }
         }
         self.current = self.current.max(rev.main);
+    }
+
+    /// Lets go of the oldest records in memory that the backend holds, down to
+    /// `TAIL_BYTES`. Called by the state machine after each run of applied entries.
+    pub fn release_written(&mut self) {
+        let Some(store) = &self.store else { return };
+        let written = store.written_revision();
+        while self.tail_bytes > TAIL_BYTES {
+            let Some(first) = self.tail.first_entry() else {
+                break;
+            };
+            let main = *first.key();
+            if main > written {
+                break;
+            }
+            let gone: u64 = first
+                .remove()
+                .iter()
+                .map(|(_, r)| record_bytes(r) + RECORD_OVERHEAD)
+                .sum();
+            self.tail_bytes = self.tail_bytes.saturating_sub(gone);
+            self.tail_from = main + 1;
+        }
     }
 
     /// Checks a requested read revision; returns the revision to read at.
@@ -235,27 +402,90 @@ impl Mvcc {
         Ok(rev)
     }
 
-    /// The key-value of `key` as of revision `rev`, if it was live then.
-    pub fn get_at(&self, key: &[u8], rev: i64) -> Option<&KeyValue> {
-        let hist = self.index.get(key)?;
-        self.visible(hist, rev)
+    /// The index entry of `key`'s record as of revision `rev`, if the key was live then.
+    pub fn entry_at(&self, key: &[u8], rev: i64) -> Option<&IndexEntry> {
+        visible(self.index.get(key)?, rev)
     }
 
-    fn visible<'a>(&'a self, hist: &[IndexEntry], rev: i64) -> Option<&'a KeyValue> {
-        visible_in(&self.log, hist, rev)
+    /// The key-value of `key` as of revision `rev`, if it was live then (its value read
+    /// from memory or the backend).
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        match self.index.get_key_value(key) {
+            Some((k, hist)) => match visible(hist, rev) {
+                Some(e) => self.key_value(k, e, true).map(Some),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The key-value `e` describes; its value only when `with_value` (from memory or the
+    /// backend; the rest comes from the index).
+    pub fn key_value(&self, key: &Bytes, e: &IndexEntry, with_value: bool) -> Result<KeyValue> {
+        if !with_value {
+            return Ok(e.key_value(key));
+        }
+        match self.record(e.rev)? {
+            Some(r) if !r.tombstone && r.kv.key == *key => Ok(r.kv),
+            _ => Err(Error::Corrupt(format!(
+                "the record of revision {}.{} is missing",
+                e.rev.main, e.rev.sub
+            ))),
+        }
+    }
+
+    /// The record at `rev`, from memory or the backend.
+    fn record(&self, rev: Rev) -> Result<Option<Record>> {
+        if rev.main >= self.tail_from {
+            return Ok(self.tail.get(&rev.main).and_then(|slots| {
+                slots
+                    .binary_search_by_key(&rev.sub, |(sub, _)| *sub)
+                    .ok()
+                    .map(|at| slots[at].1.clone())
+            }));
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        match store.get(&keys::rev(rev.main, rev.sub))? {
+            Some(v) => crate::history::decode(&v, rev).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with every key live at `rev` inside `range` and its index entry, in key
+    /// order, until `f` returns false.
+    pub fn scan_entries(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+        mut f: impl FnMut(&Bytes, &IndexEntry) -> Result<bool>,
+    ) -> Result<()> {
+        let Some(bounds) = range.bounds() else {
+            return Ok(());
+        };
+        for (key, hist) in self.index.range::<[u8], _>(bounds) {
+            if let Some(e) = visible(hist, rev)
+                && !f(key, e)?
+            {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Calls `f` with every key-value live at `rev` inside `range`, in key order, until
-    /// `f` returns false.
-    pub fn scan_at(&self, range: &KeyRange, rev: i64, mut f: impl FnMut(&KeyValue) -> bool) {
-        let Some(bounds) = range.bounds() else { return };
-        for (_, hist) in self.index.range::<[u8], _>(bounds) {
-            if let Some(kv) = self.visible(hist, rev)
-                && !f(kv)
-            {
-                return;
-            }
-        }
+    /// `f` returns false; values are read only `with_values`.
+    pub fn scan_at(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+        with_values: bool,
+        mut f: impl FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        self.scan_entries(range, rev, |key, e| {
+            Ok(f(self.key_value(key, e, with_values)?))
+        })
     }
 
     /// Starts a write at the next revision. Reads through the transaction see its writes.
@@ -279,21 +509,34 @@ impl Mvcc {
         range: &KeyRange,
         prev_kv: bool,
         limit: EventLimit,
-    ) -> Events {
+    ) -> Result<Events> {
         let mut out = Events {
             batches: Vec::new(),
             upto: to,
         };
-        let mut total = 0;
-        let mut bytes = 0;
-        for (examined, (&rev, slots)) in self.log.range(from..=to).enumerate() {
-            let mut evs = Vec::new();
-            for (_, rec) in slots {
-                if !range.contains(&rec.kv.key) {
-                    continue;
+        let (mut total, mut bytes, mut examined) = (0usize, 0usize, 0usize);
+        let mut group: Option<(i64, Vec<Event>)> = None;
+        self.walk(from, to, |rev, rec| {
+            if group.as_ref().is_some_and(|(main, _)| *main != rev.main)
+                && let Some((main, evs)) = group.take()
+            {
+                examined += 1;
+                if !evs.is_empty() {
+                    total += evs.len();
+                    bytes += evs.iter().map(prost::Message::encoded_len).sum::<usize>();
+                    out.batches.push((main, evs));
                 }
+                // Never split a revision; stop between revisions once enough is gathered
+                // or seen.
+                if total >= limit.events || bytes >= limit.bytes || examined >= limit.revisions {
+                    out.upto = main;
+                    return Ok(false);
+                }
+            }
+            let (_, evs) = group.get_or_insert_with(|| (rev.main, Vec::new()));
+            if range.contains(&rec.kv.key) {
                 let prev = if prev_kv {
-                    self.get_at(&rec.kv.key, rev - 1).cloned()
+                    self.get_at(&rec.kv.key, rev.main - 1)?
                 } else {
                     None
                 };
@@ -307,18 +550,14 @@ impl Mvcc {
                     prev_kv: prev,
                 });
             }
-            if !evs.is_empty() {
-                total += evs.len();
-                bytes += evs.iter().map(prost::Message::encoded_len).sum::<usize>();
-                out.batches.push((rev, evs));
-            }
-            // Never split a revision; stop between revisions once enough is gathered or seen.
-            if total >= limit.events || bytes >= limit.bytes || examined + 1 >= limit.revisions {
-                out.upto = rev;
-                break;
-            }
+            Ok(true)
+        })?;
+        if let Some((main, evs)) = group
+            && !evs.is_empty()
+        {
+            out.batches.push((main, evs));
         }
-        out
+        Ok(out)
     }
 
     /// Drops history before `rev`: per key, the latest record at or below `rev` is kept
@@ -331,6 +570,7 @@ impl Mvcc {
             return Err(Error::FutureRevision);
         }
         let mut removed = Vec::new();
+        let mut freed = 0u64;
         self.index.retain(|_, hist| {
             let pos = hist.partition_point(|e| e.rev.main <= rev);
             if pos == 0 {
@@ -338,17 +578,26 @@ impl Mvcc {
             }
             let keep_last = !hist[pos - 1].tombstone;
             let drop_to = if keep_last { pos - 1 } else { pos };
-            removed.extend(hist.drain(..drop_to).map(|e| e.rev));
+            removed.extend(hist.drain(..drop_to).map(|e| {
+                freed += u64::from(e.size);
+                e.rev
+            }));
             !hist.is_empty()
         });
+        self.stored = self.stored.saturating_sub(freed);
         for r in &removed {
-            if let Some(slots) = self.log.get_mut(&r.main) {
+            if r.main < self.tail_from {
+                continue;
+            }
+            if let Some(slots) = self.tail.get_mut(&r.main) {
                 if let Ok(at) = slots.binary_search_by_key(&r.sub, |(sub, _)| *sub) {
                     let (_, gone) = slots.remove(at);
-                    self.stored = self.stored.saturating_sub(record_bytes(&gone));
+                    self.tail_bytes = self
+                        .tail_bytes
+                        .saturating_sub(record_bytes(&gone) + RECORD_OVERHEAD);
                 }
                 if slots.is_empty() {
-                    self.log.remove(&r.main);
+                    self.tail.remove(&r.main);
                 }
             }
         }
@@ -357,22 +606,23 @@ impl Mvcc {
     }
 }
 
-/// The key-value a key's history `hist` shows as of revision `rev`, read from `log`.
-fn visible_in<'a>(
-    log: &'a BTreeMap<i64, Slots>,
-    hist: &[IndexEntry],
-    rev: i64,
-) -> Option<&'a KeyValue> {
+/// Refuses a record position no history can hold.
+pub fn check_position(rev: Rev) -> Result<()> {
+    if rev.main < 1 || rev.main == i64::MAX || rev.sub < 0 {
+        return Err(Error::Corrupt(format!(
+            "stored record at revision {}.{}",
+            rev.main, rev.sub
+        )));
+    }
+    Ok(())
+}
+
+/// The entry a key's history `hist` shows as of revision `rev`, unless the key was
+/// deleted or not yet written then.
+fn visible(hist: &[IndexEntry], rev: i64) -> Option<&IndexEntry> {
     let pos = hist.partition_point(|e| e.rev.main <= rev);
     let e = hist.get(pos.checked_sub(1)?)?;
-    if e.tombstone {
-        return None;
-    }
-    let slots = log.get(&e.rev.main)?;
-    let at = slots
-        .binary_search_by_key(&e.rev.sub, |(sub, _)| *sub)
-        .ok()?;
-    Some(&slots[at].1.kv)
+    (!e.tombstone).then_some(e)
 }
 
 /// What a record counts in [`Mvcc::stored_bytes`].
@@ -380,15 +630,15 @@ fn record_bytes(rec: &Record) -> u64 {
     (rec.kv.key.len() + rec.kv.value.len()) as u64
 }
 
-/// Adds a record's position to its key's history.
-fn push_history(hist: &mut Vec<IndexEntry>, rev: Rev, tombstone: bool) {
+/// Adds a record's entry to its key's history.
+fn push_history(hist: &mut Vec<IndexEntry>, entry: IndexEntry) {
     // Exact reservations: a vector's first growth reserves room for four records, and
     // most revisions hold one record and most keys see few writes; across 100k keys the
     // spare room would outweigh the data.
     if hist.len() == hist.capacity() {
         hist.reserve_exact(hist.len().max(1));
     }
-    hist.push(IndexEntry { rev, tombstone });
+    hist.push(entry);
 }
 
 /// A write in progress at one revision. Records are in the keyspace as soon as they are
@@ -416,20 +666,36 @@ impl WriteTxn<'_> {
     }
 
     /// The live key-value of `key` (including this transaction's writes).
-    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         self.mvcc.get_at(key, self.rev)
     }
 
-    /// Writes `key`; returns the previous key-value. The key's history is looked up
-    /// once, for both the previous value and the new record.
-    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+    /// True when `key` is live (including this transaction's writes).
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.mvcc.entry_at(key, self.rev).is_some()
+    }
+
+    /// Writes `key`; returns the previous key-value, with its value only when
+    /// `prev_value` (the rest, from the index, is enough to move a lease).
+    pub fn put(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+        lease: i64,
+        prev_value: bool,
+    ) -> Result<Option<KeyValue>> {
         let rev = Rev {
             main: self.rev,
             sub: self.written.len() as i64,
         };
         let m = &mut *self.mvcc;
-        let hist = m.index.entry(key.clone()).or_default();
-        let prev = visible_in(&m.log, hist, rev.main).cloned();
+        let prev = match m.index.get_key_value(&key[..]) {
+            Some((k, hist)) => match visible(hist, rev.main) {
+                Some(e) => Some(m.key_value(k, e, prev_value)?),
+                None => None,
+            },
+            None => None,
+        };
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev.main, 1),
@@ -445,19 +711,19 @@ impl WriteTxn<'_> {
             },
             tombstone: false,
         };
-        push_history(hist, rev, false);
         self.written.push((rev, rec.clone()));
-        m.put_log(rev, rec);
-        prev
+        m.insert(rev, rec);
+        Ok(prev)
     }
 
-    /// Deletes every live key in `range`; returns the deleted key-values.
-    pub fn delete_range(&mut self, range: &KeyRange) -> Vec<KeyValue> {
+    /// Deletes every live key in `range`; returns the deleted key-values, with their
+    /// values only when `values`.
+    pub fn delete_range(&mut self, range: &KeyRange, values: bool) -> Result<Vec<KeyValue>> {
         let mut victims = Vec::new();
-        self.mvcc.scan_at(range, self.rev, |kv| {
-            victims.push(kv.clone());
+        self.mvcc.scan_at(range, self.rev, values, |kv| {
+            victims.push(kv);
             true
-        });
+        })?;
         for kv in &victims {
             self.push(Record {
                 kv: KeyValue {
@@ -468,7 +734,7 @@ impl WriteTxn<'_> {
                 tombstone: true,
             });
         }
-        victims
+        Ok(victims)
     }
 
     fn push(&mut self, rec: Record) {
@@ -498,27 +764,32 @@ mod tests {
     fn revisions_and_versions() {
         let mut m = Mvcc::default();
         let mut t = m.write();
-        t.put(b("a"), b("1"), 0);
+        t.put(b("a"), b("1"), 0, true).expect("put");
         assert_eq!(t.finish().len(), 1);
         assert_eq!(m.current_revision(), 2);
         let mut t = m.write();
-        let prev = t.put(b("a"), b("2"), 0);
+        let prev = t.put(b("a"), b("2"), 0, true).expect("put");
         t.finish();
         assert_eq!(prev.map(|p| p.value), Some(b("1")));
-        let kv = m.get_at(b"a", 3).cloned().expect("live");
+        let kv = m.get_at(b"a", 3).expect("read").expect("live");
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
-        assert_eq!(m.get_at(b"a", 2).map(|k| k.value.clone()), Some(b("1")));
+        assert_eq!(
+            m.get_at(b"a", 2).expect("read").map(|k| k.value),
+            Some(b("1"))
+        );
         let mut t = m.write();
         assert_eq!(
-            t.delete_range(&KeyRange::new(&b("a"), &Bytes::new())).len(),
+            t.delete_range(&KeyRange::new(&b("a"), &Bytes::new()), true)
+                .expect("delete")
+                .len(),
             1
         );
         t.finish();
-        assert!(m.get_at(b"a", 4).is_none());
+        assert!(m.get_at(b"a", 4).expect("read").is_none());
         let mut t = m.write();
-        t.put(b("a"), b("3"), 0);
+        t.put(b("a"), b("3"), 0, true).expect("put");
         t.finish();
-        let kv = m.get_at(b"a", 5).cloned().expect("live");
+        let kv = m.get_at(b"a", 5).expect("read").expect("live");
         assert_eq!((kv.create_revision, kv.version), (5, 1));
     }
 
@@ -527,7 +798,8 @@ mod tests {
         let mut m = Mvcc::default();
         let mut t = m.write();
         assert!(
-            t.delete_range(&KeyRange::new(&b("x"), &Bytes::new()))
+            t.delete_range(&KeyRange::new(&b("x"), &Bytes::new()), true)
+                .expect("delete")
                 .is_empty()
         );
         assert!(t.finish().is_empty());
@@ -539,19 +811,23 @@ mod tests {
         let mut m = Mvcc::default();
         for v in ["1", "2", "3"] {
             let mut t = m.write();
-            t.put(b("a"), b(v), 0);
+            t.put(b("a"), b(v), 0, true).expect("put");
             t.finish();
         }
         let mut t = m.write();
-        t.put(b("gone"), b("x"), 0);
+        t.put(b("gone"), b("x"), 0, true).expect("put");
         t.finish();
         let mut t = m.write();
-        t.delete_range(&KeyRange::new(&b("gone"), &Bytes::new()));
+        t.delete_range(&KeyRange::new(&b("gone"), &Bytes::new()), false)
+            .expect("delete");
         t.finish();
         // revs: a=2,3,4 gone=5, del=6
         let removed = m.compact(6).expect("compact");
         assert_eq!(removed.len(), 4);
-        assert_eq!(m.get_at(b"a", 6).map(|k| k.value.clone()), Some(b("3")));
+        assert_eq!(
+            m.get_at(b"a", 6).expect("read").map(|k| k.value),
+            Some(b("3"))
+        );
         assert_eq!(
             m.read_revision(5).err().map(|e| e.to_string()),
             Some(Error::Compacted.to_string())
@@ -567,27 +843,27 @@ mod tests {
         let mut all = Vec::new();
         for v in ["1", "2"] {
             let mut t = m.write();
-            t.put(b("k"), b(v), 0);
-            t.put(b("j"), b(v), 0);
+            t.put(b("k"), b(v), 0, true).expect("put");
+            t.put(b("j"), b(v), 0, true).expect("put");
             all.extend(t.finish());
         }
         let r = Mvcc::restore(all, 0).expect("restore");
         assert_eq!(r.current_revision(), 3);
-        assert_eq!(r.get_at(b"j", 3).map(|k| k.version), Some(2));
+        assert_eq!(r.get_at(b"j", 3).expect("read").map(|k| k.version), Some(2));
         let k = KeyRange::new(&b("k"), &Bytes::new());
         let lim = EventLimit {
             events: 100,
             bytes: 1 << 20,
             revisions: 100,
         };
-        let all = r.events(2, 3, &k, true, lim);
+        let all = r.events(2, 3, &k, true, lim).expect("events");
         assert_eq!((all.batches.len(), all.upto), (2, 3));
         let one = EventLimit {
             events: 100,
             bytes: 1,
             revisions: 100,
         };
-        let first = r.events(2, 3, &k, true, one);
+        let first = r.events(2, 3, &k, true, one).expect("events");
         assert_eq!((first.batches.len(), first.upto), (1, 2));
     }
 
@@ -598,11 +874,11 @@ mod tests {
         let mut m = Mvcc::default();
         for _ in 0..10 {
             let mut t = m.write();
-            t.put(b("busy"), b("v"), 0);
+            t.put(b("busy"), b("v"), 0, true).expect("put");
             t.finish();
         }
         let mut t = m.write();
-        t.put(b("idle"), b("v"), 0);
+        t.put(b("idle"), b("v"), 0, true).expect("put");
         t.finish();
         let to = m.current_revision();
         let idle = KeyRange::new(&b("idle"), &Bytes::new());
@@ -613,7 +889,7 @@ mod tests {
         };
         let (mut from, mut calls, mut found) = (1, 0, Vec::new());
         while from <= to {
-            let e = m.events(from, to, &idle, false, step);
+            let e = m.events(from, to, &idle, false, step).expect("events");
             assert!(e.upto >= from && e.upto <= to);
             found.extend(e.batches);
             from = e.upto + 1;
@@ -643,7 +919,7 @@ mod tests {
         };
         // A large record index (a revision that deleted many keys, the rest compacted) is fine.
         let m = Mvcc::restore(vec![rec(2, 0), rec(3, 1 << 40)], 0).expect("sparse");
-        assert_eq!(m.records_in(..).count(), 2);
+        assert_eq!(m.records_in_memory().0, 2);
         for bad in [rec(2, -1), rec(0, 0), rec(-5, 3), rec(i64::MAX, 0)] {
             let e = Mvcc::restore(vec![rec(2, 0), bad], 0).expect_err("impossible position");
             assert!(e.to_string().contains("stored record"), "{e}");

@@ -42,15 +42,18 @@ impl Mvcc {
             None
         };
 
+        // Values are read only for key-values returned (or sorted by value); counting
+        // and keys-only reads are answered from the index alone.
+        let values = !req.keys_only || target == SortTarget::Value;
         let mut count = 0i64;
         let mut kvs = Vec::new();
-        self.scan_at(&range, rev, |kv| {
+        self.scan_entries(&range, rev, |key, e| {
             count += 1;
             if !req.count_only && want.is_none_or(|w| kvs.len() < w) {
-                kvs.push(kv.clone());
+                kvs.push(self.key_value(key, e, values)?);
             }
-            true
-        });
+            Ok(true)
+        })?;
 
         if filtered {
             kvs.retain(|kv| {
@@ -109,7 +112,8 @@ mod tests {
         let mut m = Mvcc::default();
         for (k, v) in [("a", "3"), ("b", "1"), ("c", "2"), ("b", "4")] {
             let mut t = m.write();
-            t.put(Bytes::from(k), Bytes::from(v), 0);
+            t.put(Bytes::from(k), Bytes::from(v), 0, false)
+                .expect("put");
             t.finish();
         }
         m

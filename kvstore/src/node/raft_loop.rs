@@ -113,7 +113,7 @@ impl NodeLoop {
         let source = shared.clone();
         log.set_snapshot_source(Box::new(move || {
             let sm = source.sm.read();
-            (sm.applied, crate::snapshot::encode(&sm))
+            Ok((sm.applied, crate::snapshot::encode(&sm)?))
         }));
         let node = NodeLoop {
             raw,
@@ -557,7 +557,7 @@ impl NodeLoop {
                 EntryType::EntryConfChange => {
                     // raft may call back into the state machine (to build a snapshot for a
                     // new member) while applying a conf change: release it meanwhile.
-                    guard.seal(batch);
+                    guard.release_written();
                     drop(sm.take());
                     let answer = self.apply_conf_change(e, batch);
                     members_changed = true;
@@ -574,7 +574,7 @@ impl NodeLoop {
             guard.applied = e.index;
         }
         if let Some(guard) = sm.as_mut() {
-            guard.seal(batch);
+            guard.release_written();
         }
         drop(sm);
         batch.put(keys::APPLIED, (last as i64).to_be_bytes().to_vec());

@@ -132,7 +132,8 @@ async fn deleted_data_dir_stops_the_member_and_exits() {
             }
         }));
     }
-    // sled fails once it needs a file it cannot create; the writes make it need one.
+    // The backend refuses to write once its file is gone (and the journal fails once it needs
+    // a new segment); the writes make it write.
     let deadline = Instant::now() + Duration::from_secs(90);
     while p.is_running() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -7,6 +7,7 @@
 //! kvbench --cluster 3                                 # the same with 3-member clusters
 //! kvbench --endpoint https://127.0.0.1:2379 --tls-dir pki   # over TLS (netd certs layout)
 //! kvbench --compare --auth                            # both with authentication on
+//! kvbench --compare --scale --overwrites 5            # a million 1 KiB keys (scale.rs)
 //! kvbench --endpoint http://127.0.0.1:2379 --auth --user bench:secret
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
@@ -46,6 +47,8 @@ use kvstore::proto::etcdserverpb::{
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+mod scale;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark an etcd v3 endpoint (or kvstore beside etcd 3.4 with --compare)")]
@@ -97,6 +100,19 @@ struct Args {
     /// token with every request; with --endpoint, give --user. Skips the memory phase.
     #[arg(long)]
     auth: bool,
+    /// Instead of the workloads: load --scale-keys keys into a fresh server of each kind and
+    /// measure load rate, memory, disk, restart, full ranges and compaction (see scale.rs).
+    #[arg(long, conflicts_with = "auth")]
+    scale: bool,
+    /// With --scale: keys loaded.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_keys: usize,
+    /// With --scale: bytes of each value.
+    #[arg(long, default_value_t = 1024)]
+    value_bytes: usize,
+    /// With --scale: times each key is written again after the first load.
+    #[arg(long, default_value_t = 0)]
+    overwrites: usize,
     /// With --auth and --endpoint: the user to log in as.
     #[arg(
         long,
@@ -462,6 +478,8 @@ struct Server {
     child: Child,
     dir: tempfile::TempDir,
     endpoint: String,
+    /// How it was started (to start it again).
+    member: testbed::etcd::Member,
 }
 
 impl Drop for Server {
@@ -476,8 +494,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Starts an `n`-member cluster of `bin` on free loopback ports, each member with its own
-/// temporary data dir.
-fn start(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
+/// temporary data dir and the flags `extra`.
+fn start_with(bin: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Server>> {
     anyhow::ensure!(
         bin.exists(),
         "{} not found (build it first: cargo build --release -p kvstore)",
@@ -507,6 +525,7 @@ fn start(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
         );
         member.initial_cluster = Some(initial.join(","));
         member.token = Some(token.clone());
+        member.extra = extra.iter().map(Into::into).collect();
         let child = member
             .command(bin, None)
             .stdout(Stdio::null())
@@ -516,14 +535,20 @@ fn start(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
             child,
             dir,
             endpoint: client,
+            member,
         });
     }
     Ok(members)
 }
 
-/// `start`, then waits until every member answers.
+/// `start_with` and no further flags, then waits until every member answers.
 async fn start_ready(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
-    let mut servers = start(bin, n)?;
+    start_ready_with(bin, n, &[]).await
+}
+
+/// `start_with`, then waits until every member answers.
+async fn start_ready_with(bin: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Server>> {
+    let mut servers = start_with(bin, n, extra)?;
     for s in &mut servers {
         wait_ready(s).await?;
     }
@@ -533,7 +558,8 @@ async fn start_ready(bin: &Path, n: usize) -> anyhow::Result<Vec<Server>> {
 /// Waits until the member answers a linearizable read; fails with its log if it exits.
 async fn wait_ready(server: &mut Server) -> anyhow::Result<()> {
     let endpoint = server.endpoint.clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A restart of a large data dir takes longer than a fresh start.
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Some(st) = server.child.try_wait()? {
             let log = std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default();
@@ -736,6 +762,9 @@ async fn main() -> anyhow::Result<()> {
             .file_name()
             .map_or(name.clone(), |f| f.to_string_lossy().into_owned());
         bins.push((label, bin));
+    }
+    if a.scale {
+        return scale::run(&bins, &a).await;
     }
     // Every server runs from the start (they idle while another is measured).
     let mut running = Vec::new();
