@@ -174,11 +174,12 @@ fn step(msg: &str) {
     println!("==> {msg}");
 }
 
-/// What the demo runs besides its own binaries: `ip` builds the namespaces, `nft` holds netd's
-/// and netd-cni's masquerade rules. When one is missing, the project's install script installs
-/// it (Debian 12, apt); it says what it installs, and fails with one line where it cannot.
+/// What the demo runs besides its own binaries: `ip` builds the namespaces (netd and netd-cni
+/// program their masquerade rules over netlink, with no tool). When it is missing, the
+/// project's install script installs it (Debian 12, apt); it says what it installs, and fails
+/// with one line where it cannot.
 fn install_tools() -> Result<()> {
-    let missing: Vec<&str> = ["ip", "nft"]
+    let missing: Vec<&str> = ["ip"]
         .into_iter()
         .filter(|t| !testbed::cmd::on_path(t))
         .collect();
@@ -187,8 +188,7 @@ fn install_tools() -> Result<()> {
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
     step(&format!(
-        "{} not installed: installing iproute2 and nftables (the demo builds namespaces with ip; \
-         netd and netd-cni masquerade with nft) through {} demo",
+        "{} not installed: installing iproute2 (the demo builds namespaces with ip) through {} demo",
         missing.join(" and "),
         script.display()
     ));

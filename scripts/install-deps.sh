@@ -3,8 +3,9 @@
 # relies on is really there. The build itself needs only Rust and a C linker.
 #
 #   scripts/install-deps.sh demo   what `cargo run --release --example demo` runs: iproute2
-#                                  (`ip netns`), nftables (netd's and netd-cni's masquerade rules)
-#   scripts/install-deps.sh test   the demo's, plus what the tests compare with or drive: the
+#                                  (`ip netns`; netd and netd-cni program nf_tables themselves)
+#   scripts/install-deps.sh test   the demo's, plus what the tests compare with or drive: nftables
+#                                  (to read back the rules netd and netd-cni write), the
 #                                  reference etcd 3.4 and etcdctl, iputils-ping, the reference CNI
 #                                  plugins, busybox-static and iperf3 (traffic inside namespaces),
 #                                  podman with runc (the container-runtime test)
@@ -13,10 +14,10 @@
 set -euo pipefail
 
 set_name=${1:-}
-demo_packages=(iproute2 nftables)
-demo_tools=(ip nft)
-test_packages=("${demo_packages[@]}" etcd-server etcd-client python3-etcd3gw iputils-ping containernetworking-plugins busybox-static iperf3 podman runc)
-test_tools=("${demo_tools[@]}" etcd etcdctl ping iptables-save /usr/lib/cni/bridge /usr/lib/cni/host-local busybox iperf3 podman runc)
+demo_packages=(iproute2)
+demo_tools=(ip)
+test_packages=("${demo_packages[@]}" nftables etcd-server etcd-client python3-etcd3gw iputils-ping containernetworking-plugins busybox-static iperf3 podman runc)
+test_tools=("${demo_tools[@]}" nft etcd etcdctl ping iptables-save /usr/lib/cni/bridge /usr/lib/cni/host-local busybox iperf3 podman runc)
 case "$set_name" in
   demo) packages=("${demo_packages[@]}"); tools=("${demo_tools[@]}") ;;
   test) packages=("${test_packages[@]}"); tools=("${test_tools[@]}") ;;

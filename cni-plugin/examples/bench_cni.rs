@@ -6,6 +6,7 @@
 //! cargo build --release -p netd-cni --bins --examples
 //! target/release/examples/bench_cni            # or: bench_cni --latency 100 --parallel 8
 //! target/release/examples/bench_cni --sync-teardown   # DEL deletes the veth synchronously
+//! target/release/examples/bench_cni --ip-masq  # both plugins masquerade ("ipMasq": true)
 //! ```
 //! For each plugin it measures (1) sequential ADD, DEL and ADD+DEL latency of one container on
 //! an otherwise empty host, (2) throughput of 100 ADDs then 100 DELs with `--parallel`
@@ -31,6 +32,9 @@ struct Opts {
     levels: Vec<usize>,
     /// Run netd-cni with `"asyncTeardown": false` (DEL waits for the kernel's veth destruction).
     sync_teardown: bool,
+    /// `"ipMasq": true` on both sides: each plugin masquerades the containers' outbound traffic
+    /// (netd-cni with its nf_tables rule, the reference with iptables).
+    ip_masq: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -48,6 +52,7 @@ fn parse_opts() -> Result<Opts, String> {
         probes: 20,
         levels: vec![10, 50, 100, 200],
         sync_teardown: false,
+        ip_masq: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -56,6 +61,7 @@ fn parse_opts() -> Result<Opts, String> {
         match a.as_str() {
             "--plugin" => o.plugin = PathBuf::from(val()?),
             "--sync-teardown" => o.sync_teardown = true,
+            "--ip-masq" => o.ip_masq = true,
             "--latency" => o.latency_runs = num(val()?)?,
             "--throughput" => o.throughput = num(val()?)?,
             "--parallel" => o.parallel = num(val()?)?.max(1),
@@ -120,6 +126,7 @@ impl Subject {
         reference: bool,
         tag: &str,
         sync_teardown: bool,
+        ip_masq: bool,
     ) -> Result<Subject, String> {
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let host_ns = format!("ncbench{}-{tag}", std::process::id());
@@ -127,7 +134,7 @@ impl Subject {
         let data = tmp.path().join("data");
         let conf = if reference {
             json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cni0",
-                   "isGateway": true, "isDefaultGateway": true, "ipMasq": false, "mtu": 1450,
+                   "isGateway": true, "isDefaultGateway": true, "ipMasq": ip_masq, "mtu": 1450,
                    "hairpinMode": true,
                    "ipam": {"type": "host-local", "dataDir": data,
                             "ranges": [[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]]}})
@@ -139,7 +146,7 @@ impl Subject {
             )
             .map_err(|e| e.to_string())?;
             json!({"cniVersion": "1.0.0", "name": "bench", "type": "netd-cni", "bridge": "cni0",
-                   "subnetFile": subnet, "dataDir": data, "ipMasq": false, "hairpinMode": true,
+                   "subnetFile": subnet, "dataDir": data, "ipMasq": ip_masq, "hairpinMode": true,
                    "asyncTeardown": !sync_teardown})
         };
         Ok(Subject {
@@ -351,13 +358,21 @@ fn main() {
     };
     let run = || -> Result<Vec<(&'static str, Report)>, String> {
         let mut subjects = vec![
-            Subject::new("netd-cni", o.plugin.clone(), false, "ours", o.sync_teardown)?,
+            Subject::new(
+                "netd-cni",
+                o.plugin.clone(),
+                false,
+                "ours",
+                o.sync_teardown,
+                o.ip_masq,
+            )?,
             Subject::new(
                 "bridge+host-local",
                 Path::new(REF_DIR).join("bridge"),
                 true,
                 "ref",
                 false,
+                o.ip_masq,
             )?,
         ];
         let reports = measure(&mut subjects, &o)?;

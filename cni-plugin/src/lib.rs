@@ -8,7 +8,7 @@
 //!   MTU from netd's `subnet.env`.
 //! - [`ipam`]: the built-in host-local-compatible address store, or a delegated IPAM plugin.
 //! - [`net`]: rtnetlink work — namespaces, the bridge and veth on the host, the container side.
-//! - [`masq`]: per-container outbound masquerade in the plugin's own nftables tables.
+//! - [`masq`]: outbound masquerade, one nf_tables rule per network and node subnet (netlink).
 //! - [`naming`]: deterministic names derived from an attachment.
 //! - [`result`]: CNI results, parsed and shaped per version.
 //! - [`commands`]: ADD, DEL, CHECK, GC, STATUS, VERSION.

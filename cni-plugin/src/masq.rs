@@ -1,239 +1,225 @@
-//! Outbound masquerade with nftables, for nodes where netd does not masquerade itself.
+//! Outbound masquerade for nodes where netd does not masquerade itself, programmed over
+//! netlink ([`hostnet::nftables`]; no `nft` process).
 //!
-//! The plugin owns table `ip netd_cni`: a `postrouting` NAT chain with one fixed rule,
-//! `ip saddr @masq ip daddr != @nomasq masquerade`, and two sets. Each container is one element
-//! of `masq` (its address, commented with a hash of its attachment), added on ADD and removed
-//! on DEL or GC — so the per-container state is a single atomic set update, and DEL finds it by
-//! comment even without the container's address. `nomasq` holds the cluster networks and
-//! multicast, which are never masqueraded.
+//! One rule covers the node's whole pod subnet, so the per-container path touches no firewall
+//! state: in table `ip netd_cni` (`ip6 netd_cni` for IPv6), a base chain per network and source
+//! subnet, `masq-<hash of both>` (type nat, hook postrouting, priority srcnat), holds
 //!
-//! On a dual-stack node, table `ip6 netd_cni` is its IPv6 twin, made by the same code:
-//! `ip6 saddr @masq ip6 daddr != @nomasq masquerade`, the container's IPv6 address in `masq`
-//! under the same comment, `nomasq` holding `FLANNEL_IPV6_NETWORK` and `ff00::/8`. Both
-//! elements of a container are added in one transaction. A node that is IPv4 only never
-//! creates or reads the IPv6 table.
+//! ```text
+//! ip saddr 10.244.3.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 counter masquerade comment "netd-cni: ..."
+//! ```
+//!
+//! — flannel's policy: traffic leaving the cluster network is masqueraded, pod-to-pod traffic
+//! and multicast are not (IPv6: the IPv6 cluster network and `ff00::/8`). ADD reads the chain's
+//! rules (one netlink dump per family) and writes only when the rule is missing or different
+//! (the first container of a network, a new lease, a new cluster network): then one batch adds
+//! the table and chain, flushes the chain and adds the rule, which the kernel applies
+//! atomically, so a plugin killed mid-ADD leaves the old rule or the new one, never half of
+//! one; concurrent ADDs each leave exactly one rule. DEL, GC and a failed ADD's rollback owe
+//! nothing: the rule belongs to the subnet, not to a container, and stays while other
+//! containers (and later ones) use it. A network's chains are independent of another
+//! network's, so several conflists on one host do not disturb each other.
+//!
+//! The source subnet is the node's subnet of that family from `subnet.env`; an address from a
+//! delegated IPAM plugin outside it gets a chain for its own prefix.
+//!
+//! The plugin's earlier design kept a set element per container in chain `postrouting` and
+//! sets `masq` / `nomasq` of the same table; the first write of this one deletes them (the new
+//! rules cover those containers too).
 
 use std::net::IpAddr;
 
+use hostnet::nftables::{self, Action, Batch, Family, Hook, Match, Rule};
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 
 use crate::error::{CniError, Result};
+use crate::naming;
 
-/// One family's table: its nft family, address type, and the multicast range left alone.
-struct Table {
-    family: &'static str,
-    addr_type: &'static str,
-    multicast: &'static str,
+/// The plugin's table, in each family.
+pub const TABLE: &str = "netd_cni";
+/// The earlier design's objects in that table, removed on the first write.
+const LEGACY_CHAIN: &str = "postrouting";
+const LEGACY_SETS: [&str; 2] = ["masq", "nomasq"];
+/// How often a write is retried when a concurrent ADD removed the legacy objects first.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// What one masquerade rule covers: traffic from `source` to anywhere outside `cluster`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub source: IpNetwork,
+    pub cluster: IpNetwork,
 }
 
-const V4: Table = Table {
-    family: "ip",
-    addr_type: "ipv4_addr",
-    multicast: "224.0.0.0/4",
-};
-const V6: Table = Table {
-    family: "ip6",
-    addr_type: "ipv6_addr",
-    multicast: "ff00::/8",
-};
-const TABLE_NAME: &str = "netd_cni";
+impl Scope {
+    /// The scope of a container address: the node subnet of its family when the address is in
+    /// it, else the address's own prefix.
+    pub fn of(addr: IpNetwork, node_subnet: Option<IpNetwork>, cluster: IpNetwork) -> Scope {
+        let source = match node_subnet {
+            Some(s) if s.contains(addr.ip()) => s,
+            _ => IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(addr),
+        };
+        Scope { source, cluster }
+    }
 
-impl Table {
-    fn of(ip: &IpAddr) -> &'static Table {
-        match ip {
-            IpAddr::V4(_) => &V4,
-            IpAddr::V6(_) => &V6,
+    fn family(&self) -> Family {
+        match self.source {
+            IpNetwork::V4(_) => Family::Ip,
+            IpNetwork::V6(_) => Family::Ip6,
         }
     }
 
-    /// The nft commands that make sure the table exists and masquerades `ip` (commented
-    /// `comment`) unless it talks to `cluster`.
-    fn add_script(&self, ip: IpAddr, comment: &str, cluster: IpNetwork) -> String {
-        let Table {
-            family: fam,
-            addr_type,
-            multicast,
-        } = self;
-        let table = format!("{fam} {TABLE_NAME}");
+    fn multicast(&self) -> IpNetwork {
+        match self.source {
+            IpNetwork::V4(_) => IpNetwork::new(IpAddr::from([224, 0, 0, 0]), 4),
+            IpNetwork::V6(_) => IpNetwork::new(IpAddr::from([0xff00, 0, 0, 0, 0, 0, 0, 0]), 8),
+        }
+        .unwrap_or(self.cluster)
+    }
+
+    fn chain(&self, network: &str) -> String {
+        naming::masq_chain(network, &self.source.to_string())
+    }
+
+    /// The comment doubles as the rule's fingerprint: equal comment, equal rule.
+    fn comment(&self, network: &str) -> String {
         format!(
-            "add table {table}\n\
-             add chain {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-             add set {table} masq {{ type {addr_type}; }}\n\
-             add set {table} nomasq {{ type {addr_type}; flags interval; auto-merge; }}\n\
-             add element {table} nomasq {{ {cluster}, {multicast} }}\n\
-             flush chain {table} postrouting\n\
-             add rule {table} postrouting {fam} saddr @masq {fam} daddr != @nomasq masquerade\n\
-             add element {table} masq {{ {ip} comment \"{comment}\" }}\n"
+            "netd-cni: masquerade {} leaving {}, network {network}",
+            self.source, self.cluster
         )
     }
-}
 
-/// Which of the plugin's tables an operation looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Families {
-    /// `ip netd_cni` only: an IPv4-only node.
-    Ipv4,
-    /// `ip netd_cni` and `ip6 netd_cni`: a dual-stack node, or one whose subnet file is unknown.
-    DualStack,
-}
+    fn rule(&self, network: &str) -> Rule {
+        Rule::new(
+            vec![
+                Match::from(self.source),
+                Match::not_to(self.cluster),
+                Match::not_to(self.multicast()),
+            ],
+            Action::Masquerade {
+                fully_random: false,
+            },
+        )
+        .with_comment(self.comment(network))
+    }
 
-impl Families {
-    fn tables(self) -> &'static [Table] {
-        match self {
-            Families::Ipv4 => std::slice::from_ref(&V4),
-            Families::DualStack => &[V4, V6],
-        }
+    /// True when the scope's chain holds exactly its rule.
+    fn installed(&self, network: &str) -> Result<bool> {
+        let comments = nftables::rule_comments(self.family(), TABLE, &self.chain(network))
+            .map_err(firewall)?;
+        Ok(comments == [Some(self.comment(network))])
     }
 }
 
-/// True when nftables tooling is installed.
-pub fn available() -> bool {
-    hostnet::nft::available()
+fn firewall(e: nftables::Error) -> CniError {
+    CniError::Firewall(e.to_string())
 }
 
-fn nft(args: &[&str], script: Option<&str>) -> Result<String> {
-    hostnet::nft::run(args, script).map_err(CniError::Firewall)
-}
-
-/// Masquerade traffic from each address leaving its cluster network: `entries` are
-/// `(container address, cluster network of that family)`, all commented `comment`.
-pub fn add(comment: &str, entries: &[(IpAddr, IpNetwork)]) -> Result<()> {
-    let script: String = entries
-        .iter()
-        .map(|(ip, cluster)| Table::of(ip).add_script(*ip, comment, *cluster))
-        .collect();
-    // Under many concurrent ADDs on a loaded machine, a transaction has (rarely) been seen
-    // failing with ENOENT on the rule while others create the same objects. The script is
-    // idempotent (every object is `add`ed, the chain flushed and refilled), so it is retried.
-    let mut attempt = 0;
+/// Makes sure network `network` masquerades each of `scopes`; writes only what is missing.
+pub fn ensure(network: &str, scopes: &[Scope]) -> Result<()> {
+    let mut missing = Vec::new();
+    for s in scopes {
+        if !s.installed(network)? {
+            missing.push(*s);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 1;
     loop {
-        match nft(&["-f", "-"], Some(&script)) {
-            Err(CniError::Firewall(msg))
-                if msg.contains("No such file or directory") && attempt < ADD_RETRIES =>
-            {
+        match write(network, &missing) {
+            Err(CniError::Firewall(_)) if attempt < WRITE_ATTEMPTS && legacy_race(&missing) => {
                 attempt += 1;
-                backoff(attempt);
             }
-            other => return other.map(drop),
+            other => return other,
         }
     }
 }
 
-/// How often a masquerade transaction failing with ENOENT is retried.
-const ADD_RETRIES: u32 = 4;
-
-/// Backs off a little more on each retry (5, 10, 15, 20 ms).
-fn backoff(attempt: u32) {
-    std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
+/// True when a failed write may have lost a race over the legacy objects (they are gone now).
+fn legacy_race(scopes: &[Scope]) -> bool {
+    scopes.iter().all(|s| {
+        nftables::chains(s.family(), TABLE).is_ok_and(|c| !c.iter().any(|n| n == LEGACY_CHAIN))
+    })
 }
 
-/// Elements `(address, comment)` of the `masq` sets of `families`' tables; a table that does
-/// not exist has none.
-pub fn list(families: Families) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for table in families.tables() {
-        out.extend(list_table(table)?);
-    }
-    Ok(out)
-}
-
-fn list_table(table: &Table) -> Result<Vec<(String, String)>> {
-    let text = match nft(
-        &["-j", "list", "set", table.family, TABLE_NAME, "masq"],
-        None,
-    ) {
-        Ok(t) => t,
-        Err(CniError::Firewall(msg)) if msg.contains("No such file or directory") => {
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(e),
-    };
-    let doc: Value = serde_json::from_str(&text)
-        .map_err(|e| CniError::Firewall(format!("cannot parse nft -j output: {e}")))?;
-    let mut out = Vec::new();
-    for item in doc["nftables"].as_array().into_iter().flatten() {
-        for elem in item["set"]["elem"].as_array().into_iter().flatten() {
-            let (val, comment) = match elem.get("elem") {
-                Some(e) => (&e["val"], e["comment"].as_str().unwrap_or_default()),
-                None => (elem, ""),
-            };
-            if let Some(v) = val.as_str() {
-                out.push((v.to_string(), comment.to_string()));
+/// One batch: table, the legacy objects' removal, each scope's chain flushed and refilled.
+fn write(network: &str, scopes: &[Scope]) -> Result<()> {
+    let mut batch = Batch::new();
+    let mut families: Vec<Family> = scopes.iter().map(Scope::family).collect();
+    families.dedup();
+    for family in families {
+        batch.add_table(family, TABLE);
+        let chains = nftables::chains(family, TABLE).map_err(firewall)?;
+        if chains.iter().any(|c| c == LEGACY_CHAIN) {
+            batch.delete_chain(family, TABLE, LEGACY_CHAIN);
+            for set in LEGACY_SETS {
+                batch.delete_set(family, TABLE, set);
             }
+        }
+    }
+    for s in scopes {
+        let chain = s.chain(network);
+        batch.add_chain(s.family(), TABLE, &chain, Some(Hook::NatPostrouting));
+        batch.flush_chain(s.family(), TABLE, &chain);
+        batch.add_rule(s.family(), TABLE, &chain, &s.rule(network));
+    }
+    batch.commit().map_err(firewall)
+}
+
+/// What CHECK reports: one line per scope whose rule is missing or different.
+pub fn problems(network: &str, scopes: &[Scope]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in scopes {
+        if !s.installed(network)? {
+            out.push(format!("masquerade rule for {} missing", s.source));
         }
     }
     Ok(out)
-}
-
-/// Remove every element of `families`' tables whose comment satisfies `doomed`; returns how
-/// many were removed.
-pub fn remove_where(families: Families, doomed: impl Fn(&str) -> bool) -> Result<usize> {
-    let mut errors = Vec::new();
-    let mut removed = 0;
-    for table in families.tables() {
-        let victims: Vec<String> = list_table(table)?
-            .into_iter()
-            .filter(|(_, c)| doomed(c))
-            .map(|(ip, _)| ip)
-            .collect();
-        for ip in &victims {
-            let script = format!(
-                "delete element {} {TABLE_NAME} masq {{ {ip} }}\n",
-                table.family
-            );
-            match nft(&["-f", "-"], Some(&script)) {
-                // A concurrent DEL or GC removed it first: that is the state we want.
-                Err(CniError::Firewall(msg)) if msg.contains("No such file or directory") => {}
-                Err(e) => errors.push(e),
-                Ok(_) => {}
-            }
-        }
-        removed += victims.len();
-    }
-    match CniError::combine(errors) {
-        Some(e) => Err(e),
-        None => Ok(removed),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn net(s: &str) -> IpNetwork {
+        s.parse().expect("literal")
+    }
+
     #[test]
-    fn each_family_gets_its_own_table_and_types() {
-        let v4 = V4.add_script(
-            "10.244.3.2".parse().expect("literal"),
-            "c",
-            "10.244.0.0/16".parse().expect("literal"),
-        );
-        // The IPv4 script is the one the plugin always ran.
+    fn scopes_cover_the_node_subnet_and_name_their_chain() {
+        let cluster = net("10.244.0.0/16");
+        let s = Scope::of(net("10.244.3.7/24"), Some(net("10.244.3.0/24")), cluster);
+        assert_eq!(s.source, net("10.244.3.0/24"));
+        // Every container of the subnet shares the scope, so the chain and rule.
+        let t = Scope::of(net("10.244.3.9/24"), Some(net("10.244.3.0/24")), cluster);
+        assert_eq!(s, t);
+        assert_eq!(s.chain("n"), t.chain("n"));
+        assert_ne!(s.chain("n"), s.chain("other"));
+        // A delegated address outside the node subnet: its own prefix.
+        let d = Scope::of(net("192.168.5.4/26"), Some(net("10.244.3.0/24")), cluster);
+        assert_eq!(d.source, net("192.168.5.0/26"));
+        assert_ne!(d.chain("n"), s.chain("n"));
+        let r = s.rule("n");
         assert_eq!(
-            v4,
-            "add table ip netd_cni\n\
-             add chain ip netd_cni postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
-             add set ip netd_cni masq { type ipv4_addr; }\n\
-             add set ip netd_cni nomasq { type ipv4_addr; flags interval; auto-merge; }\n\
-             add element ip netd_cni nomasq { 10.244.0.0/16, 224.0.0.0/4 }\n\
-             flush chain ip netd_cni postrouting\n\
-             add rule ip netd_cni postrouting ip saddr @masq ip daddr != @nomasq masquerade\n\
-             add element ip netd_cni masq { 10.244.3.2 comment \"c\" }\n"
-        );
-        let ip6: IpAddr = "fd00:10:244:3::2".parse().expect("literal");
-        let v6 = Table::of(&ip6).add_script(ip6, "c", "fd00:10:244::/56".parse().expect("literal"));
-        assert!(v6.contains("add table ip6 netd_cni\n"), "{v6}");
-        assert!(v6.contains("type ipv6_addr;"), "{v6}");
-        assert!(v6.contains("{ fd00:10:244::/56, ff00::/8 }"), "{v6}");
-        assert!(
-            v6.contains("ip6 saddr @masq ip6 daddr != @nomasq masquerade"),
-            "{v6}"
+            r.matches,
+            vec![
+                Match::from(net("10.244.3.0/24")),
+                Match::not_to(cluster),
+                Match::not_to(net("224.0.0.0/4"))
+            ]
         );
         assert!(
-            v6.contains("masq { fd00:10:244:3::2 comment \"c\" }"),
-            "{v6}"
+            r.comment
+                .as_deref()
+                .is_some_and(|c| c.contains("10.244.3.0/24 leaving 10.244.0.0/16"))
         );
-        assert_eq!(Families::Ipv4.tables().len(), 1);
-        assert_eq!(Families::DualStack.tables().len(), 2);
+        let v6 = Scope::of(
+            net("fd00:10:244:3::5/64"),
+            Some(net("fd00:10:244:3::/64")),
+            net("fd00:10:244::/56"),
+        );
+        assert_eq!(v6.family(), Family::Ip6);
+        assert_eq!(v6.multicast(), net("ff00::/8"));
     }
 }

@@ -1,8 +1,8 @@
 //! Deterministic names derived from an attachment `(network, containerID, ifname)`.
 //!
-//! The host-side veth and the masquerade entry are named from a hash of the attachment, so DEL
-//! finds and removes them even when the container's netns is empty or gone and no
-//! `prevResult` was sent.
+//! The host-side veth is named from a hash of the attachment, so DEL finds and removes it even
+//! when the container's netns is empty or gone and no `prevResult` was sent. A masquerade chain
+//! is named from its network and source subnet.
 
 /// 64-bit FNV-1a over the parts, each followed by a 0 byte (which no part contains), so that
 /// `("ab", "c")` and `("a", "bc")` differ. Stable across builds, unlike `std`'s hasher.
@@ -23,18 +23,9 @@ pub fn host_veth(network: &str, container_id: &str, ifname: &str) -> String {
     format!("veth{:08x}", fnv1a(&[network, container_id, ifname]) >> 32)
 }
 
-/// Prefix shared by every masquerade entry of one network (for GC).
-pub fn masq_network_tag(network: &str) -> String {
-    format!("netd-cni:{:08x}:", fnv1a(&[network]) >> 32)
-}
-
-/// Comment on the masquerade set element of one attachment.
-pub fn masq_comment(network: &str, container_id: &str, ifname: &str) -> String {
-    format!(
-        "{}{:016x}",
-        masq_network_tag(network),
-        fnv1a(&[network, container_id, ifname])
-    )
+/// The masquerade chain of one network and source subnet: `masq-` + 16 hex digits.
+pub fn masq_chain(network: &str, source: &str) -> String {
+    format!("masq-{:016x}", fnv1a(&[network, source]))
 }
 
 #[cfg(test)]
@@ -48,6 +39,10 @@ mod tests {
         assert_eq!(a.len(), 12);
         assert_ne!(a, host_veth("net", "c1", "eth1"));
         assert_ne!(a, host_veth("net", "c1e", "th0"));
-        assert!(masq_comment("net", "c1", "eth0").starts_with(&masq_network_tag("net")));
+        assert_eq!(masq_chain("net", "10.244.3.0/24").len(), 21);
+        assert_ne!(
+            masq_chain("net", "10.244.3.0/24"),
+            masq_chain("net", "10.244.4.0/24")
+        );
     }
 }

@@ -4,9 +4,10 @@
 //!
 //! - [`subnet_env`]: `subnet.env`, the contract between netd and netd-cni.
 //! - [`file_trust`]: which runtime files and directories a root process may trust.
-//! - [`nft`]: running the nftables tool.
 //! - [`netns`]: network namespaces, and the one place that enters one.
 //! - `netlink` (feature `netlink`): errno kinds, link lookup, addresses, the main table.
+//! - `nftables` (feature `netlink`): nf_tables over netlink, batches applied atomically and
+//!   the reads that check them; no `nft` process.
 //! - [`error`]: the one error type.
 
 pub mod error;
@@ -14,7 +15,8 @@ pub mod file_trust;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod netns;
-pub mod nft;
+#[cfg(feature = "netlink")]
+pub mod nftables;
 pub mod subnet_env;
 
 pub use error::{Error, Result};

@@ -80,9 +80,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// An external command (nft, sysctl write) failed.
-    #[error("{cmd}: {reason}")]
-    Command { cmd: String, reason: String },
+    /// Programming netd's nf_tables tables over netlink failed.
+    #[error("nftables: {0}")]
+    Nftables(#[from] hostnet::nftables::Error),
 
     /// JSON (de)serialisation of our own data failed.
     #[error("json: {0}")]

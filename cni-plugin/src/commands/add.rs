@@ -4,7 +4,7 @@
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
-use super::{addresses, container_routes, gateways, masq_enabled, masq_families};
+use super::{addresses, container_routes, gateways, masq_enabled, masq_scopes};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
@@ -20,7 +20,6 @@ use crate::subnet_env::SubnetEnv;
 struct Progress {
     allocated: bool,
     veth_created: bool,
-    masq_added: bool,
 }
 
 /// Everything one ADD works with, and what it has created so far.
@@ -128,17 +127,10 @@ impl Attach<'_> {
         host::wait_forwarding(h, &veth.name).await?;
         garp::announce(&self.cont_h, &self.netns, &cont, first6.is_some()).await?;
 
+        // The node's masquerade rule covers the whole subnet: written by the first ADD, only
+        // read by the others, and never undone by a rollback (other containers share it).
         if masq_enabled(conf, Some(env)) {
-            self.progress.masq_added = true;
-            let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-            let mut entries = Vec::new();
-            if let (Some(a), Some(v4)) = (first, &env.ipv4) {
-                entries.push((a.ip(), IpNetwork::V4(v4.network)));
-            }
-            if let (Some(a), Some(v6)) = (first6, &env.ipv6) {
-                entries.push((a.ip(), IpNetwork::V6(v6.network)));
-            }
-            masq::add(&comment, &entries)?;
+            masq::ensure(&conf.name, &masq_scopes(env, &addrs))?;
         }
 
         Ok(CniResult {
@@ -188,13 +180,6 @@ impl Attach<'_> {
     async fn rollback(&self) -> Option<CniError> {
         let (inv, conf) = (self.inv, self.conf);
         let mut errors = Vec::new();
-        if self.progress.masq_added {
-            let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-            let families = masq_families(Some(&self.env));
-            if let Err(e) = masq::remove_where(families, |c| c == comment) {
-                errors.push(e);
-            }
-        }
         if self.progress.veth_created {
             let host_name = naming::host_veth(&conf.name, &inv.container_id, &inv.ifname);
             if let Err(e) = links::delete_by_name(&self.host_h, &host_name).await {

@@ -1,11 +1,11 @@
 //! CHECK: verify that the attachment is still as ADD left it (both addresses, routes and
-//! masquerade entries on a dual-stack node), and say what is wrong if not.
+//! masquerade rules on a dual-stack node), and say what is wrong if not.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{addresses, container_routes, gateways, masq_enabled, masq_families};
+use super::{addresses, container_routes, gateways, masq_enabled, masq_scopes};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
@@ -57,22 +57,7 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
         _ => {}
     }
     if masq_enabled(conf, Some(&env)) {
-        let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-        let present = masq::list(masq_families(Some(&env)))?;
-        // ADD masquerades the address of each family the node's subnet file names.
-        let masqueraded = addrs.iter().filter(|a| {
-            if a.is_ipv4() {
-                env.ipv4.is_some()
-            } else {
-                env.ipv6.is_some()
-            }
-        });
-        for a in masqueraded {
-            let ip = a.ip().to_string();
-            if !present.iter().any(|(p, c)| *p == ip && *c == comment) {
-                problems.push(format!("masquerade entry for {ip} missing"));
-            }
-        }
+        problems.extend(masq::problems(&conf.name, &masq_scopes(&env, &addrs))?);
     }
     if problems.is_empty() {
         Ok(())

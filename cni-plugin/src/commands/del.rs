@@ -1,16 +1,15 @@
 //! DEL: idempotent teardown. Succeeds when already deleted, with an empty `CNI_NETNS`, or when
-//! the netns is gone — and still removes the host veth, the masquerade entry and the address,
-//! which are all found from the attachment's identity rather than from the container. On a
-//! dual-stack node that is both addresses and both masquerade entries.
+//! the netns is gone — and still removes the host veth and the address, which are both found
+//! from the attachment's identity rather than from the container. On a dual-stack node that is
+//! both addresses. Masquerade owes nothing here: its rule covers the node's subnet, not one
+//! container (see [`crate::masq`]).
 
 use std::net::IpAddr;
 
-use super::{masq_enabled, masq_families};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, Result};
 use crate::ipam::Ipam;
-use crate::masq;
 use crate::naming;
 use crate::net::{links, netns::Netns, retire};
 use crate::result::CniResult;
@@ -50,17 +49,6 @@ pub async fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
             links::delete_by_name(&host_h, &host_name).await.map(drop)
         };
         if let Err(e) = done {
-            errors.push(e);
-        }
-    }
-    if masq_enabled(conf, env.as_ref()) && (conf.ip_masq == Some(true) || masq::available()) {
-        let comment = naming::masq_comment(&conf.name, &inv.container_id, &inv.ifname);
-        // An IPv6 address the attachment had means an IPv6 entry, whatever the file says now.
-        let families = match hints.iter().any(IpAddr::is_ipv6) {
-            true => masq::Families::DualStack,
-            false => masq_families(env.as_ref()),
-        };
-        if let Err(e) = masq::remove_where(families, |c| c == comment) {
             errors.push(e);
         }
     }

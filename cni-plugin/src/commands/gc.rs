@@ -1,5 +1,6 @@
-//! GC (spec 1.1): release every allocation and masquerade entry of this network whose
-//! attachment is not in the runtime's list of valid attachments. Continues past errors.
+//! GC (spec 1.1): release every allocation of this network whose attachment is not in the
+//! runtime's list of valid attachments, and reap retired veths. Continues past errors. The
+//! masquerade rule covers the node's subnet, not attachments, so there is none to collect.
 
 use std::collections::HashSet;
 
@@ -8,8 +9,6 @@ use crate::env::Invocation;
 use crate::error::CniError;
 use crate::error::Result;
 use crate::ipam::Ipam;
-use crate::masq;
-use crate::naming;
 use crate::net::retire;
 
 pub fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
@@ -23,18 +22,6 @@ pub fn run(inv: &Invocation, conf: &NetConf) -> Result<()> {
     let mut errors = Vec::new();
     if let Err(e) = Ipam::for_conf(conf).gc(inv, &keep) {
         errors.push(e);
-    }
-    if masq::available() {
-        let tag = naming::masq_network_tag(&conf.name);
-        let kept: HashSet<String> = keep
-            .iter()
-            .map(|(cid, ifname)| naming::masq_comment(&conf.name, cid, ifname))
-            .collect();
-        if let Err(e) = masq::remove_where(masq::Families::DualStack, |c| {
-            c.starts_with(&tag) && !kept.contains(c)
-        }) {
-            errors.push(e);
-        }
     }
     if let Err(e) = reap_leftovers() {
         errors.push(e);

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::config::NetConf;
-use crate::masq::Families;
+use crate::masq::Scope;
 use crate::net::container::RouteSpec;
 use crate::result::CniResult;
 use crate::subnet_env::SubnetEnv;
@@ -24,13 +24,25 @@ pub fn masq_enabled(conf: &NetConf, env: Option<&SubnetEnv>) -> bool {
         .unwrap_or_else(|| env.is_none_or(|e| !e.ipmasq))
 }
 
-/// The masquerade tables to clean: the IPv6 one too unless the node is known to be IPv4 only
-/// (an IPv6-only node's `ip` table is empty, or absent, which is the same to the cleaner).
-pub fn masq_families(env: Option<&SubnetEnv>) -> Families {
-    match env {
-        Some(e) if e.ipv6.is_none() => Families::Ipv4,
-        _ => Families::DualStack,
+/// The masquerade scopes of a container: for its first address of each family the node has a
+/// subnet of, that subnet (or the address's own prefix) leaving that family's cluster network.
+pub fn masq_scopes(env: &SubnetEnv, addrs: &[IpNetwork]) -> Vec<Scope> {
+    let mut out = Vec::new();
+    if let (Some(a), Some(v4)) = (addrs.iter().find(|a| a.is_ipv4()), &env.ipv4) {
+        out.push(Scope::of(
+            *a,
+            Some(IpNetwork::V4(v4.subnet)),
+            IpNetwork::V4(v4.network),
+        ));
     }
+    if let (Some(a), Some(v6)) = (addrs.iter().find(|a| a.is_ipv6()), &env.ipv6) {
+        out.push(Scope::of(
+            *a,
+            Some(IpNetwork::V6(v6.subnet)),
+            IpNetwork::V6(v6.network),
+        ));
+    }
+    out
 }
 
 /// The addresses of a result (from `prevResult` or IPAM), of both families.

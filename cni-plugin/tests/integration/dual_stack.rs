@@ -92,20 +92,13 @@ fn dual_stack_add_check_del_gc_with_traffic() {
         Some(ip6_2.clone())
     );
 
-    // Masquerade: an entry per container in each family's table.
-    let mut m4 = w.masq_elements();
-    m4.sort();
-    let mut m6 = w.masq_elements_of("ip6");
-    m6.sort();
-    let (mut want4, mut want6) = (vec![ip1.clone(), ip2.clone()], vec![ip6_1.clone(), ip6_2]);
-    want4.sort();
-    want6.sort();
-    assert_eq!((m4, m6), (want4, want6));
-    let rules = w.nft_ruleset();
-    assert!(
-        rules.contains("ip6 saddr @masq ip6 daddr != @nomasq masquerade")
-            && rules.contains("fd00:10:244::/56"),
-        "{rules}"
+    // Masquerade: one rule per family for the node's subnet of that family, shared by both
+    // containers; an IPv6 packet to an address outside the cluster leaves with the host's.
+    let rule4 = vec![World::masq_rule_v4("10.244.3.0/24")];
+    let rule6 = vec!["ip6 saddr fd00:10:244:3::/64 ip6 daddr != fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade".to_string()];
+    assert_eq!(
+        (w.masq_rules("ip"), w.masq_rules("ip6")),
+        (rule4.clone(), rule6)
     );
 
     // CHECK passes (with the cached result, and from the store alone), then names what is
@@ -127,8 +120,11 @@ fn dual_stack_add_check_del_gc_with_traffic() {
         "dev",
         "eth0",
     ]);
-    let del_elem = format!("delete element ip6 netd_cni masq {{ {ip6_1} }}");
-    assert!(w.in_host(&["nft", &del_elem]).status.success());
+    assert!(
+        w.in_host(&["nft", "flush", "table", "ip6", "netd_cni"])
+            .status
+            .success()
+    );
     let failed = w.run("CHECK", "dual-one", &c1, &check);
     let msg = failed.err(101)["msg"]
         .as_str()
@@ -136,7 +132,7 @@ fn dual_stack_add_check_del_gc_with_traffic() {
         .to_string();
     assert!(
         msg.contains(&format!("address {ip6_1}/64 missing"))
-            && msg.contains(&format!("masquerade entry for {ip6_1} missing")),
+            && msg.contains("masquerade rule for fd00:10:244:3::/64 missing"),
         "{msg}"
     );
 
@@ -149,16 +145,17 @@ fn dual_stack_add_check_del_gc_with_traffic() {
         "{:?}",
         w.allocations()
     );
-    assert_eq!(w.masq_elements(), vec![ip2.clone()]);
-    assert_eq!(w.masq_elements_of("ip6").len(), 1);
+    // DEL touches no firewall state: the IPv4 rule stays, the IPv6 one stays flushed.
+    assert_eq!(w.masq_rules("ip"), rule4);
+    assert!(w.masq_rules("ip6").is_empty());
 
-    // GC with no valid attachment: the other container's two addresses and two entries go.
+    // GC with no valid attachment: the other container's two addresses go; the rule stays.
     let mut gc = w.conf("1.1.0", json!({}));
     gc["cni.dev/valid-attachments"] = json!([]);
     let reply = w.plugin(&CniEnv::new("GC", "", "", ""), &gc);
     assert_eq!(reply.status, 0, "{}", reply.stdout);
     assert!(w.allocations().is_empty(), "{:?}", w.allocations());
-    assert!(w.masq_elements().is_empty() && w.masq_elements_of("ip6").is_empty());
+    assert_eq!(w.masq_rules("ip"), rule4);
 
     w.run("DEL", "dual-two", &c2, &conf).ok();
     assert_eq!(
@@ -354,12 +351,10 @@ fn ipv6_only_add_check_del() {
         std::fs::read_to_string(dir.join("last_reserved_ip.0")).ok(),
         Some(ip6_2.clone())
     );
-    assert!(w.masq_elements().is_empty(), "{:?}", w.masq_elements());
-    let mut m6 = w.masq_elements_of("ip6");
-    m6.sort();
-    let mut want6 = vec![ip6_1.clone(), ip6_2.clone()];
-    want6.sort();
-    assert_eq!(m6, want6);
+    // IPv6 only: the ip6 rule alone.
+    assert!(w.masq_rules("ip").is_empty(), "{:?}", w.masq_rules("ip"));
+    let rule6 = vec!["ip6 saddr fd00:10:244:3::/64 ip6 daddr != fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade".to_string()];
+    assert_eq!(w.masq_rules("ip6"), rule6);
     let mut check = conf.clone();
     check["prevResult"] = res1.clone();
     w.run("CHECK", "v6-one", &c1, &check).ok();
@@ -367,7 +362,7 @@ fn ipv6_only_add_check_del() {
     w.run("DEL", "v6-one", &c1, &conf).ok();
     w.run("DEL", "v6-one", &c1, &conf).ok();
     assert_eq!(w.allocations(), vec![ip6_2.clone()]);
-    assert_eq!(w.masq_elements_of("ip6"), vec![ip6_2]);
+    assert_eq!(w.masq_rules("ip6"), rule6);
     w.run("DEL", "v6-two", &c2, &conf).ok();
     assert!(w.allocations().is_empty(), "{:?}", w.allocations());
     w.assert_detached(&c1, "eth0");

@@ -10,7 +10,7 @@ use serde_json::json;
 #[test]
 fn add_check_del_with_traffic_and_no_leftovers() {
     let mut w = World::new("life");
-    // netd does not masquerade here, so the plugin must (per-container nftables entries).
+    // netd does not masquerade here, so the plugin must (one nf_tables rule for the subnet).
     w.write_subnet("10.244.0.0/16", "10.244.3.1/24", 1450, false);
     let conf = w.conf("1.0.0", json!({}));
     let c1 = w.container("c1");
@@ -60,12 +60,9 @@ fn add_check_del_with_traffic_and_no_leftovers() {
     assert!(w.ping(Some(&c2), &ip1), "c2 cannot reach c1");
     assert!(w.ping(None, &ip1), "host cannot reach c1");
 
-    // Masquerade entries exist for both containers.
-    let mut masq = w.masq_elements();
-    masq.sort();
-    let mut want = vec![ip1.clone(), ip2.clone()];
-    want.sort();
-    assert_eq!(masq, want);
+    // One masquerade rule covers both containers.
+    let rule = vec![World::masq_rule_v4("10.244.3.0/24")];
+    assert_eq!(w.masq_rules("ip"), rule);
 
     // CHECK passes with the cached result, then fails once the veth is deleted by hand.
     let mut check_conf = conf.clone();
@@ -107,7 +104,8 @@ fn add_check_del_with_traffic_and_no_leftovers() {
         "addresses left: {:?}",
         w.allocations()
     );
-    assert!(w.masq_elements().is_empty(), "{}", w.nft_ruleset());
+    // DEL owes the firewall nothing: the subnet's rule stays for the next container.
+    assert_eq!(w.masq_rules("ip"), rule, "{}", w.nft_ruleset());
     // c2's interface went with its host end.
     let name2 = c2.trim_start_matches("/run/netns/");
     assert!(
@@ -131,13 +129,14 @@ fn del_after_the_netns_is_gone_and_proc_pid_netns() {
         "host cannot reach the /proc/<pid> container"
     );
     assert!(w.ping(Some(&path), "10.244.7.1"));
-    assert_eq!(w.masq_elements(), vec![ip.clone()]);
+    let rule = vec![World::masq_rule_v4("10.244.7.0/24")];
+    assert_eq!(w.masq_rules("ip"), rule);
 
     // The container dies: its netns (and so its veth) vanish; the runtime still DELs.
     w.kill_pid_container(pid);
     w.run("DEL", "ctr-default-x1", &path, &conf).ok();
     assert!(w.allocations().is_empty());
-    assert!(w.masq_elements().is_empty(), "{}", w.nft_ruleset());
+    assert_eq!(w.masq_rules("ip"), rule, "{}", w.nft_ruleset());
 
     // A named netns removed before DEL.
     let c = w.container("c");
@@ -146,7 +145,7 @@ fn del_after_the_netns_is_gone_and_proc_pid_netns() {
     w.remove_container(&c);
     w.run("DEL", "podman-1", &c, &conf).ok();
     assert!(w.allocations().is_empty());
-    assert!(w.masq_elements().is_empty());
+    assert_eq!(w.masq_rules("ip"), rule);
     assert_eq!(
         w.settled_host_links(),
         vec!["lo".to_string(), "cni0".to_string()]
@@ -172,7 +171,11 @@ fn failed_add_rolls_back_everything() {
     let failed = w.run("ADD", "victim", &c, &conf);
     failed.err(100);
     assert!(w.allocations().is_empty(), "leaked {:?}", w.allocations());
-    assert!(w.masq_elements().is_empty());
+    // The rollback leaves the subnet's rule alone: other containers share it.
+    assert_eq!(
+        w.masq_rules("ip"),
+        vec![World::masq_rule_v4("10.244.9.0/24")]
+    );
     // The pre-existing link is not ours: it must survive the rollback.
     assert!(w.host_links().contains(&host_veth));
 

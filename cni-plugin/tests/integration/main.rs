@@ -9,5 +9,6 @@ mod dual_stack;
 mod errors;
 mod file_trust;
 mod lifecycle;
+mod masquerade;
 mod parallel;
 mod versions;

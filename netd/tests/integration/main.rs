@@ -12,6 +12,7 @@ mod file_trust;
 mod flanneld_unit;
 mod kv_lease;
 mod leases;
+mod masq_tables;
 mod mixed_flannel;
 mod netlink;
 mod resilience;

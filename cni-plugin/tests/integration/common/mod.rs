@@ -106,6 +106,21 @@ impl CniEnv {
 
 /// Run `bin` in netns `ns` (by name) with `env` and `stdin`.
 pub fn exec_plugin(ns: &str, bin: &str, env: &CniEnv, stdin: &[u8]) -> Reply {
+    let out = spawn_plugin(ns, bin, env, stdin)
+        .wait_with_output()
+        .expect("wait for plugin");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    Reply {
+        status: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// Start `bin` in netns `ns` as [`exec_plugin`] does, without waiting (`ip netns exec` execs
+/// the plugin, so the child is the plugin itself).
+pub fn spawn_plugin(ns: &str, bin: &str, env: &CniEnv, stdin: &[u8]) -> Child {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, bin]);
     for var in [
@@ -143,14 +158,7 @@ pub fn exec_plugin(ns: &str, bin: &str, env: &CniEnv, stdin: &[u8]) -> Reply {
         .expect("stdin pipe")
         .write_all(stdin)
         .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for plugin");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    Reply {
-        status: out.status.code().unwrap_or(-1),
-        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
+    child
 }
 
 /// Run a command and return its output (panics if it cannot be started).
@@ -385,27 +393,121 @@ impl World {
         String::from_utf8_lossy(&self.in_host(&["nft", "list", "ruleset"]).stdout).to_string()
     }
 
-    /// Elements of the plugin's masquerade set.
-    pub fn masq_elements(&self) -> Vec<String> {
-        self.masq_elements_of("ip")
+    /// The plugin's masquerade rules in its table of nft family `family` (`ip` or `ip6`), as
+    /// `nft` prints them back from the kernel, without counters and comments.
+    pub fn masq_rules(&self, family: &str) -> Vec<String> {
+        let out = self.in_host(&["nft", "list", "table", family, "netd_cni"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.contains(" masquerade"))
+            .map(|l| {
+                let l = l.split(" comment ").next().unwrap_or(l);
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let mut kept = Vec::new();
+                let mut i = 0;
+                while i < words.len() {
+                    if words[i] == "counter" {
+                        i += 5; // counter packets N bytes M
+                        continue;
+                    }
+                    kept.push(words[i]);
+                    i += 1;
+                }
+                kept.join(" ")
+            })
+            .collect()
     }
 
-    /// Elements of the masquerade set of the plugin's table of nft family `family` (`ip6`
-    /// for IPv6).
-    pub fn masq_elements_of(&self, family: &str) -> Vec<String> {
-        let out = self.in_host(&["nft", "-j", "list", "set", family, "netd_cni", "masq"]);
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let mut ips = Vec::new();
-        for item in doc["nftables"].as_array().into_iter().flatten() {
-            for e in item["set"]["elem"].as_array().into_iter().flatten() {
-                let v = e.get("elem").map_or(e, |x| &x["val"]);
-                if let Some(s) = v.as_str() {
-                    ips.push(s.to_string());
-                }
-            }
-        }
-        ips
+    /// The one IPv4 masquerade rule of a network whose node subnet is `subnet` in 10.244.0.0/16.
+    pub fn masq_rule_v4(subnet: &str) -> String {
+        format!("ip saddr {subnet} ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade")
     }
+
+    /// An "outside" namespace beside the host: a veth with 198.51.100.1/24 on the host and
+    /// 198.51.100.2/24 outside, which routes nothing back to the cluster network except
+    /// `10.244.9.0/24`, a stand-in for another host's pod subnet: 10.244.9.2 answers there and
+    /// the host routes 10.244.9.0/24 to it. Returns its name.
+    pub fn outside(&mut self) -> String {
+        let ns = self
+            .lab
+            .add_ns(&format!("{}-out", self.tag))
+            .expect("outside netns");
+        let (a, b) = (format!("{}o0", self.tag), format!("{}o1", self.tag));
+        let h = self.host.clone();
+        for args in [
+            vec![
+                "ip", "-n", &h, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &ns,
+            ],
+            vec!["ip", "-n", &h, "addr", "add", "198.51.100.1/24", "dev", &a],
+            vec!["ip", "-n", &h, "link", "set", &a, "up"],
+            vec!["ip", "-n", &ns, "addr", "add", "198.51.100.2/24", "dev", &b],
+            vec!["ip", "-n", &ns, "addr", "add", "10.244.9.2/24", "dev", "lo"],
+            vec!["ip", "-n", &ns, "link", "set", &b, "up"],
+            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
+            vec![
+                "ip",
+                "-n",
+                &h,
+                "route",
+                "add",
+                "10.244.9.0/24",
+                "via",
+                "198.51.100.2",
+            ],
+        ] {
+            must(&args);
+        }
+        ns
+    }
+}
+
+/// Sends one UDP datagram from namespace `from` (a netns path or name) to `to`:`port` while
+/// namespace `at` listens there; the source address it arrived with, or `None` when nothing
+/// arrived within 3 s (a retry per second covers neighbour resolution).
+pub fn udp_source(
+    from: &str,
+    at: &str,
+    to: std::net::IpAddr,
+    port: u16,
+) -> Option<std::net::IpAddr> {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let at = at.trim_start_matches("/run/netns/").to_string();
+    let from = from.trim_start_matches("/run/netns/").to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heard = done.clone();
+    let listener = testbed::netns::spawn_in(&at, move || {
+        let sock = UdpSocket::bind((to, port)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 64];
+        let got = sock.recv_from(&mut buf).ok().map(|(_, peer)| peer.ip());
+        heard.store(true, std::sync::atomic::Ordering::SeqCst);
+        got
+    })
+    .expect("listener thread");
+    ready_rx.recv().expect("listener ready");
+    let sender = testbed::netns::spawn_in(&from, move || {
+        let any: std::net::IpAddr = match to {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let sock = UdpSocket::bind((any, 0)).expect("bind sender");
+        for _ in 0..10 {
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let _ = sock.send_to(b"who am i", (to, port));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+    .expect("sender thread");
+    let got = listener.join().expect("listener").expect("in netns");
+    let _ = sender.join();
+    got
 }
 
 impl Drop for World {
