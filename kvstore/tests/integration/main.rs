@@ -6,6 +6,7 @@ mod common;
 
 mod alarm;
 mod auth;
+mod auto_compaction;
 mod client;
 mod cluster;
 mod disk;
