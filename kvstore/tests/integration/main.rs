@@ -16,6 +16,7 @@ mod etcdctl;
 mod gateway;
 mod hostile_http2;
 mod http;
+mod learner;
 mod linearizability;
 mod member_update;
 mod metrics;
