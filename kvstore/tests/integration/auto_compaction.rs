@@ -204,3 +204,53 @@ fn revision_retention_keeps_the_last_revisions_on_kvstore() {
         );
     }
 }
+
+/// In a 3-member cluster only the leader compacts (a follower's compactor proposes
+/// nothing), and the compaction, an ordinary raft entry, reaches every member. kvstore only:
+/// the check reads the members' logs.
+#[test]
+fn only_the_leader_compacts_and_every_member_applies_it() {
+    let mut c = crate::common::cluster::Cluster::start(
+        Kind::Kvstore,
+        3,
+        &[
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "1s",
+        ],
+    );
+    let first = put(&c.members[0], "k", "v0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    for i in 0..3 {
+        // A serializable read: each member's own state.
+        let rev = format!("--rev={first}");
+        while !String::from_utf8_lossy(
+            &c.members[i]
+                .etcdctl(&["get", "k", &rev, "--consistency=s"])
+                .stderr,
+        )
+        .contains(COMPACTED)
+        {
+            assert!(Instant::now() < deadline, "member {i} never compacted");
+            std::thread::sleep(Duration::from_millis(200));
+            n += 1;
+            put(&c.members[0], "k", &format!("v{n}"));
+        }
+    }
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let compacting: Vec<usize> = (0..3)
+        .filter(|&i| {
+            c.members[i]
+                .log()
+                .contains("starting auto periodic compaction")
+        })
+        .collect();
+    assert_eq!(
+        compacting,
+        vec![leader],
+        "only the leader compacts: {}",
+        c.members[leader].log()
+    );
+}
