@@ -386,6 +386,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bad_compaction_retention_fails_at_once_with_etcds_message() {
+        let f =
+            Flags::try_parse_from(["netd", "--kv-auto-compaction-retention", "-1"]).expect("parse");
+        let e = start(&f.kv).await.err().expect("bad retention");
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("error parsing CompactionRetention: time: missing unit"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
     async fn impossible_flags_fail_at_once() {
         let f = Flags::try_parse_from([
             "netd",
