@@ -225,6 +225,12 @@ impl Replica {
             return Ok(());
         }
         let members = self.members();
+        // Removing a learner touches no quorum (etcd's mayRemoveMember).
+        if change == ConfChangeType::RemoveNode
+            && members.iter().any(|m| m.id == node_id && m.is_learner)
+        {
+            return Ok(());
+        }
         match change {
             ConfChangeType::RemoveNode => crate::reconfig::check_started_remove(&members, node_id)?,
             // A learner does not vote: adding one needs no quorum of started members.

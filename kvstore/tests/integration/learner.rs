@@ -40,6 +40,25 @@ fn rows(c: &Cluster, i: usize) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
+/// Waits until member `i` answers a serializable read (a learner serves those once it runs).
+fn wait_serving(c: &Cluster, i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = c.members[i].etcdctl(&["get", "x", "--consistency=s"]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}: member {i} never served: {} {}",
+            c.kind,
+            String::from_utf8_lossy(&out.stderr),
+            c.members[i].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn learners(kind: Kind) {
     let mut c = Cluster::start(kind, 3, &[]);
     c.ok(&["put", "before", "learner"]);
@@ -82,20 +101,13 @@ fn learners(kind: Kind) {
 
     // Started, the learner catches up and serves serializable reads and Status only.
     c.members[l].launch();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = c.members[l].etcdctl(&["get", "before", "--consistency=s", "--print-value-only"]);
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "learner" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{kind:?}: learner never served: {} {}",
-            String::from_utf8_lossy(&out.stderr),
-            c.members[l].log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_serving(&c, l);
+    assert_eq!(
+        c.members[l]
+            .ok(&["get", "before", "--consistency=s", "--print-value-only"])
+            .trim(),
+        "learner"
+    );
     let status = c.members[l].ok(&["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"isLearner\":true"), "{kind:?}: {status}");
     let not_for_learner = "etcdserver: rpc not supported for learner";
@@ -147,6 +159,42 @@ fn learners(kind: Kind) {
             .trim(),
         "promote"
     );
+}
+
+/// Removing a learner needs no quorum check: with one voter of three down, a running
+/// learner the leader hears from goes.
+fn learner_removed_with_a_voter_down(kind: Kind) {
+    let mut c = Cluster::start(kind, 3, &[]);
+    let l = c.add_member_as(&|_, _| {}, &["--learner"]);
+    c.members[l].launch();
+    wait_serving(&c, l);
+    let learner_id = rows(&c, 0)
+        .into_iter()
+        .find(|r| r.3 == "true")
+        .map(|r| r.0)
+        .unwrap_or_else(|| panic!("{kind:?}: no learner"));
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let down = (0..3).find(|&i| i != leader).expect("a follower");
+    c.members[down].kill();
+    // Long enough for the leader to count the killed voter gone.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = c.members[leader].etcdctl(&["member", "remove", &learner_id]);
+    assert!(
+        out.status.success(),
+        "{kind:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rows(&c, leader).len(), 3, "{kind:?}");
+}
+
+#[test]
+fn learner_removed_with_a_voter_down_kvstore() {
+    learner_removed_with_a_voter_down(Kind::Kvstore);
+}
+
+#[test]
+fn learner_removed_with_a_voter_down_etcd() {
+    learner_removed_with_a_voter_down(Kind::Etcd);
 }
 
 #[test]
