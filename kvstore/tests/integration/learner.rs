@@ -1,7 +1,8 @@
 //! Learners as etcd 3.4 has them, through the stock etcdctl, against kvstore and etcd 3.4:
 //! `member add --learner`, `member list` showing IS LEARNER, `member promote` refused while
 //! the learner is not in sync and for a voter, one learner at most, a learner serving only
-//! serializable reads and Status, and a promoted learner serving everything.
+//! serializable reads and Status and never taking leadership, and a promoted learner
+//! serving everything.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,14 @@ fn learners(kind: Kind) {
             .ok(&["get", "before", "--consistency=s", "--print-value-only"])
             .trim(),
         "learner"
+    );
+    // Never a leader transferee.
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let out = c.members[leader].etcdctl(&["move-leader", &learner_id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("etcdserver: bad leader transferee"),
+        "{kind:?}: move-leader to a learner: {err}"
     );
     let status = c.members[l].ok(&["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"isLearner\":true"), "{kind:?}: {status}");
