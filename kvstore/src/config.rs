@@ -31,6 +31,10 @@ pub mod defaults {
     pub const AUTH_TOKEN_TTL: u64 = 300;
     /// bcrypt's cost for password hashes (etcd's, bcrypt's default).
     pub const BCRYPT_COST: u32 = 10;
+    /// etcd's: the retention is a duration (hours when a bare number).
+    pub const AUTO_COMPACTION_MODE: &str = "periodic";
+    /// etcd's: no automatic compaction.
+    pub const AUTO_COMPACTION_RETENTION: &str = "0";
 }
 
 /// A kvstore member.
@@ -187,6 +191,22 @@ pub struct Config {
           num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
+
+    /// How --auto-compaction-retention is read: periodic (a duration of history to keep;
+    /// hours when a bare number, e.g. 1, 30m, 5s) or revision (a number of revisions to keep).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = defaults::AUTO_COMPACTION_MODE,
+          help_heading = "Compaction")]
+    pub auto_compaction_mode: String,
+
+    /// History the member keeps when it compacts by itself; 0 turns automatic compaction off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION",
+          default_value = defaults::AUTO_COMPACTION_RETENTION, help_heading = "Compaction", allow_hyphen_values = true)]
+    pub auto_compaction_retention: String,
+
+    /// Milliseconds between the revision compactor's looks (etcd's fixed 5 minutes); for
+    /// tests only.
+    #[arg(long, hide = true, default_value_t = crate::compactor::REVISION_INTERVAL.as_millis() as u64)]
+    pub auto_compaction_revision_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -221,6 +241,10 @@ impl Default for Config {
             peer_key_file: None,
             peer_trusted_ca_file: None,
             peer_client_cert_auth: false,
+            auto_compaction_mode: defaults::AUTO_COMPACTION_MODE.into(),
+            auto_compaction_retention: defaults::AUTO_COMPACTION_RETENTION.into(),
+            auto_compaction_revision_interval_ms: crate::compactor::REVISION_INTERVAL.as_millis()
+                as u64,
         }
     }
 }
@@ -376,9 +400,18 @@ impl Config {
         Ok(())
     }
 
+    /// What the auto-compaction flags ask for (see [`crate::compactor`]).
+    pub fn auto_compaction(&self) -> Result<crate::compactor::AutoCompaction> {
+        crate::compactor::AutoCompaction::parse(
+            &self.auto_compaction_mode,
+            &self.auto_compaction_retention,
+        )
+    }
+
     /// Checks the whole configuration; the error is one line for the operator.
     pub fn validate(&self) -> Result<()> {
         self.validate_tls()?;
+        self.auto_compaction()?;
         let kind = self.auth_token.split(',').next().unwrap_or_default();
         if kind != "simple" {
             return Err(Error::Config(format!(

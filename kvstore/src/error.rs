@@ -50,6 +50,15 @@ pub enum Error {
     MemberExists,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// What a learner answers to every RPC but Status and serializable Range.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: given member URLs are invalid")]
     BadPeerUrls,
     #[error("etcdserver: Peer URLs already exists")]
@@ -166,7 +175,10 @@ impl Error {
             | Error::MemberExists
             | Error::PeerUrlExists
             | Error::NotLeader
-            | Error::BadLeaderTransferee => Code::FailedPrecondition,
+            | Error::BadLeaderTransferee
+            | Error::LearnerNotReady
+            | Error::MemberNotLearner
+            | Error::TooManyLearners => Code::FailedPrecondition,
             // etcd 3.4 maps no code to this one: its clients see Unknown.
             Error::UnhealthyCluster | Error::NoPasswordUser => Code::Unknown,
             Error::NoLeader
@@ -174,7 +186,8 @@ impl Error {
             | Error::LeaderChanged
             | Error::LeaderTransferTimeout
             | Error::Stopped
-            | Error::Unhealthy => Code::Unavailable,
+            | Error::Unhealthy
+            | Error::NotSupportedForLearner => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::NoSpace => Code::ResourceExhausted,
             Error::CorruptCluster => Code::DataLoss,

@@ -14,6 +14,7 @@
 //!   wait, read barrier, leases).
 //! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
 //! - [`peer`]: the peer service and transport (raft messages, snapshots, forwarding).
+//! - [`compactor`]: automatic compaction (etcd's `--auto-compaction-*`), proposed by the leader.
 //! - [`apply`]: the deterministic state machine applying committed requests.
 //! - [`mvcc`]: the multi-version keyspace (its key index in memory, its records in the
 //!   backend); [`lease`]: the lease table; [`membership`]:
@@ -37,6 +38,7 @@ pub mod bootstrap;
 pub mod catch_up;
 pub mod certs;
 pub mod client;
+pub mod compactor;
 pub mod config;
 pub mod error;
 #[doc(hidden)]

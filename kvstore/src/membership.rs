@@ -85,6 +85,13 @@ impl Members {
         }
     }
 
+    /// Makes learner `id` a voting member (a no-op for anyone else).
+    pub fn promote(&mut self, id: u64) {
+        if let Some(m) = self.list.iter_mut().find(|m| m.id == id) {
+            m.is_learner = false;
+        }
+    }
+
     /// Removes a member for good; false if it was not a member.
     pub fn remove(&mut self, id: u64) -> bool {
         self.removed.insert(id);

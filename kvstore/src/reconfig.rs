@@ -20,6 +20,8 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Activity {
     pub leader: u64,
     pub active_for: HashMap<u64, Duration>,
+    /// Each member's matched log index on the leader (itself included).
+    pub matched: HashMap<u64, u64>,
 }
 
 impl Activity {
@@ -79,7 +81,11 @@ impl PeerActivity {
             .filter(|(_, (_, last))| now.saturating_duration_since(*last) <= self.gap)
             .map(|(id, (since, _))| (*id, now.saturating_duration_since(*since)))
             .collect();
-        Activity { leader, active_for }
+        Activity {
+            leader,
+            active_for,
+            matched: HashMap::new(),
+        }
     }
 }
 
@@ -87,9 +93,35 @@ fn started(m: &Member) -> bool {
     !m.name.is_empty()
 }
 
+/// The voting members (learners neither vote nor count toward a quorum).
+pub fn voters(members: &[Member]) -> Vec<Member> {
+    members.iter().filter(|m| !m.is_learner).cloned().collect()
+}
+
+/// How close a learner's log must be to the leader's to be promoted (etcd's `readyPercent`).
+const LEARNER_READY: f64 = 0.9;
+
+/// At most this many learners at a time (etcd 3.4's `maxLearners`).
+pub const MAX_LEARNERS: usize = 1;
+
+/// etcd's `isLearnerReady`: a member the leader tracks whose matched index is below 90% of
+/// the leader's is not in sync; an id the leader does not track passes (the change is then
+/// refused when applied, as "member not found").
+pub fn check_learner_ready(id: u64, activity: &Activity) -> Result<()> {
+    let Some(&learner) = activity.matched.get(&id) else {
+        return Ok(());
+    };
+    let leader = activity.matched.get(&activity.leader).copied().unwrap_or(0);
+    if (learner as f64) < (leader as f64) * LEARNER_READY {
+        return Err(Error::LearnerNotReady);
+    }
+    Ok(())
+}
+
 /// Adding a voter needs a quorum of the grown cluster already started (a one-member
 /// cluster may always grow to two: that is how its data is restored elsewhere).
 pub fn check_started_add(members: &[Member]) -> Result<()> {
+    let members = &voters(members)[..];
     let grown = members.len() + 1;
     let nstarted = members.iter().filter(|m| started(m)).count();
     if nstarted == 1 && grown == 2 {
@@ -101,8 +133,21 @@ pub fn check_started_add(members: &[Member]) -> Result<()> {
     Ok(())
 }
 
+/// Promoting a learner needs the started voters, with the learner counted as started, to
+/// make a quorum of the grown cluster (etcd's `IsReadyToPromoteMember`).
+pub fn check_started_promote(members: &[Member]) -> Result<()> {
+    let members = voters(members);
+    let grown = members.len() + 1;
+    let nstarted = 1 + members.iter().filter(|m| started(m)).count();
+    if nstarted < grown / 2 + 1 {
+        return Err(Error::UnhealthyCluster);
+    }
+    Ok(())
+}
+
 /// Removing voter `id` needs a quorum of the remaining members started.
 pub fn check_started_remove(members: &[Member], id: u64) -> Result<()> {
+    let members = &voters(members)[..];
     let rest: Vec<&Member> = members.iter().filter(|m| m.id != id).collect();
     let nstarted = rest.iter().filter(|m| started(m)).count();
     if nstarted < rest.len() / 2 + 1 {
@@ -153,7 +198,26 @@ mod tests {
                 .iter()
                 .map(|&(id, s)| (id, Duration::from_secs(s)))
                 .collect(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn learners_are_promoted_in_sync_only() {
+        let mut a = activity(1, &[]);
+        a.matched = [(1, 100), (2, 89), (3, 90)].into_iter().collect();
+        assert!(matches!(
+            check_learner_ready(2, &a),
+            Err(Error::LearnerNotReady)
+        ));
+        assert!(check_learner_ready(3, &a).is_ok());
+        assert!(check_learner_ready(9, &a).is_ok());
+        // A learner is neither counted as started nor as a voter.
+        let mut learner = member(4, "");
+        learner.is_learner = true;
+        let members = [member(1, "a"), member(2, "b"), learner];
+        assert!(check_started_add(&members).is_ok());
+        assert_eq!(voters(&members).len(), 2);
     }
 
     #[test]

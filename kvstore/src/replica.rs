@@ -165,10 +165,40 @@ impl Replica {
         node_id: u64,
         member: Option<Member>,
     ) -> Result<Vec<Member>> {
+        self.conf_change(change, node_id, member, false).await
+    }
+
+    /// Whether this member is a learner (see [`RaftStatus::learner`]).
+    pub fn is_learner(&self) -> bool {
+        self.shared.status.learner.load(Ordering::Relaxed)
+    }
+
+    /// etcd's MemberPromote: learner `node_id` becomes a voter once the leader sees its log
+    /// in sync (at least 90% of the leader's); with `--strict-reconfig-check`, only if the
+    /// started voters and the learner make a quorum of the grown cluster. Checked again
+    /// when applied: a member that is not a learner is "can only promote a learner member".
+    pub async fn promote_learner(&self, node_id: u64) -> Result<Vec<Member>> {
+        let activity = self.leader_activity().await?;
+        crate::reconfig::check_learner_ready(node_id, &activity)?;
+        if self.strict_reconfig_check {
+            crate::reconfig::check_started_promote(&self.members())?;
+        }
+        self.conf_change(ConfChangeType::AddNode, node_id, None, true)
+            .await
+    }
+
+    async fn conf_change(
+        &self,
+        change: ConfChangeType,
+        node_id: u64,
+        member: Option<Member>,
+        promote: bool,
+    ) -> Result<Vec<Member>> {
         let id = self.ids.next();
         let ctx = ConfChangeContext {
             request_id: id,
             member,
+            promote,
         };
         let mut cc = ConfChange::default();
         cc.set_change_type(change);
@@ -195,35 +225,52 @@ impl Replica {
             return Ok(());
         }
         let members = self.members();
+        // Removing a learner touches no quorum (etcd's mayRemoveMember).
+        if change == ConfChangeType::RemoveNode
+            && members.iter().any(|m| m.id == node_id && m.is_learner)
+        {
+            return Ok(());
+        }
         match change {
             ConfChangeType::RemoveNode => crate::reconfig::check_started_remove(&members, node_id)?,
+            // A learner does not vote: adding one needs no quorum of started members.
+            ConfChangeType::AddLearnerNode => {}
             _ => crate::reconfig::check_started_add(&members)?,
         }
-        let activity = self
-            .until_leader(|| async {
-                match self.leader_url()? {
-                    None => self.peer_activity_here().await,
-                    Some(url) => {
-                        let r = self.peers.peer_activity(&url).await?;
-                        Ok(crate::reconfig::Activity {
-                            leader: r.leader,
-                            active_for: r
-                                .peers
-                                .into_iter()
-                                .map(|p| (p.id, Duration::from_millis(p.active_ms)))
-                                .collect(),
-                        })
-                    }
-                }
-            })
-            .await?;
-        let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let activity = self.leader_activity().await?;
+        let voters: Vec<u64> = crate::reconfig::voters(&members)
+            .iter()
+            .map(|m| m.id)
+            .collect();
         match change {
             ConfChangeType::RemoveNode => {
                 crate::reconfig::check_active_remove(&voters, node_id, &activity)
             }
             _ => crate::reconfig::check_active_add(&voters, &activity),
         }
+    }
+
+    /// The leader's view of its peers (asked over the peer service when this member is not
+    /// the leader).
+    async fn leader_activity(&self) -> Result<crate::reconfig::Activity> {
+        self.until_leader(|| async {
+            match self.leader_url()? {
+                None => self.peer_activity_here().await,
+                Some(url) => {
+                    let r = self.peers.peer_activity(&url).await?;
+                    Ok(crate::reconfig::Activity {
+                        leader: r.leader,
+                        active_for: r
+                            .peers
+                            .into_iter()
+                            .map(|p| (p.id, Duration::from_millis(p.active_ms)))
+                            .collect(),
+                        matched: r.matched,
+                    })
+                }
+            }
+        })
+        .await
     }
 
     /// Which peers this member, the leader, hears from ("no leader" on a follower).
@@ -242,7 +289,11 @@ impl Replica {
         if self.leader() != self.member_id {
             return Err(Error::NotLeader);
         }
-        if !self.members().iter().any(|m| m.id == target) {
+        if !self
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
             return Err(Error::BadLeaderTransferee);
         }
         self.tx

@@ -75,7 +75,12 @@ impl Server {
             catch_up: crate::catch_up::CatchUp::start()?,
             max_concurrent_streams: cfg.max_concurrent_streams,
         });
-        let served = serve(&cfg, &tls, &member, listeners).await?;
+        let mut served = serve(&cfg, &tls, &member, listeners).await?;
+        served.tasks.extend(crate::compactor::spawn(
+            member.clone(),
+            cfg.auto_compaction()?,
+            Duration::from_millis(cfg.auto_compaction_revision_interval_ms.max(1)),
+        ));
         tracing::info!(
             name = %cfg.name,
             member_id = format!("{me:x}"),

@@ -12,6 +12,15 @@ use kvstore::config::defaults;
 use crate::error::{Error, Result};
 use crate::kv::ClientTls;
 
+/// History the embedded member keeps when it compacts by itself (`--kv-auto-compaction-*`,
+/// periodic mode). netd's peer watcher resumes a broken watch from the revision after the last
+/// one it saw, and re-lists everything at least every 5 minutes ([`crate::watch`]), so the
+/// oldest revision it ever resumes from is about 5 minutes plus its reconnect backoff (up to 5
+/// s) old. One hour covers that twelve times over, so a resume never finds its revision
+/// compacted while the store runs (a compacted one only costs a re-list), and bounds the
+/// member's in-memory history to between one and two hours of writes.
+pub const AUTO_COMPACTION_RETENTION: &str = "1h";
+
 /// The `--kv-*` flags, named after etcd's member flags; their defaults are kvstore's
 /// ([`kvstore::config::defaults`]), and every member setting without a flag here is kvstore's
 /// default too ([`EmbeddedKvArgs::kv_config`]).
@@ -102,6 +111,17 @@ pub struct EmbeddedKvArgs {
           num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value_t = false, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
+    /// How --kv-auto-compaction-retention is read: periodic (a duration) or revision (etcd's
+    /// --auto-compaction-mode).
+    #[arg(long = "kv-auto-compaction-mode", env = "NETD_KV_AUTO_COMPACTION_MODE",
+          default_value = defaults::AUTO_COMPACTION_MODE)]
+    pub auto_compaction_mode: String,
+    /// History the embedded member keeps when it compacts by itself (hours when a bare number;
+    /// 0 turns it off); the default covers netd's own watch resumption with a wide margin
+    /// (etcd's --auto-compaction-retention, whose default is off).
+    #[arg(long = "kv-auto-compaction-retention", env = "NETD_KV_AUTO_COMPACTION_RETENTION",
+          default_value = AUTO_COMPACTION_RETENTION, allow_hyphen_values = true)]
+    pub auto_compaction_retention: String,
 }
 
 /// A running embedded member. Dropping it stops the member.
@@ -163,6 +183,8 @@ impl EmbeddedKvArgs {
             peer_key_file: self.peer_key_file.clone(),
             peer_trusted_ca_file: self.peer_trusted_ca_file.clone(),
             peer_client_cert_auth: self.peer_client_cert_auth,
+            auto_compaction_mode: self.auto_compaction_mode.clone(),
+            auto_compaction_retention: self.auto_compaction_retention.clone(),
             ..kvstore::Config::default()
         }
     }
@@ -350,16 +372,30 @@ mod tests {
     }
 
     #[test]
-    fn no_flags_is_the_kvstore_default_member_with_netd_data_dir() {
+    fn no_flags_is_the_kvstore_default_member_with_netd_data_dir_and_compaction() {
         let netd = Flags::try_parse_from(["netd"])
             .expect("parse")
             .kv
             .kv_config();
         let kvstore = kvstore::Config {
             data_dir: Some("/var/lib/netd/kv".into()),
+            auto_compaction_retention: AUTO_COMPACTION_RETENTION.into(),
             ..kvstore::Config::default()
         };
         assert_eq!(format!("{netd:?}"), format!("{kvstore:?}"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_compaction_retention_fails_at_once_with_etcds_message() {
+        let f =
+            Flags::try_parse_from(["netd", "--kv-auto-compaction-retention", "-1"]).expect("parse");
+        let e = start(&f.kv).await.err().expect("bad retention");
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("error parsing CompactionRetention: time: missing unit"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

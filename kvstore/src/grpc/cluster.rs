@@ -1,5 +1,5 @@
-//! The Cluster service (membership: add and remove through raft conf changes, peer URL
-//! updates through a normal entry, list) and the Maintenance service (Status, Alarm,
+//! The Cluster service (membership: add, add as a learner, promote and remove through raft
+//! conf changes, peer URL updates through a normal entry, list) and the Maintenance service (Status, Alarm,
 //! Hash, HashKV, MoveLeader).
 
 use std::sync::Arc;
@@ -14,9 +14,9 @@ use crate::error::Error;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member,
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse, cluster_server::Cluster,
-    maintenance_server::Maintenance,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
+    StatusRequest, StatusResponse, cluster_server::Cluster, maintenance_server::Maintenance,
 };
 use crate::proto::kvstorepb::internal_request;
 use crate::replica::Replica;
@@ -68,9 +68,6 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberAddResponse>, Status> {
         admin(&self.member, &req)?;
         let req = req.into_inner();
-        if req.is_learner {
-            return Err(Error::Unimplemented("kvstore: learner members are not supported").into());
-        }
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(Error::BadPeerUrls.into());
         }
@@ -95,21 +92,28 @@ impl Cluster for ClusterService {
             if sm.members.get(id).is_some() || sm.members.is_removed(id) {
                 return Err(Error::MemberExists.into());
             }
+            let learners = sm.members.list().iter().filter(|m| m.is_learner).count();
+            if req.is_learner && learners >= crate::reconfig::MAX_LEARNERS {
+                return Err(Error::TooManyLearners.into());
+            }
             id
         };
-        self.member
-            .may_change_membership(ConfChangeType::AddNode, id)
-            .await?;
+        let change = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        self.member.may_change_membership(change, id).await?;
         let added = Member {
             id,
             name: String::new(),
             peer_ur_ls: req.peer_ur_ls,
             client_ur_ls: Vec::new(),
-            is_learner: false,
+            is_learner: req.is_learner,
         };
         let members = self
             .member
-            .change_membership(ConfChangeType::AddNode, id, Some(added.clone()))
+            .change_membership(change, id, Some(added.clone()))
             .await?;
         Ok(Response::new(MemberAddResponse {
             header: self.member.header(self.member.current_revision()),
@@ -175,6 +179,21 @@ impl Cluster for ClusterService {
             }
         };
         Ok(Response::new(MemberUpdateResponse {
+            header: self.member.header(self.member.current_revision()),
+            members,
+        }))
+    }
+
+    /// etcd's MemberPromote: a learner in sync with the leader becomes a voter
+    /// ([`Replica::promote_learner`]).
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        admin(&self.member, &req)?;
+        let id = req.into_inner().id;
+        let members = self.member.promote_learner(id).await?;
+        Ok(Response::new(MemberPromoteResponse {
             header: self.member.header(self.member.current_revision()),
             members,
         }))
@@ -283,7 +302,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: s.applied.load(Ordering::Relaxed),
             errors,
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: self.member.is_learner(),
         }))
     }
 }

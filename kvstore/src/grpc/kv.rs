@@ -38,6 +38,10 @@ impl Kv for KvService {
         super::check_size(&self.member, &req)?;
         validate::range(&req)?;
         if !req.serializable {
+            // A learner serves serializable reads only, as etcd's.
+            if self.member.is_learner() {
+                return Err(Error::NotSupportedForLearner.into());
+            }
             self.member.read_barrier().await?;
         }
         let sm = self.member.state().read();

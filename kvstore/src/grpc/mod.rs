@@ -154,7 +154,13 @@ fn routes(
             gateway.handle(req).await.map(axum::body::Body::new)
         }
     };
-    let router = services.into_axum_router().fallback(fallback);
+    let router = services
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            member.clone(),
+            learner_gate,
+        ))
+        .fallback(fallback);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // The bounds the `:authority` adapter enforces are the ones the server advertises.
@@ -166,6 +172,26 @@ fn routes(
             member.shared.metrics.clone(),
         ))
         .add_routes(Routes::from(router))
+}
+
+/// The gRPC calls a learner answers (etcd 3.4's `isRPCSupportedForLearner`; Range only when
+/// serializable, which the KV service checks).
+const LEARNER_RPCS: [&str; 2] = ["/etcdserverpb.KV/Range", "/etcdserverpb.Maintenance/Status"];
+
+/// etcd 3.4's learner interceptors: while this member is a learner, every other gRPC call
+/// (streams included) is answered "etcdserver: rpc not supported for learner" (Unavailable).
+async fn learner_gate(
+    axum::extract::State(member): axum::extract::State<Arc<Replica>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if member.is_learner() && !LEARNER_RPCS.contains(&req.uri().path()) {
+        let (parts, ()) = tonic::Status::from(Error::NotSupportedForLearner)
+            .into_http::<()>()
+            .into_parts();
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    next.run(req).await
 }
 
 /// Serves the client API on every listener (over TLS where it has a TLS configuration)

@@ -67,6 +67,9 @@ pub struct RaftStatus {
     pub last_index: AtomicU64,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// Whether this member is a learner (a non-voting member): it then refuses most client
+    /// requests, as etcd's learners do (see `grpc::learner_gate`).
+    pub learner: std::sync::atomic::AtomicBool,
 }
 
 /// State shared between the node loop and the request handlers.

@@ -258,6 +258,7 @@ impl NodeLoop {
                         .prs()
                         .iter()
                         .filter(|(id, _)| **id != me)
+                        .filter(|(id, _)| self.raw.raft.prs().conf().voters().contains(**id))
                         .max_by_key(|(_, p)| p.matched)
                         .map(|(id, _)| *id);
                     if let Some(to) = best {
@@ -268,7 +269,15 @@ impl NodeLoop {
             Msg::Removed => self.stop_removed(),
             Msg::PeerActivity { tx } => {
                 let res = if self.raw.raft.state == StateRole::Leader {
-                    Ok(self.activity.snapshot(self.me, Instant::now()))
+                    let mut a = self.activity.snapshot(self.me, Instant::now());
+                    a.matched = self
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .map(|(id, p)| (*id, p.matched))
+                        .collect();
+                    Ok(a)
                 } else {
                     Err(Error::NoLeader)
                 };
@@ -597,10 +606,23 @@ impl NodeLoop {
         let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
         let mut removed_me = false;
         let res = (|| {
+            // A promotion is checked as etcd checks it when applied: the member must be a
+            // learner; if not, raft's configuration stays as it is.
+            if ctx.promote {
+                match self.shared.sm.read().members.get(cc.node_id) {
+                    None => return Err(Error::MemberNotFound),
+                    Some(m) if !m.is_learner => return Err(Error::MemberNotLearner),
+                    Some(_) => {}
+                }
+            }
             let cs = self.raw.apply_conf_change(&cc)?;
             self.log.set_conf_state(&cs, batch)?;
             let mut sm = self.shared.sm.write();
             match cc.get_change_type() {
+                ConfChangeType::AddNode if ctx.promote => {
+                    tracing::info!(member = format!("{:x}", cc.node_id), "learner promoted");
+                    sm.members.promote(cc.node_id);
+                }
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                     if let Some(m) = ctx.member.clone() {
                         tracing::info!(member = format!("{:x}", m.id), urls = ?m.peer_ur_ls, "member added");
@@ -668,6 +690,10 @@ impl NodeLoop {
             .store(r.raft_log.last_index(), Ordering::Relaxed);
         s.commit.store(r.raft_log.committed, Ordering::Relaxed);
         s.applied.store(r.raft_log.applied, Ordering::Relaxed);
+        s.learner.store(
+            r.prs().conf().learners().contains(&self.me),
+            Ordering::Relaxed,
+        );
     }
 
     fn answer_reads(&mut self) {

@@ -166,6 +166,7 @@ impl Peer for PeerService {
                     active_ms: d.as_millis() as u64,
                 })
                 .collect(),
+            matched: a.matched,
         }))
     }
 }

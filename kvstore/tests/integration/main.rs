@@ -6,6 +6,7 @@ mod common;
 
 mod alarm;
 mod auth;
+mod auto_compaction;
 mod client;
 mod cluster;
 mod disk;
@@ -15,6 +16,7 @@ mod etcdctl;
 mod gateway;
 mod hostile_http2;
 mod http;
+mod learner;
 mod linearizability;
 mod member_update;
 mod metrics;

@@ -259,6 +259,14 @@ impl Cluster {
     /// Like `add_member`, with the new member adjusted by `setup` (not the cluster's),
     /// and without waiting for it to answer.
     pub fn add_member_launched(&mut self, setup: &dyn Fn(usize, &mut Proc)) -> usize {
+        let i = self.add_member_as(setup, &[]);
+        self.members[i].launch();
+        i
+    }
+
+    /// `etcdctl member add` with `add_args` (e.g. `--learner`) for a new member on fresh
+    /// ports, set up to start with the initial cluster etcdctl printed, but not started.
+    pub fn add_member_as(&mut self, setup: &dyn Fn(usize, &mut Proc), add_args: &[&str]) -> usize {
         let n = self.members.len() + 1;
         let mut p = Proc {
             kind: self.kind,
@@ -276,7 +284,10 @@ impl Cluster {
             child: None,
         };
         setup(n - 1, &mut p);
-        let out = self.reconfigure(&["member", "add", &p.name, "--peer-urls", &p.peer_url()]);
+        let peer_url = p.peer_url();
+        let mut args = vec!["member", "add", &p.name, "--peer-urls", &peer_url];
+        args.extend_from_slice(add_args);
+        let out = self.reconfigure(&args);
         let initial = out
             .lines()
             .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
@@ -288,7 +299,6 @@ impl Cluster {
             "{out}"
         );
         p.initial_cluster = Some(initial);
-        p.launch();
         self.members.push(p);
         self.members.len() - 1
     }
