@@ -68,12 +68,7 @@ pub trait Backend: Send + Sync + 'static {
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Calls `f` with every pair whose key is in `from..to`, in key order, until it returns
     /// false; nothing is gathered in memory (the keyspace's records are scanned this way).
-    fn scan(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut Visit<'_>,
-    ) -> Result<()>;
+    fn scan(&self, from: &[u8], to: &[u8], f: &mut Visit<'_>) -> Result<()>;
     /// Applies `batch` atomically (all or nothing after a crash). Not yet durable.
     fn write(&self, batch: WriteBatch) -> Result<()>;
     /// Makes every write issued so far durable (fsync).
@@ -154,12 +149,7 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
-    fn scan(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut Visit<'_>,
-    ) -> Result<()> {
+    fn scan(&self, from: &[u8], to: &[u8], f: &mut Visit<'_>) -> Result<()> {
         for item in self.db.range(from..to) {
             let (k, v) = item?;
             if !f(&k, &v)? {
