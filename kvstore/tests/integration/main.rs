@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod disk;
 mod durability;
+mod elections;
 mod errors;
 mod etcdctl;
 mod gateway;
