@@ -47,6 +47,21 @@ impl Outcome {
     pub fn failed(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// Failed puts that no server answered: the client could not connect to a member (the
+    /// killed one, while it is down) or lost the connection with a request on it.
+    pub fn failed_in_transport(&self) -> u64 {
+        self.errors
+            .iter()
+            .filter(|(e, _)| is_transport(e))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Whether an error text is the client's transport failing rather than a server's answer.
+fn is_transport(e: &str) -> bool {
+    e.contains("tcp connect error") || e.contains("transport error")
 }
 
 /// What one writer saw.

@@ -11,7 +11,10 @@
 //! ```
 //! Prints, per server: leader kills, acknowledged puts, acknowledged puts lost, the longest gap
 //! between two successful puts, the slowest successful put, the puts that failed (and were
-//! retried), each error text with its count, and the load average at the start and end.
+//! retried) — split into those a server answered with an error and those the client could not
+//! deliver (connection refused by the killed member while it is down, or lost with a request on
+//! it), which no server can prevent and which grow with the client's request rate — each error
+//! text with its count, and the load average at the start and end.
 
 mod cluster;
 mod experiment;
@@ -53,7 +56,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn print_table(results: &[(String, Outcome)]) {
-    let rows: [(&str, fn(&Outcome) -> String); 7] = [
+    let rows: [(&str, fn(&Outcome) -> String); 10] = [
         ("leader kills", |o| o.kills.to_string()),
         ("acknowledged puts", |o| o.acked.to_string()),
         ("acknowledged puts lost", |o| o.lost.to_string()),
@@ -63,6 +66,15 @@ fn print_table(results: &[(String, Outcome)]) {
         ("slowest successful put", |o| ms(o.slowest_put)),
         ("puts that failed and were retried", |o| {
             o.failed().to_string()
+        }),
+        ("… of which a server answered with an error", |o| {
+            (o.failed() - o.failed_in_transport()).to_string()
+        }),
+        ("… of which the client could not reach a member", |o| {
+            o.failed_in_transport().to_string()
+        }),
+        ("failed puts per 1,000 acknowledged", |o| {
+            format!("{:.1}", o.failed() as f64 * 1000.0 / o.acked.max(1) as f64)
         }),
         ("load average (1 min) at start / end", |o| {
             format!("{} / {}", o.load.0, o.load.1)
