@@ -36,6 +36,15 @@ pub enum Error {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A request that started shortly before the current leader was elected timed out: its
+    /// proposal was most likely lost with the previous leader (etcd's `parseProposeCtxErr`).
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
+    /// A proposal that never reached raft (no leader was known) before its request timed
+    /// out: etcd 3.4 answers it with Go's context error, which its gRPC layer passes on
+    /// unmapped (code Unknown).
+    #[error("context deadline exceeded")]
+    DeadlineExceeded,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
     #[error("etcdserver: not leader")]
@@ -180,9 +189,12 @@ impl Error {
             | Error::MemberNotLearner
             | Error::TooManyLearners => Code::FailedPrecondition,
             // etcd 3.4 maps no code to this one: its clients see Unknown.
-            Error::UnhealthyCluster | Error::NoPasswordUser => Code::Unknown,
+            Error::UnhealthyCluster | Error::NoPasswordUser | Error::DeadlineExceeded => {
+                Code::Unknown
+            }
             Error::NoLeader
             | Error::Timeout
+            | Error::TimeoutDueToLeaderFail
             | Error::LeaderChanged
             | Error::LeaderTransferTimeout
             | Error::Stopped

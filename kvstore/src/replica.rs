@@ -4,8 +4,8 @@
 //! forwarded over the peer service from any other member.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use raft::eraftpb::{ConfChange, ConfChangeType};
@@ -42,6 +42,10 @@ pub struct Replica {
     pub(crate) max_concurrent_streams: u32,
     /// How long a request waits for raft before etcd's "request timed out".
     pub(crate) request_timeout: Duration,
+    /// The raft election timeout: a request that started less than two of these before the
+    /// current leader's election and timed out is answered "possibly due to previous leader
+    /// failure" (see [`Replica::timed_out`]).
+    pub(crate) election_timeout: Duration,
     pub(crate) peers: PeerClients,
     /// Refuse membership changes that would break a quorum (etcd's
     /// `--strict-reconfig-check`).
@@ -94,6 +98,15 @@ impl Replica {
         wait_by(rx, tokio::time::Instant::now() + self.request_timeout).await
     }
 
+    /// The error for a proposal started at `started` that timed out, as etcd words it
+    /// (`parseProposeCtxErr`): when the request began within two election timeouts before the
+    /// current leader was elected, the previous leader's failure most likely lost it
+    /// ("possibly due to previous leader failure"); otherwise "request timed out".
+    fn timed_out(&self, started: Instant) -> Error {
+        let elected = *self.shared.status.leader_elected.lock();
+        timeout_error(started, elected, self.election_timeout)
+    }
+
     /// Polls the published leader until `done` holds for it; false once `within` has passed.
     pub(crate) async fn wait_for_leader(
         &self,
@@ -136,9 +149,14 @@ impl Replica {
             return Err(Error::RequestTooLarge);
         }
         // A proposal lost to a leader change (certainly never applied: an entry of a newer
-        // term was applied first) is proposed again, as long as the request has time left,
-        // rather than failing a client that did nothing wrong.
+        // term was applied first, and a late copy of it is skipped on every member, see
+        // `node::raft_loop`) is proposed again, as long as the request has time left,
+        // rather than failing a client that did nothing wrong. Proposals that arrive with no
+        // leader wait in the raft loop until there is one. What still runs out of time is
+        // answered as etcd answers it.
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let proposed = Arc::new(AtomicBool::new(false));
         loop {
             let (tx, rx) = oneshot::channel();
             self.tx
@@ -146,12 +164,21 @@ impl Replica {
                     id,
                     data: data.clone(),
                     tx,
+                    proposed: proposed.clone(),
                 })
                 .map_err(|_| Error::Stopped)?;
             match wait_by(rx, deadline).await {
                 Err(Error::LeaderChanged) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(id, "proposal lost to a leader change; proposing it again");
                 }
+                Err(Error::LeaderChanged) => return Err(Error::TimeoutDueToLeaderFail),
+                // Never taken by raft: no leader the whole time. etcd's proposal then
+                // waits for raft to take it until its context ends, and the context's
+                // error is the answer.
+                Err(Error::Timeout) if !proposed.load(Ordering::Acquire) => {
+                    return Err(Error::DeadlineExceeded);
+                }
+                Err(Error::Timeout) => return Err(self.timed_out(started)),
                 other => return other,
             }
         }
@@ -205,10 +232,15 @@ impl Replica {
         cc.node_id = node_id;
         cc.context = prost::Message::encode_to_vec(&ctx).into();
         let (tx, rx) = oneshot::channel();
+        let started = Instant::now();
         self.tx
             .send(Msg::ConfChange { id, cc, tx })
             .map_err(|_| Error::Stopped)?;
-        match self.wait(rx).await? {
+        let applied = match self.wait(rx).await {
+            Err(Error::Timeout) => return Err(self.timed_out(started)),
+            other => other?,
+        };
+        match applied {
             Applied::Members(list) => Ok(list),
             other => Err(Error::Corrupt(format!(
                 "conf change answered with {other:?}"
@@ -482,6 +514,19 @@ impl Replica {
     }
 }
 
+/// etcd's words for a request started at `started` that timed out, the current leader having
+/// been elected at `elected`: "possibly due to previous leader failure" when the request began
+/// before that election and less than two election timeouts before it (its proposal most
+/// likely went to the leader that failed), else "request timed out".
+fn timeout_error(started: Instant, elected: Option<Instant>, election_timeout: Duration) -> Error {
+    match elected {
+        Some(at) if started < at && at.duration_since(started) < 2 * election_timeout => {
+            Error::TimeoutDueToLeaderFail
+        }
+        _ => Error::Timeout,
+    }
+}
+
 /// The answer on `rx`, "request timed out" at `deadline`, "server stopped" if the raft loop
 /// dropped the request.
 async fn wait_by<T>(rx: oneshot::Receiver<Result<T>>, deadline: tokio::time::Instant) -> Result<T> {
@@ -489,5 +534,37 @@ async fn wait_by<T>(rx: oneshot::Receiver<Result<T>>, deadline: tokio::time::Ins
         Ok(Ok(res)) => res,
         Ok(Err(_)) => Err(Error::Stopped),
         Err(_) => Err(Error::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_blamed_on_the_previous_leader_only_just_before_an_election() {
+        let election = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Started 1.5 s before the current leader's election: the old leader lost it.
+        assert!(matches!(
+            timeout_error(t0, Some(at(1500)), election),
+            Error::TimeoutDueToLeaderFail
+        ));
+        // Started longer ago than two election timeouts before it, or after it, or with no
+        // leader ever seen: a plain timeout.
+        assert!(matches!(
+            timeout_error(t0, Some(at(2500)), election),
+            Error::Timeout
+        ));
+        assert!(matches!(
+            timeout_error(at(100), Some(t0), election),
+            Error::Timeout
+        ));
+        assert!(matches!(timeout_error(t0, None, election), Error::Timeout));
+        assert_eq!(
+            Error::TimeoutDueToLeaderFail.to_string(),
+            "etcdserver: request timed out, possibly due to previous leader failure"
+        );
     }
 }

@@ -69,6 +69,7 @@ impl Server {
             max_txn_ops: cfg.max_txn_ops,
             bcrypt_cost: cfg.bcrypt_cost,
             request_timeout,
+            election_timeout: Duration::from_millis(cfg.election_timeout),
             peers: peer::client::PeerClients::new(listeners.dialer.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,
             client_cert_auth: cfg.client_cert_auth,

@@ -23,10 +23,13 @@ pub enum Msg {
     /// Replicate and apply `req`; answer on `tx` once applied.
     /// `data` is the encoded `InternalRequest` whose id is `id` (encoded by the caller, so
     /// the single raft thread does not).
+    /// `proposed` is set once raft has taken it (a leader was known): a request that times
+    /// out before that is answered as etcd answers one that never reached a leader.
     Propose {
         id: u64,
         data: Vec<u8>,
         tx: oneshot::Sender<Result<Applied>>,
+        proposed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
     /// Propose a membership change whose context carries request id `id`; answer on
     /// `tx` once applied.
@@ -70,6 +73,10 @@ pub struct RaftStatus {
     /// Whether this member is a learner (a non-voting member): it then refuses most client
     /// requests, as etcd's learners do (see `grpc::learner_gate`).
     pub learner: std::sync::atomic::AtomicBool,
+    /// When this member last saw a leader elected (a new leader after none or another):
+    /// a request that times out tells from it whether the previous leader's failure is the
+    /// likely cause (see [`crate::replica::Replica`]'s timeouts).
+    pub leader_elected: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 /// State shared between the node loop and the request handlers.

@@ -41,6 +41,8 @@ struct HeldProposal {
     data: Vec<u8>,
     tx: oneshot::Sender<Result<Applied>>,
     since: Instant,
+    /// Set once raft takes the proposal (see [`Msg::Propose`]).
+    proposed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A batch of reads sent to raft as one ReadIndex request.
@@ -222,11 +224,17 @@ impl NodeLoop {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Propose { id, data, tx } => self.propose(HeldProposal {
+            Msg::Propose {
+                id,
+                data,
+                tx,
+                proposed,
+            } => self.propose(HeldProposal {
                 id,
                 data,
                 tx,
                 since: Instant::now(),
+                proposed,
             }),
             Msg::ConfChange { id, cc, tx } => {
                 if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.me {
@@ -297,11 +305,18 @@ impl NodeLoop {
     }
 
     fn start_read(&mut self) {
+        // No leader (an election is on, or quorum is lost): the reads wait for one, as
+        // proposals do, until their callers give up (the request timeout, or the client's
+        // deadline); a read whose caller is gone is dropped.
         if self.raw.raft.leader_id == raft::INVALID_ID {
-            self.shared.metrics.server.read_indexes_failed.inc();
-            for tx in self.pending_reads.drain(..) {
-                let _ = tx.send(Err(Error::NoLeader));
-            }
+            let before = self.pending_reads.len();
+            self.pending_reads.retain(|tx| !tx.is_closed());
+            let gone = before - self.pending_reads.len();
+            self.shared
+                .metrics
+                .server
+                .read_indexes_failed
+                .add(gone as u64);
             return;
         }
         // raft drops a ReadIndex silently until the leader has committed an entry in its
@@ -683,6 +698,7 @@ impl NodeLoop {
         let before = s.leader.swap(r.leader_id, Ordering::Relaxed);
         if r.leader_id != raft::INVALID_ID && r.leader_id != before {
             m.leader_changes.inc();
+            *s.leader_elected.lock() = Some(Instant::now());
         }
         m.proposals_pending
             .set((self.waiters.len() + self.held.len()) as i64);
@@ -754,20 +770,23 @@ impl NodeLoop {
             self.held.push(p);
             return;
         }
+        p.proposed.store(true, Ordering::Release);
         self.waiters.insert(p.id, Waiter { term, tx: p.tx });
     }
 
-    /// Proposes what was held once raft takes proposals again; a proposal held longer than a
-    /// read may wait (or whose caller has gone) is answered "no leader".
+    /// Proposes what was held once raft takes proposals again. A proposal whose caller has
+    /// gone (its request timed out, or the client gave up) is dropped unproposed; one held
+    /// longer than any caller waits (the request timeout and a second) is answered "request
+    /// timed out" here, should its caller still listen.
     fn release_held(&mut self) {
         let now = Instant::now();
-        let limit = self.opts.read_timeout;
+        let limit = self.opts.read_timeout + std::time::Duration::from_secs(1);
         let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|p| p.tx.is_closed() || now.duration_since(p.since) >= limit);
         for p in expired {
             self.shared.metrics.server.proposals_failed.inc();
-            let _ = p.tx.send(Err(Error::NoLeader));
+            let _ = p.tx.send(Err(Error::Timeout));
         }
         if !self.takes_proposals() {
             self.held = keep;

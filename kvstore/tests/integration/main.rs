@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod disk;
 mod durability;
+mod elections;
 mod errors;
 mod etcdctl;
 mod gateway;
