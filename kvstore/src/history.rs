@@ -63,6 +63,29 @@ pub fn decode(bytes: &[u8], rev: Rev) -> Result<Record> {
     from_stored(StoredRevision::decode(bytes)?, rev)
 }
 
+/// The key of the record stored as `bytes`, read without decoding the rest (its value
+/// above all), when the bytes have the layout `encode` gives them: the key-value first
+/// (field 1), its key first within it (field 1). `None` otherwise: the caller decodes.
+pub fn peek_key(bytes: &[u8]) -> Option<&[u8]> {
+    fn varint(b: &[u8]) -> Option<(usize, &[u8])> {
+        let mut n: u64 = 0;
+        for (i, byte) in b.iter().enumerate().take(10) {
+            n |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some((usize::try_from(n).ok()?, b.get(i + 1..)?));
+            }
+        }
+        None
+    }
+    // Field 1, length-delimited: 0x0a.
+    let rest = bytes.strip_prefix(&[0x0a])?;
+    let (len, rest) = varint(rest)?;
+    let kv = rest.get(..len)?;
+    let rest = kv.strip_prefix(&[0x0a])?;
+    let (len, rest) = varint(rest)?;
+    rest.get(..len)
+}
+
 /// Adds what one revision wrote (as `WriteTxn::finish` returns it) to `batch`.
 pub fn persist(written: Vec<(Rev, Record)>, batch: &mut WriteBatch) {
     for (rev, rec) in written {
@@ -280,6 +303,33 @@ mod tests {
         let revs: Vec<i64> = all(&mvcc).iter().map(|(r, _, _)| r.main).collect();
         assert_eq!(revs, vec![3, 4]);
         assert_ne!(mvcc.hash_kv(4).unwrap(), before);
+    }
+
+    #[test]
+    fn keys_are_peeked_without_decoding() {
+        for key in ["k", "a/longer/key", &"x".repeat(300)] {
+            let rec = Record {
+                kv: crate::proto::mvccpb::KeyValue {
+                    key: b(key),
+                    value: b(&"v".repeat(1000)),
+                    create_revision: 2,
+                    mod_revision: 9,
+                    version: 3,
+                    lease: 7,
+                },
+                tombstone: false,
+            };
+            assert_eq!(peek_key(&encode(&rec)), Some(key.as_bytes()));
+        }
+        for bad in [
+            &b""[..],
+            b"\x0a",
+            b"\x0a\x05\x0a\x09abc",
+            b"\x12\x00",
+            b"\x0a\xff",
+        ] {
+            assert!(peek_key(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

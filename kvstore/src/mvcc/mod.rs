@@ -228,6 +228,22 @@ impl Mvcc {
         to: i64,
         mut f: impl FnMut(Rev, &Record) -> Result<bool>,
     ) -> Result<()> {
+        self.walk_in(from, to, None, |rev, r| match r {
+            Some(r) => f(rev, r),
+            None => Ok(true),
+        })
+    }
+
+    /// [`Mvcc::walk`] for the records whose keys fall in `range` (all when `None`); a record
+    /// outside it is passed as `None`, undecoded (a watcher far behind reads the history
+    /// from the backend and most of it is other keys': their values are never decoded).
+    pub fn walk_in(
+        &self,
+        from: i64,
+        to: i64,
+        range: Option<&KeyRange>,
+        mut f: impl FnMut(Rev, Option<&Record>) -> Result<bool>,
+    ) -> Result<()> {
         if from > to {
             return Ok(());
         }
@@ -245,13 +261,24 @@ impl Mvcc {
                 let (main, sub) = keys::parse_rev(k)
                     .ok_or_else(|| Error::Corrupt(format!("record key of {} bytes", k.len())))?;
                 let rev = Rev { main, sub };
+                let peeked = crate::history::peek_key(v);
+                if let (Some(range), Some(key)) = (range, peeked)
+                    && !range.contains(key)
+                {
+                    // A compaction deletes its records from the backend a batch later than
+                    // from the index: below the compaction point, only what the index
+                    // holds counts (as below).
+                    if main > self.compacted || self.holds(key, rev) {
+                        go_on = f(rev, None)?;
+                    }
+                    return Ok(go_on);
+                }
                 let rec = crate::history::decode(v, rev)?;
-                // A compaction deletes its records from the backend a batch later than from
-                // the index: below the compaction point, only what the index holds counts.
                 if main <= self.compacted && !self.holds(&rec.kv.key, rev) {
                     return Ok(true);
                 }
-                go_on = f(rev, &rec)?;
+                let inside = range.is_none_or(|r| r.contains(&rec.kv.key));
+                go_on = f(rev, inside.then_some(&rec))?;
                 Ok(go_on)
             })?;
             if !go_on {
@@ -260,13 +287,12 @@ impl Mvcc {
         }
         for (main, slots) in self.tail.range(from.max(self.tail_from)..=to) {
             for (sub, r) in slots {
-                if !f(
-                    Rev {
-                        main: *main,
-                        sub: *sub,
-                    },
-                    r,
-                )? {
+                let inside = range.is_none_or(|range| range.contains(&r.kv.key));
+                let rev = Rev {
+                    main: *main,
+                    sub: *sub,
+                };
+                if !f(rev, inside.then_some(r))? {
                     return Ok(());
                 }
             }
@@ -516,7 +542,7 @@ impl Mvcc {
         };
         let (mut total, mut bytes, mut examined) = (0usize, 0usize, 0usize);
         let mut group: Option<(i64, Vec<Event>)> = None;
-        self.walk(from, to, |rev, rec| {
+        self.walk_in(from, to, Some(range), |rev, rec| {
             if group.as_ref().is_some_and(|(main, _)| *main != rev.main)
                 && let Some((main, evs)) = group.take()
             {
@@ -534,7 +560,7 @@ impl Mvcc {
                 }
             }
             let (_, evs) = group.get_or_insert_with(|| (rev.main, Vec::new()));
-            if range.contains(&rec.kv.key) {
+            if let Some(rec) = rec {
                 let prev = if prev_kv {
                     self.get_at(&rec.kv.key, rev.main - 1)?
                 } else {

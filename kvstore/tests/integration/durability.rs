@@ -21,10 +21,11 @@ async fn sigkill_loses_no_acknowledged_write() {
     // A short log: truncations (and their background deletes) happen during the stream.
     let mut p = Proc::start_with(Kind::Kvstore, &["--snapshot-count", "200"]);
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..8 {
         let c = client(&p).await;
-        let stop = stop.clone();
+        let (stop, count) = (stop.clone(), count.clone());
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut i = 0u64;
@@ -33,7 +34,10 @@ async fn sigkill_loses_no_acknowledged_write() {
                 match tokio::time::timeout(Duration::from_secs(2), c.put_kv(&key, i.to_string()))
                     .await
                 {
-                    Ok(Ok(_)) => acked.push((key, i.to_string())),
+                    Ok(Ok(_)) => {
+                        acked.push((key, i.to_string()));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => break,
                 }
                 i += 1;
@@ -41,14 +45,18 @@ async fn sigkill_loses_no_acknowledged_write() {
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed mid-stream once enough writes are acknowledged that the log was truncated
+    // (200 applied + 200 kept) several times, however fast this machine is today.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) < 1200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     p.kill();
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
         acked.extend(w.await.expect("writer"));
     }
-    // Enough writes that the log was truncated (200 applied + 200 kept) several times.
     assert!(
         acked.len() > 1000,
         "only {} writes acknowledged before the kill",
