@@ -307,8 +307,8 @@ impl Mvcc {
             .is_some_and(|h| h.binary_search_by_key(&rev, |e| e.rev).is_ok())
     }
 
-    /// Rebuilds a keyspace in memory (no backend) from records (any order) and the
-    /// compaction point. The records come from another member's snapshot or a fuzzer: a
+    /// Rebuilds a keyspace in memory (no backend) from records (any order, each position
+    /// once) and the compaction point. The records come from another member's snapshot or a fuzzer: a
     /// position no history can hold (a revision below 1 or at the very top of the range,
     /// where the next revision would overflow; a record index below 0; a compaction point
     /// outside the range) is refused as corruption.
@@ -319,6 +319,12 @@ impl Mvcc {
             check_position(*rev)?;
         }
         records.sort_by_key(|(rev, _)| *rev);
+        if let Some(w) = records.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::Corrupt(format!(
+                "two stored records at revision {}.{}",
+                w[0].0.main, w[0].0.sub
+            )));
+        }
         for (rev, rec) in records {
             m.insert(rev, rec);
         }
@@ -946,7 +952,13 @@ mod tests {
         // A large record index (a revision that deleted many keys, the rest compacted) is fine.
         let m = Mvcc::restore(vec![rec(2, 0), rec(3, 1 << 40)], 0).expect("sparse");
         assert_eq!(m.records_in_memory().0, 2);
-        for bad in [rec(2, -1), rec(0, 0), rec(-5, 3), rec(i64::MAX, 0)] {
+        for bad in [
+            rec(2, -1),
+            rec(0, 0),
+            rec(-5, 3),
+            rec(i64::MAX, 0),
+            rec(2, 0),
+        ] {
             let e = Mvcc::restore(vec![rec(2, 0), bad], 0).expect_err("impossible position");
             assert!(e.to_string().contains("stored record"), "{e}");
         }
