@@ -84,6 +84,9 @@ pub async fn start(cfg: &Config, backend: &dyn Backend, dialer: &Dialer) -> Resu
         read_u64(backend, keys::CLUSTER_ID)?,
     ) {
         let (log, _) = RaftLog::open(backend, &[])?;
+        if cfg.force_new_cluster {
+            force_new_cluster(me, &log, backend)?;
+        }
         let sm = StateMachine::load(backend)?;
         return Ok(Start {
             me,
@@ -102,7 +105,9 @@ pub async fn start(cfg: &Config, backend: &dyn Backend, dialer: &Dialer) -> Resu
     }
 }
 
-fn new_cluster(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
+/// A fresh member of a new cluster; whatever keyspace `backend` already holds (a restored
+/// backup's) becomes the new cluster's.
+pub(crate) fn new_cluster(cfg: &Config, backend: &dyn Backend) -> Result<Start> {
     let (members, cluster_id) = initial_cluster(cfg)?;
     let me = own_id(cfg, &members)?;
     let (log, _) = RaftLog::open(backend, &[])?;
@@ -163,6 +168,69 @@ async fn join(cfg: &Config, backend: &dyn Backend, dialer: &Dialer) -> Result<St
         log,
         sm,
     })
+}
+
+/// etcd's `--force-new-cluster` on a member's existing data: entries removing every other
+/// member (voters and learners) are appended to the log and committed with all before
+/// them, so applying the log leaves a one-member cluster holding all the data, from which
+/// `member add` grows it again. The removals are entries like any other, so the member
+/// list and raft's configuration change together, and a restart without the flag finds
+/// the same one-member cluster.
+///
+/// One difference from etcd: etcd drops the log's tail past the commit index this member
+/// knew; here it is kept and committed, as it would be had this member won an election.
+/// A follower learns that an entry is committed only with the leader's next message, so
+/// the tail can hold writes the old cluster acknowledged; etcd loses those (and, having
+/// applied some of them already, can serve them from this member while the members added
+/// later never get them).
+fn force_new_cluster(me: u64, log: &RaftLog, backend: &dyn Backend) -> Result<()> {
+    use protobuf::Message as _;
+    use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
+
+    let state = raft::Storage::initial_state(log)?;
+    let mut hs = state.hard_state;
+    let cs = state.conf_state;
+    let others: Vec<u64> = cs
+        .voters
+        .iter()
+        .chain(&cs.learners)
+        .copied()
+        .filter(|id| *id != me)
+        .collect();
+    let (_, last) = log.span();
+    let mut ents = Vec::new();
+    for (i, id) in others.iter().enumerate() {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = *id;
+        cc.context = prost::Message::encode_to_vec(&crate::proto::kvstorepb::ConfChangeContext {
+            request_id: 0,
+            member: None,
+            promote: false,
+        })
+        .into();
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = hs.term;
+        e.index = last + 1 + i as u64;
+        e.data = cc.write_to_bytes()?.into();
+        ents.push(e);
+    }
+    let uncommitted = last.saturating_sub(hs.commit);
+    hs.commit = ents.last().map_or(last, |e| e.index);
+    let mut batch = WriteBatch::default();
+    log.append(&ents, &mut batch)?;
+    log.set_hard_state(&hs, &mut batch)?;
+    backend.write(batch)?;
+    backend.sync()?;
+    tracing::warn!(
+        member_id = format!("{me:x}"),
+        removed = ?others.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        kept_uncommitted = uncommitted,
+        commit = hs.commit,
+        "forcing a new one-member cluster (--force-new-cluster)"
+    );
+    Ok(())
 }
 
 /// A data dir written before members were replicated: a single member whose ids come

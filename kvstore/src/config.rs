@@ -142,6 +142,15 @@ pub struct Config {
           default_value_t = defaults::STRICT_RECONFIG_CHECK, action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
 
+    /// Start this member's data as a new one-member cluster: every other member is
+    /// removed, nothing committed is lost (etcd's recovery after a quorum lost for good;
+    /// grow the cluster again with `member add`, see docs/kvstore.md). Ignored on an empty
+    /// data dir.
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
+
     /// Kind of token a login returns: `simple` (etcd's default; JWT is not supported).
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = defaults::AUTH_TOKEN, help_heading = "Authentication")]
     pub auth_token: String,
@@ -230,6 +239,7 @@ impl Default for Config {
             max_txn_ops: defaults::MAX_TXN_OPS,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
             strict_reconfig_check: defaults::STRICT_RECONFIG_CHECK,
+            force_new_cluster: false,
             auth_token: defaults::AUTH_TOKEN.into(),
             auth_token_ttl: defaults::AUTH_TOKEN_TTL,
             bcrypt_cost: defaults::BCRYPT_COST,

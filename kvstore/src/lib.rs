@@ -34,6 +34,7 @@ pub mod alarm;
 pub mod apply;
 pub mod auth;
 pub mod backend;
+pub mod backup;
 pub mod bootstrap;
 pub mod catch_up;
 pub mod certs;

@@ -3,6 +3,10 @@
 use clap::Parser;
 
 fn main() {
+    // `kvstore snapshot ...` reads backup files; everything else runs a member.
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        std::process::exit(kvstore::backup::main(std::env::args().skip(1)));
+    }
     limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use raft::eraftpb::ConfChangeType;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::config;
@@ -16,7 +17,8 @@ use crate::proto::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
-    StatusRequest, StatusResponse, cluster_server::Cluster, maintenance_server::Maintenance,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, cluster_server::Cluster,
+    maintenance_server::Maintenance,
 };
 use crate::proto::kvstorepb::internal_request;
 use crate::replica::Replica;
@@ -220,8 +222,34 @@ impl MaintenanceService {
     }
 }
 
+/// A backup's bytes as etcd's Snapshot responses.
+type SnapshotStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    type SnapshotStream = SnapshotStream;
+
+    /// etcd's Snapshot: a backup of this member's keyspace, leases and users, taken
+    /// without stopping it ([`crate::backup::save`]), in blobs of at most 1 MiB.
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        admin(&self.member, &req)?;
+        let rx = crate::backup::save::stream(self.member.clone());
+        let member = self.member.clone();
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |chunk| {
+            let blob = chunk.map_err(Status::from)?;
+            Ok(SnapshotResponse {
+                header: member.header(member.current_revision()),
+                // The size is known only at the end; etcd's clients do not read it.
+                remaining_bytes: 0,
+                blob: blob.into(),
+            })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
     /// etcd's Alarm: GET, ACTIVATE and DEACTIVATE of the replicated alarm list
     /// ([`Replica::alarm`], [`crate::alarm`]).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {

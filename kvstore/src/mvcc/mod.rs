@@ -204,17 +204,7 @@ impl Mvcc {
         };
         let mut h = crc32fast::Hasher::new();
         self.walk(i64::MIN, rev, |at, r| {
-            h.update(&at.main.to_be_bytes());
-            h.update(&at.sub.to_be_bytes());
-            h.update(&[u8::from(r.tombstone)]);
-            let kv = &r.kv;
-            h.update(&(kv.key.len() as u64).to_be_bytes());
-            h.update(&kv.key);
-            h.update(&(kv.value.len() as u64).to_be_bytes());
-            h.update(&kv.value);
-            for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
-                h.update(&n.to_be_bytes());
-            }
+            hash_record(&mut h, at, r);
             Ok(true)
         })?;
         Ok(h.finalize())
@@ -635,6 +625,21 @@ impl Mvcc {
         }
         self.compacted = rev;
         Ok(removed)
+    }
+}
+
+/// Adds one record to a [`Mvcc::hash_kv`] checksum (a backup's is computed the same way).
+pub fn hash_record(h: &mut crc32fast::Hasher, at: Rev, r: &Record) {
+    h.update(&at.main.to_be_bytes());
+    h.update(&at.sub.to_be_bytes());
+    h.update(&[u8::from(r.tombstone)]);
+    let kv = &r.kv;
+    h.update(&(kv.key.len() as u64).to_be_bytes());
+    h.update(&kv.key);
+    h.update(&(kv.value.len() as u64).to_be_bytes());
+    h.update(&kv.value);
+    for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+        h.update(&n.to_be_bytes());
     }
 }
 

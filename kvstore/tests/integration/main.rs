@@ -7,6 +7,7 @@ mod common;
 mod alarm;
 mod auth;
 mod auto_compaction;
+mod backup;
 mod client;
 mod cluster;
 mod disk;

@@ -59,6 +59,16 @@ impl Cluster {
 
     /// Starts `n` members adjusted by `setup` without waiting for any of them.
     pub fn launch(kind: Kind, n: usize, extra: &[&str], setup: Setup) -> Cluster {
+        let mut c = Cluster::prepare(kind, n, extra, setup);
+        for m in &mut c.members {
+            m.launch();
+        }
+        c
+    }
+
+    /// `n` members adjusted by `setup`, with their ports, dirs, names and initial cluster
+    /// decided, none started (e.g. to restore a backup into their data dirs first).
+    pub fn prepare(kind: Kind, n: usize, extra: &[&str], setup: Setup) -> Cluster {
         let token = format!(
             "t{}-{}",
             std::process::id(),
@@ -96,7 +106,6 @@ impl Cluster {
             let own = std::mem::take(&mut m.extra);
             m.extra = extra.clone();
             m.extra.extend(own);
-            m.launch();
         }
         let ctl_args = members
             .first()
@@ -345,7 +354,7 @@ impl Cluster {
     }
 }
 
-fn decode_b64(s: &str) -> String {
+pub fn decode_b64(s: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
     let mut acc = 0u32;

@@ -125,23 +125,31 @@ impl Proc {
         extra: &[&str],
         ctl_args: &[&str],
     ) -> Proc {
-        let mut p = Proc {
+        let mut p = Proc::unstarted(kind);
+        p.extra = extra.iter().map(|s| s.to_string()).collect();
+        p.scheme = scheme;
+        p.ctl_args = ctl_args.iter().map(|s| s.to_string()).collect();
+        p.spawn();
+        p
+    }
+
+    /// A single-member server on free ports and a fresh dir, not started.
+    pub fn unstarted(kind: Kind) -> Proc {
+        Proc {
             kind,
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            scheme,
+            extra: Vec::new(),
+            scheme: "http",
             peer_scheme: "http",
-            ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
+            ctl_args: Vec::new(),
             name: "default".into(),
             initial_cluster: None,
             initial_state: "new".into(),
             log_level: "warn".into(),
             child: None,
-        };
-        p.spawn();
-        p
+        }
     }
 
     pub fn peer_url(&self) -> String {
