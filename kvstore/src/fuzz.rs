@@ -160,6 +160,35 @@ pub fn wal_segment(data: &[u8]) {
     let _ = crate::wal::parse_records(&framed);
 }
 
+/// A backup file (`kvstore snapshot status|restore` read what a user hands them), its
+/// records rebuilt into a keyspace and compacted to its trailer's point, as a restore does.
+pub fn backup_file(data: &[u8]) {
+    use crate::proto::kvstorepb::backup_frame::Frame;
+    let Ok(mut dec) = crate::backup::format::Decoder::new(data, false) else {
+        return;
+    };
+    let mut compacted = 0;
+    let mut records = Vec::new();
+    while let Ok(Some(frame)) = dec.next_frame() {
+        match frame {
+            Frame::Header(h) => compacted = h.compacted,
+            Frame::Records(c) => records.extend(
+                c.revisions
+                    .into_iter()
+                    .filter_map(|r| crate::history::record(r).ok()),
+            ),
+            Frame::Trailer(t) => {
+                if let Ok(mut m) = Mvcc::restore(std::mem::take(&mut records), compacted)
+                    && t.compacted > m.compact_revision()
+                {
+                    let _ = m.compact(t.compacted);
+                }
+            }
+            Frame::Leases(_) | Frame::Auth(_) => {}
+        }
+    }
+}
+
 /// A raft log segment as stored on disk.
 pub fn raft_log_segment(data: &[u8]) {
     let _ = crate::raft_log::decode_segment(data);
