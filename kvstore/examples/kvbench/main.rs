@@ -8,6 +8,7 @@
 //! kvbench --endpoint https://127.0.0.1:2379 --tls-dir pki   # over TLS (netd certs layout)
 //! kvbench --compare --auth                            # both with authentication on
 //! kvbench --compare --scale --overwrites 5            # a million 1 KiB keys (scale.rs)
+//! kvbench --compare --flat --clients 8                # memory under overwrites with auto-compaction (flat.rs)
 //! kvbench --endpoint http://127.0.0.1:2379 --auth --user bench:secret
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
@@ -48,6 +49,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+mod flat;
 mod scale;
 
 #[derive(Parser, Debug)]
@@ -113,6 +115,22 @@ struct Args {
     /// With --scale: times each key is written again after the first load.
     #[arg(long, default_value_t = 0)]
     overwrites: usize,
+    /// Instead of the workloads: memory under a steady overwrite load with automatic
+    /// compaction, on one fresh server of each kind at once (see flat.rs).
+    #[arg(long, conflicts_with_all = ["auth", "scale"])]
+    flat: bool,
+    /// With --flat: minutes of load.
+    #[arg(long, default_value_t = 10)]
+    flat_minutes: u64,
+    /// With --flat: puts a second to each server.
+    #[arg(long, default_value_t = 1000)]
+    flat_rate: u64,
+    /// With --flat: keys overwritten in turn.
+    #[arg(long, default_value_t = 1000)]
+    flat_keys: usize,
+    /// With --flat: the servers' --auto-compaction-retention (periodic mode).
+    #[arg(long, default_value = "1m")]
+    flat_retention: String,
     /// With --auth and --endpoint: the user to log in as.
     #[arg(
         long,
@@ -765,6 +783,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.scale {
         return scale::run(&bins, &a).await;
+    }
+    if a.flat {
+        return flat::run(&bins, &a).await;
     }
     // Every server runs from the start (they idle while another is measured).
     let mut running = Vec::new();
