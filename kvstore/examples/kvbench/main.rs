@@ -9,6 +9,7 @@
 //! kvbench --compare --auth                            # both with authentication on
 //! kvbench --compare --scale --overwrites 5            # a million 1 KiB keys (scale.rs)
 //! kvbench --compare --flat --clients 8                # memory under overwrites with auto-compaction (flat.rs)
+//! kvbench --compare --restart-leader --clients 8 --flat-rate 500   # a planned leader restart (restart.rs)
 //! kvbench --endpoint http://127.0.0.1:2379 --auth --user bench:secret
 //! ```
 //! `--compare` starts a single-member kvstore (the release binary next to this example)
@@ -50,6 +51,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod flat;
+mod restart;
 mod scale;
 
 #[derive(Parser, Debug)]
@@ -131,6 +133,13 @@ struct Args {
     /// With --flat: the servers' --auto-compaction-retention (periodic mode).
     #[arg(long, default_value = "1m")]
     flat_retention: String,
+    /// Instead of the workloads: a planned restart (SIGTERM) of the leader of a 3-member
+    /// cluster of each kind under a steady load of --flat-rate puts/s (see restart.rs).
+    #[arg(long, conflicts_with_all = ["auth", "scale", "flat"])]
+    restart_leader: bool,
+    /// With --restart-leader: seconds of load before the stop, and after the restart.
+    #[arg(long, default_value_t = 5)]
+    restart_after: u64,
     /// With --auth and --endpoint: the user to log in as.
     #[arg(
         long,
@@ -786,6 +795,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.flat {
         return flat::run(&bins, &a).await;
+    }
+    if a.restart_leader {
+        return restart::run(&bins, &a).await;
     }
     // Every server runs from the start (they idle while another is measured).
     let mut running = Vec::new();
