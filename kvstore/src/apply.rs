@@ -15,7 +15,7 @@ use crate::backend::{Backend, WriteBatch, keys};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::membership::Members;
-use crate::mvcc::{KeyRange, Mvcc, WriteTxn};
+use crate::mvcc::{KeyRange, Mvcc, Rev, WriteTxn};
 use crate::proto::etcdserverpb::{
     AlarmResponse, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantResponse, LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeResponse,
@@ -60,7 +60,16 @@ pub struct StateMachine {
     /// filled as logins are applied.
     pub tokens: Tokens,
     pub applied: u64,
+    /// Positions of records a compaction removed from the keyspace that the disk still
+    /// holds: deleted [`SWEEP_BATCH`] at a time ([`StateMachine::sweep`]), as etcd deletes
+    /// compacted revisions in batches, so one compaction of a large history is neither one
+    /// huge write nor a stall of the writes behind it. Readers never see them (the keyspace
+    /// reads the disk through its index), and a restart finds them again.
+    pub unswept: std::collections::VecDeque<Rev>,
 }
+
+/// Compacted records deleted from the disk per batch.
+pub const SWEEP_BATCH: usize = 4096;
 
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
@@ -82,7 +91,7 @@ impl StateMachine {
             Some(v) => decode_i64(&v)? as u64,
             None => 0,
         };
-        let mvcc = Mvcc::load(backend.share(), compacted)?;
+        let (mvcc, leftovers) = Mvcc::load(backend.share(), compacted)?;
         let mut lessor = Lessor::default();
         for (_, v) in backend.scan_prefix(keys::LEASE_PREFIX)? {
             let l = StoredLease::decode(v.as_slice())?;
@@ -114,6 +123,7 @@ impl StateMachine {
             auth,
             tokens: Tokens::default(),
             applied,
+            unswept: leftovers.into(),
         })
     }
 
@@ -121,6 +131,15 @@ impl StateMachine {
     /// [`Mvcc::release_written`]); called after each run of applied entries.
     pub fn release_written(&mut self) {
         self.mvcc.release_written();
+    }
+
+    /// Adds the deletion of up to `limit` compacted records to `batch`; returns how many.
+    pub fn sweep(&mut self, batch: &mut WriteBatch, limit: usize) -> usize {
+        let n = limit.min(self.unswept.len());
+        for r in self.unswept.drain(..n) {
+            batch.delete(keys::rev(r.main, r.sub));
+        }
+        n
     }
 
     /// Applies one request, adding its disk writes to `batch`.
@@ -166,10 +185,10 @@ impl StateMachine {
                 }))
             }
             Request::Compaction(c) => {
-                for r in self.mvcc.compact(c.revision)? {
-                    batch.delete(keys::rev(r.main, r.sub));
-                }
+                let removed = self.mvcc.compact(c.revision)?;
+                self.unswept.extend(removed);
                 batch.put(keys::COMPACTED, c.revision.to_be_bytes().to_vec());
+                self.sweep(batch, SWEEP_BATCH);
                 Ok(Applied::Compact(CompactionResponse {
                     header: header(self.mvcc.current_revision()),
                 }))
@@ -464,6 +483,70 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    /// A compaction deletes its records from the disk in runs of `SWEEP_BATCH`; records
+    /// still on disk after a restart are out of the keyspace and swept again.
+    #[test]
+    fn compacted_records_leave_the_disk_in_runs() {
+        use crate::backend::SledBackend;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(dir.path()).expect("open");
+        let mut sm = StateMachine::load(be.as_ref()).expect("load");
+        let keys = SWEEP_BATCH + 100;
+        let mut b = WriteBatch::default();
+        for round in 0..2 {
+            for i in 0..keys {
+                sm.apply(&put_req(&format!("k{i}"), &format!("v{round}"), 0), &mut b)
+                    .expect("put");
+            }
+        }
+        be.write(b).expect("write");
+        let top = sm.mvcc.current_revision();
+        let compact = InternalRequest {
+            auth: None,
+            id: 2,
+            request: Some(internal_request::Request::Compaction(
+                crate::proto::etcdserverpb::CompactionRequest {
+                    revision: top,
+                    physical: false,
+                },
+            )),
+        };
+        let mut b = WriteBatch::default();
+        sm.apply(&compact, &mut b).expect("compact");
+        // The first run goes with the compaction itself (and its COMPACTED key).
+        assert_eq!(b.len(), SWEEP_BATCH + 1);
+        assert_eq!(sm.unswept.len(), 100);
+        be.write(b).expect("write");
+        let count = |be: &SledBackend| {
+            let mut n = 0;
+            be.scan(keys::REV_PREFIX, keys::REV_END, &mut |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .expect("scan");
+            n
+        };
+        assert_eq!(count(&be), keys + 100);
+        // A restart before the rest is deleted: the keyspace does not hold those records,
+        // and they are found again.
+        let mut again = StateMachine::load(be.as_ref()).expect("reload");
+        assert_eq!(again.unswept.len(), 100);
+        assert_eq!(
+            again.mvcc.hash_kv(0).expect("hash"),
+            sm.mvcc.hash_kv(0).expect("hash")
+        );
+        let got = again.mvcc.get_at(b"k5", top).expect("get").expect("k5");
+        assert_eq!(got.value.as_ref(), b"v1");
+        let mut b = WriteBatch::default();
+        assert_eq!(again.sweep(&mut b, SWEEP_BATCH), 100);
+        be.write(b).expect("write");
+        assert_eq!(count(&be), keys);
+        assert_eq!(
+            StateMachine::load(be.as_ref()).expect("load").unswept.len(),
+            0
+        );
     }
 
     #[test]

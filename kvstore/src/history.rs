@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(batch.revision(), 12);
         backend.write(batch).unwrap();
         assert_eq!(backend.written_revision(), 12);
-        let loaded = Mvcc::load(backend.clone(), 0).unwrap();
+        let (loaded, _) = Mvcc::load(backend.clone(), 0).unwrap();
         assert_eq!(loaded.current_revision(), 12);
         assert_eq!(
             loaded.records_in_memory().0,
@@ -251,7 +251,7 @@ mod tests {
     fn memory_holds_what_the_backend_lacks() {
         let dir = tempfile::tempdir().unwrap();
         let backend = SledBackend::open(dir.path()).unwrap();
-        let mut mvcc = Mvcc::load(backend.clone(), 0).unwrap();
+        let (mut mvcc, _) = Mvcc::load(backend.clone(), 0).unwrap();
         let big = "x".repeat(1 << 20);
         let mut batch = WriteBatch::default();
         for i in 0..40 {
@@ -296,7 +296,7 @@ mod tests {
             put(&mut mvcc, "a", v, &mut batch);
         }
         backend.write(batch).unwrap();
-        let mut mvcc = Mvcc::load(backend.clone(), 0).unwrap();
+        let (mut mvcc, _) = Mvcc::load(backend.clone(), 0).unwrap();
         let before = mvcc.hash_kv(4).unwrap();
         let removed = mvcc.compact(3).unwrap();
         assert_eq!(removed, vec![Rev { main: 2, sub: 0 }]);
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(migrate_chunks(&*backend).unwrap(), 5);
         assert_eq!(migrate_chunks(&*backend).unwrap(), 0);
         assert!(backend.get(&keys::chunk(2)).unwrap().is_none());
-        let loaded = Mvcc::load(backend.clone() as Arc<dyn Backend>, 0).unwrap();
+        let (loaded, _) = Mvcc::load(backend.clone() as Arc<dyn Backend>, 0).unwrap();
         assert_eq!(all(&loaded), all(&mvcc));
     }
 

@@ -170,7 +170,10 @@ impl Server {
         // Until another member leads (not merely until this one stepped down: it may then
         // stop while the transferee's election is still under way, and a vote it no
         // longer gives can cost an election timeout).
-        if !m.wait_for_leader(m.request_timeout, |l| l != me && l != 0).await {
+        if !m
+            .wait_for_leader(m.request_timeout, |l| l != me && l != 0)
+            .await
+        {
             tracing::warn!("leadership transfer before stopping took too long; stopping anyway");
             return;
         }

@@ -322,8 +322,9 @@ impl Mvcc {
     }
 
     /// Loads the keyspace of `store`: the key index from every record on disk (the values
-    /// are read and dropped), nothing in memory but the index.
-    pub fn load(store: Arc<dyn Backend>, compacted: i64) -> Result<Mvcc> {
+    /// are read and dropped), nothing in memory but the index. Also returns the positions of
+    /// records still on disk that the compaction at `compacted` removed (to be deleted).
+    pub fn load(store: Arc<dyn Backend>, compacted: i64) -> Result<(Mvcc, Vec<Rev>)> {
         let mut m = Mvcc::empty(compacted)?;
         let mut last: Option<Rev> = None;
         store.scan(keys::REV_PREFIX, keys::REV_END, &mut |k, v| {
@@ -345,7 +346,11 @@ impl Mvcc {
         })?;
         m.tail_from = m.current + 1;
         m.store = Some(store);
-        Ok(m)
+        // Records a compaction removed from the index but not yet from the disk (they are
+        // deleted in runs after it, see `apply`): out of the index again, and named so
+        // the caller deletes them.
+        let leftovers = m.drop_superseded(compacted);
+        Ok((m, leftovers))
     }
 
     fn empty(compacted: i64) -> Result<Mvcc> {
@@ -582,15 +587,10 @@ impl Mvcc {
         Ok(out)
     }
 
-    /// Drops history before `rev`: per key, the latest record at or below `rev` is kept
-    /// unless it is a tombstone. Returns the positions removed (for the disk copy).
-    pub fn compact(&mut self, rev: i64) -> Result<Vec<Rev>> {
-        if rev <= self.compacted {
-            return Err(Error::Compacted);
-        }
-        if rev > self.current {
-            return Err(Error::FutureRevision);
-        }
+    /// Drops from the index every record at or below `rev` that a later one of its key at
+    /// or below `rev` supersedes, and a tombstone at or below `rev` that is its key's
+    /// latest there; returns their positions.
+    fn drop_superseded(&mut self, rev: i64) -> Vec<Rev> {
         let mut removed = Vec::new();
         let mut freed = 0u64;
         self.index.retain(|_, hist| {
@@ -607,6 +607,19 @@ impl Mvcc {
             !hist.is_empty()
         });
         self.stored = self.stored.saturating_sub(freed);
+        removed
+    }
+
+    /// Drops history before `rev`: per key, the latest record at or below `rev` is kept
+    /// unless it is a tombstone. Returns the positions removed (for the disk copy).
+    pub fn compact(&mut self, rev: i64) -> Result<Vec<Rev>> {
+        if rev <= self.compacted {
+            return Err(Error::Compacted);
+        }
+        if rev > self.current {
+            return Err(Error::FutureRevision);
+        }
+        let removed = self.drop_superseded(rev);
         for r in &removed {
             if r.main < self.tail_from {
                 continue;

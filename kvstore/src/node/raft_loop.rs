@@ -369,6 +369,7 @@ impl NodeLoop {
     fn on_tick(&mut self) {
         self.retry_reads();
         self.sync_leadership();
+        self.sweep_when_idle();
         // Only the leader expires leases, by proposing their revocation.
         if self.raw.raft.state == StateRole::Leader {
             let expired = self.shared.sm.read().lessor.expired();
@@ -389,6 +390,28 @@ impl NodeLoop {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes a run of compacted records from the disk while no writes come (runs go with
+    /// the applied entries' batches otherwise). Only when nothing else is pending: a
+    /// pending batch may still write the very records to be deleted.
+    fn sweep_when_idle(&mut self) {
+        if !self.unsynced.is_empty() || self.shared.sm.read().unswept.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        if self
+            .shared
+            .sm
+            .write()
+            .sweep(&mut batch, crate::apply::SWEEP_BATCH)
+            == 0
+        {
+            return;
+        }
+        if let Err(e) = self.writer.write(batch) {
+            tracing::warn!(error = %e, "deleting compacted records failed");
         }
     }
 
@@ -598,6 +621,7 @@ impl NodeLoop {
             guard.applied = e.index;
         }
         if let Some(guard) = sm.as_mut() {
+            guard.sweep(batch, crate::apply::SWEEP_BATCH);
             guard.release_written();
         }
         drop(sm);
