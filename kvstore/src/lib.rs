@@ -19,6 +19,7 @@
 //! - [`mvcc`]: the multi-version keyspace (its key index in memory, its records in the
 //!   backend); [`lease`]: the lease table; [`membership`]:
 //!   the replicated member list; [`alarm`]: the replicated alarms and what they refuse;
+//!   [`quota`]: the backend quota that raises NOSPACE;
 //!   [`snapshot`]: the state machine as one transferable blob.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace;
 //!   [`history`]: how the keyspace's records sit in it.
@@ -54,6 +55,7 @@ pub mod mvcc;
 pub mod node;
 pub mod peer;
 pub mod proto;
+pub mod quota;
 pub mod raft_log;
 pub mod reconfig;
 pub mod replica;

@@ -23,6 +23,7 @@ mod member_update;
 mod metrics;
 mod partition;
 mod peer_tls;
+mod quota;
 mod reconfig;
 mod tls;
 mod watch;
