@@ -10,6 +10,7 @@ mod auto_compaction;
 mod client;
 mod cluster;
 mod disk;
+mod disk_full;
 mod durability;
 mod elections;
 mod errors;
