@@ -22,7 +22,8 @@
 //!   [`quota`]: the backend quota that raises NOSPACE;
 //!   [`snapshot`]: the state machine as one transferable blob.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace;
-//!   [`history`]: how the keyspace's records sit in it.
+//!   [`history`]: how the keyspace's records sit in it; [`defrag`]: rewriting the backend to
+//!   its live data.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
 //!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
 //! - [`client`]: an etcd v3 client (kvstore's or etcd's servers alike) that netd, the tools and
@@ -41,6 +42,7 @@ pub mod certs;
 pub mod client;
 pub mod compactor;
 pub mod config;
+pub mod defrag;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;

@@ -9,6 +9,7 @@ mod auth;
 mod auto_compaction;
 mod client;
 mod cluster;
+mod defrag;
 mod disk;
 mod disk_full;
 mod durability;

@@ -2,7 +2,8 @@
 //! 3.4, 3 members each with a 16 MiB quota: writers fill it; the NOSPACE alarm shows on every
 //! member (`etcdctl alarm list` against each endpoint); puts, txns with a put and lease
 //! grants fail with etcd's error through every member while reads, deletes and compaction go
-//! on; every acknowledged write is still there.
+//! on; after compaction, `etcdctl defrag --cluster` (each dbSize shrinks) and `etcdctl alarm
+//! disarm`, writes succeed again; every acknowledged write is still there.
 
 use crate::common;
 
@@ -89,12 +90,12 @@ fn assert_all_held(kind: Kind, c: &Cluster, acked: &BTreeMap<String, u64>) {
     }
 }
 
-fn quota_fills_and_alarms(kind: Kind) {
+fn quota_fills_alarms_and_recovers(kind: Kind) {
     let quota = QUOTA.to_string();
     let mut c = Cluster::start(
         kind,
         3,
-        &["--quota-backend-bytes", &quota, "--snapshot-count", "500"],
+        &["--quota-backend-bytes", &quota, "--snapshot-count", "100"],
     );
     c.wait_leader(Duration::from_secs(10));
     let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
@@ -154,14 +155,44 @@ fn quota_fills_and_alarms(kind: Kind) {
     let compacted: Vec<u64> = (0..3).map(|i| db_size(&c, i)).collect();
     eprintln!("{kind:?}: dbSize after compaction at {rev}: {compacted:?}");
     assert_all_held(kind, &c, &acked);
+
+    // Defragmenting every member (`defrag --cluster`) makes room: each dbSize shrinks.
+    let out = c.members[0].ok(&["defrag", "--cluster"]);
+    let finished = out
+        .lines()
+        .filter(|l| l.starts_with("Finished defragmenting etcd member["))
+        .count();
+    assert_eq!(finished, 3, "{kind:?}: {out}");
+    let defragged: Vec<u64> = (0..3).map(|i| db_size(&c, i)).collect();
+    eprintln!("{kind:?}: dbSize after defrag: {defragged:?}");
+    for i in 0..3 {
+        assert!(
+            defragged[i] < compacted[i] / 2,
+            "{kind:?}: member {i}: {} after defrag, {} before",
+            defragged[i],
+            compacted[i]
+        );
+    }
+    // Still refused until disarmed; once disarmed, writes succeed through every member.
+    let err = c.members[1].fails(&["put", "after", "v"]);
+    assert!(err.contains(NO_SPACE), "{kind:?}: {err}");
+    c.members[2].ok(&["alarm", "disarm"]);
+    for (i, m) in c.members.iter().enumerate() {
+        assert_eq!(m.ok(&["alarm", "list"]), "", "{kind:?}: member {i}");
+        let key = format!("after{i}");
+        m.ok(&["put", &key, &value(0)]);
+        acked.insert(key, 0);
+    }
+    c.wait_converged(Duration::from_secs(10));
+    assert_all_held(kind, &c, &acked);
 }
 
 #[test]
-fn quota_fills_and_alarms_kvstore() {
-    quota_fills_and_alarms(Kind::Kvstore);
+fn quota_fills_alarms_and_recovers_kvstore() {
+    quota_fills_alarms_and_recovers(Kind::Kvstore);
 }
 
 #[test]
-fn quota_fills_and_alarms_etcd() {
-    quota_fills_and_alarms(Kind::Etcd);
+fn quota_fills_alarms_and_recovers_etcd() {
+    quota_fills_alarms_and_recovers(Kind::Etcd);
 }
