@@ -21,7 +21,8 @@
 //! - `db` and `db.defrag` (crashed in step 1): the copy may be partial; it is removed;
 //! - `db.old` and `db.defrag`, no `db` (between 2 and 3): the copy is complete (`db` is moved
 //!   aside only once it is); it becomes `db`, and `db.old` is removed;
-//! - `db` and `db.old` (after 3): `db.old` is removed.
+//! - `db` and `db.old` (after 3): `db.old` is removed;
+//! - `db.old` alone (not left by any step; the copy was removed by hand): it is taken back.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,6 +97,13 @@ pub fn recover(dir: &Path) -> Result<()> {
         }
         tracing::warn!(dir = %dir.display(), "finishing an interrupted defragmentation");
         std::fs::rename(&new, dir)?;
+        sync_parent(dir)?;
+    }
+    if !dir.exists() && old.exists() {
+        // Not a state a defragmentation leaves (the copy was removed by hand?): the old
+        // database is complete, so it is taken back rather than a new empty one made.
+        tracing::warn!(dir = %old.display(), "taking back the database a defragmentation moved aside");
+        std::fs::rename(&old, dir)?;
         sync_parent(dir)?;
     }
     if new.exists() {
@@ -270,6 +278,13 @@ mod tests {
         let dir = tmp.path().join("db");
         fill(&dir, n, 100);
         fill(&retired(&dir), 10, 1);
+        assert_holds(&dir, n, 100);
+        assert!(!retired(&dir).exists());
+
+        // The old database alone is taken back.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("db");
+        fill(&retired(&dir), n, 100);
         assert_holds(&dir, n, 100);
         assert!(!retired(&dir).exists());
 
