@@ -2,9 +2,11 @@
 //! explicit `sync` (fsync), implemented on sled. Raft log, hard state and the applied
 //! state machine all live in one keyspace so that one batch can update them atomically.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+
+use parking_lot::RwLock;
 
 use crate::error::Result;
 
@@ -78,6 +80,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The highest keyspace revision ([`WriteBatch::revision`]) of the batches written so
     /// far: readers find those records here from now on.
     fn written_revision(&self) -> i64;
+    /// Rewrites the engine's files to hold only its live data (etcd's defragmentation);
+    /// every handle sees the rewritten engine.
+    fn defragment(&self) -> Result<crate::defrag::Defragmented>;
     /// Another handle on the same engine.
     fn share(&self) -> Arc<dyn Backend>;
 }
@@ -88,17 +93,29 @@ const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// The sled engine.
 #[derive(Clone)]
 pub struct SledBackend {
-    db: sled::Db,
-    /// sled's data file, opened a second time: sled's own flush ends in
-    /// `sync_file_range`, which neither commits the file's metadata nor flushes the
-    /// drive's write cache, so `sync` follows it with an `fdatasync` of this file.
-    file: Arc<std::fs::File>,
+    /// The open database: every handle from [`Backend::share`] sees the same one, also once a
+    /// defragmentation has replaced it (see [`crate::defrag`]).
+    engine: Arc<RwLock<Engine>>,
+    /// sled's directory (`<data-dir>/db`).
+    dir: Arc<PathBuf>,
     written: Arc<AtomicI64>,
 }
 
-impl SledBackend {
-    /// Opens (or creates) the engine in `dir`.
-    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+/// One open sled database.
+pub(crate) struct Engine {
+    pub(crate) db: sled::Db,
+    /// sled's data file, opened a second time: sled's own flush ends in
+    /// `sync_file_range`, which neither commits the file's metadata nor flushes the
+    /// drive's write cache, so `sync` follows it with an `fdatasync` of this file.
+    file: std::fs::File,
+    /// Set when a defragmentation failed after it moved this database aside: nothing may be
+    /// written to it any more (the next start would not read it).
+    pub(crate) retired: bool,
+}
+
+impl Engine {
+    /// Opens (or creates) sled in `dir` with kvstore's settings.
+    pub(crate) fn open(dir: &Path) -> Result<Engine> {
         let db = sled::Config::new()
             .path(dir)
             // sled caches 1 GiB by default. What is read back while running is the values
@@ -108,22 +125,26 @@ impl SledBackend {
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(Some(500))
             .open()?;
-        let file = Arc::new(std::fs::File::open(dir.join("db"))?);
-        Ok(Arc::new(SledBackend {
+        let file = std::fs::File::open(dir.join("db"))?;
+        Ok(Engine {
             db,
             file,
-            written: Arc::new(AtomicI64::new(0)),
-        }))
+            retired: false,
+        })
     }
-}
 
-impl SledBackend {
     /// Fails once the data file has no name left (its data dir was deleted under the
-    /// running member): what is written after that would be lost at the next start, so
-    /// the writer stops and the member with it, rather than acknowledge writes into a
-    /// file nobody can open again.
-    fn check_linked(&self) -> Result<()> {
+    /// running member), or the database was retired: what is written after that would be
+    /// lost at the next start, so the writer stops and the member with it, rather than
+    /// acknowledge writes into a file nobody can open again.
+    fn check_writable(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
+        if self.retired {
+            return Err(std::io::Error::other(
+                "the backend was retired by a failed defragmentation",
+            )
+            .into());
+        }
         if self.file.metadata()?.nlink() == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -133,16 +154,37 @@ impl SledBackend {
         }
         Ok(())
     }
+
+    /// sled's flush, then an `fdatasync` of its file.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.db.flush()?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+}
+
+impl SledBackend {
+    /// Opens (or creates) the engine in `dir`, first finishing or undoing a
+    /// defragmentation a crash interrupted ([`crate::defrag::recover`]).
+    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        crate::defrag::recover(dir)?;
+        Ok(Arc::new(SledBackend {
+            engine: Arc::new(RwLock::new(Engine::open(dir)?)),
+            dir: Arc::new(dir.to_path_buf()),
+            written: Arc::new(AtomicI64::new(0)),
+        }))
+    }
 }
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+        Ok(self.engine.read().db.get(key)?.map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let engine = self.engine.read();
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(prefix) {
+        for item in engine.db.scan_prefix(prefix) {
             let (k, v) = item?;
             out.push((k.to_vec(), v.to_vec()));
         }
@@ -150,7 +192,8 @@ impl Backend for SledBackend {
     }
 
     fn scan(&self, from: &[u8], to: &[u8], f: &mut Visit<'_>) -> Result<()> {
-        for item in self.db.range(from..to) {
+        let engine = self.engine.read();
+        for item in engine.db.range(from..to) {
             let (k, v) = item?;
             if !f(&k, &v)? {
                 break;
@@ -160,7 +203,8 @@ impl Backend for SledBackend {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.check_linked()?;
+        let engine = self.engine.read();
+        engine.check_writable()?;
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {
@@ -168,24 +212,28 @@ impl Backend for SledBackend {
                 None => b.remove(k),
             }
         }
-        self.db.apply_batch(b)?;
+        engine.db.apply_batch(b)?;
         self.written.fetch_max(batch.revision, Ordering::Release);
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
-        self.check_linked()?;
-        self.db.flush()?;
-        self.file.sync_data()?;
-        Ok(())
+        let engine = self.engine.read();
+        engine.check_writable()?;
+        engine.sync()
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.engine.read().db.size_on_disk().unwrap_or(0)
     }
 
     fn written_revision(&self) -> i64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    fn defragment(&self) -> Result<crate::defrag::Defragmented> {
+        let mut engine = self.engine.write();
+        crate::defrag::defragment(&self.dir, &mut engine)
     }
 
     fn share(&self) -> Arc<dyn Backend> {

@@ -130,6 +130,16 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = defaults::MAX_TXN_OPS)]
     pub max_txn_ops: usize,
 
+    /// Backend size (bytes) past which writes are refused and a NOSPACE alarm is raised;
+    /// 0: the 2 GiB default; negative: no quota (see `crate::quota`).
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub quota_backend_bytes: i64,
+
     /// Most concurrent HTTP/2 streams (calls, watch streams) one client connection may have
     /// open (etcd's default: no limit short of 2^32-1).
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = defaults::MAX_CONCURRENT_STREAMS)]
@@ -237,6 +247,7 @@ impl Default for Config {
             snapshot_count: defaults::SNAPSHOT_COUNT,
             max_request_bytes: defaults::MAX_REQUEST_BYTES,
             max_txn_ops: defaults::MAX_TXN_OPS,
+            quota_backend_bytes: 0,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
             strict_reconfig_check: defaults::STRICT_RECONFIG_CHECK,
             force_new_cluster: false,

@@ -19,9 +19,11 @@
 //! - [`mvcc`]: the multi-version keyspace (its key index in memory, its records in the
 //!   backend); [`lease`]: the lease table; [`membership`]:
 //!   the replicated member list; [`alarm`]: the replicated alarms and what they refuse;
+//!   [`quota`]: the backend quota that raises NOSPACE;
 //!   [`snapshot`]: the state machine as one transferable blob.
 //! - [`raft_log`] and [`backend`]: raft storage and the state machine on one sled keyspace;
-//!   [`history`]: how the keyspace's records sit in it.
+//!   [`history`]: how the keyspace's records sit in it; [`defrag`]: rewriting the backend to
+//!   its live data.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
 //!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
 //! - [`client`]: an etcd v3 client (kvstore's or etcd's servers alike) that netd, the tools and
@@ -41,6 +43,7 @@ pub mod certs;
 pub mod client;
 pub mod compactor;
 pub mod config;
+pub mod defrag;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
@@ -55,6 +58,7 @@ pub mod mvcc;
 pub mod node;
 pub mod peer;
 pub mod proto;
+pub mod quota;
 pub mod raft_log;
 pub mod reconfig;
 pub mod replica;

@@ -36,6 +36,8 @@ pub struct Replica {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_txn_ops: usize,
+    /// `--quota-backend-bytes` (see [`crate::quota`]).
+    pub(crate) quota: crate::quota::Quota,
     /// bcrypt cost of new password hashes (`--bcrypt-cost`).
     pub(crate) bcrypt_cost: u32,
     /// HTTP/2 streams one client connection may have open (`--max-concurrent-streams`).

@@ -67,6 +67,7 @@ impl Server {
             backend,
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
+            quota: crate::quota::Quota::from_flag(cfg.quota_backend_bytes),
             bcrypt_cost: cfg.bcrypt_cost,
             request_timeout,
             election_timeout: Duration::from_millis(cfg.election_timeout),
@@ -76,6 +77,12 @@ impl Server {
             catch_up: crate::catch_up::CatchUp::start()?,
             max_concurrent_streams: cfg.max_concurrent_streams,
         });
+        member
+            .shared
+            .metrics
+            .server
+            .quota_backend_bytes
+            .set(crate::quota::Quota::metric(cfg.quota_backend_bytes));
         let mut served = serve(&cfg, &tls, &member, listeners).await?;
         served.tasks.extend(crate::compactor::spawn(
             member.clone(),

@@ -10,6 +10,9 @@
 //! `etcd_disk_backend_commit_duration_seconds`, the latency etcd reports for its bolt
 //! commits.
 //!
+//! A defragmentation (`defrag`) takes its turn the same way: it runs here, after the
+//! writes queued before it, and the writes queued meanwhile wait for it.
+//!
 //! Nothing here needs to be durable when it is queued: the journal already holds it
 //! (see `wal`). A failed write stops the thread, and the raft loop's next call returns
 //! the error, so the member stops rather than serve state it could not store.
@@ -46,6 +49,9 @@ enum Step {
     Checkpoint { dir: PathBuf, before: u64 },
     /// Answered once everything queued before it is written.
     Barrier(SyncSender<()>),
+    /// Defragments the backend once everything queued before it is written; the writes
+    /// queued meanwhile wait (see `defrag`).
+    Defragment(tokio::sync::oneshot::Sender<Result<crate::defrag::Defragmented>>),
 }
 
 /// The raft loop's handle on the writer thread.
@@ -115,6 +121,14 @@ impl Writer {
     /// `dir` older than `before`.
     pub fn checkpoint(&self, dir: PathBuf, before: u64) -> Result<()> {
         self.send(Job::Then(Step::Checkpoint { dir, before }))
+    }
+
+    /// Queues a defragmentation of the backend, answered on `tx`.
+    pub fn defragment(
+        &self,
+        tx: tokio::sync::oneshot::Sender<Result<crate::defrag::Defragmented>>,
+    ) -> Result<()> {
+        self.send(Job::Then(Step::Defragment(tx)))
     }
 
     /// Waits until everything queued so far is written (not flushed).
@@ -210,6 +224,9 @@ fn run(backend: &Timed<'_>, rx: Receiver<Job>) -> Result<()> {
             }
             Step::Barrier(tx) => {
                 let _ = tx.send(());
+            }
+            Step::Defragment(tx) => {
+                let _ = tx.send(backend.backend.defragment());
             }
         }
     }

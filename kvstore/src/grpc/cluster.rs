@@ -1,6 +1,6 @@
 //! The Cluster service (membership: add, add as a learner, promote and remove through raft
 //! conf changes, peer URL updates through a normal entry, list) and the Maintenance service (Status, Alarm,
-//! Hash, HashKV, MoveLeader).
+//! Defragment, Hash, HashKV, MoveLeader).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,12 +13,12 @@ use tonic::{Request, Response, Status};
 use crate::config;
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member,
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, cluster_server::Cluster,
-    maintenance_server::Maintenance,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, cluster_server::Cluster, maintenance_server::Maintenance,
 };
 use crate::proto::kvstorepb::internal_request;
 use crate::replica::Replica;
@@ -254,6 +254,23 @@ impl Maintenance for MaintenanceService {
     /// ([`Replica::alarm`], [`crate::alarm`]).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         Ok(Response::new(self.member.alarm(req.into_inner()).await?))
+    }
+
+    /// etcd's Defragment: this member's backend rewritten to its live data
+    /// ([`crate::defrag`]); root only while authentication is on, as etcd's.
+    async fn defragment(
+        &self,
+        req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        admin(&self.member, &req)?;
+        tracing::info!("starting defragment");
+        self.member
+            .defragment()
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "failed to defragment"))?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.member.header(self.member.current_revision()),
+        }))
     }
 
     /// etcd's HashKV: a checksum of this member's keyspace history up to a revision, equal on

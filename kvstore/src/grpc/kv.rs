@@ -64,6 +64,9 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let who = caller(&self.member, &req)?;
         let req = req.into_inner();
+        self.member
+            .check_quota(crate::quota::cost_put(&req))
+            .await?;
         super::check_size(&self.member, &req)?;
         validate::put(&req)?;
         match self
@@ -106,6 +109,9 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let who = caller(&self.member, &req)?;
         let req = req.into_inner();
+        self.member
+            .check_quota(crate::quota::cost_txn(&req))
+            .await?;
         super::check_size(&self.member, &req)?;
         validate::txn(&req, self.member.max_txn_ops)?;
         match self

@@ -42,6 +42,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let who = super::caller::caller(&self.member, &req)?;
         let mut req = req.into_inner();
+        self.member
+            .check_quota(crate::quota::LEASE_OVERHEAD)
+            .await?;
         if req.ttl > MAX_TTL {
             return Err(Error::LeaseTtlTooLarge.into());
         }

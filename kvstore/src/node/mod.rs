@@ -59,6 +59,11 @@ pub enum Msg {
     TransferLeader { to: u64 },
     /// If this member leads, hand leadership to its most caught-up peer (a graceful stop).
     HandOffLeadership,
+    /// Defragment the backend once every write handed to it so far is written (the backend
+    /// writer does it, in its turn); answer on `tx`.
+    Defragment {
+        tx: oneshot::Sender<Result<crate::defrag::Defragmented>>,
+    },
     /// Stop the loop (pending callers get "server stopped").
     Stop,
 }

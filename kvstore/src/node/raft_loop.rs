@@ -257,6 +257,19 @@ impl NodeLoop {
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
             Msg::TransferLeader { to } => self.raw.transfer_leader(to),
+            Msg::Defragment { tx } => {
+                // The writes applied so far go first, with every compacted record not yet
+                // deleted (a defragmentation is for reclaiming them); the writer answers
+                // `tx` (dropped, if the writer has stopped: "server stopped").
+                {
+                    let mut sm = self.shared.sm.write();
+                    let all = sm.unswept.len();
+                    sm.sweep(&mut self.unsynced, all);
+                }
+                if self.write_unsynced().is_ok() {
+                    let _ = self.writer.defragment(tx);
+                }
+            }
             Msg::HandOffLeadership => {
                 if self.raw.raft.state == StateRole::Leader {
                     let me = self.me;

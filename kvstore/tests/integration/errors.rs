@@ -326,10 +326,7 @@ async fn unserved_rpcs_are_unimplemented() {
         kvstore::proto::etcdserverpb::StatusRequest,
         kvstore::proto::etcdserverpb::StatusResponse,
     >::default();
-    for path in [
-        "/etcdserverpb.Maintenance/Defragment",
-        "/etcdserverpb.KV/NoSuchMethod",
-    ] {
+    for path in ["/etcdserverpb.KV/NoSuchMethod"] {
         grpc.ready().await.expect("ready");
         let r = grpc
             .unary(
