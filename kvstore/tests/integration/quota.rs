@@ -8,7 +8,7 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Kind;
 use common::cluster::Cluster;
@@ -120,9 +120,18 @@ fn quota_fills_alarms_and_recovers(kind: Kind) {
 
     // The alarm is listed by every member alike, each raised for a member of the cluster.
     let ids: Vec<u64> = (0..3).map(|i| c.id(i)).collect();
-    let lists: Vec<String> = (0..3)
-        .map(|i| c.members[i].ok(&["alarm", "list"]))
-        .collect();
+    // Other members may still be raising their own NOSPACE (each member that refuses a
+    // write raises one): read the lists until they agree.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lists: Vec<String> = loop {
+        let lists: Vec<String> = (0..3)
+            .map(|i| c.members[i].ok(&["alarm", "list"]))
+            .collect();
+        if lists.iter().all(|l| l == &lists[0]) || Instant::now() > deadline {
+            break lists;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert!(!lists[0].is_empty(), "{kind:?}: no alarm");
     for (i, l) in lists.iter().enumerate() {
         assert_eq!(l, &lists[0], "{kind:?}: member {i}'s list");
