@@ -9,6 +9,7 @@ mod auth;
 mod auto_compaction;
 mod client;
 mod cluster;
+mod corruption;
 mod disk;
 mod durability;
 mod elections;
