@@ -1,6 +1,8 @@
 //! Corruption checks (etcd 3.4's `--experimental-initial-corrupt-check` and
 //! `--experimental-corrupt-check-time`) on real member processes.
 //!
+//! - The flags and their environment variables are etcd's: a bad check period stops the
+//!   server before it serves, with Go's words on both servers.
 //! - A healthy 3-member cluster with both checks on, the same test code against kvstore and
 //!   etcd 3.4: after writes, a compaction and a restart of one member through the initial
 //!   check, `etcdctl endpoint hashkv --cluster` shows one hash, no alarm is ever raised and
@@ -25,6 +27,56 @@ use kvstore::backend::{Backend, SledBackend, keys};
 use kvstore::mvcc::Rev;
 
 const CHECK_EVERY: &str = "500ms";
+
+fn a_bad_check_period_is_refused(kind: Kind) {
+    let bin = match kind {
+        Kind::Kvstore => env!("CARGO_BIN_EXE_kvstore"),
+        Kind::Etcd => common::ETCD,
+    };
+    let cases: [(&[&str], Option<&str>); 2] = [
+        (&["--experimental-corrupt-check-time", "x"], None),
+        (&[], Some("x")),
+    ];
+    for (flags, env) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let member = testbed::etcd::Member::new(
+            "default",
+            &dir.path().join("data"),
+            &format!("http://127.0.0.1:{}", common::free_port()),
+            &format!("http://127.0.0.1:{}", common::free_port()),
+        );
+        let mut cmd = member.command(std::path::Path::new(bin), None);
+        cmd.args(flags)
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(v) = env {
+            cmd.env("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", v);
+        }
+        let child = cmd.spawn().expect("start server");
+        let out = common::wait_output(child, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{kind:?} {flags:?} {env:?}: {err}");
+        // etcd names the flag or the variable, kvstore the flag.
+        assert!(
+            err.contains("invalid value \"x\" for") && err.contains("parse error"),
+            "{kind:?} {flags:?} {env:?}: {err}"
+        );
+        if kind == Kind::Kvstore {
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_check_period_is_refused_kvstore() {
+    a_bad_check_period_is_refused(Kind::Kvstore);
+}
+
+#[test]
+fn a_bad_check_period_is_refused_etcd() {
+    a_bad_check_period_is_refused(Kind::Etcd);
+}
 
 /// Each running member's `endpoint hashkv` hash, by member index.
 fn hashes(c: &mut Cluster) -> Vec<(usize, u64)> {
