@@ -55,9 +55,12 @@ impl Sample {
         })
     }
 
-    /// The same of a running member's state, hashed in steps ([`hash_in_steps`]).
-    fn of_running(state: &parking_lot::RwLock<StateMachine>) -> Result<Sample> {
-        let (hash, compact_revision, revision) = hash_in_steps(state, 0)?;
+    /// The same of a running member's state, hashed in steps ([`hash_in_steps`]) on a
+    /// blocking thread.
+    async fn of_running(member: &Arc<Replica>) -> Result<Sample> {
+        let m = member.clone();
+        let (hash, compact_revision, revision) =
+            blocking(move || hash_in_steps(m.state(), 0)).await?;
         Ok(Sample {
             hash,
             revision,
@@ -82,14 +85,23 @@ pub struct PeerHash {
 const HASH_STEP_RECORDS: usize = 1024;
 
 /// etcd's HashKV as this member answers it, to clients and to peers: its hash at `revision`
-/// (0: the latest), its compaction revision, and a header at its latest revision.
-pub fn hash_kv(member: &Replica, revision: i64) -> Result<HashKvResponse> {
-    let (hash, compact_revision, current) = hash_in_steps(member.state(), revision)?;
+/// (0: the latest), its compaction revision, and a header at its latest revision. Read on a
+/// blocking thread (it reads every record from disk), never on the runtime's.
+pub async fn hash_kv(member: &Arc<Replica>, revision: i64) -> Result<HashKvResponse> {
+    let m = member.clone();
+    let (hash, compact_revision, current) =
+        blocking(move || hash_in_steps(m.state(), revision)).await?;
     Ok(HashKvResponse {
         header: member.header(current),
         hash,
         compact_revision,
     })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Serve(format!("hashing the keyspace: {e}")))?
 }
 
 /// [`crate::mvcc::Mvcc::hash_kv`] at `revision`, taking the lock for one step of records at
@@ -322,8 +334,8 @@ async fn monitor(member: Arc<Replica>, every: Duration) {
 }
 
 /// One pass of the leader's periodic check.
-async fn check(member: &Replica) -> Result<()> {
-    let first = Sample::of_running(member.state())?;
+async fn check(member: &Arc<Replica>) -> Result<()> {
+    let first = Sample::of_running(member).await?;
     let members = member.members();
     let peers = peer_hashes(
         &member.peers,
@@ -335,7 +347,7 @@ async fn check(member: &Replica) -> Result<()> {
     )
     .await;
     member.read_barrier().await?;
-    let second = Sample::of_running(member.state())?;
+    let second = Sample::of_running(member).await?;
     if let Some(id) = leader_verdict(member.member_id, first, second, &peers) {
         tracing::error!(
             member_id = format!("{id:x}"),

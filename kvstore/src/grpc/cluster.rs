@@ -236,19 +236,18 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<HashKvResponse>, Status> {
         admin(&self.member, &req)?;
         let rev = req.into_inner().revision;
-        Ok(Response::new(crate::corrupt::hash_kv(&self.member, rev)?))
+        Ok(Response::new(
+            crate::corrupt::hash_kv(&self.member, rev).await?,
+        ))
     }
 
     /// etcd's Hash (meant for tests): here, the keyspace's HashKV at the latest revision.
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         admin(&self.member, &req)?;
-        let (hash, current) = {
-            let sm = self.member.shared.sm.read();
-            (sm.mvcc.hash_kv(0)?, sm.mvcc.current_revision())
-        };
+        let r = crate::corrupt::hash_kv(&self.member, 0).await?;
         Ok(Response::new(HashResponse {
-            header: self.member.header(current),
-            hash,
+            header: r.header,
+            hash: r.hash,
         }))
     }
 

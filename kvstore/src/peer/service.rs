@@ -158,7 +158,9 @@ impl Peer for PeerService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let rev = req.into_inner().revision;
-        Ok(Response::new(crate::corrupt::hash_kv(&self.member, rev)?))
+        Ok(Response::new(
+            crate::corrupt::hash_kv(&self.member, rev).await?,
+        ))
     }
 
     async fn peer_activity(
