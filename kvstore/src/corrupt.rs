@@ -20,8 +20,11 @@
 //! etcd asks over its peer HTTP API (`/members/hashkv`); kvstore asks over its peer gRPC
 //! service (`peerpb.Peer/HashKV`), the same port and the same peer TLS, so a check needs no
 //! client credentials and works with client certificate auth or authentication on, as etcd's.
-//! The hash itself is [`crate::mvcc::Mvcc::hash_kv`]: every record held up to the revision,
-//! compacted ones excluded (etcd hashes its key bucket the same way, with CRC-32C of the raw
+//!
+//! A hash reads every record from disk: it runs on a blocking thread and takes the state
+//! machine's lock for 1,024 records at a time (`hash_in_steps`), so writes never wait for a
+//! whole hash. The hash itself is [`crate::mvcc::Mvcc::hash_kv`]: every record held up to
+//! the revision, compacted ones excluded (etcd hashes its key bucket the same way, with CRC-32C of the raw
 //! bucket bytes; kvstore's CRC-32 of its own record fields gives other numbers for the same
 //! data, so only kvstore members can be compared with each other).
 
