@@ -130,6 +130,10 @@ pub enum Error {
     Corrupt(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The initial corruption check found this member's keyspace different from a peer's at
+    /// the same revision and compaction: etcd's message, the member id in hex (`corrupt`).
+    #[error("{0:x} found data inconsistency with peers")]
+    DataInconsistency(u64),
     /// A listen URL could not be bound (the port is taken, the address is not this host's).
     #[error("cannot listen on {url}: {source}")]
     Listen {
@@ -207,6 +211,7 @@ impl Error {
             | Error::Raft(_)
             | Error::Corrupt(_)
             | Error::Config(_)
+            | Error::DataInconsistency(_)
             | Error::Listen { .. }
             | Error::Serve(_)
             | Error::Shutdown(_)

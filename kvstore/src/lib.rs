@@ -15,6 +15,8 @@
 //! - [`node`]: the raft loop (raft-rs), batching proposals so writers share fsyncs.
 //! - [`peer`]: the peer service and transport (raft messages, snapshots, forwarding).
 //! - [`compactor`]: automatic compaction (etcd's `--auto-compaction-*`), proposed by the leader.
+//! - [`corrupt`]: the corruption checks (etcd's `--experimental-initial-corrupt-check` and
+//!   `--experimental-corrupt-check-time`): members' HashKV compared, CORRUPT raised.
 //! - [`apply`]: the deterministic state machine applying committed requests.
 //! - [`mvcc`]: the multi-version keyspace (its key index in memory, its records in the
 //!   backend); [`lease`]: the lease table; [`membership`]:
@@ -43,6 +45,7 @@ pub mod certs;
 pub mod client;
 pub mod compactor;
 pub mod config;
+pub mod corrupt;
 pub mod defrag;
 pub mod error;
 #[doc(hidden)]

@@ -40,8 +40,9 @@ pub struct Server {
 impl Server {
     /// Opens the data dir, restores state, starts raft and binds the peer and client
     /// listeners, in that order of steps: [`Listeners::bind`] (a port in use fails the start
-    /// before anything is written), storage and identity ([`crate::bootstrap`]),
-    /// [`raft_node`], [`start_raft_thread`], then [`serve`].
+    /// before anything is written), storage and identity ([`crate::bootstrap`]), the initial
+    /// corruption check when asked ([`crate::corrupt`]), [`raft_node`],
+    /// [`start_raft_thread`], then [`serve`].
     pub async fn start(cfg: Config) -> Result<Server> {
         cfg.validate()?;
         let tls = crate::tls::MemberTls::load(&cfg)?;
@@ -55,6 +56,11 @@ impl Server {
         start.sm.tokens =
             crate::auth::tokens::Tokens::new(std::time::Duration::from_secs(cfg.auth_token_ttl));
         let (me, cluster_id) = (start.me, start.cluster_id);
+        if cfg.experimental_initial_corrupt_check {
+            let within = cfg.request_timeout();
+            crate::corrupt::initial_check(me, cluster_id, &start.sm, &listeners.dialer, within)
+                .await?;
+        }
         let raw = raft_node(&cfg, &start)?;
         let request_timeout = cfg.request_timeout();
         let raft = start_raft_thread(&cfg, raw, start, backend.clone(), &listeners.dialer, wal)?;
@@ -88,6 +94,10 @@ impl Server {
             member.clone(),
             cfg.auto_compaction()?,
             Duration::from_millis(cfg.auto_compaction_revision_interval_ms.max(1)),
+        ));
+        served.tasks.extend(crate::corrupt::spawn(
+            member.clone(),
+            cfg.corrupt_check_time()?,
         ));
         tracing::info!(
             name = %cfg.name,

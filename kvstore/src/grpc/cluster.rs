@@ -274,38 +274,25 @@ impl Maintenance for MaintenanceService {
     }
 
     /// etcd's HashKV: a checksum of this member's keyspace history up to a revision, equal on
-    /// members that applied the same revisions ([`crate::mvcc::Mvcc::hash_kv`]).
+    /// members that applied the same revisions ([`crate::corrupt::hash_kv`]).
     async fn hash_kv(
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         admin(&self.member, &req)?;
         let rev = req.into_inner().revision;
-        let (hash, compact_revision, current) = {
-            let sm = self.member.shared.sm.read();
-            (
-                sm.mvcc.hash_kv(rev)?,
-                sm.mvcc.compact_revision(),
-                sm.mvcc.current_revision(),
-            )
-        };
-        Ok(Response::new(HashKvResponse {
-            header: self.member.header(current),
-            hash,
-            compact_revision,
-        }))
+        Ok(Response::new(
+            crate::corrupt::hash_kv(&self.member, rev).await?,
+        ))
     }
 
     /// etcd's Hash (meant for tests): here, the keyspace's HashKV at the latest revision.
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         admin(&self.member, &req)?;
-        let (hash, current) = {
-            let sm = self.member.shared.sm.read();
-            (sm.mvcc.hash_kv(0)?, sm.mvcc.current_revision())
-        };
+        let r = crate::corrupt::hash_kv(&self.member, 0).await?;
         Ok(Response::new(HashResponse {
-            header: self.member.header(current),
-            hash,
+            header: r.header,
+            hash: r.hash,
         }))
     }
 

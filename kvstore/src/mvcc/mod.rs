@@ -191,23 +191,52 @@ impl Mvcc {
     /// key-value, in revision order. Members that applied the same log hold the same records
     /// (compaction is replicated too), so equal revisions give equal hashes.
     pub fn hash_kv(&self, rev: i64) -> Result<u32> {
+        let upto = self.hash_upto(rev)?;
+        let mut h = crc32fast::Hasher::new();
+        self.hash_step(&mut h, 0, upto, usize::MAX)?;
+        Ok(h.finalize())
+    }
+
+    /// The revision a hash at `rev` covers (0: the latest), or etcd's error for it.
+    pub fn hash_upto(&self, rev: i64) -> Result<i64> {
         if rev > self.current_revision() {
             return Err(Error::FutureRevision);
         }
         if rev > 0 && rev <= self.compact_revision() {
             return Err(Error::Compacted);
         }
-        let rev = if rev == 0 {
+        Ok(if rev == 0 {
             self.current_revision()
         } else {
             rev
-        };
-        let mut h = crc32fast::Hasher::new();
-        self.walk(i64::MIN, rev, |at, r| {
-            hash_record(&mut h, at, r);
+        })
+    }
+
+    /// Adds to `h` the records held at main revisions `from..=to`, as [`Mvcc::hash_kv`]
+    /// hashes them, stopping before the first main revision met once `limit` records are
+    /// hashed; returns that revision, where the next step starts (`None`: done). A history
+    /// hashed in steps has the hash of one pass, as long as no compaction came in between.
+    pub fn hash_step(
+        &self,
+        h: &mut crc32fast::Hasher,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Option<i64>> {
+        let mut hashed = 0usize;
+        let mut last_main = None;
+        let mut next = None;
+        self.walk(from, to, |at, r| {
+            if hashed >= limit && last_main != Some(at.main) {
+                next = Some(at.main);
+                return Ok(false);
+            }
+            hashed += 1;
+            last_main = Some(at.main);
+            hash_record(h, at, r);
             Ok(true)
         })?;
-        Ok(h.finalize())
+        Ok(next)
     }
 
     /// Calls `f` with every record held at a main revision in `from..=to`, in revision order,
@@ -275,7 +304,12 @@ impl Mvcc {
                 return Ok(());
             }
         }
-        for (main, slots) in self.tail.range(from.max(self.tail_from)..=to) {
+        let start = from.max(self.tail_from);
+        if start > to {
+            // Everything asked for lies before the tail (BTreeMap::range panics on start > end).
+            return Ok(());
+        }
+        for (main, slots) in self.tail.range(start..=to) {
             for (sub, r) in slots {
                 let inside = range.is_none_or(|range| range.contains(&r.kv.key));
                 let rev = Rev {

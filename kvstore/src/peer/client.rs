@@ -1,6 +1,7 @@
 //! Calls one member makes to another over the peer service: fetching the member list
-//! when joining a running cluster, forwarding lease requests to the leader, and asking
-//! it which peers it hears from.
+//! when joining a running cluster, forwarding lease requests to the leader, asking it
+//! which peers it hears from, and asking a member for its keyspace hash (the corruption
+//! checks, [`crate::corrupt`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use tonic::transport::Channel;
 use super::conn::{self, Dialer};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::peerpb::{
     MembersRequest, MembersResponse, PeerActivityRequest, PeerActivityResponse,
@@ -87,6 +89,23 @@ impl PeerClients {
         forwarded(
             tokio::time::timeout(FORWARD_TIMEOUT, c.peer_activity(PeerActivityRequest {})).await,
         )
+    }
+
+    /// The keyspace hash of the member at `url` at `revision`, or why it could not be had
+    /// within `within` (a timeout reads as DEADLINE_EXCEEDED).
+    pub async fn hash_kv(
+        &self,
+        url: &str,
+        revision: i64,
+        within: Duration,
+    ) -> std::result::Result<HashKvResponse, tonic::Status> {
+        let mut c = self.get(url).map_err(tonic::Status::from)?;
+        match tokio::time::timeout(within, c.hash_kv(HashKvRequest { revision })).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {within:?}"
+            ))),
+        }
     }
 }
 

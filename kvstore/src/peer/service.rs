@@ -1,6 +1,7 @@
 //! The `peerpb.Peer` service: receives raft messages and snapshots and hands them to the
 //! raft thread; answers the member list; serves the lease requests followers forward and,
-//! on the leader, which peers it hears from.
+//! on the leader, which peers it hears from; answers the keyspace hash the corruption
+//! checks compare ([`crate::corrupt`]).
 //! Messages from another cluster (a different cluster id) are refused.
 
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::Error;
 use crate::node::Msg;
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::peerpb::{
     Ack, MembersRequest, MembersResponse, PeerActive, PeerActivityRequest, PeerActivityResponse,
@@ -148,6 +150,16 @@ impl Peer for PeerService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         Ok(Response::new(
             self.member.lease_time_to_live_here(&req.into_inner())?,
+        ))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        Ok(Response::new(
+            crate::corrupt::hash_kv(&self.member, rev).await?,
         ))
     }
 

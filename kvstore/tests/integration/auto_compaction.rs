@@ -123,7 +123,7 @@ fn bad_flag_values_are_one_clear_error(kind: Kind) {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start server");
-        let out = wait_output(child, Duration::from_secs(20));
+        let out = common::wait_output(child, Duration::from_secs(20));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -134,23 +134,6 @@ fn bad_flag_values_are_one_clear_error(kind: Kind) {
             assert_eq!(err.trim().lines().count(), 1, "{err}");
         }
     }
-}
-
-/// The output of a server expected to exit by itself; killed (failing the test) past `within`.
-fn wait_output(mut child: std::process::Child, within: Duration) -> std::process::Output {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    panic!(
-        "server still running after {within:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Each suite on both servers (they start their own, with the flags under test).

@@ -10,6 +10,7 @@ mod auto_compaction;
 mod backup;
 mod client;
 mod cluster;
+mod corruption;
 mod defrag;
 mod disk;
 mod disk_full;

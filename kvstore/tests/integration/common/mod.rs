@@ -83,6 +83,23 @@ pub fn free_port() -> u16 {
     panic!("no free port on loopback");
 }
 
+/// The output of a server expected to exit by itself; killed (failing the test) past `within`.
+pub fn wait_output(mut child: std::process::Child, within: Duration) -> std::process::Output {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    panic!(
+        "server still running after {within:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A server process and its data.
 pub struct Proc {
     pub kind: Kind,
