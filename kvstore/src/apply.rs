@@ -66,10 +66,15 @@ pub struct StateMachine {
     /// huge write nor a stall of the writes behind it. Readers never see them (the keyspace
     /// reads the disk through its index), and a restart finds them again.
     pub unswept: std::collections::VecDeque<Rev>,
+    /// Records swept since `unswept` was last empty.
+    pub(crate) swept: usize,
 }
 
-/// Compacted records deleted from the disk per batch.
-pub const SWEEP_BATCH: usize = 4096;
+/// Compacted records deleted from the disk per batch. sled's memory grows with the deletes
+/// in one batch, and glibc keeps the peak: measured on one member, a compaction of 60,000
+/// records of 1 KiB took the resident memory from 163 to 560 MB in runs of 4,096, and left it
+/// at 155 MB in runs of 512 (every 100 ms when idle: 5,000 records a second).
+pub const SWEEP_BATCH: usize = 512;
 
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
@@ -124,6 +129,7 @@ impl StateMachine {
             tokens: Tokens::default(),
             applied,
             unswept: leftovers.into(),
+            swept: 0,
         })
     }
 
@@ -138,6 +144,16 @@ impl StateMachine {
         let n = limit.min(self.unswept.len());
         for r in self.unswept.drain(..n) {
             batch.delete(keys::rev(r.main, r.sub));
+        }
+        self.swept += n;
+        if n > 0 && self.unswept.is_empty() {
+            // As etcd logs "finished scheduled compaction".
+            tracing::info!(
+                records = self.swept,
+                compacted = self.mvcc.compact_revision(),
+                "finished deleting compacted records from the disk"
+            );
+            self.swept = 0;
         }
         n
     }
