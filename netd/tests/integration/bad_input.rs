@@ -69,8 +69,9 @@ fn malformed_and_out_of_network_records_do_not_disturb_routing() {
         );
         assert!(w.netd_running(h));
     }
-    // One lost echo under load is not a routing failure; a broken route fails for 5 s.
-    wait_until("c1 still reaches c2", Duration::from_secs(5), || {
+    // Lost echoes under load are not a routing failure; a broken route fails for the whole
+    // 15 s (5 s ran out once beside the whole suite).
+    wait_until("c1 still reaches c2", Duration::from_secs(15), || {
         World::ping(&c1.0, c2.1)
     });
     let log = w.netd_log(1);
