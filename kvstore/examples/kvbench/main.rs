@@ -509,6 +509,19 @@ struct Server {
     member: testbed::etcd::Member,
 }
 
+impl Server {
+    /// Starts the member again on its data (after it exited), logging to `log` in its dir.
+    fn respawn(&mut self, bin: &Path, log: &str) -> anyhow::Result<()> {
+        self.child = self
+            .member
+            .command(bin, None)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join(log))?)
+            .spawn()?;
+        Ok(())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -124,12 +124,7 @@ async fn measure(name: &str, bin: &std::path::Path, a: &Args) -> anyhow::Result<
     let (_, new_leader, _) = leader_of(&followers[0]).await?;
     let moved_first = new_leader != 0 && new_leader != ids[leader_idx];
     tokio::time::sleep(Duration::from_secs(1)).await;
-    leader.child = leader
-        .member
-        .command(bin, None)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(leader.dir.path().join("log2"))?)
-        .spawn()?;
+    leader.respawn(bin, "log2")?;
     wait_ready(leader).await?;
     let serving = Instant::now();
     tokio::time::sleep(wait).await;

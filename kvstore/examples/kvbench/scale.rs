@@ -177,12 +177,7 @@ async fn measure(name: &str, bin: &Path, a: &Args) -> anyhow::Result<Scale> {
     server.child.kill()?;
     server.child.wait()?;
     let start = Instant::now();
-    server.child = server
-        .member
-        .command(bin, None)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(server.dir.path().join("log2"))?)
-        .spawn()?;
+    server.respawn(bin, "log2")?;
     wait_ready(server).await?;
     s.restart_secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
