@@ -109,12 +109,7 @@ fn bad_flag_values_are_one_clear_error(kind: Kind) {
     ];
     for (flags, want) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
-        let member = testbed::etcd::Member::new(
-            "default",
-            &dir.path().join("data"),
-            &format!("http://127.0.0.1:{}", common::free_port()),
-            &format!("http://127.0.0.1:{}", common::free_port()),
-        );
+        let member = common::lone_member(dir.path());
         let mut cmd = member.command(Path::new(bin), None);
         let child = cmd
             .args(flags)

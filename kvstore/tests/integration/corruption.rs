@@ -41,12 +41,7 @@ fn a_bad_check_period_is_refused(kind: Kind) {
     ];
     for (flags, env) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
-        let member = testbed::etcd::Member::new(
-            "default",
-            &dir.path().join("data"),
-            &format!("http://127.0.0.1:{}", common::free_port()),
-            &format!("http://127.0.0.1:{}", common::free_port()),
-        );
+        let member = common::lone_member(dir.path());
         let mut cmd = member.command(std::path::Path::new(bin), None);
         cmd.args(flags)
             .env("RUST_LOG", "off")

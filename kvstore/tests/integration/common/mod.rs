@@ -100,6 +100,17 @@ pub fn wait_output(mut child: std::process::Child, within: Duration) -> std::pro
     );
 }
 
+/// A member named "default" in `dir`/data on free loopback ports, for tests that run the
+/// server binary themselves (e.g. to see how it refuses a flag).
+pub fn lone_member(dir: &Path) -> testbed::etcd::Member {
+    testbed::etcd::Member::new(
+        "default",
+        &dir.join("data"),
+        &format!("http://127.0.0.1:{}", free_port()),
+        &format!("http://127.0.0.1:{}", free_port()),
+    )
+}
+
 /// A server process and its data.
 pub struct Proc {
     pub kind: Kind,
