@@ -98,6 +98,15 @@ impl Writer {
     }
 
     fn error(&self) -> Error {
+        // The thread records its error just before it ends, but the jobs it held (a
+        // barrier's reply, the queue itself) are dropped as its loop returns, a moment
+        // earlier: wait for the end so the caller reports the cause, not "server stopped".
+        if let Some(t) = &self.thread {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         match self.failed.lock().as_ref() {
             Some(e) => Error::Io(std::io::Error::other(format!("backend write failed: {e}"))),
             None => Error::Stopped,
@@ -280,5 +289,66 @@ mod tests {
         w.barrier().expect("barrier");
         let left = std::fs::read_dir(&wal_dir).expect("dir").count();
         assert_eq!(left, 1, "only the new segment is left");
+    }
+
+    /// A backend whose writes fail as a full disk's do.
+    struct FullDisk(Arc<dyn Backend>);
+
+    impl Backend for FullDisk {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.0.scan_prefix(prefix)
+        }
+        fn scan(&self, from: &[u8], to: &[u8], f: &mut crate::backend::Visit<'_>) -> Result<()> {
+            self.0.scan(from, to, f)
+        }
+        fn write(&self, _: WriteBatch) -> Result<()> {
+            Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)))
+        }
+        fn sync(&self) -> Result<()> {
+            self.0.sync()
+        }
+        fn size_on_disk(&self) -> u64 {
+            self.0.size_on_disk()
+        }
+        fn written_revision(&self) -> i64 {
+            self.0.written_revision()
+        }
+        fn defragment(&self) -> Result<crate::defrag::Defragmented> {
+            self.0.defragment()
+        }
+        fn share(&self) -> Arc<dyn Backend> {
+            Arc::new(FullDisk(self.0.share()))
+        }
+    }
+
+    /// Whatever call sees the failure first, it reports the backend's error, never a bare
+    /// "server stopped" (the member's one error line must name the cause; CI once printed
+    /// "server stopped" for a full disk).
+    #[test]
+    fn a_failed_write_is_reported_with_its_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be = SledBackend::open(dir.path()).expect("open");
+        for _ in 0..50 {
+            let w = Writer::spawn(
+                Arc::new(FullDisk(be.share())),
+                Arc::new(crate::metrics::Metrics::new()),
+            )
+            .expect("spawn");
+            let mut failed = None;
+            for i in 0..1000u32 {
+                let mut b = WriteBatch::default();
+                b.put(i.to_be_bytes().to_vec(), b"v".to_vec());
+                let res = w.write(b).and_then(|()| w.barrier());
+                if let Err(e) = res {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            let failed = failed.expect("the writes failed");
+            assert!(failed.contains("No space left on device"), "{failed}");
+        }
     }
 }
