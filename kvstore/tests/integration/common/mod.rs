@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod history;
 pub mod netns;
+pub mod traffic;
+pub mod watch_check;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
