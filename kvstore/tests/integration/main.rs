@@ -19,6 +19,7 @@ mod durability;
 mod elections;
 mod errors;
 mod etcdctl;
+mod failpoints;
 mod gateway;
 mod hostile_http2;
 mod http;

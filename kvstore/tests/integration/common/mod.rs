@@ -133,6 +133,8 @@ pub struct Proc {
     pub initial_state: String,
     /// `RUST_LOG` of a kvstore server.
     pub log_level: String,
+    /// Environment variables the server gets (e.g. `FAILPOINTS`), kept across restarts.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -178,6 +180,7 @@ impl Proc {
             initial_cluster: None,
             initial_state: "new".into(),
             log_level: "warn".into(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -253,6 +256,7 @@ impl Proc {
         let child = member
             .command(Path::new(&bin), None)
             .env("RUST_LOG", &self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
