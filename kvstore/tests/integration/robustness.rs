@@ -7,7 +7,9 @@
 //! injected in turn: the leader SIGKILLed and restarted, a follower SIGKILLed and restarted
 //! (one a watcher is on: its stream breaks and resumes on another member), a follower
 //! blackholed (nftables drops its peer traffic both ways) and healed, the leader partitioned
-//! from the rest and healed. Afterwards every member is healthy again, every key is read at
+//! from the rest and healed; on kvstore, then a follower restarted with a write-path
+//! failpoint armed (`kvstore::failpoints`: journal append or fsync, apply, backend write),
+//! which must crash there mid-traffic, and started again unarmed. Afterwards every member is healthy again, every key is read at
 //! every member, and the run is validated: the KV history per key for linearizability
 //! (`common::history`, deletes and leases included) and the watch streams for etcd's watch
 //! guarantees (`common::watch_check`), against the acknowledged writes and their revisions.
@@ -37,8 +39,8 @@ use tonic::transport::Channel;
 
 const KEYS: usize = 8;
 const CLIENTS: usize = 6;
-/// How long the traffic runs; the faults fill the first 31 s of it.
-const WORKLOAD: Duration = Duration::from_secs(34);
+/// How long the traffic runs; the faults fill the first 31 s of it (kvstore: 35 s or so).
+const WORKLOAD: Duration = Duration::from_secs(38);
 /// When the second watcher joins (from the first revision of the run, replaying history).
 const LATE_WATCHER: Duration = Duration::from_secs(8);
 
@@ -183,7 +185,22 @@ struct Faults {
     follower_kills: usize,
     blackholes: usize,
     leader_partitions: usize,
+    /// kvstore only: a member crashed at a failpoint and started again.
+    failpoint_crashes: usize,
 }
+
+/// The write-path failpoints the kvstore run crashes a member at (one, chosen by the seed);
+/// `failpoints.rs` crashes at every point, one test each.
+const CRASH_POINTS: &[&str] = &[
+    "walBeforeAppend",
+    "walAfterAppend",
+    "walBeforeFsync",
+    "walAfterFsync",
+    "applyBeforeEntry",
+    "applyAfterEntry",
+    "backendBeforeWrite",
+    "backendAfterWrite",
+];
 
 /// The faults in turn (module doc), on a fixed schedule from the start of the traffic.
 async fn nemesis(c: &NetCluster, watchers: &[Arc<Watcher>], rng: &mut StdRng) -> Faults {
@@ -241,6 +258,34 @@ async fn nemesis(c: &NetCluster, watchers: &[Arc<Watcher>], rng: &mut StdRng) ->
     at(31.0).await;
     say("heal".into());
     c.heal();
+
+    if c.kind == Kind::Kvstore {
+        // A follower restarted with a write-path failpoint armed: it dies there, mid-traffic,
+        // and is started again unarmed.
+        at(32.0).await;
+        let (_, fo) = roles(rng, c.leader().await);
+        let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
+        let spec = format!("{point}=100*off->panic");
+        say(format!("restart follower {fo} with FAILPOINTS={spec}"));
+        c.set_env(fo, &[("FAILPOINTS", &spec)]);
+        c.restart(fo);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.is_running(fo) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let panicked = c.log(fo).contains(&format!("failpoint {point} panic"));
+        assert!(
+            panicked,
+            "member {fo} did not crash at {point} within 10 s (running: {})",
+            c.is_running(fo)
+        );
+        say(format!(
+            "member {fo} crashed at {point}; restart it unarmed"
+        ));
+        c.set_env(fo, &[]);
+        c.restart(fo);
+        f.failpoint_crashes += 1;
+    }
     f
 }
 
@@ -435,9 +480,10 @@ fn robustness(kind: Kind) {
             faults.leader_kills,
             faults.follower_kills,
             faults.blackholes,
-            faults.leader_partitions
+            faults.leader_partitions,
+            faults.failpoint_crashes,
         ),
-        (1, 1, 1, 1)
+        (1, 1, 1, 1, usize::from(kind == Kind::Kvstore))
     );
 }
 
