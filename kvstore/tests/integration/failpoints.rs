@@ -171,6 +171,26 @@ fn crash_at(point: &str, trigger: Trigger) {
     }
 }
 
+/// A point the build does not have, or an action the `fail` crate cannot parse, stops the
+/// member at once with an error naming it (no panic, nothing started).
+#[test]
+fn a_bad_failpoints_spec_is_refused() {
+    for (spec, says) in [
+        ("noSuchPoint=panic", "no failpoint \"noSuchPoint\""),
+        ("walAfterFsync=explode", "FAILPOINTS: walAfterFsync:"),
+        ("walAfterFsync", "is not name=actions"),
+    ] {
+        let mut p = common::Proc::unstarted(Kind::Kvstore);
+        p.env.push(("FAILPOINTS".into(), spec.into()));
+        p.launch();
+        let code = p.wait_exit(Duration::from_secs(20));
+        let log = p.log();
+        assert_eq!(code, Some(1), "{spec}: {log}");
+        assert!(log.contains(says), "{spec}: {log}");
+        assert!(!log.contains("panicked"), "{spec}: {log}");
+    }
+}
+
 macro_rules! points {
     ($($name:ident: $point:literal, $trigger:ident;)*) => {
         $(#[test]
