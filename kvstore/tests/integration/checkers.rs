@@ -216,6 +216,7 @@ mod watch {
                     member,
                     from,
                     responses,
+                    progress: Vec::new(),
                 })
                 .collect(),
         }
@@ -356,6 +357,16 @@ mod watch {
             &[log("w0", vec![(2, good())]), log("w1", vec![(2, r)])],
             "w0 saw",
         );
+    }
+
+    #[test]
+    fn rejects_a_progress_notification_that_lies() {
+        // After two responses (revisions 2 and 3) a notification at 3 is true; at 4 it is not.
+        let mut w = log("w", vec![(2, good())]);
+        w.streams[0].progress = vec![(0, 1), (2, 3), (3, 5)];
+        assert_eq!(violations(&[w.clone()]), Vec::<String>::new());
+        w.streams[0].progress = vec![(2, 4)];
+        rejected(&[w], "progress notification at revision 4");
     }
 
     #[test]

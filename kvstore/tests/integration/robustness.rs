@@ -12,7 +12,8 @@
 //! which must crash there mid-traffic, and started again unarmed. Afterwards every member is healthy again, every key is read at
 //! every member, and the run is validated: the KV history per key for linearizability
 //! (`common::history`, deletes and leases included) and the watch streams for etcd's watch
-//! guarantees (`common::watch_check`), against the acknowledged writes and their revisions.
+//! guarantees (`common::watch_check`), against the acknowledged writes and their revisions;
+//! the watchers ask for a progress notification every 500 ms, and each must be truthful.
 //! Zero violations allowed.
 
 use crate::common;
@@ -28,8 +29,8 @@ use common::netns::NetCluster;
 use common::traffic::Client;
 use common::watch_check::{self, Event, Stream, WatchLog};
 use kvstore::proto::etcdserverpb::{
-    RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient, watch_client::WatchClient,
-    watch_request::RequestUnion,
+    RangeRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, kv_client::KvClient,
+    watch_client::WatchClient, watch_request::RequestUnion,
 };
 use kvstore::proto::mvccpb::event::EventType;
 use rand::rngs::StdRng;
@@ -114,9 +115,25 @@ async fn watch_loop(w: Arc<Watcher>, channels: Vec<Channel>, mut from: i64, stop
             member,
             from,
             responses: Vec::new(),
+            progress: Vec::new(),
         });
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(4);
         let _ = tx.send(watch_all_from(from)).await;
+        // Asks for a progress notification every 500 ms (while the stream lives).
+        let asker = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let ask = WatchRequest {
+                        request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                    };
+                    if tx.send(ask).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
         let opened = WatchClient::new(channels[member].clone())
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await;
@@ -140,6 +157,15 @@ async fn watch_loop(w: Arc<Watcher>, channels: Vec<Channel>, mut from: i64, stop
                         break format!("canceled: {}", resp.cancel_reason);
                     }
                     if resp.events.is_empty() {
+                        // Not the creation's answer: a progress notification.
+                        if !resp.created {
+                            let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+                            let mut log = w.log();
+                            if let Some(s) = log.streams.last_mut() {
+                                let before = s.responses.len();
+                                s.progress.push((before, rev));
+                            }
+                        }
                         continue;
                     }
                     let events: Vec<Event> = resp
@@ -168,6 +194,7 @@ async fn watch_loop(w: Arc<Watcher>, channels: Vec<Channel>, mut from: i64, stop
             }
             Err(e) => format!("open: {:?} {}", e.code(), e.message()),
         };
+        asker.abort();
         drop(tx);
         if stop.load(Ordering::Relaxed) {
             break;
@@ -444,9 +471,10 @@ fn robustness(kind: Kind) {
     let acked = rec.acked_writes();
     for l in &logs {
         eprintln!(
-            "{kind:?}: {}: {} events over {} streams (from {:?})",
+            "{kind:?}: {}: {} events and {} progress notifications over {} streams (from {:?})",
             l.name,
             l.events(),
+            l.streams.iter().map(|s| s.progress.len()).sum::<usize>(),
             l.streams.len(),
             l.streams
                 .iter()

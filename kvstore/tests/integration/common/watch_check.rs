@@ -9,7 +9,9 @@
 //!   last revision + 1, on another member, and the two together show no gap or duplicate;
 //! - **reliable**: every acknowledged write appears at the revision its response gave, as
 //!   what it wrote; every value put was written by some client (nothing made up);
-//! - **agreement**: watchers that saw the same revision saw the same events at it.
+//! - **agreement**: watchers that saw the same revision saw the same events at it;
+//! - **truthful progress**: a progress notification at revision R comes only once every
+//!   event up to R has arrived on its stream.
 //!
 //! The checker only reads the records; what opens and resumes the streams is the harness's.
 
@@ -25,13 +27,15 @@ pub struct Event {
     pub change: Change,
 }
 
-/// One watch stream: the revision it asked to start from, and the events of each response
-/// (responses without events, such as the creation's, are not kept).
+/// One watch stream: the revision it asked to start from, the events of each response
+/// (responses without events, such as the creation's, are not kept), and its progress
+/// notifications: (how many responses with events had come before it, its revision).
 #[derive(Clone, Debug, Default)]
 pub struct Stream {
     pub member: usize,
     pub from: i64,
     pub responses: Vec<Vec<Event>>,
+    pub progress: Vec<(usize, i64)>,
 }
 
 /// Everything one watcher (of the whole keyspace) received, stream after stream.
@@ -139,6 +143,23 @@ fn check_one(
                  last revision seen + 1)",
                 stream.from, stream.member
             ));
+        }
+        for &(before, rev) in &stream.progress {
+            // Every revision carries events (the watch covers the whole keyspace), so "all
+            // events up to `rev` arrived" is "the last revision received is at least `rev`".
+            let received = stream.responses[..before.min(stream.responses.len())]
+                .iter()
+                .flatten()
+                .map(|e| e.rev)
+                .max()
+                .unwrap_or(stream.from - 1);
+            if rev > received.max(stream.from - 1) {
+                bad.push(format!(
+                    "{name}: progress notification at revision {rev} on stream {s} (member {}) \
+                     when only revisions up to {received} had arrived",
+                    stream.member
+                ));
+            }
         }
         for (r, events) in stream.responses.iter().enumerate() {
             for e in events {
