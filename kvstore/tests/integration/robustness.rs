@@ -2,7 +2,8 @@
 //! etcd 3.4 and kvstore: a 3-member cluster in network namespaces serves traffic of every
 //! kind at once (linearizable gets, puts, compare-and-swaps by value and by mod_revision,
 //! deletes, compare-and-deletes, transactions writing two keys, puts attached to a lease and
-//! the lease's revoke; `common::traffic`) and two watchers of the whole keyspace (one from
+//! the lease's revoke; `common::traffic`), compactions every 2 s (below what the watchers
+//! have seen, so none needs a compacted revision to resume) and two watchers of the whole keyspace (one from
 //! the start, one joining later from the same first revision, replaying history), while faults are
 //! injected in turn: the leader SIGKILLed and restarted, a follower SIGKILLed and restarted
 //! (one a watcher is on: its stream breaks and resumes on another member), a follower
@@ -29,8 +30,8 @@ use common::netns::NetCluster;
 use common::traffic::Client;
 use common::watch_check::{self, Event, Stream, WatchLog};
 use kvstore::proto::etcdserverpb::{
-    RangeRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, kv_client::KvClient,
-    watch_client::WatchClient, watch_request::RequestUnion,
+    CompactionRequest, RangeRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion,
 };
 use kvstore::proto::mvccpb::event::EventType;
 use rand::rngs::StdRng;
@@ -205,6 +206,48 @@ async fn watch_loop(w: Arc<Watcher>, channels: Vec<Channel>, mut from: i64, stop
     }
 }
 
+/// Compacts every 2 s until `stop`, through each member in turn, at 10 revisions below the
+/// oldest revision any watcher has seen (once both watchers have seen one), so that no
+/// watcher ever needs a compacted revision to resume; returns how many compactions were
+/// acknowledged.
+async fn compactor(
+    watchers: Vec<Arc<Watcher>>,
+    channels: Vec<Channel>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let mut done = 0;
+    let mut last = 0;
+    let mut turn = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let oldest = watchers
+            .iter()
+            .map(|w| w.log().last_rev())
+            .min()
+            .unwrap_or(0);
+        let rev = oldest - 10;
+        if rev <= last {
+            continue;
+        }
+        turn += 1;
+        let mut kv = KvClient::new(channels[turn % channels.len()].clone());
+        let req = CompactionRequest {
+            revision: rev,
+            physical: false,
+        };
+        match tokio::time::timeout(Duration::from_secs(2), kv.compact(req)).await {
+            Ok(Ok(_)) => {
+                done += 1;
+                last = rev;
+            }
+            Ok(Err(e)) => rec.note_error(format!("compact: {:?} {}", e.code(), e.message())),
+            Err(_) => rec.note_error("compact: no answer in 2 s".into()),
+        }
+    }
+    done
+}
+
 /// What the nemesis did, for the report and the test's own sanity check.
 #[derive(Debug, Default)]
 struct Faults {
@@ -338,7 +381,7 @@ fn robustness(kind: Kind) {
             })
         })
         .collect();
-    let (faults, until) = c.block_on(async {
+    let (faults, until, compactions) = c.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_watch = Arc::new(AtomicBool::new(false));
         let streams: Vec<Channel> = (0..3)
@@ -381,6 +424,12 @@ fn robustness(kind: Kind) {
             })
         };
         watch_tasks.push(late);
+        let compactions = tokio::spawn(compactor(
+            watchers.clone(),
+            streams.clone(),
+            rec.clone(),
+            stop.clone(),
+        ));
         let mut rng = StdRng::seed_from_u64(seed);
         let started = Instant::now();
         let faults = nemesis(&c, &watchers, &mut rng).await;
@@ -389,6 +438,7 @@ fn robustness(kind: Kind) {
         for t in tasks {
             t.await.expect("client task");
         }
+        let compactions = compactions.await.expect("compactor task");
 
         // Recovery: every member back and healthy, then a linearizable read of every key at
         // every member, recorded like any other read: it pins down the unknown writes.
@@ -441,11 +491,14 @@ fn robustness(kind: Kind) {
         for t in watch_tasks {
             t.await.expect("watch task");
         }
-        (faults, until)
+        (faults, until, compactions)
     });
 
     let counts = rec.counts();
-    eprintln!("{kind:?}: faults {faults:?}; operations {counts:?}; last revision {until}");
+    eprintln!(
+        "{kind:?}: faults {faults:?}; operations {counts:?}; {compactions} compactions; last \
+         revision {until}"
+    );
     for (e, n) in rec.errors() {
         eprintln!("{kind:?}: {n:>5} x {e}");
     }
@@ -482,7 +535,31 @@ fn robustness(kind: Kind) {
                 .collect::<Vec<_>>()
         );
     }
-    let violations = watch_check::check(&logs, &acked, &rec.written(), until);
+    let (lies, violations): (Vec<String>, Vec<String>) =
+        watch_check::check(&logs, &acked, &rec.written(), until)
+            .into_iter()
+            .partition(|v| v.contains("progress notification"));
+    // etcd 3.4.23 (Debian's) answers a progress request from a watcher still catching up
+    // with the store's current revision, ahead of the events it has yet to send: etcd's own
+    // robustness suite found it (etcd-io/etcd#15220, fixed in 3.4.24). Reported, not failed,
+    // on etcd; kvstore must not.
+    for l in &lies {
+        eprintln!("{kind:?}: {l}");
+    }
+    if kind == Kind::Etcd && !lies.is_empty() {
+        eprintln!(
+            "{kind:?}: {} untruthful progress notification(s): etcd-io/etcd#15220, fixed in \
+             etcd 3.4.24",
+            lies.len()
+        );
+    } else {
+        assert!(
+            lies.is_empty(),
+            "{kind:?}: {} untruthful progress notification(s) (seed {seed}):\n{}",
+            lies.len(),
+            lies.join("\n")
+        );
+    }
     assert!(
         violations.is_empty(),
         "{kind:?}: {} watch guarantee violation(s) (seed {seed}):\n{}",
@@ -508,6 +585,10 @@ fn robustness(kind: Kind) {
     assert!(
         logs.iter().any(|l| l.streams.len() > 1),
         "{kind:?}: no watch stream was broken and resumed"
+    );
+    assert!(
+        compactions >= 5,
+        "{kind:?}: only {compactions} compactions acknowledged"
     );
     assert_eq!(
         (
