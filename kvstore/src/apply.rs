@@ -160,6 +160,13 @@ impl StateMachine {
 
     /// Applies one request, adding its disk writes to `batch`.
     pub fn apply(&mut self, req: &InternalRequest, batch: &mut WriteBatch) -> Result<Applied> {
+        failpoint!("applyBeforeEntry");
+        let applied = self.apply_request(req, batch);
+        failpoint!("applyAfterEntry");
+        applied
+    }
+
+    fn apply_request(&mut self, req: &InternalRequest, batch: &mut WriteBatch) -> Result<Applied> {
         use internal_request::Request;
         let Some(r) = &req.request else {
             return Ok(Applied::Nothing);
@@ -201,10 +208,12 @@ impl StateMachine {
                 }))
             }
             Request::Compaction(c) => {
+                failpoint!("compactBeforeApply");
                 let removed = self.mvcc.compact(c.revision)?;
                 self.unswept.extend(removed);
                 batch.put(keys::COMPACTED, c.revision.to_be_bytes().to_vec());
                 self.sweep(batch, SWEEP_BATCH);
+                failpoint!("compactAfterApply");
                 Ok(Applied::Compact(CompactionResponse {
                     header: header(self.mvcc.current_revision()),
                 }))

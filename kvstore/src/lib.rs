@@ -28,11 +28,21 @@
 //!   its live data.
 //! - [`tls`]: TLS for the client and peer listeners and peer clients (etcd's flags);
 //!   [`certs`]: a small CA issuing member and client certificates for tests and small clusters.
+//! - [`failpoints`]: the failpoints of the `failpoints` feature, for the robustness tests.
 //! - [`client`]: an etcd v3 client (kvstore's or etcd's servers alike) that netd, the tools and
 //!   the tests use, from the same generated stubs as the server.
 //!
 //! Every write, even on a single member, goes through raft; with one voter nothing goes
 //! on the network.
+
+/// A failpoint named `$name` (see [`failpoints`]): nothing at all unless the crate is built
+/// with the `failpoints` feature.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
 
 pub mod alarm;
 pub mod apply;
@@ -48,6 +58,7 @@ pub mod config;
 pub mod corrupt;
 pub mod defrag;
 pub mod error;
+pub mod failpoints;
 #[doc(hidden)]
 pub mod fuzz;
 mod gateway;

@@ -8,6 +8,10 @@ fn main() {
         std::process::exit(kvstore::backup::main(std::env::args().skip(1)));
     }
     limit_malloc_arenas();
+    if let Err(e) = kvstore::failpoints::setup_from_env() {
+        eprintln!("kvstore: {e}");
+        std::process::exit(1);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

@@ -286,7 +286,9 @@ impl Wal {
             .file
             .as_ref()
             .ok_or_else(|| Error::Corrupt("journal has no open segment".into()))?;
+        failpoint!("walBeforeAppend");
         file.write_all_at(&self.buf, self.offset)?;
+        failpoint!("walAfterAppend");
         self.offset += self.buf.len() as u64;
         if let Some(m) = &self.metrics {
             m.disk.wal_write_bytes.add(self.buf.len() as u64);
@@ -297,7 +299,9 @@ impl Wal {
     /// Makes every record written so far durable.
     pub fn sync(&self) -> Result<()> {
         if let Some(f) = &self.file {
+            failpoint!("walBeforeFsync");
             self.sync_file(f)?;
+            failpoint!("walAfterFsync");
         }
         Ok(())
     }

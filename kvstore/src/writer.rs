@@ -166,7 +166,9 @@ struct Timed<'a> {
 impl Timed<'_> {
     fn write(&self, batch: WriteBatch) -> Result<()> {
         let start = Instant::now();
+        failpoint!("backendBeforeWrite");
         self.backend.write(batch)?;
+        failpoint!("backendAfterWrite");
         self.commits.observe_since(start);
         Ok(())
     }

@@ -114,6 +114,7 @@ impl NodeLoop {
         let activity = crate::reconfig::PeerActivity::new(opts.peer_timeout);
         let source = shared.clone();
         log.set_snapshot_source(Box::new(move || {
+            failpoint!("raftBeforeSaveSnap");
             let sm = source.sm.read();
             Ok((sm.applied, crate::snapshot::encode(&sm)?))
         }));
@@ -537,7 +538,9 @@ impl NodeLoop {
         in_progress.set(1);
         self.wal.append(&[RecordRef::Snapshot(meta)])?;
         self.wal.sync()?;
+        failpoint!("raftBeforeApplySnap");
         let sm = crate::snapshot::install(self.backend.as_ref(), &self.log, meta, snap.get_data())?;
+        failpoint!("raftAfterApplySnap");
         // The backend is flushed with the snapshot: nothing older needs replaying.
         self.wal.reset()?;
         tracing::info!(

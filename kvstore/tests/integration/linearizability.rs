@@ -10,22 +10,16 @@
 
 use crate::common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::Kind;
-use common::history::{Op, Outcome, Recorder, Ret, Value, Verdict};
+use common::history::{Recorder, Verdict};
 use common::netns::NetCluster;
-use kvstore::proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, kv_client::KvClient,
-    request_op, response_op,
-};
+use common::traffic::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 
 const KEYS: usize = 10;
 const CLIENTS: usize = 6;
@@ -33,196 +27,6 @@ const WORKLOAD: Duration = Duration::from_secs(24);
 
 fn key(k: usize) -> String {
     format!("lin/{k}")
-}
-
-/// Whether the request surely never left the client: the connection was refused.
-fn never_sent(e: &tonic::Status) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
-}
-
-/// How a failed write ended: without effect only if it was never sent.
-fn write_failure(rec: &Recorder, e: &tonic::Status) -> Outcome {
-    let outcome = if never_sent(e) {
-        Outcome::Failed
-    } else {
-        Outcome::Unknown
-    };
-    rec.note_error(format!("write {outcome:?}: {:?} {}", e.code(), e.message()));
-    outcome
-}
-
-fn text(b: &[u8]) -> Value {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// One client process: a connection to one member and what it last saw of each key
-/// (value and mod_revision), from which it builds its compare-and-swaps.
-struct Client {
-    id: usize,
-    kv: KvClient<Channel>,
-    rec: Arc<Recorder>,
-    seen: HashMap<String, (Option<Value>, i64)>,
-    writes: u64,
-}
-
-impl Client {
-    fn fresh_value(&mut self) -> Value {
-        self.writes += 1;
-        format!("c{}-{}", self.id, self.writes)
-    }
-
-    /// Runs one operation; returns whether it ended in an error.
-    async fn get(&mut self, k: &str) -> bool {
-        let id = self.rec.invoke(self.id, k, Op::Get);
-        let r = self
-            .kv
-            .range(RangeRequest {
-                key: Bytes::from(k.to_string()),
-                ..Default::default()
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                let kv = r.into_inner().kvs.into_iter().next();
-                let v = kv.as_ref().map(|kv| text(&kv.value));
-                self.rec.complete(id, Outcome::Ok(Ret::GetOk(v.clone())));
-                self.seen
-                    .insert(k.to_string(), (v, kv.map_or(0, |kv| kv.mod_revision)));
-                false
-            }
-            Err(e) => {
-                self.rec
-                    .note_error(format!("read: {:?} {}", e.code(), e.message()));
-                // A read has no effect: it is dropped from the history.
-                self.rec.complete(id, Outcome::Failed);
-                true
-            }
-        }
-    }
-
-    async fn put(&mut self, k: &str) -> bool {
-        let v = self.fresh_value();
-        let id = self.rec.invoke(self.id, k, Op::Put(v.clone()));
-        let r = self
-            .kv
-            .put(PutRequest {
-                key: Bytes::from(k.to_string()),
-                value: Bytes::from(v.clone()),
-                ..Default::default()
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                self.rec.complete(id, Outcome::Ok(Ret::PutOk));
-                let rev = r.into_inner().header.map_or(0, |h| h.revision);
-                self.seen.insert(k.to_string(), (Some(v), rev));
-                false
-            }
-            Err(e) => {
-                self.rec.complete(id, write_failure(&self.rec, &e));
-                true
-            }
-        }
-    }
-
-    /// Compare-and-swap from the last value (or, with `by_revision`, the last
-    /// mod_revision) this client saw; on failure the transaction reads the current value.
-    async fn cas(&mut self, k: &str, by_revision: bool) -> bool {
-        let (expect, rev) = self.seen.get(k).cloned().unwrap_or((None, 0));
-        let new = self.fresh_value();
-        let (target, union) = if by_revision {
-            // mod_revision 0 compares equal for an absent key; every write writes a distinct
-            // value, so the revision a value was seen at names that value.
-            (
-                compare::CompareTarget::Mod,
-                compare::TargetUnion::ModRevision(rev),
-            )
-        } else {
-            match &expect {
-                Some(v) => (
-                    compare::CompareTarget::Value,
-                    compare::TargetUnion::Value(Bytes::from(v.clone())),
-                ),
-                None => (
-                    compare::CompareTarget::Version,
-                    compare::TargetUnion::Version(0),
-                ),
-            }
-        };
-        let kb = Bytes::from(k.to_string());
-        let req = TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: target as i32,
-                key: kb.clone(),
-                target_union: Some(union),
-                ..Default::default()
-            }],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestPut(PutRequest {
-                    key: kb.clone(),
-                    value: Bytes::from(new.clone()),
-                    ..Default::default()
-                })),
-            }],
-            failure: vec![RequestOp {
-                request: Some(request_op::Request::RequestRange(RangeRequest {
-                    key: kb,
-                    ..Default::default()
-                })),
-            }],
-        };
-        let op = Op::Cas {
-            expect,
-            new: new.clone(),
-        };
-        let id = self.rec.invoke(self.id, k, op);
-        match self.kv.txn(req).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                if r.succeeded {
-                    self.rec.complete(id, Outcome::Ok(Ret::CasOk));
-                    self.seen.insert(k.to_string(), (Some(new), rev));
-                } else {
-                    let kv = r.responses.into_iter().find_map(|op| match op.response {
-                        Some(response_op::Response::ResponseRange(rr)) => {
-                            Some(rr.kvs.into_iter().next())
-                        }
-                        _ => None,
-                    });
-                    let Some(kv) = kv else {
-                        // An answer without the failure branch's read: record it as
-                        // impossible for the model rather than guess.
-                        self.rec.complete(
-                            id,
-                            Outcome::Ok(Ret::CasFailed(Some("<no range response>".into()))),
-                        );
-                        return false;
-                    };
-                    let v = kv.as_ref().map(|kv| text(&kv.value));
-                    self.rec
-                        .complete(id, Outcome::Ok(Ret::CasFailed(v.clone())));
-                    self.seen
-                        .insert(k.to_string(), (v, kv.map_or(0, |kv| kv.mod_revision)));
-                }
-                false
-            }
-            Err(e) => {
-                self.rec.complete(id, write_failure(&self.rec, &e));
-                true
-            }
-        }
-    }
 }
 
 /// A client's loop until `stop`: random operations on random keys; after an error it backs
@@ -304,13 +108,11 @@ fn linearizable_under_faults(kind: Kind) {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for id in 0..CLIENTS {
-            let client = Client {
+            let client = Client::new(
                 id,
-                kv: KvClient::new(c.channel(id % 3, Duration::from_millis(1500))),
-                rec: rec.clone(),
-                seen: HashMap::new(),
-                writes: 0,
-            };
+                c.channel(id % 3, Duration::from_millis(1500)),
+                rec.clone(),
+            );
             tasks.push(tokio::spawn(client_loop(
                 client,
                 seed.wrapping_add(id as u64),
@@ -340,13 +142,11 @@ fn linearizable_under_faults(kind: Kind) {
     }
     c.block_on(async {
         for m in 0..3 {
-            let mut client = Client {
-                id: CLIENTS + m,
-                kv: KvClient::new(c.channel(m, Duration::from_secs(5))),
-                rec: rec.clone(),
-                seen: HashMap::new(),
-                writes: 0,
-            };
+            let mut client = Client::new(
+                CLIENTS + m,
+                c.channel(m, Duration::from_secs(5)),
+                rec.clone(),
+            );
             for k in 0..KEYS {
                 let deadline = Instant::now() + Duration::from_secs(15);
                 while client.get(&key(k)).await {

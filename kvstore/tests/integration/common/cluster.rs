@@ -88,6 +88,7 @@ impl Cluster {
                 scheme: "http",
                 peer_scheme: "http",
                 ctl_args: Vec::new(),
+                env: Vec::new(),
                 child: None,
             })
             .collect();
@@ -290,6 +291,7 @@ impl Cluster {
             scheme: "http",
             peer_scheme: "http",
             ctl_args: Vec::new(),
+            env: Vec::new(),
             child: None,
         };
         setup(n - 1, &mut p);

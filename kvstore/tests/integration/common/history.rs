@@ -1,12 +1,19 @@
-//! Histories of concurrent operations on keys (put, linearizable get, compare-and-swap)
-//! and their linearizability check: each key is a compare-and-swap register, checked on its
-//! own (linearizability is local) by `search`, Wing & Gong's search with Lowe's
-//! memoization, as in porcupine. stateright's `LinearizabilityTester`, used before,
-//! searches without memoization: it ran out of 20 s on one key of a CI run whose other
-//! keys took 0.2-0.4 s; on generated histories of 400 operations by 6 clients it took
-//! 2-5 s for three seeds and more than 60 s for a fourth, and on those of 4,000 operations
-//! by 8 clients (the `checker` tests in `linearizability.rs`) more than 60 s, where this
-//! search, unoptimized build, takes 40-150 ms.
+//! Histories of concurrent operations on keys (put, put with a lease, linearizable get,
+//! compare-and-swap, delete, compare-and-delete, lease revoke) and their linearizability
+//! check: each key is a register, checked on its own (linearizability is local) by `search`,
+//! Wing & Gong's search with Lowe's memoization, as in porcupine. stateright's
+//! `LinearizabilityTester`, used before, searches without memoization: it ran out of 20 s on
+//! one key of a CI run whose other keys took 0.2-0.4 s; on generated histories of 400
+//! operations by 6 clients it took 2-5 s for three seeds and more than 60 s for a fourth, and
+//! on those of 4,000 operations by 8 clients (the `checker` tests in `linearizability.rs`)
+//! more than 60 s, where this search, unoptimized build, takes 40-150 ms.
+//!
+//! The register is etcd's robustness model cut to one key: a value (or none), and the lease
+//! it is attached to; a revoke of that lease deletes it. Each lease is attached to one key
+//! only, so its revoke is an operation on that key and locality holds. A transaction writing
+//! several keys is recorded as one write on each: every key's projection of a linearizable
+//! history is linearizable, so the check stays sound (it is weaker for such transactions;
+//! their atomicity is checked through the watch streams, `watch_check`).
 //!
 //! Outcomes follow Jepsen/Knossos: an operation that returned is `Ok`; one that certainly
 //! had no effect (a failed read, a request never sent) is `Failed` and dropped; a write
@@ -27,12 +34,31 @@ pub type Value = String;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Put(Value),
+    /// A put attached to lease `lease` (a lease this key alone is ever attached to).
+    PutLease {
+        value: Value,
+        lease: i64,
+    },
     Get,
     /// Write `new` if the key currently holds `expect` (`None`: the key is absent).
     Cas {
         expect: Option<Value>,
         new: Value,
     },
+    Delete,
+    /// Delete the key if it currently holds `expect`.
+    CasDelete {
+        expect: Option<Value>,
+    },
+    /// Revoke the lease: the key goes if it is still attached to it.
+    Revoke(i64),
+}
+
+impl Op {
+    /// Whether the operation can make the key absent again.
+    fn deletes(&self) -> bool {
+        matches!(self, Op::Delete | Op::CasDelete { .. } | Op::Revoke(_))
+    }
 }
 
 /// What an operation returned.
@@ -43,28 +69,55 @@ pub enum Ret {
     CasOk,
     /// The comparison failed; the key held this value (read in the same transaction).
     CasFailed(Option<Value>),
+    /// How many keys a delete removed (0 or 1).
+    Deleted(i64),
+    Revoked,
 }
 
-/// The sequential reference: one key's value, `None` while it does not exist.
+/// The sequential reference: one key's value, `None` while it does not exist, and the
+/// lease it is attached to (0: none).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CasRegister(pub Option<Value>);
+pub struct CasRegister(pub Option<Value>, pub i64);
 
 impl CasRegister {
     /// Applies `op`; returns what it returns.
     pub fn apply(&mut self, op: &Op) -> Ret {
         match op {
             Op::Put(v) => {
-                self.0 = Some(v.clone());
+                *self = CasRegister(Some(v.clone()), 0);
+                Ret::PutOk
+            }
+            Op::PutLease { value, lease } => {
+                *self = CasRegister(Some(value.clone()), *lease);
                 Ret::PutOk
             }
             Op::Get => Ret::GetOk(self.0.clone()),
             Op::Cas { expect, new } => {
                 if &self.0 == expect {
-                    self.0 = Some(new.clone());
+                    *self = CasRegister(Some(new.clone()), 0);
                     Ret::CasOk
                 } else {
                     Ret::CasFailed(self.0.clone())
                 }
+            }
+            Op::Delete => {
+                let n = i64::from(self.0.is_some());
+                *self = CasRegister::default();
+                Ret::Deleted(n)
+            }
+            Op::CasDelete { expect } => {
+                if &self.0 == expect {
+                    *self = CasRegister::default();
+                    Ret::CasOk
+                } else {
+                    Ret::CasFailed(self.0.clone())
+                }
+            }
+            Op::Revoke(lease) => {
+                if self.0.is_some() && self.1 == *lease {
+                    *self = CasRegister::default();
+                }
+                Ret::Revoked
             }
         }
     }
@@ -105,6 +158,23 @@ pub struct Recorder {
     events: Mutex<Vec<Event>>,
     /// How often each error was seen, for the report.
     errors: Mutex<BTreeMap<String, usize>>,
+    /// The acknowledged writes with the revision each response gave (for the watch check).
+    acked: Mutex<Vec<Acked>>,
+}
+
+/// What a write did to a key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Change {
+    Put(Value),
+    Delete,
+}
+
+/// A write the store acknowledged, with the revision its response gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    pub key: String,
+    pub rev: i64,
+    pub change: Change,
 }
 
 /// Counts of one key's (or a whole history's) operations by outcome.
@@ -116,6 +186,9 @@ pub struct Counts {
     /// Of the `ok` ones: compare-and-swaps that swapped, and that found another value.
     pub cas_ok: usize,
     pub cas_failed: usize,
+    /// Of the `ok` ones: deletes that removed the key, and lease revokes.
+    pub deleted: usize,
+    pub revoked: usize,
 }
 
 impl Counts {
@@ -126,6 +199,8 @@ impl Counts {
                 match ret {
                     Ret::CasOk => self.cas_ok += 1,
                     Ret::CasFailed(_) => self.cas_failed += 1,
+                    Ret::Deleted(n) => self.deleted += usize::from(*n > 0),
+                    Ret::Revoked => self.revoked += 1,
                     Ret::PutOk | Ret::GetOk(_) => {}
                 }
             }
@@ -185,6 +260,37 @@ impl Recorder {
             outcome,
             at: Instant::now(),
         });
+    }
+
+    /// Notes that a write to `key` was acknowledged at revision `rev`.
+    pub fn acked(&self, key: &str, rev: i64, change: Change) {
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Acked {
+                key: key.to_string(),
+                rev,
+                change,
+            });
+    }
+
+    /// The acknowledged writes noted so far.
+    pub fn acked_writes(&self) -> Vec<Acked> {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every value any operation tried to write, whatever became of it.
+    pub fn written(&self) -> HashSet<Value> {
+        self.events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Invoke {
+                    op: Op::Put(v) | Op::PutLease { value: v, .. } | Op::Cas { new: v, .. },
+                    ..
+                } => Some(v.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Counts an error message (for the report only).
@@ -271,7 +377,12 @@ fn key_ops(events: &[Event], key: &str) -> (KeyOps, BTreeMap<usize, usize>) {
 /// linearization containing such a write nothing reads it before the next write replaces
 /// it, and leaving it out yields a linearization too. Returns how many were dropped.
 /// (Only a search-time saving: the search may place any unknown write last anyway.)
+/// Not on a key that anything deletes: there an unread write still shows, through a
+/// delete's count or a revoke that removes it, so none is dropped.
 fn prune_unobserved(ops: &mut KeyOps) -> usize {
+    if ops.iter().any(|(_, op, _, _, _)| op.deletes()) {
+        return 0;
+    }
     let mut seen = HashSet::new();
     for (_, op, outcome, _, _) in ops.iter() {
         if let Op::Cas {
@@ -287,8 +398,8 @@ fn prune_unobserved(ops: &mut KeyOps) -> usize {
     let mut pruned = 0;
     for (_, op, outcome, _, _) in ops.iter_mut() {
         let written = match op {
-            Op::Put(v) | Op::Cas { new: v, .. } => v,
-            Op::Get => continue,
+            Op::Put(v) | Op::PutLease { value: v, .. } | Op::Cas { new: v, .. } => v,
+            _ => continue,
         };
         if *outcome == Outcome::Unknown && !seen.contains(written) {
             *outcome = Outcome::Failed;
@@ -509,15 +620,19 @@ fn search(ops: &[(Op, Option<Ret>)], order: &[Entry], deadline: Instant) -> Verd
 /// The values that operations not yet linearized must find in the register: what reads
 /// and failed swaps returned, what successful swaps compared with. While one is awaited, it
 /// must not be overwritten: every write writes a distinct value, so it could never come
-/// back (nor could the key's absence: nothing deletes it). This cuts a wrong branch at the write that starts it rather than at the read that
-/// fails later; without it, each unknown write in flight doubled the states explored
-/// (linearized early and overwritten unseen, or not yet), and a generated history of 4,000
-/// operations with some writes in flight for tens of operations did not finish in 2 s.
+/// back. Nor could the key's absence unless something deletes it: on a key with deletes,
+/// an awaited absence is no reason to refuse a write. This cuts a wrong branch at the write
+/// that starts it rather than at the read that fails later; without it, each unknown write
+/// in flight doubled the states explored (linearized early and overwritten unseen, or not
+/// yet), and a generated history of 4,000 operations with some writes in flight for tens of
+/// operations did not finish in 2 s.
 struct Awaited<'a> {
     /// By operation: the value it must find, if any.
     need: Vec<Option<&'a Option<Value>>>,
     /// By value: how many operations not yet linearized must find it.
     count: HashMap<&'a Option<Value>, usize>,
+    /// Whether the key can become absent again (some operation deletes it).
+    absence_recurs: bool,
 }
 
 impl<'a> Awaited<'a> {
@@ -526,7 +641,9 @@ impl<'a> Awaited<'a> {
             .iter()
             .map(|(op, ret)| match (op, ret) {
                 (_, Some(Ret::GetOk(v) | Ret::CasFailed(v))) => Some(v),
-                (Op::Cas { expect, .. }, Some(Ret::CasOk)) => Some(expect),
+                (Op::Cas { expect, .. } | Op::CasDelete { expect }, Some(Ret::CasOk)) => {
+                    Some(expect)
+                }
                 _ => None,
             })
             .collect();
@@ -534,22 +651,34 @@ impl<'a> Awaited<'a> {
         for v in need.iter().flatten() {
             *count.entry(*v).or_default() += 1;
         }
-        Awaited { need, count }
+        let absence_recurs = ops.iter().any(|(op, _)| op.deletes());
+        Awaited {
+            need,
+            count,
+            absence_recurs,
+        }
     }
 
     fn linearize(&mut self, op: usize) {
-        if let Some(v) = self.need[op] {
-            *self.count.get_mut(v).expect("counted") -= 1;
+        if let Some(v) = self.need[op]
+            && let Some(n) = self.count.get_mut(v)
+        {
+            *n -= 1;
         }
     }
 
     fn undo(&mut self, op: usize) {
-        if let Some(v) = self.need[op] {
-            *self.count.get_mut(v).expect("counted") += 1;
+        if let Some(v) = self.need[op]
+            && let Some(n) = self.count.get_mut(v)
+        {
+            *n += 1;
         }
     }
 
     fn awaits(&self, register: &CasRegister) -> bool {
+        if register.0.is_none() && self.absence_recurs {
+            return false;
+        }
         self.count.get(&register.0).is_some_and(|n| *n > 0)
     }
 }

@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod history;
 pub mod netns;
+pub mod traffic;
+pub mod watch_check;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -131,6 +133,8 @@ pub struct Proc {
     pub initial_state: String,
     /// `RUST_LOG` of a kvstore server.
     pub log_level: String,
+    /// Environment variables the server gets (e.g. `FAILPOINTS`), kept across restarts.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -176,6 +180,7 @@ impl Proc {
             initial_cluster: None,
             initial_state: "new".into(),
             log_level: "warn".into(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -251,6 +256,7 @@ impl Proc {
         let child = member
             .command(Path::new(&bin), None)
             .env("RUST_LOG", &self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -97,9 +97,11 @@ fn enter_netns(ns: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// One member: its namespace, data and (while running) process.
+/// One member: its namespace, data, environment and (while running) process.
 struct Member {
     ns: String,
+    /// Environment variables the process gets (e.g. `FAILPOINTS`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -124,7 +126,11 @@ impl NetCluster {
         let mut members = Vec::new();
         for i in 0..n {
             let ns = lab.add_host(i + 1).expect("member namespace");
-            members.push(Mutex::new(Member { ns, child: None }));
+            members.push(Mutex::new(Member {
+                ns,
+                env: Vec::new(),
+                child: None,
+            }));
         }
         let c = NetCluster {
             kind,
@@ -201,6 +207,7 @@ impl NetCluster {
         let child = member
             .command(Path::new(bin), Some(&m.ns))
             .env("RUST_LOG", "warn")
+            .envs(m.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -224,6 +231,14 @@ impl NetCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sets the environment member `i` gets from its next start on.
+    pub fn set_env(&self, i: usize, env: &[(&str, &str)]) {
+        self.member(i).env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Starts member `i` again on its data after a kill; does not wait for it.
