@@ -188,7 +188,8 @@ fn run(args: &Args) -> Result<()> {
         for k in 0..n {
             // Rotate who goes first, so no setup always follows the same one.
             let i = (k + round as usize) % n;
-            let id = format!("b{round}-{i}");
+            // Ids name cgroups (`/k8s.io/<id>`), which are the machine's: unique per process.
+            let id = format!("b{round}-{i}-{}", std::process::id());
             let t = run_one(&c, &conf, &benches[i], &id)?;
             if round >= args.warmup {
                 benches[i].times.push(t);

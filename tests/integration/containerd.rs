@@ -447,9 +447,13 @@ fn ctr_run_cni_attaches_and_releases() {
     let script = format!(
         "ip -4 -o addr show eth0 && ping -c 1 -W 2 {gateway} >/dev/null && echo gateway-ok"
     );
-    // Two containers at once, each with `--rm`.
+    // Two containers at once, each with `--rm`. Their ids name their cgroups (`/k8s.io/<id>`),
+    // which are the machine's: unique per process.
+    let ids: Vec<String> = (1..=2)
+        .map(|i| format!("c{i}-{}", std::process::id()))
+        .collect();
     let outs: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = ["c1", "c2"]
+        let handles: Vec<_> = ids
             .iter()
             .map(|id| {
                 let node = &node;
