@@ -57,4 +57,5 @@ if [ ${#absent[@]} -gt 0 ]; then
   fail "after installing, still missing: ${absent[*]} (the $set_name needs them; is a package missing from this script's list?)"
 fi
 # On a host with systemd, etcd-server's package starts a system etcd on 2379. The tests never use
-# it (they start their own on free ports), so it is left alone.
+# it (they start their own on free ports), so it is left alone. The same holds for containerd's
+# package and its system containerd on /run/containerd/containerd.sock: the tests run their own.

@@ -13,6 +13,12 @@
 //! (`netns_mounts_under_state_dir`). Dropping [`Containerd`] kills the containers, the shims and
 //! the daemon (found by their mount namespace, so it works with containerd dead too); the mount
 //! namespace and every mount in it go with them.
+//!
+//! What stays on the machine: the empty directories `/etc/cni/net.d` and `/var/lib/cni` if they
+//! were missing (the bind mounts need them; podman's package ships the first), and, in each
+//! cgroup hierarchy, the directory `k8s.io` runc makes as the parent of `ctr run` containers'
+//! cgroups (empty once they are gone: their own cgroups go with them; callers name containers
+//! uniquely, because these cgroups are the machine's).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
