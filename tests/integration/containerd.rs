@@ -147,6 +147,41 @@ async fn pod_status(rt: &mut cri::Runtime, id: &str) -> Pod {
     }
 }
 
+async fn runtime_conditions(rt: &mut cri::Runtime) -> Vec<v1::RuntimeCondition> {
+    rt.status(v1::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner()
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+}
+
+/// Polls the runtime's status (10 s) until condition NetworkReady is `want`; returns its reason
+/// and message.
+async fn wait_network_ready(rt: &mut cri::Runtime, node: &Node, want: bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let conditions = runtime_conditions(rt).await;
+        if let Some(c) = conditions
+            .iter()
+            .find(|c| c.r#type == "NetworkReady" && c.status == want)
+        {
+            return if c.reason.is_empty() && c.message.is_empty() {
+                String::new()
+            } else {
+                format!("reason {:?}, message {:?}", c.reason, c.message)
+            };
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "NetworkReady never became {want}: {conditions:?}\n{}",
+            node.containerd.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn sandbox_config(name: &str, uid: &str) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {
         metadata: Some(v1::PodSandboxMetadata {
@@ -266,12 +301,7 @@ fn cri_pods_on_two_hosts_reach_each_other_across_a_containerd_restart() {
                 n.host, v.runtime_name, v.runtime_version, v.runtime_api_version
             );
             // The runtime's conditions: the network is ready once the conflist is loaded.
-            let status = rt
-                .status(v1::StatusRequest { verbose: false })
-                .await
-                .expect("Status")
-                .into_inner();
-            let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
+            let conditions = runtime_conditions(&mut rt).await;
             for want in ["RuntimeReady", "NetworkReady"] {
                 let c = conditions.iter().find(|c| c.r#type == want);
                 assert!(
@@ -279,6 +309,21 @@ fn cri_pods_on_two_hosts_reach_each_other_across_a_containerd_restart() {
                     "h{}: condition {want} not true: {conditions:?}",
                     n.host
                 );
+            }
+            if n.host == 1 {
+                // Without a conflist the node's network is not ready (what keeps a kubelet from
+                // scheduling pods there), and it is again once the conflist is back: containerd
+                // reloads its conf_dir on change.
+                // (Written back, not renamed back: containerd 1.6 does not reload on a file
+                // moved into the directory.)
+                let conflist = n.containerd.setup.cni_conf.join("10-netd.conflist");
+                let text = std::fs::read(&conflist).expect("read the conflist");
+                std::fs::remove_file(&conflist).expect("remove the conflist");
+                let off = wait_network_ready(&mut rt, n, false).await;
+                println!("h1: conflist removed: NetworkReady false, {off}");
+                std::fs::write(&conflist, text).expect("write the conflist back");
+                let on = wait_network_ready(&mut rt, n, true).await;
+                println!("h1: conflist back: NetworkReady true{on}");
             }
             let image = img
                 .image_status(v1::ImageStatusRequest {
