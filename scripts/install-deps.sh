@@ -8,7 +8,7 @@
 #                                  (to read back the rules netd and netd-cni write), the
 #                                  reference etcd 3.4 and etcdctl, iputils-ping, the reference CNI
 #                                  plugins, busybox-static and iperf3 (traffic inside namespaces),
-#                                  podman with runc (the container-runtime test)
+#                                  podman with runc, containerd (the container-runtime tests)
 #
 # Needs root and apt. Installs only what is missing; prints one line naming what it installs.
 set -euo pipefail
@@ -16,8 +16,8 @@ set -euo pipefail
 set_name=${1:-}
 demo_packages=(iproute2)
 demo_tools=(ip)
-test_packages=("${demo_packages[@]}" nftables etcd-server etcd-client python3-etcd3gw iputils-ping containernetworking-plugins busybox-static iperf3 podman runc)
-test_tools=("${demo_tools[@]}" nft etcd etcdctl ping iptables-save /usr/lib/cni/bridge /usr/lib/cni/host-local busybox iperf3 podman runc)
+test_packages=("${demo_packages[@]}" nftables etcd-server etcd-client python3-etcd3gw iputils-ping containernetworking-plugins busybox-static iperf3 podman runc containerd)
+test_tools=("${demo_tools[@]}" nft etcd etcdctl ping iptables-save /usr/lib/cni/bridge /usr/lib/cni/host-local busybox iperf3 podman runc containerd ctr containerd-shim-runc-v2)
 case "$set_name" in
   demo) packages=("${demo_packages[@]}"); tools=("${demo_tools[@]}") ;;
   test) packages=("${test_packages[@]}"); tools=("${test_tools[@]}") ;;
@@ -57,4 +57,5 @@ if [ ${#absent[@]} -gt 0 ]; then
   fail "after installing, still missing: ${absent[*]} (the $set_name needs them; is a package missing from this script's list?)"
 fi
 # On a host with systemd, etcd-server's package starts a system etcd on 2379. The tests never use
-# it (they start their own on free ports), so it is left alone.
+# it (they start their own on free ports), so it is left alone. The same holds for containerd's
+# package and its system containerd on /run/containerd/containerd.sock: the tests run their own.

@@ -11,6 +11,10 @@
 //! - [`world`]: hosts each running the real `netd` (the first ones with an embedded KV member),
 //!   containers attached through `netd-cni`.
 //! - [`cni`]: invoking `netd-cni` exactly as a container runtime does.
+//! - [`containerd`]: containerd per host (CRI plugin on, the test's CNI directories), in the
+//!   host's namespace and a private mount namespace; `ctr` inside them.
+//! - [`cri`]: a client of the Kubernetes CRI (v1) over containerd's socket, what a kubelet calls.
+//! - [`oci`]: container images without a registry (busybox-static as an OCI image archive).
 //! - [`traffic`]: verified TCP traffic between namespaces (echo, long-lived paced stream).
 //! - [`netns`]: creating, deleting and entering named network namespaces; a probe from one.
 //! - [`probe`]: an ICMP echo written in Rust (no `ping` binary needed).
@@ -20,9 +24,12 @@
 pub mod binaries;
 pub mod cmd;
 pub mod cni;
+pub mod containerd;
+pub mod cri;
 pub mod etcd;
 pub mod lab;
 pub mod netns;
+pub mod oci;
 pub mod probe;
 pub mod traffic;
 pub mod world;

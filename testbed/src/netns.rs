@@ -59,6 +59,15 @@ pub fn ping(ns: &str, to: Ipv4Addr, wait_s: u32) -> Option<f64> {
     Some(rtt.as_secs_f64() * 1000.0)
 }
 
+/// Like [`ping`], from the network namespace at `path` (such as `/proc/<pid>/ns/net`, how a
+/// runtime that pins no named namespace exposes a pod's).
+pub fn ping_in(path: &str, to: Ipv4Addr, wait_s: u32) -> Option<f64> {
+    let wait = Duration::from_secs(u64::from(wait_s));
+    let ns = hostnet::netns::Netns::open(path).ok()??;
+    let rtt = ns.run(move || probe::echo(to, wait)).ok()?.ok()??;
+    Some(rtt.as_secs_f64() * 1000.0)
+}
+
 /// HTTP/1.1 GET of `http://127.0.0.1:<port><path>` from inside namespace `ns` (a health or
 /// metrics endpoint): (status, body); `None` when nothing answers within 5 s.
 pub fn http_get(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {

@@ -1,6 +1,7 @@
 //! The end-to-end tests, one binary (one link for all of them): multi-host worlds from
-//! `testbed` running the real `netd` and `netd-cni` (and podman, and the demo itself).
+//! `testbed` running the real `netd` and `netd-cni` (podman, containerd, and the demo itself).
 
+mod containerd;
 mod demo;
 mod deploy_manifests;
 mod e2e_dual_stack;
