@@ -450,20 +450,42 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     server.shutdown().await
 }
 
-/// Binds a listener for each URL.
+/// Binds a listener for each URL, with the kernel's largest accept queue (as Go's listeners,
+/// and so etcd's, take `net.core.somaxconn`): with the default of 128, thousands of clients
+/// connecting at once (a fleet's hosts starting together) overflow the queue, their SYNs
+/// are dropped and retried a second or more later, and their connect timeouts expire.
 async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>> {
+    let backlog = accept_backlog();
     let mut out = Vec::new();
     for url in urls {
         let addr = config::parse_url(url)?;
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Listen {
-                url: url.clone(),
-                source,
-            })?;
+        let listen = || -> std::io::Result<TcpListener> {
+            let sock = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            sock.bind(addr)?;
+            sock.listen(backlog)
+        };
+        let l = listen().map_err(|source| Error::Listen {
+            url: url.clone(),
+            source,
+        })?;
         out.push(l);
     }
     Ok(out)
+}
+
+/// `net.core.somaxconn` (the kernel caps a listener's queue there), 4096 when unreadable.
+fn accept_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4096)
+        .min(65_535)
 }
 
 /// Serves the peer service on `listener` with `server` (TLS or not) until the member stops.
@@ -517,5 +539,32 @@ async fn publish(member: &Replica, attrs: MemberAttributes) {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listener's accept queue is the kernel's largest (`ss` shows a listener's queue
+    /// limit as its Send-Q), not the 128 of a plain bind.
+    #[tokio::test]
+    async fn listeners_take_the_largest_accept_queue() {
+        let ls = bind_all(&["http://127.0.0.1:0".to_string()])
+            .await
+            .expect("bind");
+        let port = ls[0].local_addr().expect("addr").port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let send_q: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("ss printed {text:?}"));
+        assert_eq!(send_q, accept_backlog());
+        assert!(send_q > 128, "{send_q}");
     }
 }

@@ -252,9 +252,38 @@ struct Shared {
     ready: AtomicUsize,
     /// Failed requests and broken watches, retried.
     errors: AtomicU64,
+    /// The errors by kind (their message without numbers), for the phase's report.
+    kinds: std::sync::Mutex<HashMap<String, u64>>,
     /// Probe deliveries: (mod revision of the probe record, when a watcher had it).
     deliveries: mpsc::UnboundedSender<(i64, Instant)>,
     metrics: Arc<netd::metrics::Metrics>,
+}
+
+impl Shared {
+    fn error(&self, msg: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let kind: String = msg
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(90)
+            .collect();
+        if let Ok(mut k) = self.kinds.lock() {
+            *k.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// The errors since the last call, and the most frequent kinds, printed.
+    fn take_errors(&self, phase: &str) -> u64 {
+        let n = self.errors.swap(0, Ordering::Relaxed);
+        if let Ok(mut k) = self.kinds.lock() {
+            let mut v: Vec<_> = k.drain().collect();
+            v.sort_by_key(|k| std::cmp::Reverse(k.1));
+            for (kind, count) in v.iter().take(4) {
+                println!("  {phase} errors: {count} x {kind}");
+            }
+        }
+        n
+    }
 }
 
 /// Host `i`'s record attributes: its own PublicIP and VTEP MAC.
@@ -282,8 +311,8 @@ where
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(_) => {
-                sh.errors.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                sh.error(&e.to_string());
                 tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 300)).await;
             }
         }
@@ -327,8 +356,8 @@ async fn host(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>) {
                     None => break false,
                 },
                 _ = renew.tick() => {
-                    if netd::lease::renew(&kv, &own).await.is_err() {
-                        sh.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = netd::lease::renew(&kv, &own).await {
+                        sh.error(&e.to_string());
                     }
                 }
                 r = restart.changed() => {
@@ -454,14 +483,28 @@ async fn host_light(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>
                                 }
                             }
                         }
-                        _ => {
-                            sh.errors.fetch_add(1, Ordering::Relaxed);
+                        other => {
+                            sh.error(&match other {
+                                Err(e) => e.to_string(),
+                                Ok(Some(r)) => format!("watch canceled: {}", r.cancel_reason),
+                                _ => "watch stream ended".into(),
+                            });
                             continue 'watching;
                         }
                     },
                     _ = renew.tick() => {
-                        if client.lease_keep_alive_once(lease).await.is_err() {
-                            sh.errors.fetch_add(1, Ordering::Relaxed);
+                        // A lease the store no longer has (it expired while the host could
+                        // not renew it): acquire again, as netd does.
+                        match client.lease_keep_alive_once(lease).await {
+                            Ok(ttl) if ttl > 0 => {}
+                            Ok(_) => break 'watching false,
+                            Err(e) => {
+                                let lost = e.to_string().contains("lease not found");
+                                sh.error(&e.to_string());
+                                if lost {
+                                    break 'watching false;
+                                }
+                            }
                         }
                     }
                     r = restart.changed() => {
@@ -717,6 +760,7 @@ async fn run_one(args: &Args, bin: &Path, n: usize) -> Result<Row> {
         },
         ready: AtomicUsize::new(0),
         errors: AtomicU64::new(0),
+        kinds: Default::default(),
         deliveries: dtx,
         metrics: Arc::new(netd::metrics::Metrics::new()),
     });
@@ -734,7 +778,7 @@ async fn run_one(args: &Args, bin: &Path, n: usize) -> Result<Row> {
         });
     }
     row.cold = until_ready(&sh, n, started).await;
-    row.cold_errors = sh.errors.swap(0, Ordering::Relaxed);
+    row.cold_errors = sh.take_errors("cold start");
     println!(
         "cold start: {} ({} errors)",
         opt_s(row.cold),
@@ -768,7 +812,7 @@ async fn run_one(args: &Args, bin: &Path, n: usize) -> Result<Row> {
     // 3. Fan-out.
     row.fan = fan_out(&client, &mut drx, n, args.probes, 0).await?;
     println!("fan-out: {}", row.fan.show());
-    sh.errors.swap(0, Ordering::Relaxed);
+    sh.take_errors("steady");
 
     if !args.no_faults {
         // 4. Restart storm.
@@ -776,7 +820,7 @@ async fn run_one(args: &Args, bin: &Path, n: usize) -> Result<Row> {
         restart_tx.send_modify(|g| *g += 1);
         tokio::time::sleep(Duration::from_millis(200)).await;
         row.storm = until_ready(&sh, n, storm).await;
-        row.storm_errors = sh.errors.swap(0, Ordering::Relaxed);
+        row.storm_errors = sh.take_errors("restart storm");
         println!(
             "restart storm: {} ({} errors)",
             opt_s(row.storm),
@@ -828,7 +872,7 @@ async fn run_one(args: &Args, bin: &Path, n: usize) -> Result<Row> {
             }
         };
         row.kill_fan = fan_out(&client, &mut drx, n, args.probes, 20_000).await?;
-        row.kill_errors = sh.errors.swap(0, Ordering::Relaxed);
+        row.kill_errors = sh.take_errors("leader kill");
         println!(
             "after the kill: every watcher saw a change after {}; fan-out {} ({} errors)",
             opt_s(row.kill_recovery),
