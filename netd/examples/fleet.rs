@@ -100,7 +100,16 @@ fn main() -> Result<()> {
         for server in &args.servers {
             let bin = server_binary(server)?;
             println!("\n== {server}, {n} hosts ==");
-            let row = rt.block_on(run_one(&args, &bin, n))?;
+            // Ctrl-C or SIGTERM drops the run, and with it the cluster: its members are killed.
+            let row = rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    r = run_one(&args, &bin, n) => r,
+                    _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+                    _ = term.recv() => bail!("terminated"),
+                }
+            })?;
             rows.push((server.clone(), n, row));
         }
     }
@@ -340,10 +349,32 @@ async fn host(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>) {
             sh.metrics.clone(),
         ));
         let mut ready = false;
-        let mut renew = tokio::time::interval(sh.timing.renew_interval());
-        renew.reset();
+        // Renewals run beside the watch, as in netd, so that a slow keep-alive never delays
+        // the receipt of an event.
+        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let renewer = {
+            let (kv, sh) = (kv.clone(), sh.clone());
+            tokio::spawn(async move {
+                let mut renew = tokio::time::interval(sh.timing.renew_interval());
+                renew.reset();
+                loop {
+                    renew.tick().await;
+                    match netd::lease::renew(&kv, &own).await {
+                        Ok(()) => {}
+                        Err(e) => {
+                            sh.error(&e.to_string());
+                            if matches!(e, netd::error::Error::LeaseLost(_)) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = lost_tx.send(());
+            })
+        };
         let restarted = loop {
             tokio::select! {
+                _ = &mut lost_rx => break false,
                 ev = rx.recv() => match ev {
                     Some(PeerEvent::Snapshot(_)) if !ready => {
                         ready = true;
@@ -355,14 +386,10 @@ async fn host(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>) {
                     Some(_) => {}
                     None => break false,
                 },
-                _ = renew.tick() => {
-                    if let Err(e) = netd::lease::renew(&kv, &own).await {
-                        sh.error(&e.to_string());
-                    }
-                }
                 r = restart.changed() => {
                     if r.is_err() {
                         watcher.abort();
+                        renewer.abort();
                         return;
                     }
                     break true;
@@ -370,6 +397,7 @@ async fn host(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>) {
             }
         };
         watcher.abort();
+        renewer.abort();
         drop(kv);
         if ready {
             sh.ready.fetch_sub(1, Ordering::Relaxed);
@@ -458,8 +486,32 @@ async fn host_light(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>
             let _ = client.lease_revoke(lease).await;
         };
         let mut ready = false;
-        let mut renew = tokio::time::interval(sh.timing.renew_interval());
-        renew.reset();
+        // Keep-alives run beside the watch, as netd's renewals do beside its watcher, so that
+        // a slow keep-alive never delays the receipt of an event. A lease the store no longer
+        // has (it expired while the host could not renew it) means acquiring again.
+        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let renewer = {
+            let (client, sh) = (client.clone(), sh.clone());
+            tokio::spawn(async move {
+                let mut renew = tokio::time::interval(sh.timing.renew_interval());
+                renew.reset();
+                loop {
+                    renew.tick().await;
+                    match client.lease_keep_alive_once(lease).await {
+                        Ok(ttl) if ttl > 0 => {}
+                        Ok(_) => break,
+                        Err(e) => {
+                            let lost = e.to_string().contains("lease not found");
+                            sh.error(&e.to_string());
+                            if lost {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = lost_tx.send(());
+            })
+        };
         let restarted = 'watching: loop {
             let listing = retry(&sh, || async { Ok(client.get_prefix(&prefix).await?) }).await;
             let rev = listing.header.map(|h| h.revision).unwrap_or(0);
@@ -492,23 +544,10 @@ async fn host_light(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>
                             continue 'watching;
                         }
                     },
-                    _ = renew.tick() => {
-                        // A lease the store no longer has (it expired while the host could
-                        // not renew it): acquire again, as netd does.
-                        match client.lease_keep_alive_once(lease).await {
-                            Ok(ttl) if ttl > 0 => {}
-                            Ok(_) => break 'watching false,
-                            Err(e) => {
-                                let lost = e.to_string().contains("lease not found");
-                                sh.error(&e.to_string());
-                                if lost {
-                                    break 'watching false;
-                                }
-                            }
-                        }
-                    }
+                    _ = &mut lost_rx => break 'watching false,
                     r = restart.changed() => {
                         if r.is_err() {
+                            renewer.abort();
                             return;
                         }
                         break 'watching true;
@@ -516,6 +555,7 @@ async fn host_light(i: usize, sh: Arc<Shared>, mut restart: watch::Receiver<u64>
                 }
             }
         };
+        renewer.abort();
         drop(client);
         if ready {
             sh.ready.fetch_sub(1, Ordering::Relaxed);
