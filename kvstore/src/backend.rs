@@ -101,6 +101,14 @@ pub struct SledBackend {
     written: Arc<AtomicI64>,
 }
 
+/// How long [`Engine::open`] waits for a held lock on the database.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether sled's open failed because its directory's lock is held.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 /// One open sled database.
 pub(crate) struct Engine {
     pub(crate) db: sled::Db,
@@ -115,16 +123,41 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// Opens (or creates) sled in `dir` with kvstore's settings.
+    ///
+    /// sled holds a lock on its directory while open. A database this process just closed
+    /// keeps it for a moment (sled's background threads drop their handles after the last
+    /// `Db`), so a held lock is retried for [`LOCK_WAIT`] before it is reported as the
+    /// data dir being in use.
     pub(crate) fn open(dir: &Path) -> Result<Engine> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // sled caches 1 GiB by default. What is read back while running is the values
             // of keys not written lately (the keyspace holds its key index in memory, and
             // the records of its latest revisions), so a modest cache keeps hot values
             // without holding the data set.
             .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        let waited = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if is_lock_held(&e) => {
+                    if waited.elapsed() >= LOCK_WAIT {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::WouldBlock,
+                            format!(
+                                "{} is in use by another process (its lock was held for {:?})",
+                                dir.display(),
+                                LOCK_WAIT
+                            ),
+                        )
+                        .into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let file = std::fs::File::open(dir.join("db"))?;
         Ok(Engine {
             db,
@@ -298,5 +331,39 @@ pub mod keys {
 
     pub fn lease(id: i64) -> Vec<u8> {
         [LEASE_PREFIX, &id.to_be_bytes()].concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database closed in this process opens again at once, however soon after.
+    #[test]
+    fn a_closed_database_reopens_at_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("db");
+        for i in 0..30u32 {
+            let be = SledBackend::open(&dir).expect("open");
+            let mut b = WriteBatch::default();
+            b.put(i.to_be_bytes().to_vec(), vec![1; 64]);
+            be.write(b).expect("write");
+            be.sync().expect("sync");
+        }
+        let be = SledBackend::open(&dir).expect("open");
+        assert_eq!(
+            be.get(&29u32.to_be_bytes()).expect("get"),
+            Some(vec![1; 64])
+        );
+    }
+
+    /// A database another holder keeps open is reported as in use, not opened twice.
+    #[test]
+    fn a_database_held_open_is_reported_in_use() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("db");
+        let _held = SledBackend::open(&dir).expect("open");
+        let err = SledBackend::open(&dir).err().expect("second open refused");
+        assert!(err.to_string().contains("is in use"), "{err}");
     }
 }
