@@ -178,6 +178,10 @@ impl Transport {
                 cluster_id: self.cluster_id,
                 messages,
             };
+            #[cfg(feature = "failpoints")]
+            let Some(batch) = self.network_fault(to, p, batch) else {
+                continue;
+            };
             let sent = match p.stream.lock().as_ref() {
                 Some(tx) => tx.try_send(batch).is_ok(),
                 None => false,
@@ -190,6 +194,28 @@ impl Transport {
                     self.metrics.server.heartbeat_send_failures.inc();
                 }
                 let _ = self.raft.send(Msg::Unreachable(to));
+            }
+        }
+    }
+
+    /// The network failpoints (`crate::failpoints`, test builds only): the batch back to be
+    /// sent now, or none when they took it, to lose it or to send it later.
+    #[cfg(feature = "failpoints")]
+    fn network_fault(&self, to: u64, p: &Peer, batch: RaftBatch) -> Option<RaftBatch> {
+        use crate::failpoints::PeerFault;
+        match crate::failpoints::peer_send_fault() {
+            None => Some(batch),
+            Some(PeerFault::Drop) => None,
+            Some(PeerFault::Delay(d)) => {
+                let (slot, raft) = (p.stream.clone(), self.raft.clone());
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let tx = slot.lock().clone();
+                    if tx.is_none_or(|tx| tx.try_send(batch).is_err()) {
+                        let _ = raft.send(Msg::Unreachable(to));
+                    }
+                });
+                None
             }
         }
     }

@@ -224,3 +224,131 @@ points! {
     raft_after_apply_snap: "raftAfterApplySnap", Snapshot;
     raft_before_save_snap: "raftBeforeSaveSnap", Snapshot;
 }
+
+/// The network points, armed and disarmed over `FAILPOINTS_HTTP` while the cluster runs:
+/// the leader's raft messages delayed (its writes take at least the delay, as each needs a
+/// follower's answer), partly lost (writes still succeed: raft sends again), then all lost
+/// (the followers stop hearing it and elect another leader); disarmed, the old leader
+/// rejoins and every member holds every acknowledged write.
+#[test]
+fn network_points_delay_and_drop_the_leaders_messages() {
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let control = ports.clone();
+    let mut c = Cluster::start_with(
+        Kind::Kvstore,
+        3,
+        &[],
+        std::sync::Arc::new(move |i, p: &mut common::Proc| {
+            p.env.push((
+                "FAILPOINTS_HTTP".into(),
+                format!("127.0.0.1:{}", control[i]),
+            ));
+        }),
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let port = ports[leader];
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+
+    // The control answers as gofail's does; an unknown point is refused, naming it.
+    assert_eq!(common::http_get(port, "/"), (200, String::new()));
+    let (code, body) = common::http_request(port, "PUT", "/noSuchPoint", "return");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no failpoint \"noSuchPoint\""), "{body}");
+    assert_eq!(common::http_get(port, "/raftDelaySend").0, 404);
+
+    let mut acked = Vec::new();
+    let timed_puts = |c: &Cluster, tag: &str, n: usize| -> (Vec<Duration>, Vec<(String, String)>) {
+        rt.block_on(async {
+            let mut kv = KvClient::new(channel(c, leader));
+            let (mut took, mut acked) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                let (k, v) = (format!("net/{tag}/{i}"), format!("v{i}"));
+                let t = Instant::now();
+                let r = kv
+                    .put(PutRequest {
+                        key: Bytes::from(k.clone()),
+                        value: Bytes::from(v.clone()),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        took.push(t.elapsed());
+                        acked.push((k, v));
+                    }
+                    Err(e) => panic!("{tag}: put {i} through the leader failed: {e}"),
+                }
+            }
+            (took, acked)
+        })
+    };
+
+    // Delayed by 300 ms: every write waits for a follower, so for at least that.
+    assert_eq!(
+        common::http_request(port, "PUT", "/raftDelaySend", "return(300)").0,
+        204
+    );
+    assert_eq!(
+        common::http_get(port, "/"),
+        (200, "raftDelaySend=return(300)\n".into())
+    );
+    let (took, a) = timed_puts(&c, "delayed", 10);
+    acked.extend(a);
+    let fastest = took.iter().min().copied().unwrap_or_default();
+    eprintln!("puts with the leader's messages delayed 300 ms: fastest {fastest:?}");
+    assert!(
+        fastest >= Duration::from_millis(300),
+        "a put took {fastest:?} with every message delayed 300 ms"
+    );
+    assert_eq!(
+        common::http_request(port, "DELETE", "/raftDelaySend", "").0,
+        204
+    );
+
+    // A third lost: raft sends again, every write still succeeds.
+    assert_eq!(
+        common::http_request(port, "PUT", "/raftDropSend", "33%return").0,
+        204
+    );
+    let (_, a) = timed_puts(&c, "lossy", 30);
+    acked.extend(a);
+
+    // All lost: the followers hear nothing and elect one of themselves.
+    assert_eq!(
+        common::http_request(port, "PUT", "/raftDropSend", "return").0,
+        204
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_leader = loop {
+        let led = others
+            .iter()
+            .copied()
+            .find(|&i| c.status(i).is_some_and(|s| s.leader == s.id));
+        if let Some(i) = led {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no follower took over while the leader's messages were all lost"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("member {new_leader} leads while member {leader}'s messages are lost");
+    acked.extend(rt.block_on(write(&c, &[new_leader], 20, "cut-off", false)));
+
+    // Disarmed: the old leader hears the new term and follows; nothing was lost.
+    assert_eq!(
+        common::http_request(port, "DELETE", "/raftDropSend", "").0,
+        204
+    );
+    assert_eq!(common::http_get(port, "/"), (200, String::new()));
+    acked.extend(rt.block_on(write(&c, &[0, 1, 2], 10, "healed", false)));
+    c.wait_converged(Duration::from_secs(30));
+    for i in 0..3 {
+        let held: std::collections::HashMap<String, String> = c.full_range(i).into_iter().collect();
+        common::assert_none_lost(&format!("member {i}: "), &acked, |(k, v)| {
+            held.get(k) == Some(v)
+        });
+    }
+}

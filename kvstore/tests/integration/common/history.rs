@@ -311,6 +311,28 @@ impl Recorder {
             .clone()
     }
 
+    /// The longest time between two successful operations of any client (how long the
+    /// store was unavailable to them all at once), and how many such gaps exceeded `over`.
+    pub fn gaps(&self, over: Duration) -> (Duration, usize) {
+        let (mut longest, mut count, mut last) = (Duration::ZERO, 0, None::<Instant>);
+        for e in self.events().iter() {
+            if let Event::Return {
+                outcome: Outcome::Ok(_),
+                at,
+                ..
+            } = e
+            {
+                if let Some(l) = last {
+                    let gap = at.saturating_duration_since(l);
+                    longest = longest.max(gap);
+                    count += usize::from(gap > over);
+                }
+                last = Some(*at);
+            }
+        }
+        (longest, count)
+    }
+
     /// Totals over the whole history.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();

@@ -49,11 +49,19 @@ pub fn assert_none_lost<T: std::fmt::Debug>(label: &str, acked: &[T], kept: impl
 
 /// An HTTP/1.1 GET of `path` on loopback `port` (a metrics URL): the status code and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, "")
+}
+
+/// An HTTP/1.1 request `method path` with `body` on loopback `port`: the status code and
+/// the body of the answer.
+pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("send");
     let mut out = String::new();

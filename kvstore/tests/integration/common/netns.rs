@@ -100,7 +100,9 @@ fn enter_netns(ns: &str) {
 /// One member: its namespace, data, environment and (while running) process.
 struct Member {
     ns: String,
-    /// Environment variables the process gets (e.g. `FAILPOINTS`).
+    /// Environment variables the process gets on every start (e.g. `FAILPOINTS_HTTP`).
+    base_env: Vec<(String, String)>,
+    /// And those it gets from its next start on (e.g. `FAILPOINTS`).
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
@@ -120,6 +122,15 @@ impl NetCluster {
     /// Creates the namespaces and starts an `n`-member cluster, waiting until every member
     /// answers a health check.
     pub fn start(kind: Kind, n: usize) -> NetCluster {
+        Self::start_with_env(kind, n, &|_| Vec::new())
+    }
+
+    /// As [`NetCluster::start`], member `i` getting the environment `env(i)` on every start.
+    pub fn start_with_env(
+        kind: Kind,
+        n: usize,
+        env: &dyn Fn(usize) -> Vec<(String, String)>,
+    ) -> NetCluster {
         require_prerequisites(kind);
         let mut lab = Lab::new();
         let switch_ns = lab.add_underlay().expect("underlay");
@@ -128,6 +139,7 @@ impl NetCluster {
             let ns = lab.add_host(i + 1).expect("member namespace");
             members.push(Mutex::new(Member {
                 ns,
+                base_env: env(i),
                 env: Vec::new(),
                 child: None,
             }));
@@ -207,7 +219,7 @@ impl NetCluster {
         let child = member
             .command(Path::new(bin), Some(&m.ns))
             .env("RUST_LOG", "warn")
-            .envs(m.env.iter().map(|(k, v)| (k, v)))
+            .envs(m.base_env.iter().chain(&m.env).map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

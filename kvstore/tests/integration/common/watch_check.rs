@@ -94,12 +94,17 @@ pub fn check(
             }
         }
         let covered = log.streams.first().map_or(i64::MAX, |s| s.from);
+        // The first event of each (revision, key), for the lookups below.
+        let mut first: HashMap<(i64, &str), &Event> = HashMap::new();
+        for e in log
+            .streams
+            .iter()
+            .flat_map(|s| s.responses.iter().flatten())
+        {
+            first.entry((e.rev, e.key.as_str())).or_insert(e);
+        }
         for a in acked.iter().filter(|a| a.rev >= covered && a.rev <= until) {
-            let seen = log
-                .streams
-                .iter()
-                .flat_map(|s| s.responses.iter().flatten())
-                .find(|e| e.rev == a.rev && e.key == a.key);
+            let seen = first.get(&(a.rev, a.key.as_str()));
             match seen {
                 None => bad.push(format!(
                     "{}: acknowledged {:?} of {} at revision {} never arrived",
@@ -144,15 +149,17 @@ fn check_one(
                 stream.from, stream.member
             ));
         }
+        // The highest revision received in the first n responses of the stream, for each n.
+        let mut highest = Vec::with_capacity(stream.responses.len() + 1);
+        highest.push(stream.from - 1);
+        for events in &stream.responses {
+            let top = events.iter().map(|e| e.rev).max().unwrap_or(i64::MIN);
+            highest.push(top.max(highest.last().copied().unwrap_or(i64::MIN)));
+        }
         for &(before, rev) in &stream.progress {
             // Every revision carries events (the watch covers the whole keyspace), so "all
             // events up to `rev` arrived" is "the last revision received is at least `rev`".
-            let received = stream.responses[..before.min(stream.responses.len())]
-                .iter()
-                .flatten()
-                .map(|e| e.rev)
-                .max()
-                .unwrap_or(stream.from - 1);
+            let received = highest[before.min(stream.responses.len())];
             if rev > received.max(stream.from - 1) {
                 bad.push(format!(
                     "{name}: progress notification at revision {rev} on stream {s} (member {}) \

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The robustness soak (kvstore/tests/soak.rs): random faults under traffic of every kind for
+# 30 minutes (by default) on kvstore and then on etcd 3.4, every run checked for
+# linearizability and etcd's watch guarantees; a side-by-side report. Run as root.
+#
+#   scripts/soak.sh [--minutes 30] [--servers kvstore,etcd] [--seed N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh test
+exec cargo test --release -p kvstore --test soak -- "$@"
