@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::Kind;
-use robustness::{Plan, Report};
+use robustness::{FaultKind, Plan, Report};
 
 /// The robustness soak against kvstore and etcd 3.4, side by side.
 #[derive(Parser, Debug)]
@@ -213,6 +213,36 @@ fn table(reports: &[Report]) -> String {
             }),
         ),
     ];
+    let mut rows = rows;
+    for kind in [
+        FaultKind::LeaderKill,
+        FaultKind::FollowerKill,
+        FaultKind::Blackhole,
+        FaultKind::LeaderPartition,
+        FaultKind::FailpointCrash,
+        FaultKind::PeerDelay,
+        FaultKind::PeerDrop,
+    ] {
+        if reports.iter().all(|r| !r.during.contains_key(&kind)) {
+            continue;
+        }
+        let name: &'static str = match kind {
+            FaultKind::LeaderKill => "during leader kills: client errors, longest gap",
+            FaultKind::FollowerKill => "during follower kills: client errors, longest gap",
+            FaultKind::Blackhole => "during blackholes: client errors, longest gap",
+            FaultKind::LeaderPartition => "during leader partitions: client errors, longest gap",
+            FaultKind::FailpointCrash => "during failpoint crashes: client errors, longest gap",
+            FaultKind::PeerDelay => "during delays: client errors, longest gap",
+            FaultKind::PeerDrop => "during drops: client errors, longest gap",
+        };
+        rows.push((
+            name,
+            Box::new(move |r| match r.during.get(&kind) {
+                Some(d) => format!("{}, {:.2} s", d.errors, d.longest_gap.as_secs_f64()),
+                None => "n/a".into(),
+            }),
+        ));
+    }
     let mut out = String::from("| |");
     for r in reports {
         out.push_str(match r.kind {

@@ -341,6 +341,64 @@ impl Faults {
     }
 }
 
+/// A kind of fault, for the figures per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    LeaderKill,
+    FollowerKill,
+    Blackhole,
+    LeaderPartition,
+    FailpointCrash,
+    PeerDelay,
+    PeerDrop,
+}
+
+/// One fault, from just before it was injected until the cluster settled after it was lifted.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub kind: FaultKind,
+    pub from: Instant,
+    pub to: Instant,
+}
+
+/// What the clients saw during the faults of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DuringFaults {
+    pub faults: usize,
+    /// Operations that failed (surely or of unknown outcome) while such a fault lasted.
+    pub errors: usize,
+    /// The longest time without a successful operation that overlapped such a fault.
+    pub longest_gap: Duration,
+}
+
+/// The figures per kind of fault, from when operations ended (`Recorder::returns`).
+fn during_faults(
+    windows: &[Window],
+    returns: &[(Instant, bool)],
+) -> std::collections::BTreeMap<FaultKind, DuringFaults> {
+    let oks: Vec<Instant> = returns.iter().filter(|r| r.1).map(|r| r.0).collect();
+    let mut by_kind = std::collections::BTreeMap::new();
+    for w in windows {
+        let d: &mut DuringFaults = by_kind.entry(w.kind).or_default();
+        d.faults += 1;
+        let (a, b) = (
+            returns.partition_point(|r| r.0 < w.from),
+            returns.partition_point(|r| r.0 <= w.to),
+        );
+        d.errors += returns[a..b.max(a)].iter().filter(|r| !r.1).count();
+        // The successes from the last one before the fault to the first one after it.
+        let first = oks.partition_point(|&t| t <= w.from).saturating_sub(1);
+        let last = oks.partition_point(|&t| t <= w.to);
+        let span = &oks[first..(last + 1).min(oks.len())];
+        for pair in span.windows(2) {
+            d.longest_gap = d
+                .longest_gap
+                .max(pair[1].saturating_duration_since(pair[0]));
+        }
+    }
+    by_kind
+}
+
 /// The write-path failpoints the kvstore run crashes a member at (one, chosen by the seed);
 /// `failpoints.rs` crashes at every point, one test each.
 const CRASH_POINTS: &[&str] = &[
@@ -530,44 +588,55 @@ async fn random_nemesis(
     watchers: &[Arc<Watcher>],
     rng: &mut StdRng,
     until: Instant,
-) -> (Faults, Vec<String>) {
+) -> (Faults, Vec<String>, Vec<Window>) {
     let start = Instant::now();
     let mut f = Faults::default();
     let mut unsettled = Vec::new();
+    let mut windows = Vec::new();
     let kinds = if c.kind == Kind::Kvstore { 7 } else { 4 };
     let hold = |rng: &mut StdRng| Duration::from_millis(rng.random_range(300..1500));
     while Instant::now() + Duration::from_secs(5) < until {
         let (l, fo) = roles(watchers, rng, c.leader().await);
-        let what = match rng.random_range(0..kinds) {
-            0 => {
+        let from = Instant::now();
+        let kind = [
+            FaultKind::LeaderKill,
+            FaultKind::FollowerKill,
+            FaultKind::Blackhole,
+            FaultKind::LeaderPartition,
+            FaultKind::FailpointCrash,
+            FaultKind::PeerDelay,
+            FaultKind::PeerDrop,
+        ][rng.random_range(0..kinds)];
+        let what = match kind {
+            FaultKind::LeaderKill => {
                 c.kill(l);
                 f.leader_kills += 1;
                 tokio::time::sleep(hold(rng)).await;
                 c.restart(l);
                 format!("leader {l} killed")
             }
-            1 => {
+            FaultKind::FollowerKill => {
                 c.kill(fo);
                 f.follower_kills += 1;
                 tokio::time::sleep(hold(rng)).await;
                 c.restart(fo);
                 format!("follower {fo} killed")
             }
-            2 => {
+            FaultKind::Blackhole => {
                 c.isolate(fo);
                 f.blackholes += 1;
                 tokio::time::sleep(hold(rng)).await;
                 c.heal();
                 format!("follower {fo} blackholed")
             }
-            3 => {
+            FaultKind::LeaderPartition => {
                 c.isolate(l);
                 f.leader_partitions += 1;
                 tokio::time::sleep(hold(rng)).await;
                 c.heal();
                 format!("leader {l} partitioned")
             }
-            4 => {
+            FaultKind::FailpointCrash => {
                 let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
                 let after = rng.random_range(5..40);
                 if crash_at_failpoint(c, fo, point, after).await {
@@ -579,7 +648,7 @@ async fn random_nemesis(
                 }
                 format!("follower {fo} crashed at {point}")
             }
-            5 => {
+            FaultKind::PeerDelay => {
                 let target = if rng.random_bool(0.5) { l } else { fo };
                 let ms = rng.random_range(50..400);
                 let armed = control(target, "PUT", "raftDelaySend", &format!("return({ms})")).await;
@@ -591,7 +660,7 @@ async fn random_nemesis(
                 f.peer_delays += 1;
                 format!("member {target}'s raft messages delayed {ms} ms")
             }
-            _ => {
+            FaultKind::PeerDrop => {
                 let target = if rng.random_bool(0.5) { l } else { fo };
                 let pct = rng.random_range(10..70);
                 let armed = control(target, "PUT", "raftDropSend", &format!("{pct}%return")).await;
@@ -617,9 +686,14 @@ async fn random_nemesis(
                 start.elapsed().as_secs_f64()
             ));
         }
+        windows.push(Window {
+            kind,
+            from,
+            to: Instant::now(),
+        });
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
     }
-    (f, unsettled)
+    (f, unsettled, windows)
 }
 
 /// What a run found: what was done, what the clients saw, and every violation.
@@ -654,6 +728,8 @@ pub struct Report {
     pub streams_resumed: usize,
     /// Faults after which the cluster did not settle in time, and control requests that failed.
     pub unsettled: Vec<String>,
+    /// What the clients saw during each kind of fault (random faults only).
+    pub during: std::collections::BTreeMap<FaultKind, DuringFaults>,
 }
 
 impl Report {
@@ -700,7 +776,19 @@ impl Report {
             } else {
                 self.unsettled.join("; ")
             }
-        )
+        ) + &self
+            .during
+            .iter()
+            .map(|(k, d)| {
+                format!(
+                    "\n  during {} {k:?} faults: {} client errors, longest time without a \
+                     successful operation {:.2} s",
+                    d.faults,
+                    d.errors,
+                    d.longest_gap.as_secs_f64()
+                )
+            })
+            .collect::<String>()
     }
 
     /// Whether the run found nothing wrong (etcd 3.4.23's known untruthful progress
@@ -742,7 +830,7 @@ pub fn run(kind: Kind, plan: Plan, seed: u64) -> Report {
             })
         })
         .collect();
-    let (faults, unsettled, until, compactions, epochs) = c.block_on(async {
+    let (faults, unsettled, windows, until, compactions, epochs) = c.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_watch = Arc::new(AtomicBool::new(false));
         let streams: Vec<Channel> = (0..3)
@@ -795,8 +883,12 @@ pub fn run(kind: Kind, plan: Plan, seed: u64) -> Report {
             stop.clone(),
         ));
         let mut rng = StdRng::seed_from_u64(seed);
-        let (faults, unsettled) = match plan.faults {
-            FaultPlan::Scripted => (scripted_nemesis(&c, &watchers, &mut rng).await, Vec::new()),
+        let (faults, unsettled, windows) = match plan.faults {
+            FaultPlan::Scripted => (
+                scripted_nemesis(&c, &watchers, &mut rng).await,
+                Vec::new(),
+                Vec::new(),
+            ),
             FaultPlan::Random => {
                 random_nemesis(&c, &watchers, &mut rng, traffic_started + plan.workload).await
             }
@@ -861,7 +953,7 @@ pub fn run(kind: Kind, plan: Plan, seed: u64) -> Report {
         for t in watch_tasks {
             t.await.expect("watch task");
         }
-        (faults, unsettled, until, compactions, epochs)
+        (faults, unsettled, windows, until, compactions, epochs)
     });
     drop(c);
 
@@ -940,6 +1032,7 @@ pub fn run(kind: Kind, plan: Plan, seed: u64) -> Report {
         events_watched: logs.iter().map(WatchLog::events).sum(),
         streams_resumed: logs.iter().map(|l| l.streams.len().saturating_sub(1)).sum(),
         unsettled,
+        during: during_faults(&windows, &rec.returns()),
     }
 }
 

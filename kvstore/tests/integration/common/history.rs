@@ -311,6 +311,17 @@ impl Recorder {
             .clone()
     }
 
+    /// When each operation ended, and whether it succeeded, in the order they ended.
+    pub fn returns(&self) -> Vec<(Instant, bool)> {
+        self.events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Return { outcome, at, .. } => Some((*at, matches!(outcome, Outcome::Ok(_)))),
+                Event::Invoke { .. } => None,
+            })
+            .collect()
+    }
+
     /// The longest time between two successful operations of any client (how long the
     /// store was unavailable to them all at once), and how many such gaps exceeded `over`.
     pub fn gaps(&self, over: Duration) -> (Duration, usize) {
