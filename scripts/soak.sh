@@ -3,7 +3,7 @@
 # 30 minutes (by default) on kvstore and then on etcd 3.4, every run checked for
 # linearizability and etcd's watch guarantees; a side-by-side report. Run as root.
 #
-#   scripts/soak.sh [--minutes 30] [--servers kvstore,etcd] [--seed N]
+#   scripts/soak.sh [--minutes 30] [--servers kvstore,etcd] [--seed N] [--shared-faults]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,7 @@
 //! dropped raft messages). It prints each run's report and a side-by-side table, and exits
 //! non-zero when a run found a violation.
 //!
-//!     scripts/soak.sh [--minutes 30] [--servers kvstore,etcd] [--seed N]
+//!     scripts/soak.sh [--minutes 30] [--servers kvstore,etcd] [--seed N] [--shared-faults]
 //!
 //! A program rather than a test (the test command does not run it): a test target without
 //! libtest's harness (`harness = false`, `test = false` in Cargo.toml), built with the
@@ -40,6 +40,11 @@ struct Args {
     /// The seed of the operations and faults (random when not given).
     #[arg(long)]
     seed: Option<u64>,
+    /// Inject on kvstore only the kinds of fault that apply to etcd too (leader and follower
+    /// kills, a blackholed follower, a partitioned leader), so both runs draw from the same
+    /// four kinds.
+    #[arg(long)]
+    shared_faults: bool,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +77,11 @@ fn main() -> ExitCode {
     );
     let mut reports = Vec::new();
     for kind in kinds {
-        let r = robustness::run(kind, Plan::soak(workload), seed);
+        let plan = Plan {
+            shared_faults_only: args.shared_faults,
+            ..Plan::soak(workload)
+        };
+        let r = robustness::run(kind, plan, seed);
         println!("{}", r.summary());
         for v in r
             .not_linearizable

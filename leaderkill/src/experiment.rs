@@ -25,6 +25,19 @@ pub struct Plan {
     pub retry_pause: Duration,
     /// A put unanswered this long counts as failed (and is sent again).
     pub give_up: Duration,
+    /// The client the writers put through.
+    pub client: ClientKind,
+}
+
+/// The client the writers put through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// The stock `etcd-client` crate: one client of all three members per writer, its
+    /// connections kept for the whole run.
+    Crate,
+    /// The stock `etcdctl` (etcd's Go client, clientv3): one `etcdctl put` process per put, given
+    /// all three members, as a script or an operator uses it.
+    Etcdctl,
 }
 
 /// What one run measured.
@@ -61,7 +74,18 @@ impl Outcome {
 
 /// Whether an error text is the client's transport failing rather than a server's answer.
 fn is_transport(e: &str) -> bool {
-    e.contains("tcp connect error") || e.contains("transport error")
+    [
+        // etcd-client (tonic)
+        "tcp connect error",
+        "transport error",
+        // etcdctl (grpc-go)
+        "connection refused",
+        "transport is closing",
+        "error reading from server",
+        "connection reset",
+    ]
+    .iter()
+    .any(|t| e.contains(t))
 }
 
 /// What one writer saw.
@@ -95,6 +119,9 @@ fn describe(e: &etcd_client::Error) -> String {
 }
 
 async fn writer(endpoints: Vec<String>, w: usize, until: Instant, plan: Plan) -> Result<WriterLog> {
+    if plan.client == ClientKind::Etcdctl {
+        return etcdctl_writer(endpoints, w, until, plan).await;
+    }
     let mut c = Client::connect(&endpoints, None).await?;
     let mut log = WriterLog::default();
     let mut seq = 0u64;
@@ -119,6 +146,65 @@ async fn writer(endpoints: Vec<String>, w: usize, until: Instant, plan: Plan) ->
         tokio::time::sleep(plan.retry_pause).await;
     }
     Ok(log)
+}
+
+/// A writer that runs `etcdctl put` once per put (etcd's Go client: its balancer picks only
+/// members it is connected to, and a put waits for one; `--command-timeout` is the plan's
+/// give-up time so a server's own time-out is what the writer sees).
+async fn etcdctl_writer(
+    endpoints: Vec<String>,
+    w: usize,
+    until: Instant,
+    plan: Plan,
+) -> Result<WriterLog> {
+    let mut log = WriterLog::default();
+    let mut seq = 0u64;
+    let endpoints = endpoints.join(",");
+    let command_timeout = format!("{}s", plan.give_up.as_secs().max(1));
+    while Instant::now() < until {
+        let started = Instant::now();
+        let out = tokio::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints, "--dial-timeout", "2s"])
+            .args(["--command-timeout", &command_timeout, "put"])
+            .arg(key(w, seq))
+            .arg(seq.to_string())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(plan.give_up + Duration::from_secs(5), out).await {
+            Ok(Ok(o)) if o.status.success() => {
+                let now = Instant::now();
+                log.slowest = log.slowest.max(now - started);
+                log.acked.push((seq, now));
+                seq += 1;
+                continue;
+            }
+            Ok(Ok(o)) => {
+                let text = String::from_utf8_lossy(&o.stderr);
+                *log.errors.entry(etcdctl_error(&text)).or_default() += 1
+            }
+            Ok(Err(e)) => return Err(e).context("running etcdctl (scripts/install-deps.sh test)"),
+            Err(_) => {
+                *log.errors
+                    .entry(format!("etcdctl did not exit within {:?}", plan.give_up))
+                    .or_default() += 1
+            }
+        }
+        tokio::time::sleep(plan.retry_pause).await;
+    }
+    Ok(log)
+}
+
+/// The error etcdctl reports on its last `Error: ` line (the lines before it are its client's
+/// warnings, such as the retries it made).
+fn etcdctl_error(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("Error: "))
+        .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("(no message)");
+    line.trim().chars().take(110).collect()
 }
 
 /// Kills the leader `plan.kill_every` after the cluster last had one, restarts it

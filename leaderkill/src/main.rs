@@ -3,6 +3,7 @@
 //! three members), the leader SIGKILLed and started again 2 s later, the next kill 8 s after
 //! the cluster has a leader again, for 90 s; then every acknowledged key is read back. A
 //! failed put is counted by its error text and sent again by its writer after a short pause.
+//! `--client etcdctl` puts through etcd's own Go client instead, one `etcdctl put` per put.
 //!
 //! ```text
 //! scripts/leaderkill.sh                         # both servers, 90 s each, the table
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use experiment::{Outcome, Plan};
+use experiment::{ClientKind, Outcome, Plan};
 
 #[derive(Parser, Debug)]
 #[command(about = "Leader kills under write load: kvstore beside etcd 3.4")]
@@ -49,6 +50,10 @@ struct Args {
     /// Milliseconds a writer waits after a failed put before sending it again.
     #[arg(long, default_value_t = 25)]
     retry_pause_ms: u64,
+    /// The client the writers put through: the `etcd-client` crate, or one `etcdctl put`
+    /// process per put (etcd's own Go client).
+    #[arg(long, value_enum, default_value_t = ClientKind::Crate)]
+    client: ClientKind,
 }
 
 fn ms(d: Duration) -> String {
@@ -109,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         down_for: Duration::from_secs(args.down),
         retry_pause: Duration::from_millis(args.retry_pause_ms),
         give_up: Duration::from_secs(30),
+        client: args.client,
     };
     let mut results = Vec::new();
     for server in &args.servers {

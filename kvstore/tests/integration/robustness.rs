@@ -62,6 +62,9 @@ pub struct Plan {
     pub faults: FaultPlan,
     /// The clients move to a fresh set of keys every `epoch` (none: one set).
     pub epoch: Option<Duration>,
+    /// Random faults only of the kinds that apply to etcd too (kills, blackholes,
+    /// partitions), so that kvstore's run and etcd's compare like with like.
+    pub shared_faults_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,7 @@ impl Plan {
             workload: Duration::from_secs(if kind == Kind::Kvstore { 48 } else { 38 }),
             faults: FaultPlan::Scripted,
             epoch: None,
+            shared_faults_only: false,
         }
     }
 
@@ -88,6 +92,7 @@ impl Plan {
             workload,
             faults: FaultPlan::Random,
             epoch: Some(Duration::from_secs(60)),
+            shared_faults_only: false,
         }
     }
 
@@ -588,12 +593,17 @@ async fn random_nemesis(
     watchers: &[Arc<Watcher>],
     rng: &mut StdRng,
     until: Instant,
+    shared_faults_only: bool,
 ) -> (Faults, Vec<String>, Vec<Window>) {
     let start = Instant::now();
     let mut f = Faults::default();
     let mut unsettled = Vec::new();
     let mut windows = Vec::new();
-    let kinds = if c.kind == Kind::Kvstore { 7 } else { 4 };
+    let kinds = if c.kind == Kind::Kvstore && !shared_faults_only {
+        7
+    } else {
+        4
+    };
     let hold = |rng: &mut StdRng| Duration::from_millis(rng.random_range(300..1500));
     while Instant::now() + Duration::from_secs(5) < until {
         let (l, fo) = roles(watchers, rng, c.leader().await);
@@ -890,7 +900,14 @@ pub fn run(kind: Kind, plan: Plan, seed: u64) -> Report {
                 Vec::new(),
             ),
             FaultPlan::Random => {
-                random_nemesis(&c, &watchers, &mut rng, traffic_started + plan.workload).await
+                random_nemesis(
+                    &c,
+                    &watchers,
+                    &mut rng,
+                    traffic_started + plan.workload,
+                    plan.shared_faults_only,
+                )
+                .await
             }
         };
         tokio::time::sleep(plan.workload.saturating_sub(traffic_started.elapsed())).await;
