@@ -60,8 +60,11 @@ fn ms(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// A row of the table: its label, and how it reads an outcome.
+type Row = (&'static str, fn(&Outcome) -> String);
+
 fn print_table(results: &[(String, Outcome)]) {
-    let rows: [(&str, fn(&Outcome) -> String); 10] = [
+    let rows: [Row; 10] = [
         ("leader kills", |o| o.kills.to_string()),
         ("acknowledged puts", |o| o.acked.to_string()),
         ("acknowledged puts lost", |o| o.lost.to_string()),
