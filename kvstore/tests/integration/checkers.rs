@@ -183,6 +183,27 @@ mod history {
         ];
         assert!(!linearizable(&h.concat()));
     }
+
+    /// The unavailability figure: the time between two successes, a failure in between
+    /// not ending the gap.
+    #[test]
+    fn gaps_run_from_success_to_success() {
+        let rec = Recorder::default();
+        let op = |outcome: Outcome| {
+            let id = rec.invoke(0, "k", Op::Put("x".into()));
+            rec.complete(id, outcome);
+        };
+        op(Outcome::Ok(Ret::PutOk));
+        op(Outcome::Ok(Ret::PutOk));
+        std::thread::sleep(Duration::from_millis(60));
+        op(Outcome::Failed);
+        std::thread::sleep(Duration::from_millis(60));
+        op(Outcome::Ok(Ret::PutOk));
+        let (longest, over) = rec.gaps(Duration::from_millis(100));
+        assert!(longest >= Duration::from_millis(120), "{longest:?}");
+        assert_eq!(over, 1);
+        assert_eq!(rec.returns().iter().filter(|r| !r.1).count(), 1);
+    }
 }
 
 mod watch {

@@ -325,23 +325,16 @@ impl Recorder {
     /// The longest time between two successful operations of any client (how long the
     /// store was unavailable to them all at once), and how many such gaps exceeded `over`.
     pub fn gaps(&self, over: Duration) -> (Duration, usize) {
-        let (mut longest, mut count, mut last) = (Duration::ZERO, 0, None::<Instant>);
-        for e in self.events().iter() {
-            if let Event::Return {
-                outcome: Outcome::Ok(_),
-                at,
-                ..
-            } = e
-            {
-                if let Some(l) = last {
-                    let gap = at.saturating_duration_since(l);
-                    longest = longest.max(gap);
-                    count += usize::from(gap > over);
-                }
-                last = Some(*at);
-            }
-        }
-        (longest, count)
+        let oks: Vec<Instant> = self
+            .returns()
+            .into_iter()
+            .filter_map(|(at, ok)| ok.then_some(at))
+            .collect();
+        oks.windows(2)
+            .map(|p| p[1].saturating_duration_since(p[0]))
+            .fold((Duration::ZERO, 0), |(longest, count), gap| {
+                (longest.max(gap), count + usize::from(gap > over))
+            })
     }
 
     /// Totals over the whole history.
