@@ -118,77 +118,76 @@ fn describe(e: &etcd_client::Error) -> String {
     text.chars().take(110).collect()
 }
 
-async fn writer(endpoints: Vec<String>, w: usize, until: Instant, plan: Plan) -> Result<WriterLog> {
-    if plan.client == ClientKind::Etcdctl {
-        return etcdctl_writer(endpoints, w, until, plan).await;
-    }
-    let mut c = Client::connect(&endpoints, None).await?;
-    let mut log = WriterLog::default();
-    let mut seq = 0u64;
-    while Instant::now() < until {
-        let started = Instant::now();
-        let put = c.put(key(w, seq), seq.to_string(), None);
-        match tokio::time::timeout(plan.give_up, put).await {
-            Ok(Ok(_)) => {
-                let now = Instant::now();
-                log.slowest = log.slowest.max(now - started);
-                log.acked.push((seq, now));
-                seq += 1;
-                continue;
-            }
-            Ok(Err(e)) => *log.errors.entry(describe(&e)).or_default() += 1,
-            Err(_) => {
-                *log.errors
-                    .entry(format!("no answer within {:?}", plan.give_up))
-                    .or_default() += 1
-            }
-        }
-        tokio::time::sleep(plan.retry_pause).await;
-    }
-    Ok(log)
+/// How a writer sends its puts: a client of the crate, kept for the run, or one `etcdctl put`
+/// process per put (etcd's Go client: its balancer picks only members it is connected to,
+/// and a put waits for one; `--command-timeout` is the plan's give-up time so a server's own
+/// time-out is what the writer sees).
+enum Putter {
+    Crate(Box<Client>),
+    Etcdctl { endpoints: String, timeout: String },
 }
 
-/// A writer that runs `etcdctl put` once per put (etcd's Go client: its balancer picks only
-/// members it is connected to, and a put waits for one; `--command-timeout` is the plan's
-/// give-up time so a server's own time-out is what the writer sees).
-async fn etcdctl_writer(
-    endpoints: Vec<String>,
-    w: usize,
-    until: Instant,
-    plan: Plan,
-) -> Result<WriterLog> {
+impl Putter {
+    async fn new(endpoints: &[String], plan: &Plan) -> Result<Putter> {
+        Ok(match plan.client {
+            ClientKind::Crate => Putter::Crate(Box::new(Client::connect(endpoints, None).await?)),
+            ClientKind::Etcdctl => Putter::Etcdctl {
+                endpoints: endpoints.join(","),
+                timeout: format!("{}s", plan.give_up.as_secs().max(1)),
+            },
+        })
+    }
+
+    /// One put, given up after `give_up`: `Ok(Err(text))` is a failed put, counted by its
+    /// text; `Err` ends the run (etcdctl could not be started).
+    async fn put(&mut self, k: String, v: String, give_up: Duration) -> Result<Result<(), String>> {
+        let no_answer = || format!("no answer within {give_up:?}");
+        match self {
+            Putter::Crate(c) => Ok(
+                match tokio::time::timeout(give_up, c.put(k, v, None)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(describe(&e)),
+                    Err(_) => Err(no_answer()),
+                },
+            ),
+            Putter::Etcdctl { endpoints, timeout } => {
+                let out = tokio::process::Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", endpoints, "--dial-timeout", "2s"])
+                    .args(["--command-timeout", timeout, "put"])
+                    .arg(k)
+                    .arg(v)
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(give_up + Duration::from_secs(5), out).await {
+                    Ok(Ok(o)) if o.status.success() => Ok(Ok(())),
+                    Ok(Ok(o)) => Ok(Err(etcdctl_error(&String::from_utf8_lossy(&o.stderr)))),
+                    Ok(Err(e)) => Err(e).context("running etcdctl (scripts/install-deps.sh test)"),
+                    Err(_) => Ok(Err(no_answer())),
+                }
+            }
+        }
+    }
+}
+
+async fn writer(endpoints: Vec<String>, w: usize, until: Instant, plan: Plan) -> Result<WriterLog> {
+    let mut putter = Putter::new(&endpoints, &plan).await?;
     let mut log = WriterLog::default();
     let mut seq = 0u64;
-    let endpoints = endpoints.join(",");
-    let command_timeout = format!("{}s", plan.give_up.as_secs().max(1));
     while Instant::now() < until {
         let started = Instant::now();
-        let out = tokio::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints, "--dial-timeout", "2s"])
-            .args(["--command-timeout", &command_timeout, "put"])
-            .arg(key(w, seq))
-            .arg(seq.to_string())
-            .kill_on_drop(true)
-            .output();
-        match tokio::time::timeout(plan.give_up + Duration::from_secs(5), out).await {
-            Ok(Ok(o)) if o.status.success() => {
+        match putter
+            .put(key(w, seq), seq.to_string(), plan.give_up)
+            .await?
+        {
+            Ok(()) => {
                 let now = Instant::now();
                 log.slowest = log.slowest.max(now - started);
                 log.acked.push((seq, now));
                 seq += 1;
                 continue;
             }
-            Ok(Ok(o)) => {
-                let text = String::from_utf8_lossy(&o.stderr);
-                *log.errors.entry(etcdctl_error(&text)).or_default() += 1
-            }
-            Ok(Err(e)) => return Err(e).context("running etcdctl (scripts/install-deps.sh test)"),
-            Err(_) => {
-                *log.errors
-                    .entry(format!("etcdctl did not exit within {:?}", plan.give_up))
-                    .or_default() += 1
-            }
+            Err(text) => *log.errors.entry(text).or_default() += 1,
         }
         tokio::time::sleep(plan.retry_pause).await;
     }
