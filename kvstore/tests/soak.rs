@@ -223,15 +223,7 @@ fn table(reports: &[Report]) -> String {
         ),
     ];
     let mut rows = rows;
-    for kind in [
-        FaultKind::LeaderKill,
-        FaultKind::FollowerKill,
-        FaultKind::Blackhole,
-        FaultKind::LeaderPartition,
-        FaultKind::FailpointCrash,
-        FaultKind::PeerDelay,
-        FaultKind::PeerDrop,
-    ] {
+    for kind in FaultKind::ALL {
         if reports.iter().all(|r| !r.during.contains_key(&kind)) {
             continue;
         }

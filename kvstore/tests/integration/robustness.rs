@@ -358,6 +358,19 @@ pub enum FaultKind {
     PeerDrop,
 }
 
+impl FaultKind {
+    /// Every kind, those that apply to etcd too first.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::LeaderKill,
+        FaultKind::FollowerKill,
+        FaultKind::Blackhole,
+        FaultKind::LeaderPartition,
+        FaultKind::FailpointCrash,
+        FaultKind::PeerDelay,
+        FaultKind::PeerDrop,
+    ];
+}
+
 /// One fault, from just before it was injected until the cluster settled after it was lifted.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
@@ -600,7 +613,7 @@ async fn random_nemesis(
     let mut unsettled = Vec::new();
     let mut windows = Vec::new();
     let kinds = if c.kind == Kind::Kvstore && !shared_faults_only {
-        7
+        FaultKind::ALL.len()
     } else {
         4
     };
@@ -608,15 +621,7 @@ async fn random_nemesis(
     while Instant::now() + Duration::from_secs(5) < until {
         let (l, fo) = roles(watchers, rng, c.leader().await);
         let from = Instant::now();
-        let kind = [
-            FaultKind::LeaderKill,
-            FaultKind::FollowerKill,
-            FaultKind::Blackhole,
-            FaultKind::LeaderPartition,
-            FaultKind::FailpointCrash,
-            FaultKind::PeerDelay,
-            FaultKind::PeerDrop,
-        ][rng.random_range(0..kinds)];
+        let kind = FaultKind::ALL[rng.random_range(0..kinds)];
         let what = match kind {
             FaultKind::LeaderKill => {
                 c.kill(l);
