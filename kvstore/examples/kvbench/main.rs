@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! kvbench --endpoint http://127.0.0.1:2379            # one endpoint
-//! kvbench --compare                                   # kvstore vs etcd 3.4, side by side
+//! kvbench --compare                                   # kvstore vs etcd 3.4 and 3.5.1, side by side
 //! kvbench --cluster 3                                 # the same with 3-member clusters
 //! kvbench --endpoint https://127.0.0.1:2379 --tls-dir pki   # over TLS (netd certs layout)
 //! kvbench --compare --auth                            # both with authentication on
@@ -12,9 +12,13 @@
 //! kvbench --compare --restart-leader --clients 8 --flat-rate 500   # a planned leader restart (restart.rs)
 //! kvbench --endpoint http://127.0.0.1:2379 --auth --user bench:secret
 //! ```
-//! `--compare` starts a single-member kvstore (the release binary next to this example)
-//! and a single-member etcd (`/usr/bin/etcd`) on free loopback ports in temporary data
-//! dirs, runs the same workloads against each, and prints the ratios. Both run from the
+//! `--compare` starts a single-member kvstore (the release binary next to this example),
+//! a single-member etcd 3.4 (Debian's `/usr/bin/etcd`) and etcd 3.5.1 (`$KVBENCH_ETCD35`,
+//! or where `scripts/install-deps.sh bench` puts it) on free loopback ports in temporary data
+//! dirs, runs the same workloads against each, and prints the ratios. Beside them it
+//! measures the floor (floor.rs): one thread's fsync loop on the same disk, and a server
+//! that is tonic and a group-committed fsync with no store behind it, driven by the same
+//! workloads; each server's figure is also given as a fraction of the floor's. Both run from the
 //! start; each workload runs `--rounds` times per server, alternating between them, and
 //! the median run is reported (the machine's slow spells then hit both alike).
 //! `--cluster N` does the same with an N-member cluster of each on loopback; clients are
@@ -51,11 +55,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod flat;
+mod floor;
 mod restart;
 mod scale;
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark an etcd v3 endpoint (or kvstore beside etcd 3.4 with --compare)")]
+#[command(
+    about = "Benchmark an etcd v3 endpoint (or kvstore beside etcd 3.4 and 3.5.1 with --compare)"
+)]
 struct Args {
     /// Endpoint to drive (ignored with --compare).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
@@ -66,10 +73,18 @@ struct Args {
     /// Like --compare, with clusters of this many members (e.g. 3).
     #[arg(long)]
     cluster: Option<usize>,
-    /// With --compare or --cluster: the servers to start, in order: kvstore, etcd, or the
-    /// path of another build of either (two builds compared in one run).
-    #[arg(long, value_delimiter = ',', default_value = "kvstore,etcd")]
+    /// With --compare or --cluster: the servers to start, in order: kvstore, etcd (Debian's
+    /// 3.4), etcd-3.5 (3.5.1: $KVBENCH_ETCD35, or /opt/etcd-3.5.1/etcd-3.5.1 where
+    /// `scripts/install-deps.sh bench` installs it), or the path of another build of any
+    /// of them (two builds compared in one run). The first is compared with each other.
+    #[arg(long, value_delimiter = ',', default_value = "kvstore,etcd,etcd-3.5")]
     servers: Vec<String>,
+    /// With --compare or --cluster: skip the floor (the fsync loop and the floor server).
+    #[arg(long)]
+    no_floor: bool,
+    /// Internal: serve as the floor server with its journal in DIR (see floor.rs).
+    #[arg(long, hide = true, value_name = "DIR")]
+    floor_server: Option<PathBuf>,
     /// Concurrent clients for the throughput workloads.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -699,7 +714,34 @@ async fn wait_token(endpoint: &str, token: &Token) -> anyhow::Result<()> {
     }
 }
 
-fn print(reports: &[Report], memory_keys: usize) {
+/// How close `s` comes to `floor` on workload `name`, 1.0 being at the floor: throughput
+/// over the floor's, or for watch fan-out the floor's p99 over this p99.
+fn of_floor(name: &str, s: &Stats, floor: &Stats) -> f64 {
+    if name.starts_with("watch") {
+        floor.p99_ms / s.p99_ms.max(1e-9)
+    } else {
+        s.ops_per_sec / floor.ops_per_sec.max(1e-9)
+    }
+}
+
+/// The first server against another: throughput ratio, or for watch fan-out the ratio of
+/// p99 latencies (lower is better).
+fn versus(name: &str, a: &Stats, b: &Stats) -> String {
+    if name.starts_with("watch") {
+        format!("p99 {:.2}x", a.p99_ms / b.p99_ms.max(1e-9))
+    } else {
+        format!("{:.2}x", a.ops_per_sec / b.ops_per_sec.max(1e-9))
+    }
+}
+
+/// Prints the servers' table (with the first server's ratio to each other one), then the
+/// floor's (each server as a fraction of it) when `floor` is the last report.
+fn print(
+    reports: &[Report],
+    floor: Option<&Report>,
+    fsync: Option<(f64, f64)>,
+    memory_keys: usize,
+) {
     println!();
     print!("| workload |");
     for r in reports {
@@ -708,20 +750,18 @@ fn print(reports: &[Report], memory_keys: usize) {
             r.name, r.name, r.name
         );
     }
-    if reports.len() == 2 {
-        print!(
-            " ratio (throughput {} / {}) |",
-            reports[0].name, reports[1].name
-        );
+    for r in reports.iter().skip(1) {
+        print!(" {} / {} |", reports[0].name, r.name);
     }
     println!();
     println!(
         "|---|{}{}",
         "---|---|---|".repeat(reports.len()),
-        if reports.len() == 2 { "---|" } else { "" }
+        "---|".repeat(reports.len().saturating_sub(1))
     );
     for i in 0..reports[0].rows.len() {
-        print!("| {} |", reports[0].rows[i].0);
+        let name = &reports[0].rows[i].0;
+        print!("| {name} |");
         for r in reports {
             let s = &r.rows[i].1;
             print!(
@@ -729,13 +769,8 @@ fn print(reports: &[Report], memory_keys: usize) {
                 s.ops_per_sec, s.p50_ms, s.p99_ms
             );
         }
-        if reports.len() == 2 {
-            let (a, b) = (&reports[0].rows[i].1, &reports[1].rows[i].1);
-            if reports[0].rows[i].0.starts_with("watch") {
-                print!(" p99 {:.2}x |", a.p99_ms / b.p99_ms.max(1e-9));
-            } else {
-                print!(" {:.2}x |", a.ops_per_sec / b.ops_per_sec.max(1e-9));
-            }
+        for r in reports.iter().skip(1) {
+            print!(" {} |", versus(name, &reports[0].rows[i].1, &r.rows[i].1));
         }
         println!();
     }
@@ -747,11 +782,41 @@ fn print(reports: &[Report], memory_keys: usize) {
             );
         }
     }
+    if let Some((per_sec, p50)) = fsync {
+        println!(
+            "\nfsync floor: one thread appending 256 bytes and fdatasyncing, on the servers' disk: \
+             {per_sec:.0} syncs/s, p50 {p50:.3} ms"
+        );
+    }
+    let Some(floor) = floor else { return };
+    println!(
+        "\nfloor server (tonic, a group-committed fsync per put, no store; one process), and \
+         each server as a fraction of it (1.00 = at the floor; watch: floor p99 / p99):\n"
+    );
+    print!("| workload | floor ops/s | floor p50 ms | floor p99 ms |");
+    for r in reports {
+        print!(" {} |", r.name);
+    }
+    println!();
+    println!("|---|---|---|---|{}", "---|".repeat(reports.len()));
+    for (i, (name, f)) in floor.rows.iter().enumerate() {
+        print!(
+            "| {name} | {:.0} | {:.2} | {:.2} |",
+            f.ops_per_sec, f.p50_ms, f.p99_ms
+        );
+        for r in reports {
+            print!(" {:.2} |", of_floor(name, &r.rows[i].1, f));
+        }
+        println!();
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if let Some(dir) = &a.floor_server {
+        return floor::serve(dir).await;
+    }
     if let Some(dir) = &a.tls_dir {
         let (cert, key) = (dir.join("client.pem"), dir.join("client-key.pem"));
         let identity = cert.exists().then_some((cert.as_path(), key.as_path()));
@@ -779,7 +844,7 @@ async fn main() -> anyhow::Result<()> {
                 token,
             };
             let reports = run_all(std::slice::from_ref(&target), &a).await?;
-            print(&reports, a.memory_keys);
+            print(&reports, None, None, a.memory_keys);
             return Ok(());
         }
     };
@@ -795,12 +860,17 @@ async fn main() -> anyhow::Result<()> {
         let bin = match name.as_str() {
             "kvstore" => kvstore_bin.clone(),
             "etcd" => PathBuf::from("/usr/bin/etcd"),
+            "etcd-3.5" => etcd35()?,
             path if path.contains('/') => PathBuf::from(path),
             other => anyhow::bail!("unknown server {other:?} (kvstore, etcd or a binary's path)"),
         };
-        let label = bin
-            .file_name()
-            .map_or(name.clone(), |f| f.to_string_lossy().into_owned());
+        // Debian's etcd is 3.4; a binary given by path is named by its file name.
+        let label = match name.as_str() {
+            "etcd" => "etcd-3.4".to_string(),
+            _ => bin
+                .file_name()
+                .map_or(name.clone(), |f| f.to_string_lossy().into_owned()),
+        };
         bins.push((label, bin));
     }
     if a.scale {
@@ -839,8 +909,24 @@ async fn main() -> anyhow::Result<()> {
         });
         running.push(servers);
     }
+    // The floor: the fsync loop now, while every server idles; the floor server beside them.
+    let mut fsync = None;
+    let mut floor_server = None;
+    if !a.no_floor {
+        let dir = tempfile::tempdir()?;
+        fsync = Some(floor::fsync_floor(dir.path(), floor::FSYNC_SYNCS)?);
+        let f = floor::FloorServer::start()?;
+        targets.push(Target {
+            name: "floor".into(),
+            endpoints: vec![f.endpoint.clone()],
+            token: targets.first().map(|t| t.token.clone()).unwrap_or_default(),
+        });
+        floor_server = Some(f);
+    }
     let mut reports = run_all(&targets, &a).await?;
     drop(running);
+    drop(floor_server);
+    let floor = if a.no_floor { None } else { reports.pop() };
     // Memory after `memory_keys` keys, on fresh servers, one kind at a time: the
     // workloads above leave different amounts of history behind with each `--rounds`.
     // Not with --auth: those fresh servers would run without it.
@@ -849,6 +935,21 @@ async fn main() -> anyhow::Result<()> {
             r.rss_mb = Some(memory_after(bin, members, a.memory_keys, a.clients).await?);
         }
     }
-    print(&reports, a.memory_keys);
+    print(&reports, floor.as_ref(), fsync, a.memory_keys);
     Ok(())
+}
+
+/// Where etcd 3.5.1 is: `$KVBENCH_ETCD35`, or where `scripts/install-deps.sh bench` puts it.
+fn etcd35() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("KVBENCH_ETCD35").map_or_else(
+        || PathBuf::from("/opt/etcd-3.5.1/etcd-3.5.1"),
+        PathBuf::from,
+    );
+    anyhow::ensure!(
+        path.exists(),
+        "etcd 3.5.1 not found at {} (install it with `scripts/install-deps.sh bench`, point \
+         KVBENCH_ETCD35 at it, or leave it out: --servers kvstore,etcd)",
+        path.display()
+    );
+    Ok(path)
 }
