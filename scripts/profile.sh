@@ -14,7 +14,8 @@
 #      fdatasyncs, each divided by the requests made;
 #   2. the same with a uprobe on libc's malloc: allocations per request (the probe slows every
 #      call, so it gets a pass of its own, not timed);
-#   3. perf record (DWARF call graphs) on the member: the hottest frames, self and with children.
+#   3. perf record (DWARF call graphs) on the member: the hottest frames, self and with children
+#      (NO_RECORD=1 skips it; its report takes a minute or two).
 # Everything lands in ${OUT:-target/profile}/<server>-<workload>/. Needs root and perf
 # (`scripts/install-deps.sh bench`).
 set -euo pipefail
@@ -101,11 +102,13 @@ perf stat -x, -e probe_libc:malloc -o "$out/client.malloc" -- "$kvbench" --endpo
   --only "$workload" --rounds 1 "${args[@]}" >/dev/null 2>&1
 detach $p
 
-echo "profile: pass 3 (perf record -g)" >&2
-attach record --call-graph dwarf,32768 -F 999 -o "$out/perf.data" -q
-p=$!
-bench >/dev/null 2>&1
-detach $p
+if [ -z "${NO_RECORD:-}" ]; then
+  echo "profile: pass 3 (perf record)" >&2
+  attach record --call-graph dwarf,32768 -F 999 -o "$out/perf.data" -q
+  p=$!
+  bench >/dev/null 2>&1
+  detach $p
+fi
 
 # Per-request figures: a counter's value over the requests of the pass.
 per() { # file event
@@ -122,6 +125,7 @@ per() { # file event
     printf '%-8s %12s %12s %12s %12s %12s\n' "$side" "$cpu" "$(per "$out/$side.stat" context-switches)" \
       "$(per "$out/$side.stat" raw_syscalls:sys_enter)" "$fsyncs" "$(per "$out/$side.malloc" probe_libc:malloc)"
   done
+  [ -z "${NO_RECORD:-}" ] || exit 0
   echo
   echo "hottest frames on the member, self time:"
   report --no-children --percent-limit 1.5 | head -25
