@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::{DEFAULT_CONFIG, World, run, wait_until};
@@ -28,16 +29,25 @@ fn stale_kernel_entries_are_removed_at_startup() {
         "h3's route left behind"
     );
 
-    // Junk from an earlier life on h1, and a route netd does not own.
+    // Junk from an earlier life on h1, for a subnet no host holds (leases are drawn at
+    // random, so a fixed one is sometimes a live host's), and a route netd does not own.
+    let held: Vec<Ipv4Addr> = (1..=3)
+        .filter_map(|i| w.subnet_of(i))
+        .map(|(n, _)| n)
+        .collect();
+    let junk = (240..=254)
+        .map(|o| Ipv4Addr::new(10, 244, o, 0))
+        .find(|n| !held.contains(n))
+        .expect("a subnet no host holds");
     run(&[
         "ip",
         "-n",
         &h1,
         "route",
         "add",
-        "10.244.250.0/24",
+        &format!("{junk}/24"),
         "via",
-        "10.244.250.0",
+        &junk.to_string(),
         "dev",
         "flannel.1",
         "onlink",
@@ -48,7 +58,7 @@ fn stale_kernel_entries_are_removed_at_startup() {
         &h1,
         "neigh",
         "add",
-        "10.244.250.0",
+        &junk.to_string(),
         "lladdr",
         "02:00:00:00:fa:01",
         "dev",
