@@ -714,24 +714,33 @@ async fn wait_token(endpoint: &str, token: &Token) -> anyhow::Result<()> {
     }
 }
 
-/// How close `s` comes to `floor` on workload `name`, 1.0 being at the floor: throughput
-/// over the floor's, or for watch fan-out the floor's p99 over this p99.
-fn of_floor(name: &str, s: &Stats, floor: &Stats) -> f64 {
+/// The figure workload `name` is judged by, and whether lower is better: p99 latency for
+/// watch fan-out, throughput for the others.
+fn figure(name: &str, s: &Stats) -> (f64, bool) {
     if name.starts_with("watch") {
-        floor.p99_ms / s.p99_ms.max(1e-9)
+        (s.p99_ms, true)
     } else {
-        s.ops_per_sec / floor.ops_per_sec.max(1e-9)
+        (s.ops_per_sec, false)
     }
 }
 
-/// The first server against another: throughput ratio, or for watch fan-out the ratio of
-/// p99 latencies (lower is better).
-fn versus(name: &str, a: &Stats, b: &Stats) -> String {
-    if name.starts_with("watch") {
-        format!("p99 {:.2}x", a.p99_ms / b.p99_ms.max(1e-9))
+/// How close `s` comes to `floor` on workload `name`, 1.0 being at the floor: throughput
+/// over the floor's, or for watch fan-out the floor's p99 over this p99.
+fn of_floor(name: &str, s: &Stats, floor: &Stats) -> f64 {
+    let ((x, lower_is_better), (f, _)) = (figure(name, s), figure(name, floor));
+    if lower_is_better {
+        f / x.max(1e-9)
     } else {
-        format!("{:.2}x", a.ops_per_sec / b.ops_per_sec.max(1e-9))
+        x / f.max(1e-9)
     }
+}
+
+/// The first server against another: the ratio of their figures (marked p99 where lower
+/// is better).
+fn versus(name: &str, a: &Stats, b: &Stats) -> String {
+    let ((x, lower_is_better), (y, _)) = (figure(name, a), figure(name, b));
+    let mark = if lower_is_better { "p99 " } else { "" };
+    format!("{mark}{:.2}x", x / y.max(1e-9))
 }
 
 /// Prints the servers' table (with the first server's ratio to each other one), then the
@@ -862,7 +871,9 @@ async fn main() -> anyhow::Result<()> {
             "etcd" => PathBuf::from("/usr/bin/etcd"),
             "etcd-3.5" => etcd35()?,
             path if path.contains('/') => PathBuf::from(path),
-            other => anyhow::bail!("unknown server {other:?} (kvstore, etcd or a binary's path)"),
+            other => anyhow::bail!(
+                "unknown server {other:?} (kvstore, etcd, etcd-3.5 or a binary's path)"
+            ),
         };
         // Debian's etcd is 3.4; a binary given by path is named by its file name.
         let label = match name.as_str() {
@@ -919,7 +930,8 @@ async fn main() -> anyhow::Result<()> {
         targets.push(Target {
             name: "floor".into(),
             endpoints: vec![f.endpoint.clone()],
-            token: targets.first().map(|t| t.token.clone()).unwrap_or_default(),
+            // The floor server checks no token.
+            token: Token::default(),
         });
         floor_server = Some(f);
     }
