@@ -75,6 +75,13 @@ pub struct RaftStatus {
     pub last_index: AtomicU64,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// The read index this member can answer a ReadIndex with on its own: nonzero only while
+    /// it leads a configuration in which it is the only voter, has committed an entry of its
+    /// term and has no membership change pending. raft answers such a leader's ReadIndex
+    /// from its commit index with no round trip; published here, a linearizable read skips
+    /// the hand-off to the raft thread (see [`crate::replica::Replica::read_barrier`]).
+    /// Cleared before this member sends anything (a vote) that could let another lead.
+    pub solo_read_index: AtomicU64,
     /// Whether this member is a learner (a non-voting member): it then refuses most client
     /// requests, as etcd's learners do (see `grpc::learner_gate`).
     pub learner: std::sync::atomic::AtomicBool,

@@ -29,6 +29,15 @@ use crate::proto::kvstorepb::{ConfChangeContext, InternalRequest, internal_reque
 use crate::raft_log::RaftLog;
 use crate::wal::{RecordRef, Wal};
 use crate::writer::Writer;
+/// Clears [`super::RaftStatus::solo_read_index`] when dropped: when the loop ends.
+struct ClearSoloRead(Arc<Shared>);
+
+impl Drop for ClearSoloRead {
+    fn drop(&mut self) {
+        self.0.status.solo_read_index.store(0, Ordering::Release);
+    }
+}
+
 /// A caller waiting for its proposal, and the raft term it was proposed in.
 struct Waiter {
     term: u64,
@@ -185,6 +194,9 @@ impl NodeLoop {
     /// Runs until every sender of `rx` is gone. An error is a storage failure: the member
     /// must stop rather than serve from state it could not persist.
     pub fn run(mut self, rx: Receiver<Msg>) -> Result<()> {
+        // However the loop ends (a stop, or a storage error), reads stop being answered
+        // without it.
+        let _solo = ClearSoloRead(self.shared.clone());
         let mut last_tick = Instant::now();
         loop {
             let wait = self.opts.tick.saturating_sub(last_tick.elapsed());
@@ -444,6 +456,9 @@ impl NodeLoop {
         if !self.raw.has_ready() {
             return Ok(());
         }
+        // Before anything is sent: a step down (and the vote it may carry) must clear the
+        // solo read index first.
+        self.publish_solo_read();
         let mut rd = self.raw.ready();
         // A leader's messages may go before its own fsync (raft's thesis, 10.2.1).
         self.transport.send(rd.take_messages());
@@ -745,11 +760,33 @@ impl NodeLoop {
         s.last_index
             .store(r.raft_log.last_index(), Ordering::Relaxed);
         s.commit.store(r.raft_log.committed, Ordering::Relaxed);
-        s.applied.store(r.raft_log.applied, Ordering::Relaxed);
+        // Released before the solo read index: a reader that sees that index sees this
+        // applied index or a newer one.
+        s.applied.store(r.raft_log.applied, Ordering::Release);
+        self.publish_solo_read();
         s.learner.store(
             r.prs().conf().learners().contains(&self.me),
             Ordering::Relaxed,
         );
+    }
+
+    /// Publishes [`super::RaftStatus::solo_read_index`]: the commit index while this member
+    /// leads a configuration whose only voter it is, with an entry of its term committed
+    /// and no membership change pending (raft's own conditions for answering a ReadIndex at
+    /// once); 0 otherwise. No other member can lead then: any other would need this one's
+    /// vote, and a vote is only sent after this is cleared (see [`Self::on_ready`]).
+    fn publish_solo_read(&self) {
+        let r = &self.raw.raft;
+        let solo = r.state == StateRole::Leader
+            && r.prs().is_singleton()
+            && r.prs().conf().voters().contains(self.me)
+            && !r.has_pending_conf()
+            && r.commit_to_current_term();
+        let index = if solo { r.raft_log.committed } else { 0 };
+        self.shared
+            .status
+            .solo_read_index
+            .store(index, Ordering::Release);
     }
 
     fn answer_reads(&mut self) {

@@ -471,6 +471,52 @@ async fn maintenance(
     kvstore::proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel)
 }
 
+/// A one-member cluster's leader is its only voter, and kvstore then answers linearizable
+/// reads from its own commit index with no hand-off to the raft thread. Once a second member
+/// joins and takes the lead, reads through the first must still see every write made through
+/// the second, each read sent the moment its write is acknowledged (the first member may not
+/// have applied the write yet; it must find that out from the new leader): the shortcut must
+/// end with the configuration that made it safe. The same test code on both servers.
+async fn reads_after_a_solo_leader_hands_over(kind: Kind) {
+    let mut c = Cluster::start(kind, 1, &[]);
+    let first = client(&c.members[0].endpoint()).await;
+    first.put(req::put("k", "solo")).await.expect("put");
+    let got = first.get("k").await.expect("get");
+    assert_eq!(got.kvs[0].value.as_ref(), b"solo");
+    let (added, to) = tokio::task::block_in_place(|| {
+        let added = c.add_member();
+        let to = c.id(added);
+        c.ok(&["move-leader", &format!("{to:x}")]);
+        (added, to)
+    });
+    assert_eq!(
+        tokio::task::block_in_place(|| c.wait_leader(Duration::from_secs(5))),
+        added,
+        "{kind:?}: leader is not {to:x}"
+    );
+    let second = client(&c.members[added].endpoint()).await;
+    for i in 0..500 {
+        let v = format!("v{i}");
+        second.put(req::put("k", &v)).await.expect("put");
+        let got = first.get("k").await.expect("get");
+        assert_eq!(
+            got.kvs[0].value.as_ref(),
+            v.as_bytes(),
+            "{kind:?}: read {i} through the former solo leader"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_a_solo_leader_hands_over_kvstore() {
+    reads_after_a_solo_leader_hands_over(Kind::Kvstore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_a_solo_leader_hands_over_etcd() {
+    reads_after_a_solo_leader_hands_over(Kind::Etcd).await;
+}
+
 #[test]
 fn move_leader_kvstore() {
     move_leader(Kind::Kvstore);
