@@ -44,6 +44,9 @@ pub struct Server {
     pub slow_apply: Counter,
     pub slow_read_indexes: Counter,
     pub read_indexes_failed: Counter,
+    /// Times this member, a follower, found its leader's peer port refusing connections and
+    /// stopped waiting out the leader's lease (kvstore's own; etcd has no such shortcut).
+    pub leader_gone: Counter,
     pub snapshot_apply_in_progress: Gauge,
     /// The backend quota in bytes; negative: none is enforced (etcd's meaning).
     pub quota_backend_bytes: Gauge,
@@ -111,6 +114,7 @@ impl Metrics {
                 slow_apply: Counter::default(),
                 slow_read_indexes: Counter::default(),
                 read_indexes_failed: Counter::default(),
+                leader_gone: Counter::default(),
                 snapshot_apply_in_progress: Gauge::default(),
                 quota_backend_bytes: quota,
             },
@@ -294,7 +298,7 @@ fn server(member: &Replica, out: &mut Text) {
         "The current number of pending proposals to commit.",
         m.server.proposals_pending.get() as f64,
     );
-    let counters: [(&str, &str, &Counter); 5] = [
+    let counters: [(&str, &str, &Counter); 6] = [
         (
             "etcd_server_proposals_failed_total",
             "The total number of failed proposals seen.",
@@ -319,6 +323,11 @@ fn server(member: &Replica, out: &mut Text) {
             "etcd_server_read_indexes_failed_total",
             "The total number of failed read indexes seen.",
             &m.server.read_indexes_failed,
+        ),
+        (
+            "kvstore_server_leader_gone_total",
+            "The total number of times this follower found its leader's peer port refusing connections and stopped waiting out the leader's lease.",
+            &m.server.leader_gone,
         ),
     ];
     for (name, help, c) in counters {

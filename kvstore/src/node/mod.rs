@@ -45,6 +45,9 @@ pub enum Msg {
     Raft(Box<raft::eraftpb::Message>),
     /// A message to this peer could not be delivered.
     Unreachable(u64),
+    /// Connections to this peer are refused: its process is gone (see
+    /// [`crate::peer::conn::refused`]).
+    PeerGone(u64),
     /// The outcome of streaming a snapshot to a peer.
     SnapshotStatus { to: u64, failed: bool },
     /// A peer refused this member's messages: it was removed from the cluster.

@@ -269,6 +269,7 @@ impl NodeLoop {
                 }
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::PeerGone(id) => self.on_peer_gone(id),
             Msg::TransferLeader { to } => self.raw.transfer_leader(to),
             Msg::Defragment { tx } => {
                 // The writes applied so far go first, with every compacted record not yet
@@ -390,6 +391,27 @@ impl NodeLoop {
                 self.raw.read_index(ctx.clone());
             }
         }
+    }
+
+    /// A peer's port refuses connections. If it is this follower's leader, its process is
+    /// gone and no heartbeat will come: the follower stops honouring the leader's lease (it
+    /// grants pre-votes at once) and brings its own campaign forward to a random point
+    /// within one election timeout, instead of waiting one to two election timeouts from
+    /// the last heartbeat. Pre-vote and check-quorum keep a wrong guess harmless: a live
+    /// leader's next heartbeat makes it the leader here again, and the members that still
+    /// hear from it refuse the pre-vote.
+    fn on_peer_gone(&mut self, id: u64) {
+        let r = &mut self.raw.raft;
+        if r.state != StateRole::Follower || r.leader_id != id || id == raft::INVALID_ID {
+            return;
+        }
+        tracing::info!(
+            leader = format!("{id:x}"),
+            "the leader's peer port refuses connections; not waiting out its lease"
+        );
+        self.shared.metrics.server.leader_gone.inc();
+        r.leader_id = raft::INVALID_ID;
+        r.election_elapsed = r.election_elapsed.max(r.election_timeout());
     }
 
     fn on_tick(&mut self) {

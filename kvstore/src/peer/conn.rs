@@ -104,9 +104,42 @@ pub fn describe(s: &tonic::Status) -> String {
     out
 }
 
+/// Whether a failed peer call was refused at connect: nothing listens on the peer's port, so
+/// its process is gone. A timeout or a reset says less (a network fault causes those too).
+pub fn refused(s: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call to a port nothing listens on is told apart as refused; one that gets an answer
+    /// (an error status from a live server) is not.
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let mut c = Dialer::default()
+            .client(&format!("http://127.0.0.1:{port}"))
+            .expect("client");
+        let e = c
+            .members(crate::proto::peerpb::MembersRequest::default())
+            .await
+            .expect_err("nothing listens");
+        assert!(refused(&e), "not seen as refused: {}", describe(&e));
+        assert!(!refused(&tonic::Status::unavailable("no leader")));
+    }
 
     #[tokio::test]
     async fn https_needs_peer_tls() {

@@ -294,6 +294,7 @@ async fn run_peer(
                 return;
             }
             res => {
+                let gone = matches!(&res, Err(s) if conn::refused(s));
                 if !down {
                     let why = match res {
                         Err(s) => conn::describe(&s),
@@ -303,6 +304,9 @@ async fn run_peer(
                     down = true;
                 }
                 let _ = raft.send(Msg::Unreachable(to));
+                if gone {
+                    let _ = raft.send(Msg::PeerGone(to));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
