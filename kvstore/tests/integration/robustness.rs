@@ -596,6 +596,33 @@ async fn settled(c: &NetCluster, within: Duration) -> bool {
     }
 }
 
+/// What each member says when the cluster does not settle: the leader and term it knows,
+/// or, for a member not running, the last lines of its log (why it stopped).
+async fn members_view(c: &NetCluster) -> String {
+    let mut out = String::new();
+    for i in 0..c.len() {
+        if !c.is_running(i) {
+            let log = c.log(i);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+            out.push_str(&format!(
+                "; member {i} is not running, its log ends: {tail}"
+            ));
+            continue;
+        }
+        match c.status(i).await {
+            Ok(s) => out.push_str(&format!(
+                "; member {i} ({:x}) knows leader {:x} in term {}",
+                s.header.map_or(0, |h| h.member_id),
+                s.leader,
+                s.raft_term
+            )),
+            Err(e) => out.push_str(&format!("; member {i}: no status ({e})")),
+        }
+    }
+    out
+}
+
 /// Faults drawn at random, one at a time, until `until`: each held for a random while, then
 /// lifted, and the next drawn once the cluster has a leader again. On etcd, the faults that
 /// apply to it (kills, blackholes, partitions); on kvstore also crashes at failpoints and
@@ -697,8 +724,9 @@ async fn random_nemesis(
         }
         if !settled(c, Duration::from_secs(20)).await {
             unsettled.push(format!(
-                "no leader within 20 s after: {what} (at {:.1} s)",
-                start.elapsed().as_secs_f64()
+                "no leader within 20 s after: {what} (at {:.1} s){}",
+                start.elapsed().as_secs_f64(),
+                members_view(c).await
             ));
         }
         windows.push(Window {
