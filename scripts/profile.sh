@@ -8,7 +8,7 @@
 #   scripts/profile.sh "put, 64" floor                           # kvbench's floor server
 #
 # The workload is one of kvbench's (--only matches by substring); the server defaults to the
-# release kvstore (build it first: cargo build --release -p kvstore --bins --examples). Extra
+# release kvstore (build it first: cargo build --release -p kvstore --bins, then --examples). Extra
 # arguments go to kvbench. Three passes over the same server, after one pass to warm it:
 #   1. perf stat on the member and on the client: CPU ms, context switches, syscalls and
 #      fdatasyncs, each divided by the requests made;
@@ -27,8 +27,12 @@ shift $(( $# >= 2 ? 2 : 1 ))
 kvbench=$root/target/release/examples/kvbench
 [ "$server" = floor ] && server=$kvbench
 for f in "$server" "$kvbench"; do
-  [ -x "$f" ] || { echo "profile: $f not found (cargo build --release -p kvstore --bins --examples)" >&2; exit 1; }
+  [ -x "$f" ] || { echo "profile: $f not found (cargo build --release -p kvstore --bins, then --examples)" >&2; exit 1; }
 done
+if "$server" --version 2>/dev/null | grep -q failpoints; then
+  echo "profile: $server was built with failpoints; build it on its own: cargo build --release -p kvstore --bins" >&2
+  exit 1
+fi
 command -v perf >/dev/null || { echo "profile: perf not found (scripts/install-deps.sh bench)" >&2; exit 1; }
 
 # The requests a pass makes, as kvbench counts them (its defaults unless --requests is given).
@@ -111,8 +115,9 @@ if [ -z "${NO_RECORD:-}" ]; then
 fi
 
 # Per-request figures: a counter's value over the requests of the pass.
-per() { # file event
-  awk -F, -v ev="$2" -v n="$made" '$3 == ev || index($3, ev) == 1 { printf "%.2f", $1 / n; exit }' "$1"
+per() { # file event [decimals]
+  awk -F, -v ev="$2" -v n="$made" -v d="${3:-2}" \
+    '$3 == ev || index($3, ev) == 1 { printf "%.*f", d, $1 / n; exit }' "$1"
 }
 {
   echo "server: $server"
@@ -120,7 +125,7 @@ per() { # file event
   grep '^|' "$out/bench.txt" | tail -1
   printf '%-8s %12s %12s %12s %12s %12s\n' side "cpu ms/req" "ctxsw/req" "syscalls/req" "fsyncs/req" "mallocs/req"
   for side in member client; do
-    cpu=$(per "$out/$side.stat" task-clock)
+    cpu=$(per "$out/$side.stat" task-clock 3)
     fsyncs=$(awk -F, -v n="$made" '$3 ~ /sys_enter_f(data)?sync/ { s += $1 } END { printf "%.3f", s / n }' "$out/$side.stat")
     printf '%-8s %12s %12s %12s %12s %12s\n' "$side" "$cpu" "$(per "$out/$side.stat" context-switches)" \
       "$(per "$out/$side.stat" raw_syscalls:sys_enter)" "$fsyncs" "$(per "$out/$side.malloc" probe_libc:malloc)"

@@ -39,11 +39,18 @@ pub mod defaults {
     pub const CORRUPT_CHECK_TIME: &str = "0s";
 }
 
+/// What `--version` says: the crate's version, and whether this build carries failpoints
+/// (the test builds do; kvbench refuses to measure one).
+#[cfg(not(feature = "failpoints"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "failpoints")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (built with failpoints)");
+
 /// A kvstore member.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "kvstore",
-    version,
+    version = VERSION,
     about = "A Raft-replicated MVCC key-value store serving the etcd v3 API.",
     long_about = "A Raft-replicated MVCC key-value store serving the etcd v3 gRPC API, so \
 etcdctl and etcd client libraries work against it unchanged. With no flags it starts a \

@@ -882,6 +882,7 @@ async fn main() -> anyhow::Result<()> {
                 .file_name()
                 .map_or(name.clone(), |f| f.to_string_lossy().into_owned()),
         };
+        refuse_failpoints(&bin)?;
         bins.push((label, bin));
     }
     if a.scale {
@@ -948,6 +949,23 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     print(&reports, floor.as_ref(), fsync, a.memory_keys);
+    Ok(())
+}
+
+/// Refuses a kvstore built with failpoints (`cargo build --release -p kvstore --bins
+/// --examples` in one command builds the server with the examples' dev-dependencies, and so
+/// with the tests' failpoints): its figures would not be those of the release build.
+fn refuse_failpoints(bin: &Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new(bin).arg("--version").output();
+    if let Ok(out) = out
+        && String::from_utf8_lossy(&out.stdout).contains("failpoints")
+    {
+        anyhow::bail!(
+            "{} was built with failpoints (built in one command with the examples?); build it \
+             on its own: cargo build --release -p kvstore --bins",
+            bin.display()
+        );
+    }
     Ok(())
 }
 
