@@ -264,7 +264,19 @@ fn raft_node(
     start: &crate::bootstrap::Start,
 ) -> Result<RawNode<crate::raft_log::RaftLog>> {
     let me = start.me;
-    let voters = raft::Storage::initial_state(&start.log)?.conf_state.voters;
+    let state = raft::Storage::initial_state(&start.log)?;
+    let voters = state.conf_state.voters;
+    // What this member restarts from, as etcd logs it ("restarting local member"): a log
+    // shorter than what a leader believes this member holds shows here.
+    let (first, last) = start.log.span();
+    tracing::info!(
+        first_index = first,
+        last_index = last,
+        term = state.hard_state.term,
+        commit = state.hard_state.commit,
+        applied = start.sm.applied,
+        "raft log loaded"
+    );
     let raft_cfg = raft::Config {
         id: me,
         election_tick: cfg.election_ticks(),
