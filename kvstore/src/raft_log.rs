@@ -274,7 +274,17 @@ impl RaftLog {
             } else if hs.term == cur.term && cur.vote == 0 {
                 cur.vote = hs.vote;
             }
-            cur.commit = cur.commit.max(hs.commit).min(last);
+            let commit = cur.commit.max(hs.commit);
+            if commit > last {
+                // Committed entries this member held are gone: a leader will send it a
+                // commit index beyond its log, and raft-rs panics on that.
+                tracing::warn!(
+                    commit,
+                    last_index = last,
+                    "the raft log ends before its commit index after the journal replay"
+                );
+            }
+            cur.commit = commit.min(last);
             cur.clone()
         };
         batch.put(keys::HARD_STATE, merged.write_to_bytes()?);
