@@ -92,31 +92,28 @@ impl Dialer {
 /// certificate) shows in the log rather than a bare "transport error".
 pub fn describe(s: &tonic::Status) -> String {
     let mut out = s.message().to_string();
-    let mut cause = std::error::Error::source(s);
-    while let Some(c) = cause {
+    for c in causes(s) {
         let text = c.to_string();
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        cause = c.source();
     }
     out
+}
+
+/// The chain of errors under a failed peer call, outermost first.
+fn causes(s: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(s), |c| c.source())
 }
 
 /// Whether a failed peer call was refused at connect: nothing listens on the peer's port, so
 /// its process is gone. A timeout or a reset says less (a network fault causes those too).
 pub fn refused(s: &tonic::Status) -> bool {
-    let mut cause = std::error::Error::source(s);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
+    causes(s).any(|c| {
+        c.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    })
 }
 
 #[cfg(test)]
