@@ -15,7 +15,10 @@ use tokio::sync::oneshot;
 use crate::apply::{Applied, StateMachine};
 use crate::error::Result;
 
+mod appends;
 mod raft_loop;
+
+pub use appends::raft_config;
 
 pub(crate) use raft_loop::NodeLoop;
 /// What callers send to the node loop.

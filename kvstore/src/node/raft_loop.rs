@@ -264,6 +264,15 @@ impl NodeLoop {
             Msg::ReadIndex { tx } => self.pending_reads.push(tx),
             Msg::Raft(m) => {
                 self.activity.heard(m.from, Instant::now());
+                if super::appends::malformed(&m) {
+                    tracing::warn!(
+                        from = format!("{:x}", m.from),
+                        index = m.index,
+                        first = m.entries.first().map(|e| e.index),
+                        "append whose entries do not follow its index dropped"
+                    );
+                    return;
+                }
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message not stepped");
                 }
@@ -483,7 +492,8 @@ impl NodeLoop {
         self.publish_solo_read();
         let mut rd = self.raw.ready();
         // A leader's messages may go before its own fsync (raft's thesis, 10.2.1).
-        self.transport.send(rd.take_messages());
+        self.transport
+            .send(super::appends::coalesce(rd.take_messages()));
         // A follower's forwarded proposals and read requests promise nothing about its own
         // log, so they need not wait for its fsync either; everything else a follower says
         // (append acks, votes) does.
@@ -544,7 +554,8 @@ impl NodeLoop {
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit, &mut self.unsynced)?;
         }
-        self.transport.send(light.take_messages());
+        self.transport
+            .send(super::appends::coalesce(light.take_messages()));
         let answers = self.apply(light.take_committed_entries())?;
         self.publish(answers);
         self.raw.advance_apply();

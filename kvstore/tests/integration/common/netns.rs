@@ -7,6 +7,10 @@
 //! Names follow testbed's scheme (leftovers of crashed runs are swept), so tests run in
 //! parallel. Drop kills every member and deletes every namespace (veths go with them), also
 //! when the test panics. Nothing is ever added to the machine's root namespace.
+//!
+//! For a failure hunt: `NETNS_MEMBER_LOG` is the members' `RUST_LOG` (default `warn`), and
+//! with `NETNS_KEEP_DIR=DIR` a failed test leaves a copy of its members' data directories and
+//! logs in `DIR/<pid>`.
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -34,6 +38,11 @@ const PARTITION_TABLE: &str = "kvpartition";
 /// Address of member `i` (0-based): host `i + 1` of the underlay.
 pub fn member_ip(i: usize) -> String {
     lab::host_ip(i + 1).to_string()
+}
+
+/// The members' `RUST_LOG`: `NETNS_MEMBER_LOG`, or `warn`.
+fn member_log_level() -> String {
+    std::env::var("NETNS_MEMBER_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// Fails (never skips) when a prerequisite of the namespace tests is missing.
@@ -218,7 +227,7 @@ impl NetCluster {
             .to_vec();
         let child = member
             .command(Path::new(bin), Some(&m.ns))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", member_log_level())
             .envs(m.base_env.iter().chain(&m.env).map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -439,6 +448,26 @@ impl Drop for NetCluster {
         }
         for i in 0..self.len() {
             self.kill(i);
+        }
+        if let Some(keep) = std::env::var_os("NETNS_KEEP_DIR").filter(|_| std::thread::panicking())
+        {
+            let keep = PathBuf::from(keep).join(std::process::id().to_string());
+            let copied = std::fs::create_dir_all(&keep).and_then(|()| {
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(self.dir.path())
+                    .arg(&keep)
+                    .status()
+            });
+            match copied {
+                Ok(s) if s.success() => {
+                    eprintln!("the members' data and logs are kept in {}", keep.display())
+                }
+                other => eprintln!(
+                    "could not keep the members' data in {}: {other:?}",
+                    keep.display()
+                ),
+            }
         }
         // The namespaces go when `lab` is dropped, after this.
     }
