@@ -70,29 +70,41 @@ pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
         return msgs;
     }
     let mut out: Vec<Message> = Vec::with_capacity(msgs.len());
-    // Per peer, where in `out` its last message is.
-    let mut last_to: Vec<(u64, usize)> = Vec::new();
+    /// A peer's last message so far: where it is in `out`, and its entries' bytes.
+    struct Last {
+        to: u64,
+        at: usize,
+        bytes: u64,
+    }
+    let mut last: Vec<Last> = Vec::new();
     for mut m in msgs {
-        let slot = last_to.iter().position(|(to, _)| *to == m.to);
-        if let Some(at) = slot.map(|s| last_to[s].1) {
-            let prev = &mut out[at];
+        let bytes = entry_bytes(&m);
+        let slot = last.iter().position(|l| l.to == m.to);
+        if let Some(l) = slot.map(|s| &mut last[s]) {
+            let prev = &mut out[l.at];
             let continues = m.get_msg_type() == MessageType::MsgAppend
                 && prev.get_msg_type() == MessageType::MsgAppend
                 && prev.term == m.term
                 && ends_at(prev) == (m.index, m.log_term)
-                && entry_bytes(prev) + entry_bytes(&m) <= MAX_APPEND_BYTES;
+                && l.bytes + bytes <= MAX_APPEND_BYTES;
             if continues {
                 let entries = prev.mut_entries();
                 for e in m.take_entries().into_iter() {
                     entries.push(e);
                 }
                 prev.commit = prev.commit.max(m.commit);
+                l.bytes += bytes;
                 continue;
             }
         }
+        let here = Last {
+            to: m.to,
+            at: out.len(),
+            bytes,
+        };
         match slot {
-            Some(s) => last_to[s].1 = out.len(),
-            None => last_to.push((m.to, out.len())),
+            Some(s) => last[s] = here,
+            None => last.push(here),
         }
         out.push(m);
     }

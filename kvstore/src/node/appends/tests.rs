@@ -128,22 +128,15 @@ fn a_lossy_reordering_network_never_inflates_what_a_follower_holds() {
     }
 }
 
-struct Node {
-    raw: RawNode<MemStorage>,
-}
-
 fn simulate(seed: u64, rounds: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let ids = [1u64, 2, 3];
-    let mut nodes: Vec<Node> = ids
+    let mut nodes: Vec<RawNode<MemStorage>> = ids
         .iter()
         .map(|&id| {
             let store = MemStorage::new_with_conf_state(ConfState::from((ids.to_vec(), vec![])));
-            let cfg = raft_config(id, 10, 0);
-            Node {
-                raw: RawNode::new(&cfg, store, &logger).expect("raw node"),
-            }
+            RawNode::new(&raft_config(id, 10, 0), store, &logger).expect("raw node")
         })
         .collect();
     let mut wire: Vec<Message> = Vec::new();
@@ -152,17 +145,14 @@ fn simulate(seed: u64, rounds: usize) {
         // Time passes: a heartbeat tick now and then, more often while there is no leader.
         if round % 3 == 0 {
             for n in &mut nodes {
-                n.raw.tick();
+                n.tick();
             }
         }
         // Clients write through whoever leads.
-        if let Some(l) = nodes
-            .iter_mut()
-            .find(|n| n.raw.raft.state == StateRole::Leader)
-        {
+        if let Some(l) = nodes.iter_mut().find(|n| n.raft.state == StateRole::Leader) {
             for _ in 0..rng.random_range(0..4) {
                 proposed += 1;
-                let _ = l.raw.propose(vec![], proposed.to_be_bytes().to_vec());
+                let _ = l.propose(vec![], proposed.to_be_bytes().to_vec());
             }
         }
         // Deliver some of what is on the wire, in any order; some is lost, some repeated.
@@ -176,10 +166,10 @@ fn simulate(seed: u64, rounds: usize) {
                 wire.push(m.clone());
             }
             let to = (m.to - 1) as usize;
-            let _ = nodes[to].raw.step(m);
+            let _ = nodes[to].step(m);
         }
         for n in &mut nodes {
-            let out = handle_ready(&mut n.raw);
+            let out = handle_ready(n);
             for m in &out {
                 let first = m.entries.first().map(|e| e.index);
                 if m.get_msg_type() == MessageType::MsgAppend && first.is_some() {
@@ -200,7 +190,7 @@ fn simulate(seed: u64, rounds: usize) {
     }
     let committed = nodes
         .iter()
-        .map(|n| n.raw.raft.raft_log.committed)
+        .map(|n| n.raft.raft_log.committed)
         .max()
         .unwrap_or(0);
     assert!(
@@ -242,25 +232,22 @@ fn handle_ready(raw: &mut RawNode<MemStorage>) -> Vec<Message> {
 }
 
 /// A leader counts no follower of its own term as holding more than the follower's log.
-fn check_matched(nodes: &[Node], seed: u64, round: usize) {
-    for l in nodes
-        .iter()
-        .filter(|n| n.raw.raft.state == StateRole::Leader)
-    {
-        for f in nodes.iter().filter(|n| n.raw.raft.id != l.raw.raft.id) {
-            if f.raw.raft.term != l.raw.raft.term {
+fn check_matched(nodes: &[RawNode<MemStorage>], seed: u64, round: usize) {
+    for l in nodes.iter().filter(|n| n.raft.state == StateRole::Leader) {
+        for f in nodes.iter().filter(|n| n.raft.id != l.raft.id) {
+            if f.raft.term != l.raft.term {
                 continue;
             }
-            let Some(pr) = l.raw.raft.prs().get(f.raw.raft.id) else {
+            let Some(pr) = l.raft.prs().get(f.raft.id) else {
                 continue;
             };
-            let held = f.raw.raft.raft_log.last_index();
+            let held = f.raft.raft_log.last_index();
             assert!(
                 pr.matched <= held,
                 "seed {seed} round {round}: leader {} counts {} as holding {} but its log ends \
                  at {held}",
-                l.raw.raft.id,
-                f.raw.raft.id,
+                l.raft.id,
+                f.raft.id,
                 pr.matched
             );
         }
