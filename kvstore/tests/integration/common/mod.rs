@@ -78,15 +78,32 @@ pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> (u16, St
 /// A free TCP port on loopback, below the kernel's ephemeral range (32768 and up), so
 /// that no outgoing connection (members dial each other) can take it before the server
 /// binds it.
+///
+/// The port is also reserved for the rest of this process: a lock on a file named for it
+/// in the temporary directory, held until the process exits. Tests run as parallel
+/// processes, and a test that kills a member and starts it again leaves its ports unbound
+/// in between; without the reservation another test could take them (it happened: a
+/// restarted member found another test's cluster on its peers' ports).
 pub fn free_port() -> u16 {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("kvstore-test-ports");
+    std::fs::create_dir_all(&dir).expect("port reservation dir");
     // Spread processes (tests run in parallel) over the range by pid.
     let base = 12_000 + (std::process::id() % 1000) as u16 * 20;
     for _ in 0..20_000 {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 12_000 + (base - 12_000 + step) % 20_000;
+        let Ok(file) = std::fs::File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
             return port;
         }
     }
