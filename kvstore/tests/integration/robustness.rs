@@ -372,9 +372,11 @@ impl FaultKind {
 }
 
 /// One fault, from just before it was injected until the cluster settled after it was lifted.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Window {
     pub kind: FaultKind,
+    /// The fault, in words ("leader 1 partitioned").
+    pub what: String,
     pub from: Instant,
     pub to: Instant,
 }
@@ -415,6 +417,75 @@ fn during_faults(
         }
     }
     by_kind
+}
+
+/// The `n` longest times without a successful operation, each explained: when it began
+/// (seconds from `t0`), the faults it overlapped (with when each began and was lifted,
+/// relative to the gap's start), and for the clients of each member (client `id % 3`)
+/// how many operations failed within it and the longest of those that overlapped it.
+fn explain_gaps(
+    spans: &[(usize, Instant, Instant, bool)],
+    windows: &[Window],
+    t0: Instant,
+    n: usize,
+) -> Vec<String> {
+    let mut oks: Vec<Instant> = spans.iter().filter(|s| s.3).map(|s| s.2).collect();
+    oks.sort();
+    let mut gaps: Vec<(Instant, Instant)> = oks.windows(2).map(|p| (p[0], p[1])).collect();
+    gaps.sort_by_key(|&(a, b)| std::cmp::Reverse(b.saturating_duration_since(a)));
+    let secs = |a: Instant, b: Instant| {
+        if b >= a {
+            b.duration_since(a).as_secs_f64()
+        } else {
+            -a.duration_since(b).as_secs_f64()
+        }
+    };
+    gaps.into_iter()
+        .take(n)
+        .map(|(a, b)| {
+            let faults: Vec<String> = windows
+                .iter()
+                .filter(|w| {
+                    w.from <= b && w.to >= a.checked_sub(Duration::from_secs(5)).unwrap_or(a)
+                })
+                .map(|w| {
+                    format!(
+                        "{} (from {:+.2} s, settled {:+.2} s)",
+                        w.what,
+                        secs(a, w.from),
+                        secs(a, w.to)
+                    )
+                })
+                .collect();
+            let members: Vec<String> = (0..3)
+                .map(|m| {
+                    let mine = spans
+                        .iter()
+                        .filter(|s| s.0 % 3 == m && s.1 <= b && s.2 >= a);
+                    let (mut failed, mut longest) = (0, Duration::ZERO);
+                    for s in mine {
+                        failed += usize::from(!s.3 && s.2 <= b);
+                        longest = longest.max(s.2.saturating_duration_since(s.1));
+                    }
+                    format!(
+                        "member {m}'s clients: {failed} failed, longest {:.2} s",
+                        longest.as_secs_f64()
+                    )
+                })
+                .collect();
+            format!(
+                "{:.2} s from {:.1} s; faults: {}; {}",
+                secs(a, b),
+                secs(t0, a),
+                if faults.is_empty() {
+                    "none".to_string()
+                } else {
+                    faults.join(", ")
+                },
+                members.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// The write-path failpoints the kvstore run crashes a member at (one, chosen by the seed);
@@ -731,6 +802,7 @@ async fn random_nemesis(
         }
         windows.push(Window {
             kind,
+            what,
             from,
             to: Instant::now(),
         });
@@ -756,6 +828,8 @@ pub struct Report {
     /// The longest time no client's operation succeeded, and how many such gaps passed 1 s.
     pub longest_gap: Duration,
     pub gaps_over_1s: usize,
+    /// The longest gaps, explained (`explain_gaps`).
+    pub gap_notes: Vec<String>,
     /// Keys checked, and those not shown linearizable (with their histories) or whose check
     /// ran out of time.
     pub keys_checked: usize,
@@ -832,6 +906,11 @@ impl Report {
                 )
             })
             .collect::<String>()
+            + &self
+                .gap_notes
+                .iter()
+                .map(|g| format!("\n  gap: {g}"))
+                .collect::<String>()
     }
 
     /// Whether the run found nothing wrong (etcd 3.4.23's known untruthful progress
@@ -1073,6 +1152,7 @@ pub fn run(kind: Kind, plan: Plan, seed: u64) -> Report {
         errors,
         longest_gap,
         gaps_over_1s,
+        gap_notes: explain_gaps(&rec.spans(), &windows, started, 3),
         keys_checked: reports.len(),
         not_linearizable,
         inconclusive,

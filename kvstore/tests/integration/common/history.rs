@@ -311,6 +311,27 @@ impl Recorder {
             .clone()
     }
 
+    /// Every completed operation: the client, when it was invoked and when it ended, and
+    /// whether it succeeded (for reports that explain a gap).
+    pub fn spans(&self) -> Vec<(usize, Instant, Instant, bool)> {
+        let events = self.events();
+        let mut open = HashMap::new();
+        let mut out = Vec::new();
+        for e in events.iter() {
+            match e {
+                Event::Invoke { id, client, at, .. } => {
+                    open.insert(*id, (*client, *at));
+                }
+                Event::Return { id, outcome, at } => {
+                    if let Some((client, from)) = open.remove(id) {
+                        out.push((client, from, *at, matches!(outcome, Outcome::Ok(_))));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// When each operation ended, and whether it succeeded, in the order they ended.
     pub fn returns(&self) -> Vec<(Instant, bool)> {
         self.events()
