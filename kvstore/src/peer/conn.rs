@@ -53,7 +53,8 @@ impl Dialer {
         Dialer { tls }
     }
 
-    /// A lazily connecting channel to the peer at `url` (`http://` or `https://host:port`).
+    /// A lazily connecting channel to the peer at `url` (`http://` or `https://host:port`),
+    /// on [`super::dial`]'s connections (quick to come back after a network fault).
     pub fn channel(&self, url: &str) -> Result<Channel> {
         let mut ep = Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::Config(format!("peer URL {url:?}: {e}")))?
@@ -72,7 +73,7 @@ impl Dialer {
                 .tls_config(tls)
                 .map_err(|e| Error::Config(format!("peer TLS for {url}: {e}")))?;
         }
-        Ok(ep.connect_lazy())
+        Ok(ep.connect_with_connector_lazy(super::dial::PeerConnector))
     }
 
     /// A peer client on `url`, with the peer message size limits.

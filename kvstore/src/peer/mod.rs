@@ -2,6 +2,9 @@
 //!
 //! - [`conn`]: the one place peer servers and client channels are built, plain or mutual
 //!   TLS (`https://` peer URLs); its `Dialer` carries the peer client TLS to every caller.
+//! - [`dial`]: the TCP connections under those channels, which give up on a stalled
+//!   connection and redial quickly, so that peers find each other again as soon as a
+//!   network fault ends.
 //! - [`transport`]: per-peer sender tasks carrying raft messages and streaming snapshots,
 //!   fed by the raft thread without ever blocking it.
 //! - [`service`]: the `peerpb.Peer` gRPC service receiving them, plus the member list and
@@ -10,6 +13,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod dial;
 pub mod service;
 pub mod transport;
 
