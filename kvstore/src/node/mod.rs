@@ -17,6 +17,7 @@ use crate::error::Result;
 
 mod appends;
 mod raft_loop;
+mod resend;
 
 pub use appends::raft_config;
 

@@ -19,6 +19,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, MessageType, S
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+use super::resend::{Appended, Forwarded};
 use super::{Msg, NodeOptions, RequestIds, Shared};
 use crate::apply::Applied;
 use crate::backend::{Backend, WriteBatch, keys};
@@ -42,6 +43,9 @@ impl Drop for ClearSoloRead {
 struct Waiter {
     term: u64,
     tx: oneshot::Sender<Result<Applied>>,
+    /// The request as forwarded to the leader, when a follower proposed it (sent again
+    /// while unanswered: see [`super::resend`]).
+    forwarded: Option<Forwarded>,
 }
 
 /// A proposal waiting for raft to take proposals again.
@@ -75,6 +79,8 @@ pub(crate) struct NodeLoop {
     transport: Arc<Transport>,
     me: u64,
     waiters: HashMap<u64, Waiter>,
+    /// As leader: the forwarded requests appended in this term (see [`super::resend`]).
+    appended: Appended,
     /// The term of the last applied entry: once an entry of a newer term is applied, no
     /// entry proposed in an older term can commit any more.
     applied_term: u64,
@@ -127,6 +133,7 @@ impl NodeLoop {
             let sm = source.sm.read();
             Ok((sm.applied, crate::snapshot::encode(&sm)?))
         }));
+        let keep_appended = opts.read_timeout + std::time::Duration::from_secs(5);
         let node = NodeLoop {
             raw,
             log,
@@ -138,6 +145,8 @@ impl NodeLoop {
             me,
             applied_term: 0,
             waiters: HashMap::new(),
+            // Longer than a follower sends a request again (see `resend_forwarded`).
+            appended: Appended::new(keep_appended),
             pending_reads: Vec::new(),
             inflight_reads: HashMap::new(),
             reads_after_apply: Vec::new(),
@@ -259,7 +268,14 @@ impl NodeLoop {
                     return;
                 }
                 let term = self.raw.raft.term;
-                self.waiters.insert(id, Waiter { term, tx });
+                self.waiters.insert(
+                    id,
+                    Waiter {
+                        term,
+                        tx,
+                        forwarded: None,
+                    },
+                );
             }
             Msg::ReadIndex { tx } => self.pending_reads.push(tx),
             Msg::Raft(m) => {
@@ -273,7 +289,11 @@ impl NodeLoop {
                     );
                     return;
                 }
-                if let Err(e) = self.raw.step(*m) {
+                if m.get_msg_type() == MessageType::MsgPropose
+                    && self.raw.raft.state == StateRole::Leader
+                {
+                    self.step_forwarded(*m);
+                } else if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message not stepped");
                 }
             }
@@ -423,8 +443,57 @@ impl NodeLoop {
         r.election_elapsed = r.election_elapsed.max(r.election_timeout());
     }
 
+    /// A follower's forwarded proposal, at the leader: the requests not appended yet in this
+    /// term go to raft (a copy the follower sent again does not), and are remembered.
+    fn step_forwarded(&mut self, mut m: raft::eraftpb::Message) {
+        let (term, now) = (self.raw.raft.term, Instant::now());
+        let entries = std::mem::take(&mut m.entries).into_vec();
+        let before = entries.len();
+        let entries = self.appended.new_entries(term, entries, now);
+        if entries.len() < before {
+            tracing::debug!(
+                from = format!("{:x}", m.from),
+                copies = before - entries.len(),
+                "forwarded requests already appended; copies dropped"
+            );
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let ids = super::resend::request_ids(&entries);
+        m.entries = entries.into();
+        match self.raw.step(m) {
+            Ok(()) => self.appended.record(term, &ids, now),
+            Err(e) => tracing::debug!(error = %e, "forwarded proposal not taken"),
+        }
+    }
+
+    /// A follower sends again the requests it forwarded that got no answer (see
+    /// [`super::resend`]): proposed in the current term, still awaited by their callers.
+    fn resend_forwarded(&mut self) {
+        let r = &self.raw.raft;
+        if r.state == StateRole::Leader || r.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let (term, now, horizon) = (r.term, Instant::now(), self.opts.read_timeout);
+        let due: Vec<Vec<u8>> = self
+            .waiters
+            .values_mut()
+            .filter(|w| w.term == term && !w.tx.is_closed())
+            .filter_map(|w| w.forwarded.as_mut())
+            .filter_map(|f| f.due(now, horizon).then(|| f.data.clone()))
+            .collect();
+        for data in due {
+            match self.raw.propose(term.to_be_bytes().to_vec(), data) {
+                Ok(()) => tracing::debug!("unanswered forwarded request sent again"),
+                Err(e) => tracing::debug!(error = %e, "forwarded request not sent again"),
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         self.retry_reads();
+        self.resend_forwarded();
         self.sync_leadership();
         self.sweep_when_idle();
         // Only the leader expires leases, by proposing their revocation.
@@ -881,7 +950,16 @@ impl NodeLoop {
             return;
         }
         p.proposed.store(true, Ordering::Release);
-        self.waiters.insert(p.id, Waiter { term, tx: p.tx });
+        let forwarded = (self.raw.raft.state != StateRole::Leader)
+            .then(|| Forwarded::new(p.data, Instant::now()));
+        self.waiters.insert(
+            p.id,
+            Waiter {
+                term,
+                tx: p.tx,
+                forwarded,
+            },
+        );
     }
 
     /// Proposes what was held once raft takes proposals again. A proposal whose caller has

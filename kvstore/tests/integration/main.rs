@@ -31,6 +31,7 @@ mod partition;
 mod peer_tls;
 mod quota;
 mod reconfig;
+mod resend;
 mod robustness;
 mod tls;
 mod watch;
