@@ -8,7 +8,9 @@
 //!
 //! - [`Watched`]: a write to a connection that has had data unacknowledged for [`STALL`],
 //!   with the retransmission timer running, fails instead of queueing behind it (read from
-//!   the kernel's `TCP_INFO`). The stream on it breaks; the peer sender opens another.
+//!   the kernel's `TCP_INFO`). The stream on it breaks; the peer sender opens another. The
+//!   stalled connection is closed abortively (`SO_LINGER` 0): what it still held is
+//!   discarded, never delivered late.
 //! - [`PeerConnector`]: a dial starts a fresh connection attempt every [`REDIAL`] while
 //!   earlier ones are still waiting (a lost SYN is retried by TCP only after a second), the
 //!   first to connect winning, within the channel's connect timeout.
@@ -131,15 +133,22 @@ impl Watched {
         }
         self.checked = Instant::now();
         let since = unacknowledged_for(&self.stream)?;
-        (since >= STALL).then(|| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "peer connection stalled: data unacknowledged for {} ms",
-                    since.as_millis()
-                ),
-            )
-        })
+        if since < STALL {
+            return None;
+        }
+        // Closed abortively: what waits in it is discarded rather than delivered whenever
+        // the network comes back (a request sent again meanwhile must not arrive twice
+        // after the leader forgot the first; see `node::resend`).
+        if let Err(e) = self.stream.set_zero_linger() {
+            tracing::debug!(error = %e, "SO_LINGER on a stalled peer connection");
+        }
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "peer connection stalled: data unacknowledged for {} ms",
+                since.as_millis()
+            ),
+        ))
     }
 }
 
