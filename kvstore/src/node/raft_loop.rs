@@ -449,7 +449,7 @@ impl NodeLoop {
         let (term, now) = (self.raw.raft.term, Instant::now());
         let entries = std::mem::take(&mut m.entries).into_vec();
         let before = entries.len();
-        let entries = self.appended.new_entries(term, entries, now);
+        let (entries, ids) = self.appended.new_entries(term, entries, now);
         if entries.len() < before {
             tracing::debug!(
                 from = format!("{:x}", m.from),
@@ -460,7 +460,6 @@ impl NodeLoop {
         if entries.is_empty() {
             return;
         }
-        let ids = super::resend::request_ids(&entries);
         m.entries = entries.into();
         match self.raw.step(m) {
             Ok(()) => self.appended.record(term, &ids, now),

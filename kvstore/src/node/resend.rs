@@ -81,11 +81,6 @@ fn entry_request(e: &Entry) -> Option<u64> {
     request_id(&e.data)
 }
 
-/// The ids of the client requests among `entries`.
-pub fn request_ids(entries: &[Entry]) -> Vec<u64> {
-    entries.iter().filter_map(entry_request).collect()
-}
-
 /// What a leader appended of the requests its followers forwarded in its term: their ids,
 /// for `keep` after each was appended.
 #[derive(Debug)]
@@ -107,9 +102,15 @@ impl Appended {
         }
     }
 
-    /// The entries of a forwarded proposal that the leader of `term` has not appended yet;
-    /// copies of appended ones (and repeats within `entries`) are left out.
-    pub fn new_entries(&mut self, term: u64, entries: Vec<Entry>, now: Instant) -> Vec<Entry> {
+    /// The entries of a forwarded proposal that the leader of `term` has not appended yet,
+    /// and the ids of the requests among them (for [`Appended::record`]); copies of appended
+    /// ones (and repeats within `entries`) are left out.
+    pub fn new_entries(
+        &mut self,
+        term: u64,
+        entries: Vec<Entry>,
+        now: Instant,
+    ) -> (Vec<Entry>, Vec<u64>) {
         if term != self.term {
             self.term = term;
             self.ids.clear();
@@ -122,17 +123,21 @@ impl Appended {
             self.order.pop_front();
             self.ids.remove(&id);
         }
-        let mut seen = HashSet::new();
-        entries
-            .into_iter()
-            .filter(|e| match entry_request(e) {
-                Some(id) => !self.ids.contains(&id) && seen.insert(id),
-                None => true,
-            })
-            .collect()
+        let (mut kept, mut ids) = (Vec::with_capacity(entries.len()), Vec::new());
+        for e in entries {
+            match entry_request(&e) {
+                Some(id) if self.ids.contains(&id) || ids.contains(&id) => {}
+                Some(id) => {
+                    ids.push(id);
+                    kept.push(e);
+                }
+                None => kept.push(e),
+            }
+        }
+        (kept, ids)
     }
 
-    /// Notes the requests `ids` (of [`request_ids`]) as appended by the leader of `term`
+    /// Notes the requests `ids` (of [`Appended::new_entries`]) as appended by the leader of `term`
     /// (raft took them).
     pub fn record(&mut self, term: u64, ids: &[u64], now: Instant) {
         if term != self.term {

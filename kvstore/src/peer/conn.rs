@@ -59,7 +59,6 @@ impl Dialer {
         let mut ep = Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::Config(format!("peer URL {url:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);

@@ -420,8 +420,8 @@ fn during_faults(
 }
 
 /// The `n` longest times without a successful operation, each explained: when it began
-/// (seconds from `t0`), the faults it overlapped (with when each began and was lifted,
-/// relative to the gap's start), and for the clients of each member (client `id % 3`)
+/// (seconds from `t0`), the faults from 5 s before it to its end (with when each began and
+/// when the cluster settled after it, relative to the gap's start), and for the clients of each member (client `id % 3`)
 /// how many operations failed within it and the longest of those that overlapped it.
 fn explain_gaps(
     spans: &[(usize, Instant, Instant, bool)],

@@ -59,20 +59,20 @@ fn a_forwarded_request_is_sent_again_later_and_later_until_its_caller_gave_up() 
 fn a_leader_appends_a_forwarded_request_once() {
     let t0 = Instant::now();
     let mut a = Appended::new(Duration::from_secs(6));
-    let first = a.new_entries(3, vec![entry(put(1)), entry(put(2))], t0);
+    let (first, taken) = a.new_entries(3, vec![entry(put(1)), entry(put(2))], t0);
     assert_eq!(ids(&first), [Some(1), Some(2)]);
-    a.record(3, &request_ids(&first), t0);
+    a.record(3, &taken, t0);
     // A copy of 2 sent again, with 3 new; a repeat within the message too.
-    let again = a.new_entries(
+    let (again, taken) = a.new_entries(
         3,
         vec![entry(put(2)), entry(put(3)), entry(put(3))],
         t0 + Duration::from_millis(400),
     );
     assert_eq!(ids(&again), [Some(3)]);
-    a.record(3, &request_ids(&again), t0);
+    a.record(3, &taken, t0);
     assert_eq!(a.len(), 3);
     // Entries that are not client requests always pass.
-    let other = a.new_entries(3, vec![entry(Vec::new()), entry(Vec::new())], t0);
+    let (other, _) = a.new_entries(3, vec![entry(Vec::new()), entry(Vec::new())], t0);
     assert_eq!(other.len(), 2);
 }
 
@@ -82,7 +82,7 @@ fn what_was_not_taken_is_not_remembered() {
     let mut a = Appended::new(Duration::from_secs(6));
     // raft refused the proposal (not recorded): the copy sent again is taken.
     let _ = a.new_entries(3, vec![entry(put(1))], t0);
-    assert_eq!(ids(&a.new_entries(3, vec![entry(put(1))], t0)), [Some(1)]);
+    assert_eq!(ids(&a.new_entries(3, vec![entry(put(1))], t0).0), [Some(1)]);
 }
 
 #[test]
@@ -90,18 +90,19 @@ fn the_memory_lasts_its_time_and_its_term() {
     let t0 = Instant::now();
     let keep = Duration::from_secs(6);
     let mut a = Appended::new(keep);
-    let e = a.new_entries(3, vec![entry(put(1))], t0);
-    a.record(3, &request_ids(&e), t0);
+    let (_, taken) = a.new_entries(3, vec![entry(put(1))], t0);
+    a.record(3, &taken, t0);
     assert!(
         a.new_entries(3, vec![entry(put(1))], t0 + keep / 2)
+            .0
             .is_empty()
     );
-    assert_eq!(a.new_entries(3, vec![entry(put(1))], t0 + keep).len(), 1);
+    assert_eq!(a.new_entries(3, vec![entry(put(1))], t0 + keep).0.len(), 1);
     assert!(a.is_empty());
-    let e = a.new_entries(3, vec![entry(put(2))], t0);
-    a.record(3, &request_ids(&e), t0);
+    let (_, taken) = a.new_entries(3, vec![entry(put(2))], t0);
+    a.record(3, &taken, t0);
     // A new term (a new leadership) starts empty; a record for an older term is ignored.
-    assert_eq!(a.new_entries(4, vec![entry(put(2))], t0).len(), 1);
-    a.record(3, &request_ids(&e), t0);
+    assert_eq!(a.new_entries(4, vec![entry(put(2))], t0).0.len(), 1);
+    a.record(3, &taken, t0);
     assert!(a.is_empty());
 }
